@@ -1,0 +1,29 @@
+# The two commands a newcomer runs: `make demo` and `make test`. Both work offline.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test bench clean
+
+setup: $(STAMP)
+
+# torch==2.13.0 first: it is the CPU wheel on disk; any other torch request downloads a multi-GB CUDA build.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+demo: setup
+	$(VENV)/bin/neuralda demo
+
+test: setup
+	$(PY) -m pytest
+
+bench: setup
+	$(PY) bench/train_speed.py
+	$(PY) bench/generate_speed.py
+
+clean:
+	rm -rf $(VENV) build src/*.egg-info .pytest_cache

@@ -1,0 +1,3 @@
+from neuralda.cli import main
+import sys
+sys.exit(main())

@@ -1,0 +1,268 @@
+"""The one entry point: ``neuralda COMMAND ...``. Heavy modules (torch) are imported by the command that needs them."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from . import __version__
+from .errors import NeuraldaError
+
+DEMO_RUN = Path("runs/demo")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _epochs_list(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected epochs like 200,400, got {text!r}") from None
+    if any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError("epochs must be at least 1")
+    return values
+
+
+def _duration(text: str) -> float:
+    from .train import parse_duration
+
+    try:
+        return parse_duration(text)
+    except NeuraldaError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+# --- corpus -------------------------------------------------------------------------------------------------------
+
+
+def cmd_corpus_import(args: argparse.Namespace) -> None:
+    from .corpus import import_files, write_corpus
+
+    poems = import_files(args.files, args.format, args.author)
+    write_corpus(args.output, poems)
+    print(f"wrote {len(poems)} poems to {args.output}", file=sys.stderr)
+
+
+def cmd_corpus_stats(args: argparse.Namespace) -> None:
+    from .corpus import corpus_stats, read_corpus
+
+    stats = corpus_stats(read_corpus(args.corpus), keep_case=args.keep_case)
+    if args.json:
+        print(json.dumps(stats, ensure_ascii=False))
+        return
+    for key in ("poems", "lines", "words", "tokens", "vocabulary", "distinct_words", "words_once"):
+        print(f"{key.replace('_', ' '):<16}{stats[key]:>10,}")
+    print("most common     " + ", ".join(f"{w} ({c})" for w, c in stats["most_common"]))
+
+
+# --- train and write ----------------------------------------------------------------------------------------------
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from .train import TrainConfig, train
+
+    if not args.resume and not args.corpus:
+        raise NeuraldaError("train needs a corpus file (or --resume to continue the run in -o)")
+    cfg = TrainConfig(
+        corpus=args.corpus or "",
+        output=args.output,
+        arch=args.arch,
+        epochs=args.epochs,
+        save_at=args.save_at,
+        batch_size=args.batch_size,
+        seq_len=args.seq_len,
+        lr=args.lr,
+        dropout=args.dropout,
+        weight_decay=args.weight_decay,
+        hidden=args.hidden,
+        layers=args.layers,
+        patience=args.patience,
+        val_fraction=args.val_fraction,
+        max_time=args.max_time,
+        device=args.device,
+        precision=args.precision,
+        seed=args.seed,
+        min_count=args.min_count,
+        keep_case=args.keep_case,
+        progress=not args.quiet,
+    )
+    train(cfg, resume=args.resume)
+
+
+def _print_poems(poems: list[tuple[str, bool]], fmt: str, start: str, seed: int) -> None:
+    if fmt == "json":
+        rows = [{"poem": p, "ended": e, "start": start, "seed": seed + i} for i, (p, e) in enumerate(poems)]
+        print(json.dumps(rows, ensure_ascii=False, indent=2))
+    elif fmt == "markdown":
+        for i, (poem, _) in enumerate(poems):
+            # Two trailing spaces keep each line break in Markdown; a blank line keeps each stanza.
+            print(f"### {start or 'Poem'} (seed {seed + i})\n\n" + "\n".join(ln + "  " if ln else "" for ln in poem.split("\n")) + "\n")
+    else:
+        print("\n\n* * *\n\n".join(p for p, _ in poems))
+
+
+def cmd_generate(args: argparse.Namespace) -> None:
+    import os
+
+    from .generate import SamplingConfig, write_poems
+    from .run import Run
+    from .train import pick_device
+
+    run = Run.open(args.run)
+    model, _ = run.load_model(args.checkpoint, device=pick_device(args.device))
+    seed = int.from_bytes(os.urandom(4), "little") if args.seed is None else args.seed
+    sampling = SamplingConfig(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
+    poems = write_poems(model, run.vocab, args.start, args.words, args.n, sampling, seed)
+    _print_poems(poems, args.format, args.start, seed)
+
+
+def cmd_summary(args: argparse.Namespace) -> None:
+    from .models import build_model, default_size, summary_table
+
+    if args.run:
+        from .run import Run
+
+        run = Run.open(args.run)
+        print(summary_table(run.build_model(), f"{run.name} ({run.config['arch']})"))
+        return
+    if not args.arch or not args.vocab:
+        raise NeuraldaError("summary needs a run directory, or --arch and --vocab")
+    hidden, layers = default_size(args.arch, 100_000)
+    model = build_model(args.arch, args.vocab, args.hidden or hidden, args.layers or layers, 0.0)
+    print(summary_table(model, args.arch))
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    import importlib.resources
+    import shutil
+
+    from .generate import write_poems
+    from .run import Run
+    from .train import TrainConfig, train
+
+    corpus = importlib.resources.files("neuralda") / "demo" / "poems.jsonl"
+    out = Path(args.output)
+    if (out / "config.json").exists():
+        previous = json.loads((out / "config.json").read_text(encoding="utf-8"))
+        if not previous.get("demo"):
+            raise NeuraldaError(f"{out} holds a run that is not the demo's; choose another -o")
+        shutil.rmtree(out)
+    budget = args.minutes * 60
+    print(f"neuralda demo: training the default model on the bundled corpus for up to {args.minutes:g} min", file=sys.stderr)
+    with importlib.resources.as_file(corpus) as corpus_path:
+        train(TrainConfig(corpus=str(corpus_path), output=str(out), max_time=budget, progress=not args.quiet))
+    run = Run.open(out)
+    run.config["demo"] = True
+    from .files import write_json
+
+    write_json(out / "config.json", run.config)
+    model, _ = run.load_model("best")
+    poem, _ = write_poems(model, run.vocab, "love", words=80, seed=args.seed)[0]
+    print(f"\nA poem from \"love\" ({out}, best checkpoint):\n\n{poem}\n")
+    print(f"Write more: neuralda generate {out} --start \"the sea\" --n 3", file=sys.stderr)
+
+
+# --- the parser ---------------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="neuralda",
+        description="Teach a computer to write poems in a poet's voice: collect, train, write, measure.",
+    )
+    p.add_argument("--version", action="version", version=f"neuralda {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    corpus = sub.add_parser("corpus", help="import text files into a corpus, or count one")
+    csub = corpus.add_subparsers(dest="corpus_command", metavar="ACTION", required=True)
+    imp = csub.add_parser("import", help="JSONL, plain text or Project Gutenberg files -> corpus.jsonl")
+    imp.add_argument("files", nargs="+", metavar="FILE")
+    imp.add_argument("-o", "--output", required=True, help="the corpus to write (JSONL)")
+    imp.add_argument("--author", help="the author of every poem")
+    imp.add_argument("--format", default="auto", choices=("auto", "jsonl", "text", "gutenberg"))
+    imp.set_defaults(func=cmd_corpus_import)
+    stats = csub.add_parser("stats", help="poems, lines, words, tokens, vocabulary")
+    stats.add_argument("corpus")
+    stats.add_argument("--json", action="store_true", help="one JSON object")
+    stats.add_argument("--keep-case", action="store_true", help="count Love and love apart")
+    stats.set_defaults(func=cmd_corpus_stats)
+
+    t = sub.add_parser("train", help="train a model on a corpus into a run directory")
+    t.add_argument("corpus", nargs="?", help="the corpus (JSONL); not needed with --resume")
+    t.add_argument("-o", "--output", required=True, help="the run directory, e.g. runs/neruda")
+    t.add_argument("--arch", default="lstm", choices=("lstm", "seed", "thoutt"), help="default: lstm (ours)")
+    t.add_argument("--epochs", type=_positive_int)
+    t.add_argument("--save-at", type=_epochs_list, help="also keep these epochs' checkpoints, e.g. 200,400")
+    t.add_argument("--batch-size", type=_positive_int)
+    t.add_argument("--seq-len", type=_positive_int)
+    t.add_argument("--lr", type=float)
+    t.add_argument("--dropout", type=float)
+    t.add_argument("--weight-decay", type=float)
+    t.add_argument("--hidden", type=_positive_int, help="units per layer (default: from the recipe or corpus)")
+    t.add_argument("--layers", type=_positive_int)
+    t.add_argument("--val-fraction", type=float, default=0.1, help="poems held out (default 0.1)")
+    t.add_argument("--max-time", type=_duration, help="stop cleanly after this long: 90s, 10m, 1h")
+    t.add_argument("--patience", type=int, help="stop after K epochs without a better validation loss (0: off)")
+    t.add_argument("--device", default="auto", help="auto (default), cpu, cuda or mps")
+    t.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"))
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--min-count", type=_positive_int, default=1, help="rarer words become <unk> (default 1)")
+    t.add_argument("--keep-case", action="store_true", help="do not lower-case")
+    t.add_argument("--resume", action="store_true", help="continue the run in -o from its last checkpoint")
+    t.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    t.set_defaults(func=cmd_train)
+
+    g = sub.add_parser("generate", help="write poems with a trained run")
+    g.add_argument("run", help="a run directory")
+    g.add_argument("--start", default="love", help='the first word(s) (default "love")')
+    g.add_argument("--words", type=_positive_int, default=120, help="at most this many words (default 120)")
+    g.add_argument("--n", type=_positive_int, default=3, help="how many poems (default 3)")
+    g.add_argument("--temperature", type=float, default=1.0)
+    g.add_argument("--top-k", type=int, default=0)
+    g.add_argument("--top-p", type=float, default=1.0)
+    g.add_argument("--checkpoint", default="best", help="best (default), last or epoch-N")
+    g.add_argument("--seed", type=int, help="the same seed writes the same poems")
+    g.add_argument("--format", default="text", choices=("text", "markdown", "json"))
+    g.add_argument("--device", default="cpu", help="cpu (default), auto, cuda or mps")
+    g.set_defaults(func=cmd_generate)
+
+    s = sub.add_parser("summary", help="a Keras-style table of a model's layers and parameters")
+    s.add_argument("run", nargs="?", help="a run directory")
+    s.add_argument("--arch", choices=("lstm", "seed", "thoutt"))
+    s.add_argument("--vocab", type=_positive_int, help="vocabulary size (with --arch)")
+    s.add_argument("--hidden", type=_positive_int)
+    s.add_argument("--layers", type=_positive_int)
+    s.set_defaults(func=cmd_summary)
+
+    d = sub.add_parser("demo", help="train on the bundled demo corpus and write a poem")
+    d.add_argument("--minutes", type=float, default=3.0, help="training budget (default 3)")
+    d.add_argument("-o", "--output", default=str(DEMO_RUN), help="the run directory (default runs/demo)")
+    d.add_argument("--seed", type=int, help="the seed of the poem printed at the end")
+    d.add_argument("-q", "--quiet", action="store_true")
+    d.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except NeuraldaError as e:
+        print(f"neuralda: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:  # `neuralda generate ... | head`
+        return 0
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,102 @@
+"""Models by name, each with the training recipe that goes with it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..errors import NeuraldaError
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How an architecture is trained when the user says nothing else."""
+
+    epochs: int
+    batch_size: int
+    seq_len: int
+    lr: float
+    dropout: float
+    weight_decay: float = 0.0
+    optimizer: str = "adam"  # adam | adamw
+    clip_value: float | None = None  # clip each gradient element to +-value (got-book-6)
+    clip_norm: float | None = None  # clip the global gradient norm
+    schedule: str = "none"  # none | plateau (halve the rate when validation stops improving)
+    stateful: bool = False  # carry the recurrent state from batch to batch along parallel streams
+    patience: int = 0  # stop after this many epochs without a better validation loss (0: never)
+    save_at: tuple[int, ...] = field(default_factory=tuple)
+
+
+RECIPES: dict[str, Recipe] = {
+    # The seed: Keras model.fit on shuffled windows of 30 words, batches of 512, Adam 1e-3, 400 epochs.
+    "seed": Recipe(epochs=400, batch_size=512, seq_len=30, lr=1e-3, dropout=0.3, save_at=(200, 400)),
+    # got-book-6: the same sizes, 512 streams of 30 words carried statefully, gradients clipped to +-1.
+    "thoutt": Recipe(
+        epochs=400, batch_size=512, seq_len=30, lr=1e-3, dropout=0.3, clip_value=1.0, stateful=True, save_at=(200, 400)
+    ),
+    # Ours: small batches and truncated BPTT over carried state (Zaremba 2014; Merity 2017), AdamW with decoupled
+    # weight decay (Loshchilov & Hutter 2019), the rate halved on a plateau, early stopping on validation loss.
+    "lstm": Recipe(
+        epochs=100,
+        batch_size=32,
+        seq_len=35,
+        lr=3e-3,
+        dropout=0.4,
+        weight_decay=0.01,
+        optimizer="adamw",
+        clip_norm=0.5,
+        schedule="plateau",
+        stateful=True,
+        patience=4,
+    ),
+}
+
+ARCHS = tuple(RECIPES)
+
+
+def recipe(arch: str) -> Recipe:
+    """The recipe of ``arch``; an unknown name lists the known ones."""
+    try:
+        return RECIPES[arch]
+    except KeyError:
+        raise NeuraldaError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHS)}") from None
+
+
+def build_model(arch: str, vocab_size: int, hidden: int, layers: int, dropout: float):
+    """A fresh model of ``arch`` (initialised from torch's global RNG)."""
+    from .lstm import PoetLSTM, SeedLSTM, ThouttLSTM
+
+    recipe(arch)
+    if arch == "seed":
+        return SeedLSTM(vocab_size, embed=hidden, hidden=hidden, layers=layers, dropout=dropout)
+    if arch == "thoutt":
+        return ThouttLSTM(vocab_size, embed=hidden, hidden=hidden, layers=layers, dropout=dropout)
+    return PoetLSTM(vocab_size, hidden=hidden, layers=layers, dropout=dropout)
+
+
+def default_size(arch: str, train_tokens: int) -> tuple[int, int]:
+    """(hidden, layers) for ``arch``: the published 3 x 512 for the seed and got-book-6, from the corpus for ours."""
+    from .lstm import default_sizes
+
+    if arch in ("seed", "thoutt"):
+        return 512, 3
+    sizes = default_sizes(train_tokens)
+    return sizes.hidden, sizes.layers
+
+
+def summary_table(model, title: str) -> str:
+    """A Keras-style summary (layer, output shape, parameters, totals) to set beside the seed's."""
+    rows = model.summary_rows()
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    width = 65
+    lines = [f'Model: "{title}"', "_" * width, f"{'Layer (type)':<29}{'Output Shape':<26}{'Param #':<10}", "=" * width]
+    for i, (name, shape, params) in enumerate(rows):
+        lines.append(f"{name:<29}{shape:<26}{params:<10}")
+        lines.append("=" * width if i == len(rows) - 1 else "_" * width)
+    lines += [
+        f"Total params: {total:,}",
+        f"Trainable params: {trainable:,}",
+        f"Non-trainable params: {total - trainable:,}",
+        "_" * width,
+    ]
+    return "\n".join(line.rstrip() for line in lines)

@@ -1,0 +1,205 @@
+"""Word-level LSTM language models: the seed's Keras model, Thoutt's got-book-6, and our default.
+
+Every model maps token ids ``(B, T)`` and a recurrent state to logits ``(B, T, V)`` and the next state, so training
+can carry state across batches and generation can feed one token at a time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+State = list[tuple[Tensor, Tensor]]
+SummaryRow = tuple[str, str, str, int]
+
+
+class SingleBiasLSTM(nn.LSTM):
+    """A one-layer LSTM with one bias per gate, as in Keras and TensorFlow (PyTorch's carries two).
+
+    The second bias stays in the cuDNN/oneDNN call as a zero buffer that is not a parameter, so the fused kernels
+    still run and the parameter count is Keras' own: 4 * (units * (input + units) + units).
+    """
+
+    def __init__(self, input_size: int, hidden_size: int) -> None:
+        super().__init__(input_size, hidden_size, batch_first=True)
+        del self.bias_hh_l0
+        self.register_buffer("bias_hh_l0", torch.zeros(4 * hidden_size), persistent=False)
+        self._init_flat_weights()
+
+
+class LockedDropout(nn.Module):
+    """Dropout with one mask per sequence, shared by every time step (Gal & Ghahramani 2016; Keras RNN dropout)."""
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or self.p == 0:
+            return x
+        mask = x.new_empty(x.size(0), 1, x.size(2)).bernoulli_(1 - self.p) / (1 - self.p)
+        return x * mask
+
+
+def _keras_lstm_init(lstm: nn.LSTM, forget_bias: float = 1.0) -> None:
+    """Keras defaults: glorot-uniform kernel, orthogonal recurrent kernel, zero bias with forget gate 1."""
+    h = lstm.hidden_size
+    for name, p in lstm.named_parameters():
+        if name.startswith("weight_ih"):
+            nn.init.xavier_uniform_(p)
+        elif name.startswith("weight_hh"):
+            nn.init.orthogonal_(p)
+        elif name.startswith("bias"):
+            nn.init.zeros_(p)
+            with torch.no_grad():
+                p[h : 2 * h] = forget_bias
+
+
+def _count(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+class _StackedLSTM(nn.Module):
+    """Embedding -> LSTM layers -> dense over the vocabulary; subclasses choose the dropouts and the init."""
+
+    arch = ""
+
+    def __init__(self, vocab_size: int, embed: int, hidden: int, layers: int) -> None:
+        super().__init__()
+        self.vocab_size, self.embed_size, self.hidden_size = vocab_size, embed, hidden
+        self.embedding = nn.Embedding(vocab_size, embed)
+        sizes = [embed] + [hidden] * layers
+        self.lstms = nn.ModuleList(self._make_lstm(i, o) for i, o in zip(sizes[:-1], sizes[1:]))
+        self.decoder = nn.Linear(hidden, vocab_size)
+
+    def _make_lstm(self, input_size: int, hidden_size: int) -> nn.LSTM:
+        return SingleBiasLSTM(input_size, hidden_size)
+
+    def _embed(self, x: Tensor) -> Tensor:
+        return self.embedding(x)
+
+    def _between(self, i: int, x: Tensor) -> Tensor:
+        """Applied to the input of LSTM layer ``i`` (and, with ``i == len(lstms)``, to the last output)."""
+        return x
+
+    def forward(self, x: Tensor, state: State | None = None) -> tuple[Tensor, State]:
+        h = self._embed(x)
+        new_state: State = []
+        for i, lstm in enumerate(self.lstms):
+            h, s = lstm(self._between(i, h), None if state is None else state[i])
+            new_state.append(s)
+        return self.decoder(self._between(len(self.lstms), h)), new_state
+
+    def summary_rows(self) -> list[SummaryRow]:
+        """Keras-style rows: name (type), output shape, parameters."""
+        rows = [("embedding (Embedding)", f"(None, None, {self.embed_size})", _count(self.embedding))]
+        for i, lstm in enumerate(self.lstms):
+            name = "lstm" if i == 0 else f"lstm_{i}"
+            rows.append((f"{name} (LSTM)", f"(None, None, {lstm.hidden_size})", _count(lstm)))
+        rows.append(("dense (Dense)", f"(None, None, {self.vocab_size})", _count(self.decoder)))
+        return rows
+
+
+class SeedLSTM(_StackedLSTM):
+    """The seed's Keras model: Embedding(V, 512) -> 3 x LSTM(512, dropout=0.3, full sequences) -> Dense(V)."""
+
+    arch = "seed"
+
+    def __init__(self, vocab_size: int, embed: int = 512, hidden: int = 512, layers: int = 3, dropout: float = 0.3):
+        super().__init__(vocab_size, embed, hidden, layers)
+        # Keras' LSTM(dropout=p) drops each layer's inputs with one mask per sequence.
+        self.drop = LockedDropout(dropout)
+        nn.init.uniform_(self.embedding.weight, -0.05, 0.05)
+        for lstm in self.lstms:
+            _keras_lstm_init(lstm)
+        nn.init.xavier_uniform_(self.decoder.weight)
+        nn.init.zeros_(self.decoder.bias)
+
+    def _between(self, i: int, x: Tensor) -> Tensor:
+        return self.drop(x) if i < len(self.lstms) else x
+
+
+class ThouttLSTM(_StackedLSTM):
+    """Zach Thoutt's got-book-6 (TF 1.0): 3 x BasicLSTMCell(512) with output dropout (keep_prob 0.7)."""
+
+    arch = "thoutt"
+
+    def __init__(self, vocab_size: int, embed: int = 512, hidden: int = 512, layers: int = 3, dropout: float = 0.3):
+        super().__init__(vocab_size, embed, hidden, layers)
+        # DropoutWrapper(output_keep_prob): a fresh mask at every time step on each layer's output.
+        self.drop = nn.Dropout(dropout)
+        nn.init.xavier_uniform_(self.embedding.weight)  # embed_sequence's default (glorot) initializer
+        for lstm in self.lstms:
+            _keras_lstm_init(lstm)  # glorot kernels; forget_bias=1.0 as BasicLSTMCell adds it
+        nn.init.xavier_uniform_(self.decoder.weight)  # fully_connected's xavier init
+        nn.init.zeros_(self.decoder.bias)
+
+    def _between(self, i: int, x: Tensor) -> Tensor:
+        return self.drop(x) if i > 0 else x
+
+
+@dataclass
+class LSTMSizes:
+    """Our default's sizes, chosen from the corpus size."""
+
+    hidden: int
+    layers: int
+
+
+def default_sizes(train_tokens: int) -> LSTMSizes:
+    """Small corpora want small models: ~128 units below 30k tokens, 256 up to 300k, then 512."""
+    if train_tokens < 30_000:
+        return LSTMSizes(hidden=128, layers=2)
+    if train_tokens < 300_000:
+        return LSTMSizes(hidden=256, layers=2)
+    return LSTMSizes(hidden=512, layers=2)
+
+
+class PoetLSTM(_StackedLSTM):
+    """Our default: a tied, dropout-regularised LSTM sized for one poet's corpus (after AWD-LSTM, Merity 2017).
+
+    - tied input and output embeddings (Press & Wolf 2017; Inan et al. 2017): fewer parameters, better perplexity;
+    - embedding dropout drops whole words (Gal & Ghahramani 2016);
+    - locked (variational) dropout on every LSTM input and on the output (Gal & Ghahramani 2016; Merity 2017).
+    """
+
+    arch = "lstm"
+
+    def __init__(
+        self,
+        vocab_size: int,
+        hidden: int = 256,
+        layers: int = 2,
+        dropout: float = 0.4,
+        embed_dropout: float = 0.1,
+    ) -> None:
+        super().__init__(vocab_size, hidden, hidden, layers)
+        self.embed_dropout = embed_dropout
+        self.drop = LockedDropout(dropout)
+        self.decoder.weight = self.embedding.weight  # tying: the embedding is the output layer too
+        nn.init.uniform_(self.embedding.weight, -0.1, 0.1)
+        nn.init.zeros_(self.decoder.bias)
+        for lstm in self.lstms:
+            _keras_lstm_init(lstm)
+
+    def _make_lstm(self, input_size: int, hidden_size: int) -> nn.LSTM:
+        return nn.LSTM(input_size, hidden_size, batch_first=True)
+
+    def _embed(self, x: Tensor) -> Tensor:
+        if self.training and self.embed_dropout > 0:
+            weight = self.embedding.weight
+            keep = weight.new_empty(weight.size(0), 1).bernoulli_(1 - self.embed_dropout) / (1 - self.embed_dropout)
+            return nn.functional.embedding(x, weight * keep)
+        return self.embedding(x)
+
+    def _between(self, i: int, x: Tensor) -> Tensor:
+        return self.drop(x)
+
+    def summary_rows(self) -> list[SummaryRow]:
+        rows = super().summary_rows()
+        name, shape, _ = rows[-1]
+        rows[-1] = ("dense (Dense, tied)", shape, self.decoder.bias.numel())  # its weight is the embedding
+        return rows
+

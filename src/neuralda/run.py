@@ -1,0 +1,147 @@
+"""The run directory, the contract between ``train`` and every command after it.
+
+runs/NAME/
+  config.json          every setting used (so the run can be repeated)
+  vocab.json           the vocabulary, from the training split only
+  data/train.jsonl     the poems trained on, data/val.jsonl the held-out ones
+  metrics.jsonl        one line per epoch
+  samples.jsonl        a poem from "love" at each saved epoch
+  checkpoints/*.safetensors   best, last (with the optimizer state), epoch-N
+
+Checkpoints are safetensors with a JSON header: reading them never executes anything.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import NeuraldaError
+from .files import atomic_write
+from .tokenizer import Vocab
+
+FORMAT_VERSION = 1
+_META_KEY = "neuralda"
+_CHECKPOINT_NAME = re.compile(r"(best|last|epoch-\d+)\Z")
+
+
+def save_checkpoint(path: Path, tensors: dict[str, Any], meta: dict) -> None:
+    """Atomically write ``tensors`` (name -> tensor) and a JSON ``meta`` header."""
+    from safetensors.torch import save
+
+    data = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    atomic_write(path, save(data, metadata={_META_KEY: json.dumps(meta)}))
+
+
+def read_checkpoint(path: Path) -> tuple[dict[str, Any], dict]:
+    """The tensors and JSON header of a checkpoint; a damaged file is a one-line error."""
+    from safetensors.torch import load
+
+    try:
+        raw = path.read_bytes()
+        tensors = load(raw)
+        header_len = int.from_bytes(raw[:8], "little")
+        header = json.loads(raw[8 : 8 + header_len])
+        meta = json.loads(header.get("__metadata__", {}).get(_META_KEY, "{}"))
+    except FileNotFoundError:
+        raise NeuraldaError(f"{path}: no such checkpoint") from None
+    except Exception as e:  # safetensors raises its own error types for truncated or corrupted files
+        raise NeuraldaError(f"{path}: damaged checkpoint ({type(e).__name__}: {e})".splitlines()[0]) from None
+    return tensors, meta
+
+
+def model_tensors(model) -> dict[str, Any]:
+    """The model's weights, each stored once (tied weights share one tensor)."""
+    seen: set[int] = set()
+    out = {}
+    for name, tensor in model.state_dict().items():
+        if tensor.data_ptr() in seen:
+            continue
+        seen.add(tensor.data_ptr())
+        out[name] = tensor
+    return out
+
+
+def load_model_tensors(model, tensors: dict[str, Any], where: Path) -> None:
+    """Load weights saved by ``model_tensors``; a mismatch with the model is a one-line error."""
+    weights = {k: v for k, v in tensors.items() if "/" not in k}
+    try:
+        missing, unexpected = model.load_state_dict(weights, strict=False)
+    except RuntimeError as e:
+        first = str(e).splitlines()[1:2] or [str(e)]
+        raise NeuraldaError(f"{where}: the weights do not match the model ({first[0].strip()})") from None
+    tied = set(model.state_dict()) - set(model_tensors(model))
+    if unexpected or set(missing) - tied:
+        raise NeuraldaError(f"{where}: the weights do not match the model (missing {sorted(set(missing) - tied)})")
+
+
+@dataclass
+class Run:
+    """An opened run directory: its config and vocabulary; models are loaded on demand."""
+
+    path: Path
+    config: dict
+    vocab: Vocab
+
+    @classmethod
+    def open(cls, path: str | Path) -> "Run":
+        path = Path(path)
+        if not path.is_dir():
+            raise NeuraldaError(f"{path}: no such run directory")
+        config_path = path / "config.json"
+        try:
+            config = json.loads(config_path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise NeuraldaError(f"{path}: not a run directory (no config.json); train one with `neuralda train`") from None
+        except ValueError as e:
+            raise NeuraldaError(f"{config_path}: not valid JSON ({e})") from None
+        if not isinstance(config, dict):
+            raise NeuraldaError(f"{config_path}: not a neuralda run configuration")
+        version = config.get("format_version", 0)
+        if not isinstance(version, int) or version > FORMAT_VERSION:
+            raise NeuraldaError(f"{path}: written by a newer neuralda (format {version}); upgrade neuralda to read it")
+        return cls(path, config, Vocab.load(path / "vocab.json"))
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    def checkpoints(self) -> list[str]:
+        """Saved checkpoint names: best, last, epoch-N (in epoch order)."""
+        names = [p.stem for p in (self.path / "checkpoints").glob("*.safetensors") if _CHECKPOINT_NAME.match(p.stem)]
+        return sorted(names, key=lambda n: (n.startswith("epoch-"), int(n[6:]) if n.startswith("epoch-") else 0, n))
+
+    def checkpoint_path(self, name: str) -> Path:
+        """The file of checkpoint ``name``; only names neuralda writes are accepted (no paths)."""
+        path = self.path / "checkpoints" / f"{name}.safetensors"
+        if not _CHECKPOINT_NAME.match(name) or not path.is_file():
+            have = ", ".join(self.checkpoints()) or "none yet"
+            raise NeuraldaError(f"{self.path}: no checkpoint {name!r} (have: {have})")
+        return path
+
+    def build_model(self):
+        """A fresh model of this run's architecture and sizes."""
+        from .models import build_model
+
+        c = self.config
+        return build_model(c["arch"], len(self.vocab), c["hidden"], c["layers"], c["dropout"])
+
+    def load_model(self, checkpoint: str = "best", device: str = "cpu"):
+        """The model with the weights of ``checkpoint``, in eval mode on ``device``, and the checkpoint's meta."""
+        path = self.checkpoint_path(checkpoint)
+        tensors, meta = read_checkpoint(path)
+        model = self.build_model()
+        load_model_tensors(model, tensors, path)
+        return model.to(device).eval(), meta
+
+    def poems(self, split: str):
+        """The run's training or held-out poems (``split`` is "train" or "val")."""
+        from .corpus import read_corpus
+
+        path = self.path / "data" / f"{split}.jsonl"
+        if split == "val" and path.exists() and not path.read_text(encoding="utf-8").strip():
+            return []
+        return read_corpus(path)

@@ -1,0 +1,217 @@
+"""Word-level tokens after got-book-6 and the seed: words, punctuation, line, stanza and poem breaks.
+
+``tokenize`` turns a poem into tokens, ``detokenize`` writes tokens back as a poem, and ``Vocab`` maps tokens
+to integers. Each punctuation mark is its own token; dashes keep whether the poet spaced them (" --" or "--"),
+so the round trip is lossless for the ways poets write them.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from .errors import NeuraldaError
+from .files import write_json
+
+LINE = "<nl>"
+STANZA = "<stanza>"
+POEM_END = "<poembreak>"  # the seed's token
+UNK = "<unk>"
+SPECIALS = (UNK, LINE, STANZA, POEM_END)
+BREAKS = frozenset((LINE, STANZA, POEM_END))
+
+# A word: letters and digits, with apostrophes or hyphens only inside (don't, sky’s, earth-star, in-laws).
+_WORD = r"[^\W_]+(?:['’\-][^\W_]+)*"
+_DASH = r"-+|[—–―]"
+_TOKEN = re.compile(rf"(?P<word>{_WORD})|(?P<dash>{_DASH})|(?P<mark>\S)")
+_IS_WORD = re.compile(rf"{_WORD}\Z")
+
+_CLOSE = frozenset(".,;:!?)]}%…”")  # no space before
+_OPEN = frozenset("([{“‘¿¡")  # no space after
+_APOSTROPHES = frozenset("'’")
+_TOGGLES = frozenset('"_')  # the same mark opens and closes
+# Elisions written apart from their word in old texts: 't is, I 've, 'tis, o 'er.
+_ELIDED_ENDS = frozenset("th thro tho o e".split())
+_ELISIONS = frozenset("t s d ll ve re m em er tis twas twere twill twould tween twixt gainst neath mid midst mong gan fore bout".split())
+
+
+def is_word(token: str) -> bool:
+    """True for a word token (not punctuation, not a break)."""
+    return bool(_IS_WORD.match(token))
+
+
+def _line_tokens(line: str) -> list[str]:
+    tokens = []
+    for m in _TOKEN.finditer(line):
+        token = m.group()
+        if m.lastgroup == "dash":
+            before = m.start() > 0 and line[m.start() - 1] == " "
+            after = m.end() < len(line) and line[m.end()] == " "
+            if before or (m.start() == 0 and after):
+                token = " " + token  # a spaced dash: " -- "
+            elif after:
+                token += " "  # spaced after only: "him-- forbid"
+        tokens.append(token)
+    return tokens
+
+
+def tokenize(text: str, keep_case: bool = False, end: bool = True) -> list[str]:
+    """Tokens of one (normalised) poem, ending with ``<poembreak>`` when ``end`` is set."""
+    if not keep_case:
+        text = text.lower()
+    tokens: list[str] = []
+    for s, stanza in enumerate(text.split("\n\n")):
+        if s:
+            tokens.append(STANZA)
+        for i, line in enumerate(stanza.split("\n")):
+            if i:
+                tokens.append(LINE)
+            tokens.extend(_line_tokens(line))
+    if end:
+        tokens.append(POEM_END)
+    return tokens
+
+
+def _closes_later(tokens: Sequence[str], i: int) -> bool:
+    """Whether a later ' on this line ends a quotation (it is followed by no word)."""
+    return any(
+        tokens[j] == "'" and (j + 1 == len(tokens) or not is_word(tokens[j + 1])) for j in range(i + 1, len(tokens))
+    )
+
+
+def _possessive_end(word: str) -> bool:
+    """A word that an apostrophe after it most likely belongs to: lovers', th', thro'."""
+    return word.endswith("s") or word in _ELIDED_ENDS
+
+
+def _join_line(tokens: Sequence[str], quotes: dict[str, bool]) -> str:
+    """Write one line's tokens with spaces where people put them; ``quotes`` tracks open quotes across lines."""
+    out: list[str] = []
+    glue_next = True  # no space before the first token of a line
+    for i, tok in enumerate(tokens):
+        nxt = tokens[i + 1] if i + 1 < len(tokens) else ""
+        glue = glue_next
+        glue_next = False
+        if tok.startswith(" ") and len(tok) > 1:  # spaced dash
+            out.append(tok[1:] + " " if glue else tok + " ")
+            glue_next = True
+            continue
+        if tok.endswith(" ") and len(tok) > 1:  # a dash spaced after only
+            out.append(tok)
+            glue_next = True
+            continue
+        if tok in _CLOSE:
+            glue = True
+        elif tok in _OPEN:
+            glue_next = True
+        elif tok in _TOGGLES:
+            # A mark at the start of a line opens, one at the end closes; otherwise they alternate.
+            closing = bool(out) and (not nxt or nxt in _CLOSE or quotes[tok])
+            if closing:
+                glue = True
+            else:
+                glue_next = True
+            quotes[tok] = not closing
+        elif tok in _APOSTROPHES:
+            if nxt in _ELISIONS:
+                glue_next = True  # 't is, I 've
+            elif not out:
+                glue_next = True  # a quote opening the line
+                quotes["'"] = True
+            elif quotes["'"] or tok == "’":
+                glue = True  # a closing quote, or a possessive: lovers’
+                quotes["'"] = False
+            elif (is_word(nxt) or nxt in _APOSTROPHES) and (
+                _closes_later(tokens, i) or not (out and _possessive_end(tokens[i - 1]))
+            ):
+                glue_next = True  # an opening quote
+                quotes["'"] = True
+            else:
+                glue = True  # a possessive: lovers' eyes, th' imagination
+        elif len(tok) > 1 and not is_word(tok) or tok.startswith("-") or tok in "—–―":
+            glue = True  # an unspaced dash joins both sides
+            glue_next = True
+        if not glue and out and not out[-1].endswith(" "):
+            out.append(" ")
+        out.append(tok)
+    return "".join(out).rstrip()
+
+
+def detokenize(tokens: Iterable[str]) -> str:
+    """Write tokens back as a poem: lines, stanzas, and punctuation attached as people write it."""
+    lines: list[str] = []
+    current: list[str] = []
+    quotes = {'"': False, "'": False, "_": False}
+    for tok in tokens:
+        if tok in BREAKS:
+            lines.append(_join_line(current, quotes))
+            current = []
+            if tok == STANZA:
+                lines.append("")
+            elif tok == POEM_END:
+                break
+        elif tok != UNK:
+            current.append(tok)
+    else:
+        lines.append(_join_line(current, quotes))
+    return "\n".join(lines).strip("\n")
+
+
+@dataclass
+class Vocab:
+    """Tokens to integers and back; built from the training split only."""
+
+    itos: list[str]
+    keep_case: bool = False
+    min_count: int = 1
+
+    def __post_init__(self) -> None:
+        self.stoi = {t: i for i, t in enumerate(self.itos)}
+        self.unk = self.stoi[UNK]
+
+    def __len__(self) -> int:
+        return len(self.itos)
+
+    def __contains__(self, token: str) -> bool:
+        return token in self.stoi
+
+    @classmethod
+    def build(cls, token_lists: Iterable[Iterable[str]], min_count: int = 1, keep_case: bool = False) -> "Vocab":
+        """Specials first, then tokens seen at least ``min_count`` times, most frequent first."""
+        if min_count < 1:
+            raise NeuraldaError(f"--min-count must be at least 1, got {min_count}")
+        counts = Counter(t for tokens in token_lists for t in tokens)
+        for s in SPECIALS:
+            counts.pop(s, None)
+        kept = sorted((t for t, c in counts.items() if c >= min_count), key=lambda t: (-counts[t], t))
+        return cls(list(SPECIALS) + kept, keep_case=keep_case, min_count=min_count)
+
+    def encode(self, tokens: Iterable[str]) -> list[int]:
+        return [self.stoi.get(t, self.unk) for t in tokens]
+
+    def decode(self, ids: Iterable[int]) -> list[str]:
+        return [self.itos[i] for i in ids]
+
+    def encode_poems(self, texts: Iterable[str]) -> list[int]:
+        """One id stream for many poems, each ending with ``<poembreak>``."""
+        return [i for text in texts for i in self.encode(tokenize(text, keep_case=self.keep_case))]
+
+    def save(self, path: str | Path) -> None:
+        write_json(path, {"keep_case": self.keep_case, "min_count": self.min_count, "tokens": self.itos})
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Vocab":
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+            vocab = cls(list(data["tokens"]), keep_case=bool(data["keep_case"]), min_count=int(data["min_count"]))
+        except FileNotFoundError:
+            raise NeuraldaError(f"{path}: no vocabulary here (is this a run directory?)") from None
+        except (ValueError, KeyError, TypeError) as e:
+            raise NeuraldaError(f"{path}: not a neuralda vocabulary ({e})") from None
+        if any(not isinstance(t, str) for t in vocab.itos) or len(vocab.stoi) != len(vocab.itos):
+            raise NeuraldaError(f"{path}: not a neuralda vocabulary (tokens must be distinct strings)")
+        return vocab

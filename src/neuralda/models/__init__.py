@@ -48,6 +48,20 @@ RECIPES: dict[str, Recipe] = {
         stateful=True,
         patience=4,
     ),
+    # A small GPT (Radford et al. 2019, after nanoGPT) on shuffled windows of its whole context: AdamW with weight
+    # decay 0.1 and gradients clipped to norm 1 (GPT-3, Brown et al. 2020), dropout for a corpus this small.
+    "gpt": Recipe(
+        epochs=100,
+        batch_size=32,
+        seq_len=128,
+        lr=1e-3,
+        dropout=0.2,
+        weight_decay=0.1,
+        optimizer="adamw",
+        clip_norm=1.0,
+        schedule="plateau",
+        patience=4,
+    ),
 }
 
 ARCHS = tuple(RECIPES)
@@ -63,9 +77,12 @@ def recipe(arch: str) -> Recipe:
 
 def build_model(arch: str, vocab_size: int, hidden: int, layers: int, dropout: float):
     """A fresh model of ``arch`` (initialised from torch's global RNG)."""
+    from .gpt import GPT, GPTConfig, heads
     from .lstm import PoetLSTM, SeedLSTM, ThouttLSTM
 
     recipe(arch)
+    if arch == "gpt":
+        return GPT(GPTConfig(vocab_size, n_layer=layers, n_embd=hidden, n_head=heads(hidden), dropout=dropout))
     if arch == "seed":
         return SeedLSTM(vocab_size, embed=hidden, hidden=hidden, layers=layers, dropout=dropout)
     if arch == "thoutt":
@@ -75,10 +92,13 @@ def build_model(arch: str, vocab_size: int, hidden: int, layers: int, dropout: f
 
 def default_size(arch: str, train_tokens: int) -> tuple[int, int]:
     """(hidden, layers) for ``arch``: the published 3 x 512 for the seed and got-book-6, from the corpus for ours."""
+    from . import gpt
     from .lstm import default_sizes
 
     if arch in ("seed", "thoutt"):
         return 512, 3
+    if arch == "gpt":
+        return gpt.default_sizes(train_tokens)
     sizes = default_sizes(train_tokens)
     return sizes.hidden, sizes.layers
 

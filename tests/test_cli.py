@@ -1,0 +1,72 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+def cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "neuralda", *map(str, args)], capture_output=True, text=True, cwd=cwd)
+
+
+def test_help_does_not_import_torch():
+    code = "import sys; from neuralda.cli import build_parser; build_parser(); print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_help_lists_the_commands():
+    out = cli("--help")
+    assert out.returncode == 0
+    for command in ("corpus", "train", "generate", "summary", "demo"):
+        assert command in out.stdout
+
+
+def test_summary_of_the_seed():
+    out = cli("summary", "--arch", "seed", "--vocab", 5437)
+    assert out.returncode == 0 and "Total params: 11,870,525" in out.stdout
+
+
+def test_train_then_generate_end_to_end(tmp_path, corpus_file):
+    run = tmp_path / "run"
+    out = cli("train", corpus_file, "-o", run, "--epochs", 2, "--hidden", 32, "--layers", 1, "--batch-size", 8, "-q")
+    assert out.returncode == 0, out.stderr
+    out = cli("generate", run, "--start", "the sea", "--n", 2, "--seed", 3, "--words", 20, "--format", "json")
+    assert out.returncode == 0, out.stderr
+    poems = json.loads(out.stdout)
+    assert [p["seed"] for p in poems] == [3, 4] and all(p["poem"].startswith("the sea") for p in poems)
+    again = cli("generate", run, "--start", "the sea", "--n", 2, "--seed", 3, "--words", 20, "--format", "json")
+    assert json.loads(again.stdout) == poems
+    md = cli("generate", run, "--n", 1, "--seed", 1, "--words", 30, "--format", "markdown")
+    assert md.returncode == 0 and md.stdout.startswith("### love")
+    summary = cli("summary", run)
+    assert summary.returncode == 0 and "Total params" in summary.stdout
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("train", "missing.jsonl", "-o", "out"), "no such file"),
+        (("generate", "no-such-run"), "no such run directory"),
+        (("train", "-o", "out"), "needs a corpus"),
+        (("summary",), "--arch and --vocab"),
+    ],
+)
+def test_errors_are_one_line_and_exit_2(tmp_path, args, message):
+    out = cli(*args, cwd=tmp_path)
+    assert out.returncode == 2
+    assert message in out.stderr and out.stderr.count("\n") == 1 and "Traceback" not in out.stderr
+
+
+def test_unknown_start_word_and_checkpoint(tiny_run):
+    out = cli("generate", tiny_run, "--start", "zebra")
+    assert out.returncode == 2 and "does not know the start word 'zebra'" in out.stderr
+    out = cli("generate", tiny_run, "--checkpoint", "../../etc/passwd")
+    assert out.returncode == 2 and "no checkpoint" in out.stderr
+
+
+def test_bad_option_values_exit_2(tmp_path, corpus_file):
+    out = cli("train", corpus_file, "-o", tmp_path / "r", "--epochs", 0)
+    assert out.returncode == 2 and "must be at least 1" in out.stderr
+    out = cli("train", corpus_file, "-o", tmp_path / "r", "--max-time", "soon")
+    assert out.returncode == 2 and "not a duration" in out.stderr

@@ -1,0 +1,100 @@
+import pytest
+import torch
+from torch import nn
+
+from neuralda import Poet
+from neuralda.errors import NeuraldaError
+from neuralda.generate import SamplingConfig, filter_logits, sample_next, write_poems
+from neuralda.tokenizer import POEM_END, UNK, Vocab
+
+WORDS = ["love", "sea", "salt", "night", ",", "."]
+
+
+class FixedModel(nn.Module):
+    """A model whose next-token logits are always ``logits`` (for exact sampling tests)."""
+
+    def __init__(self, logits: torch.Tensor) -> None:
+        super().__init__()
+        self.logits = nn.Parameter(logits.clone(), requires_grad=False)
+
+    def forward(self, x, state=None):
+        return self.logits.expand(x.size(0), x.size(1), -1), state
+
+
+def vocab() -> Vocab:
+    return Vocab.build([WORDS])
+
+
+def test_same_seed_same_poems_other_seed_other_poems(tiny_run):
+    poet = Poet.load(tiny_run)
+    a = poet.write(start="love", words=40, seed=7)
+    assert a == poet.write(start="love", words=40, seed=7)
+    assert a != poet.write(start="love", words=40, seed=8)
+    assert isinstance(a, str) and a.startswith("love")
+
+
+def test_batched_poems_equal_one_by_one(tiny_run):
+    poet = Poet.load(tiny_run)
+    batch = poet.write_many(4, start="the sea", words=30, seed=11, temperature=0.9)
+    alone = [poet.write(start="the sea", words=30, seed=11 + i, temperature=0.9) for i in range(4)]
+    assert batch == alone
+
+
+def test_stops_after_words():
+    v = vocab()
+    logits = torch.zeros(len(v))
+    logits[v.stoi[POEM_END]] = -torch.inf
+    poem, ended = write_poems(FixedModel(logits), v, "love", words=10, seed=0)[0]
+    assert not ended
+    assert len([w for w in poem.replace(",", " ").replace(".", " ").split()]) == 10
+
+
+def test_stops_at_poem_end():
+    v = vocab()
+    logits = torch.full((len(v),), -1e9)
+    logits[v.stoi[POEM_END]] = 0
+    assert write_poems(FixedModel(logits), v, "love sea", words=50, seed=0) == [("love sea", True)]
+
+
+def test_unk_is_never_written():
+    v = vocab()
+    logits = torch.full((len(v),), -5.0)
+    logits[v.unk] = 50.0  # the model wants <unk> above all
+    logits[v.stoi[POEM_END]] = -torch.inf
+    poem, _ = write_poems(FixedModel(logits), v, "love", words=30, seed=0)[0]
+    assert UNK not in poem and len(poem.split()) > 5
+
+
+def test_unknown_start_word_names_close_words():
+    v = Vocab.build([["love", "lover", "sea"]])
+    with pytest.raises(NeuraldaError, match=r"'lov'.*love"):
+        write_poems(FixedModel(torch.zeros(len(v))), v, "sea lov", seed=0)
+
+
+def test_sampling_follows_the_model_probabilities():
+    probs = torch.tensor([0.5, 0.3, 0.2, 0.0])
+    gens = [torch.Generator().manual_seed(i) for i in range(4000)]
+    picks = sample_next(probs.log().expand(4000, -1), gens)
+    freq = torch.bincount(picks, minlength=4).float() / 4000
+    assert torch.allclose(freq, probs, atol=0.03) and freq[3] == 0
+
+
+def test_top_k_and_top_p():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    kept = lambda cfg: torch.isfinite(filter_logits(logits, cfg)).squeeze(0).tolist()  # noqa: E731
+    assert kept(SamplingConfig(top_k=2)) == [True, True, False, False]
+    assert kept(SamplingConfig(top_p=0.8)) == [True, True, False, False]
+    assert kept(SamplingConfig(top_p=0.81)) == [True, True, True, False]
+    assert kept(SamplingConfig(top_p=0.1)) == [True, False, False, False]
+
+
+def test_temperature_sharpens():
+    logits = torch.tensor([[1.0, 0.0]])
+    cold = filter_logits(logits, SamplingConfig(temperature=0.5)).softmax(-1)[0, 0]
+    assert cold > logits.softmax(-1)[0, 0]
+
+
+@pytest.mark.parametrize("cfg", [SamplingConfig(temperature=0), SamplingConfig(top_k=-1), SamplingConfig(top_p=0)])
+def test_bad_sampling_settings(cfg):
+    with pytest.raises(NeuraldaError):
+        cfg.check()

@@ -1,0 +1,75 @@
+import pytest
+import torch
+
+from neuralda.errors import NeuraldaError
+from neuralda.models import build_model, recipe, summary_table
+from neuralda.models.lstm import PoetLSTM, SeedLSTM, SingleBiasLSTM, ThouttLSTM
+
+
+def params(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("cls", [SeedLSTM, ThouttLSTM])
+def test_seed_and_thoutt_have_the_keras_parameter_count(cls):
+    assert params(cls(5437)) == 11_870_525
+
+
+def test_summary_table_matches_the_seed():
+    table = summary_table(build_model("seed", 5437, 512, 3, 0.3), "seed")
+    assert "Total params: 11,870,525" in table
+    assert "Non-trainable params: 0" in table
+    assert table.count("(LSTM)") == 3
+    assert "2783744" in table and "2789181" in table  # embedding and dense rows
+
+
+def test_single_bias_lstm_has_one_bias_and_runs_fused():
+    lstm = SingleBiasLSTM(8, 16)
+    names = {n for n, _ in lstm.named_parameters()}
+    assert names == {"weight_ih_l0", "weight_hh_l0", "bias_ih_l0"}
+    assert "bias_hh_l0" not in lstm.state_dict()
+    out, (h, c) = lstm(torch.randn(2, 5, 8))
+    assert out.shape == (2, 5, 16) and h.shape == (1, 2, 16)
+    # Same as a two-bias LSTM whose second bias is zero.
+    ref = torch.nn.LSTM(8, 16, batch_first=True)
+    with torch.no_grad():
+        for name in ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0"):
+            getattr(ref, name).copy_(getattr(lstm, name))
+        ref.bias_hh_l0.zero_()
+    x = torch.randn(3, 4, 8)
+    assert torch.allclose(lstm(x)[0], ref(x)[0], atol=1e-6)
+
+
+def test_keras_forget_bias_is_one():
+    model = SeedLSTM(50, embed=8, hidden=8, layers=1)
+    bias = model.lstms[0].bias_ih_l0
+    assert torch.all(bias[8:16] == 1) and torch.all(bias[:8] == 0)
+
+
+def test_our_lstm_ties_embedding_and_output():
+    model = PoetLSTM(100, hidden=16, layers=2)
+    assert model.decoder.weight is model.embedding.weight
+    assert params(model) == 100 * 16 + 2 * 4 * (16 * 32 + 2 * 16) + 100
+
+
+def test_state_carries_across_calls():
+    torch.manual_seed(0)
+    model = PoetLSTM(30, hidden=8, layers=2).eval()
+    x = torch.randint(0, 30, (2, 6))
+    whole, _ = model(x)
+    first, state = model(x[:, :3])
+    second, _ = model(x[:, 3:], state)
+    assert torch.allclose(torch.cat([first, second], 1), whole, atol=1e-5)
+
+
+def test_unknown_arch_lists_the_known_ones():
+    with pytest.raises(NeuraldaError, match="choose one of .*lstm"):
+        recipe("transformerxl")
+
+
+def test_recipes_reproduce_the_published_setups():
+    seed, thoutt = recipe("seed"), recipe("thoutt")
+    assert (seed.batch_size, seed.seq_len, seed.lr, seed.dropout, seed.stateful) == (512, 30, 1e-3, 0.3, False)
+    assert (thoutt.batch_size, thoutt.seq_len, thoutt.clip_value, thoutt.stateful) == (512, 30, 1.0, True)
+    assert seed.patience == 0 and thoutt.patience == 0 and recipe("lstm").patience > 0
+    assert seed.save_at == (200, 400)

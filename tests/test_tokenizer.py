@@ -1,0 +1,87 @@
+import json
+
+import pytest
+
+from conftest import SHARED_CORPORA
+from neuralda.corpus import normalize_text
+from neuralda.errors import NeuraldaError
+from neuralda.tokenizer import LINE, POEM_END, STANZA, UNK, Vocab, detokenize, is_word, tokenize
+
+
+def test_words_keep_inner_apostrophes_and_hyphens():
+    tokens = tokenize("Don't fear the sky’s earth-star, in-laws!", end=False)
+    assert tokens == ["don't", "fear", "the", "sky’s", "earth-star", ",", "in-laws", "!"]
+
+
+def test_each_punctuation_mark_is_a_token_and_breaks_are_tokens():
+    tokens = tokenize("Night; stars?\nSea.\n\nEnd...")
+    assert tokens == ["night", ";", "stars", "?", LINE, "sea", ".", STANZA, "end", ".", ".", ".", POEM_END]
+
+
+def test_keep_case():
+    assert tokenize("Love Sea", keep_case=True, end=False) == ["Love", "Sea"]
+    assert tokenize("Love Sea", end=False) == ["love", "sea"]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "love, the sea: salt; bread! why? (the moon)",
+        'she said "come home," and i came.',
+        "“curly quotes,” she wrote, ‘and single ones’",
+        "the lovers' eyes, th' old sea, thro' the night",
+        "'tis night, and 't is late; i 've seen it",
+        "he called them 'flowers,' and smiled",
+        "wait -- the sea -- is calling\nthe end --\nand then--nothing",
+        "a dash— attached, and one spaced —  like this",
+        "him-- forbid it",
+        "the word _maya_ in italics",
+        "a line\nanother line\n\na new stanza",
+    ],
+)
+def test_round_trip_hand_cases(text):
+    text = normalize_text(text)
+    assert detokenize(tokenize(text)) == text
+
+
+def test_detokenize_stops_at_poem_end_and_skips_unknown():
+    assert detokenize(["love", UNK, "sea", POEM_END, "more"]) == "love sea"
+
+
+def test_no_empty_tokens():
+    assert all(t.strip() for t in tokenize("  a  ,  b \n\n\n c  ", end=False))
+
+
+@pytest.mark.skipif(not SHARED_CORPORA.is_dir(), reason="../shared/corpora is not here (a user's clone)")
+def test_round_trip_on_shared_corpora_is_at_least_99_percent():
+    total = same = 0
+    for path in sorted(SHARED_CORPORA.glob("*.jsonl")):
+        for line in path.read_text(encoding="utf-8").splitlines():
+            text = normalize_text(json.loads(line)["text"]).lower()
+            total += 1
+            same += detokenize(tokenize(text)) == text
+    assert total > 800
+    assert same / total >= 0.99, f"{total - same} of {total} poems change in a round trip"
+
+
+def test_vocab_specials_order_min_count_and_unknowns(tmp_path):
+    vocab = Vocab.build([["sea", "sea", "love", "moon"], ["sea", "love"]], min_count=2)
+    assert vocab.itos[:4] == [UNK, LINE, STANZA, POEM_END]
+    assert vocab.itos[4:] == ["sea", "love"]
+    assert vocab.encode(["moon", "sea"]) == [vocab.unk, vocab.stoi["sea"]]
+    vocab.save(tmp_path / "vocab.json")
+    again = Vocab.load(tmp_path / "vocab.json")
+    assert again.itos == vocab.itos and again.min_count == 2
+
+
+def test_vocab_load_errors(tmp_path):
+    with pytest.raises(NeuraldaError, match="no vocabulary"):
+        Vocab.load(tmp_path / "missing.json")
+    (tmp_path / "bad.json").write_text('{"tokens": [1, 2]}')
+    with pytest.raises(NeuraldaError, match="not a neuralda vocabulary"):
+        Vocab.load(tmp_path / "bad.json")
+
+
+def test_is_word():
+    assert is_word("don't") and is_word("earth-star") and is_word("1918")
+    assert not is_word(",") and not is_word(LINE) and not is_word(" --")

@@ -1,0 +1,127 @@
+import json
+
+import pytest
+import torch
+
+from conftest import tiny_config
+from neuralda.errors import NeuraldaError
+from neuralda.run import Run, read_checkpoint
+from neuralda.train import batches, parse_duration, train
+
+QUIET = dict(log=lambda s: None)
+
+
+def metrics(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_tiny_run_lowers_the_loss_and_writes_the_run_directory(tiny_run):
+    rows = metrics(tiny_run)
+    assert [r["epoch"] for r in rows] == [1, 2, 3, 4]
+    assert rows[-1]["train_loss"] < rows[0]["train_loss"]
+    assert rows[-1]["val_loss"] < rows[0]["val_loss"]
+    for key in ("epoch", "step", "train_loss", "val_loss", "val_ppl", "tokens_per_s", "lr", "seconds"):
+        assert key in rows[0]
+    run = Run.open(tiny_run)
+    assert run.checkpoints() == ["best", "last", "epoch-2", "epoch-4"]
+    config = run.config
+    assert config["arch"] == "lstm" and config["hidden"] == 32 and config["batch_size"] == 8
+    assert config["weight_decay"] == 0.01 and config["save_at"] == [2, 4]  # from the recipe
+    samples = [json.loads(line) for line in (tiny_run / "samples.jsonl").read_text().splitlines()]
+    assert [s["epoch"] for s in samples] == [2, 4] and all(s["poem"].startswith("love") for s in samples)
+    # The vocabulary comes from the training poems only.
+    train_words = {t for p in run.poems("train") for t in p.text.lower().split()}
+    assert len(run.vocab) <= len(train_words) + 20
+
+
+def test_resume_finishes_as_an_uninterrupted_run_would(tmp_path, corpus_file):
+    whole = tmp_path / "whole"
+    train(tiny_config(corpus_file, whole, epochs=4), **QUIET)
+    part = tmp_path / "part"
+    train(tiny_config(corpus_file, part, epochs=2), **QUIET)
+    train(tiny_config("", part, epochs=4), resume=True, **QUIET)
+    a, _ = read_checkpoint(whole / "checkpoints" / "last.safetensors")
+    b, _ = read_checkpoint(part / "checkpoints" / "last.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in ("seconds", "tokens_per_s")} for r in rows]  # noqa: E731
+    assert strip(metrics(whole)) == strip(metrics(part))
+
+
+def test_resume_drops_metrics_written_after_the_last_checkpoint(tmp_path, corpus_file):
+    out = tmp_path / "run"
+    train(tiny_config(corpus_file, out, epochs=2), **QUIET)
+    with open(out / "metrics.jsonl", "a") as f:  # as if killed after logging epoch 3, before its checkpoint
+        f.write(json.dumps({"epoch": 3}) + "\n")
+    train(tiny_config("", out, epochs=3), resume=True, **QUIET)
+    assert [r["epoch"] for r in metrics(out)] == [1, 2, 3]
+
+
+def test_an_existing_run_is_not_overwritten(tmp_path, corpus_file):
+    out = tmp_path / "run"
+    train(tiny_config(corpus_file, out, epochs=1), **QUIET)
+    with pytest.raises(NeuraldaError, match="--resume"):
+        train(tiny_config(corpus_file, out, epochs=1), **QUIET)
+
+
+def test_patience_stops_early(tmp_path, corpus_file):
+    result = train(tiny_config(corpus_file, tmp_path / "run", epochs=50, patience=1, lr=0.5), **QUIET)
+    assert result.stopped == "patience" and result.epochs < 50
+
+
+def test_max_time_stops_cleanly(tmp_path, corpus_file):
+    result = train(tiny_config(corpus_file, tmp_path / "run", epochs=10_000, max_time=1.5), **QUIET)
+    assert result.stopped == "time"
+    assert Run.open(tmp_path / "run").checkpoints()[:2] == ["best", "last"]
+
+
+def test_no_validation_split(tmp_path, corpus_file):
+    result = train(tiny_config(corpus_file, tmp_path / "run", epochs=1, val_fraction=0.0), **QUIET)
+    assert result.best_val_ppl is None
+    assert metrics(tmp_path / "run")[0]["val_ppl"] is None
+
+
+def test_seed_recipe_trains_on_shuffled_windows(tmp_path, corpus_file):
+    out = tmp_path / "seed"
+    train(tiny_config(corpus_file, out, arch="seed", epochs=1, hidden=16, layers=2), **QUIET)
+    config = Run.open(out).config
+    assert config["stateful"] is False and config["lr"] == 1e-3 and config["patience"] == 0
+
+
+def test_stateful_batches_are_parallel_streams():
+    ids = torch.arange(41)
+    cfg = {"batch_size": 4, "seq_len": 3, "stateful": True, "seed": 0}
+    got = list(batches(ids, cfg, 1))
+    x0, y0, reset0 = got[0]
+    assert reset0 and x0.tolist() == [[0, 1, 2], [10, 11, 12], [20, 21, 22], [30, 31, 32]]
+    assert torch.equal(y0, x0 + 1)
+    x1, _, reset1 = got[1]
+    assert not reset1 and x1[:, 0].tolist() == [3, 13, 23, 33]
+
+
+def test_window_batches_cover_each_window_once():
+    ids = torch.arange(31)
+    cfg = {"batch_size": 4, "seq_len": 3, "stateful": False, "seed": 0}
+    firsts = sorted(int(v) for x, _, _ in batches(ids, cfg, 1) for v in x[:, 0])
+    assert firsts == list(range(0, 30, 3))
+
+
+@pytest.mark.parametrize("text, seconds", [("90s", 90), ("10m", 600), ("1h", 3600), ("45", 45), ("1.5m", 90)])
+def test_parse_duration(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["ten minutes", "-5", "0", "5d"])
+def test_parse_duration_errors(text):
+    with pytest.raises(NeuraldaError):
+        parse_duration(text)
+
+
+def test_damaged_checkpoint_is_a_clear_error(tmp_path, corpus_file):
+    out = tmp_path / "run"
+    train(tiny_config(corpus_file, out, epochs=1), **QUIET)
+    best = out / "checkpoints" / "best.safetensors"
+    best.write_bytes(best.read_bytes()[:1000])
+    with pytest.raises(NeuraldaError, match="damaged checkpoint"):
+        Run.open(out).load_model("best")

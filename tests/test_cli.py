@@ -70,3 +70,18 @@ def test_bad_option_values_exit_2(tmp_path, corpus_file):
     assert out.returncode == 2 and "must be at least 1" in out.stderr
     out = cli("train", corpus_file, "-o", tmp_path / "r", "--max-time", "soon")
     assert out.returncode == 2 and "not a duration" in out.stderr
+
+
+def test_demo_scrapes_the_local_site_trains_and_writes(tmp_path):
+    out = cli("demo", "--minutes", "0.15", "-o", tmp_path / "runs" / "demo", "--seed", 1, "-q")
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "wrote 117 poems" in out.stderr and "127.0.0.1" in out.stderr
+    assert 'A poem from "love"' in out.stdout
+    poem = out.stdout.split("best checkpoint):", 1)[1].strip()
+    assert poem.startswith("love") and len(poem.split()) > 5
+    scraped = [json.loads(line) for line in (tmp_path / "runs" / "demo-corpus.jsonl").read_text().splitlines()]
+    assert len(scraped) == 117 and all(p["url"].startswith("http://127.0.0.1:") for p in scraped)
+    # A second demo replaces its own run and corpus; it never touches another run.
+    again = cli("demo", "--minutes", "0.1", "-o", tmp_path / "runs" / "demo", "-q")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert len((tmp_path / "runs" / "demo-corpus.jsonl").read_text().splitlines()) == 117

@@ -139,30 +139,66 @@ def cmd_summary(args: argparse.Namespace) -> None:
     print(summary_table(model, args.arch))
 
 
+def cmd_scrape(args: argparse.Namespace) -> None:
+    from .scrape import ScrapeConfig, list_presets, scrape
+
+    if args.list_presets:
+        for name, description, checked in list_presets():
+            print(f"{name:<18}{description}\n{'':<18}checked: {checked}")
+        return
+    if not args.start_urls or not args.output:
+        raise NeuraldaError("scrape needs START_URL... and -o CORPUS.jsonl (or --list-presets)")
+    config = ScrapeConfig(
+        start_urls=args.start_urls,
+        output=args.output,
+        links=args.links,
+        next=args.next,
+        title=args.title,
+        body=args.body,
+        author=args.author,
+        author_css=args.author_css,
+        preset=args.preset,
+        max_poems=args.max_poems,
+        max_pages=args.max_pages,
+        delay=args.delay,
+        timeout=args.timeout,
+        retries=args.retries,
+        cache_dir=args.cache,
+        refresh=args.refresh,
+        user_agent=args.user_agent,
+        progress=not args.quiet,
+    )
+    print(scrape(config).text(), file=sys.stderr)
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
+    """Serve the bundled corpus as a website on 127.0.0.1, scrape it, train on it, and write a poem."""
     import importlib.resources
     import shutil
+    import tempfile
 
+    from .corpus import read_corpus
+    from .demo.site import serve_poems
     from .generate import write_poems
     from .run import Run
+    from .scrape import scrape
     from .train import TrainConfig, train
 
-    corpus = importlib.resources.files("neuralda") / "demo" / "poems.jsonl"
     out = Path(args.output)
+    corpus_out = out.parent / f"{out.name}-corpus.jsonl"
     if (out / "config.json").exists():
         previous = json.loads((out / "config.json").read_text(encoding="utf-8"))
-        if not previous.get("demo"):
+        if previous.get("corpus") != str(corpus_out):
             raise NeuraldaError(f"{out} holds a run that is not the demo's; choose another -o")
         shutil.rmtree(out)
-    budget = args.minutes * 60
-    print(f"neuralda demo: training the default model on the bundled corpus for up to {args.minutes:g} min", file=sys.stderr)
-    with importlib.resources.as_file(corpus) as corpus_path:
-        train(TrainConfig(corpus=str(corpus_path), output=str(out), max_time=budget, progress=not args.quiet))
+    corpus_out.unlink(missing_ok=True)  # the demo's own output from an earlier run
+    poems = read_corpus(importlib.resources.files("neuralda") / "demo" / "poems.jsonl")
+    with tempfile.TemporaryDirectory() as cache, serve_poems(poems) as site:
+        print(f"neuralda demo: serving {len(poems)} poems at {site.url} and scraping them", file=sys.stderr)
+        print(scrape(site.config(str(corpus_out), cache, progress=not args.quiet)).text(), file=sys.stderr)
+    print(f"neuralda demo: training the default model for up to {args.minutes:g} min", file=sys.stderr)
+    train(TrainConfig(corpus=str(corpus_out), output=str(out), max_time=args.minutes * 60, progress=not args.quiet))
     run = Run.open(out)
-    run.config["demo"] = True
-    from .files import write_json
-
-    write_json(out / "config.json", run.config)
     model, _ = run.load_model("best")
     poem, _ = write_poems(model, run.vocab, "love", words=80, seed=args.seed)[0]
     print(f"\nA poem from \"love\" ({out}, best checkpoint):\n\n{poem}\n")
@@ -193,6 +229,29 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("--json", action="store_true", help="one JSON object")
     stats.add_argument("--keep-case", action="store_true", help="count Love and love apart")
     stats.set_defaults(func=cmd_corpus_stats)
+
+    sc = sub.add_parser("scrape", help="collect a poet's poems from a website into a corpus, politely")
+    sc.add_argument("start_urls", nargs="*", metavar="START_URL", help="index pages listing the poems")
+    sc.add_argument("-o", "--output", help="the corpus to append to (JSONL); a rerun adds only missing poems")
+    sc.add_argument("--links", metavar="CSS", help="the poem links on an index page")
+    sc.add_argument("--next", metavar="CSS", help="the link to the next index page")
+    sc.add_argument("--title", metavar="CSS", help="the title on a poem page")
+    sc.add_argument("--body", metavar="CSS", help="the poem on a poem page")
+    who = sc.add_mutually_exclusive_group()
+    who.add_argument("--author", metavar="NAME", help="the author of every poem")
+    who.add_argument("--author-css", metavar="CSS", help="the author on a poem page")
+    sc.add_argument("--preset", metavar="NAME", help="selectors for a known site (see --list-presets)")
+    sc.add_argument("--list-presets", action="store_true", help="list the known sites and exit")
+    sc.add_argument("--max-poems", type=_positive_int)
+    sc.add_argument("--max-pages", type=_positive_int, help="index pages to visit at most")
+    sc.add_argument("--delay", type=float, default=1.0, help="seconds between requests to a host (default 1)")
+    sc.add_argument("--timeout", type=float, default=30.0, help="seconds before a response is abandoned")
+    sc.add_argument("--retries", type=int, default=3, help="retries on 429, 5xx and timeouts (default 3)")
+    sc.add_argument("--cache", metavar="DIR", help="the HTTP cache (default: the user's cache folder)")
+    sc.add_argument("--refresh", action="store_true", help="fetch again what is in the cache")
+    sc.add_argument("--user-agent", metavar="TEXT", help=f"default: neuralda/{__version__}")
+    sc.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    sc.set_defaults(func=cmd_scrape)
 
     t = sub.add_parser("train", help="train a model on a corpus into a run directory")
     t.add_argument("corpus", nargs="?", help="the corpus (JSONL); not needed with --resume")
@@ -241,7 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--layers", type=_positive_int)
     s.set_defaults(func=cmd_summary)
 
-    d = sub.add_parser("demo", help="train on the bundled demo corpus and write a poem")
+    d = sub.add_parser("demo", help="scrape the bundled demo site on 127.0.0.1, train on it, write a poem")
     d.add_argument("--minutes", type=float, default=3.0, help="training budget (default 3)")
     d.add_argument("-o", "--output", default=str(DEMO_RUN), help="the run directory (default runs/demo)")
     d.add_argument("--seed", type=int, help="the seed of the poem printed at the end")

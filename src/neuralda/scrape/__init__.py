@@ -1,0 +1,335 @@
+"""Scrape a poet's poems from a website into a corpus, politely: ``scrape(ScrapeConfig(start_urls, output, ...))``.
+
+A start URL is an index page: ``links`` selects the poem links on it and ``next`` the next index page; on a poem
+page ``title`` and ``body`` select the title and the poem. Without ``links`` the start URLs are poem pages.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .. import __version__
+from ..corpus import Poem
+from ..errors import NeuraldaError
+from ..files import append_line
+from .extract import check_selector, parse_html, select_line, select_links, select_poem
+from .fetch import Fetcher, FetchError, Page, host_of, normalize_url
+from .sites import SELECTOR_FIELDS, get_preset, list_presets
+
+if TYPE_CHECKING:
+    from bs4 import BeautifulSoup
+
+__all__ = ["ScrapeConfig", "ScrapeSummary", "apply_preset", "list_presets", "scrape"]
+
+
+@dataclass
+class ScrapeConfig:
+    """Every setting of one scrape; the ``neuralda scrape`` flags map one to one onto these fields."""
+
+    start_urls: list[str]
+    output: str
+    links: str | None = None  # CSS: the poem links on an index page
+    next: str | None = None  # CSS: the link to the next index page
+    title: str | None = None  # CSS: the title on a poem page (else the poem's first line)
+    body: str | None = None  # CSS: the poem on a poem page
+    author: str | None = None  # a name for every poem; wins over author_css
+    author_css: str | None = None  # CSS: the author on a poem page
+    preset: str | None = None  # a known site whose selectors fill the ones not given
+    max_poems: int | None = None  # stop once this many poems of the crawl are in the output (earlier runs count)
+    max_pages: int | None = None  # index pages to visit at most
+    delay: float = 1.0  # seconds between requests to a host (a larger robots.txt Crawl-delay wins)
+    timeout: float = 30.0  # seconds for a whole response
+    retries: int = 3  # more tries on 429, 5xx and timeouts
+    cache_dir: str | None = None  # None: the user's cache folder, neuralda/http
+    refresh: bool = False  # fetch again what is in the cache
+    user_agent: str | None = None  # None: neuralda/VERSION
+    progress: bool = True
+
+
+@dataclass
+class ScrapeSummary:
+    """What a scrape did; ``text()`` is what the user reads at the end."""
+
+    poems_written: int = 0
+    pages_fetched: int = 0  # index and poem pages downloaded (robots.txt not counted)
+    cache_hits: int = 0
+    robots_skipped: int = 0
+    failures: list[tuple[str, str]] = field(default_factory=list)  # (url, reason)
+    already_present: int = 0  # poems found that an earlier run had written
+    output: str = ""
+
+    def text(self) -> str:
+        earlier = f" ({self.already_present} already there)" if self.already_present else ""
+        lines = [
+            f"wrote {self.poems_written} poem{'s' * (self.poems_written != 1)} to {self.output}{earlier}",
+            f"pages fetched: {self.pages_fetched}, from the cache: {self.cache_hits}",
+            f"skipped for robots.txt: {self.robots_skipped}",
+            f"failures: {len(self.failures)}",
+        ]
+        lines += [f"  {url}: {reason}" for url, reason in self.failures]
+        return "\n".join(lines)
+
+
+def apply_preset(config: ScrapeConfig) -> ScrapeConfig:
+    """``config`` with the preset's selectors filling those not given explicitly."""
+    if not config.preset:
+        return config
+    missing = {k: v for k, v in get_preset(config.preset).selectors().items() if getattr(config, k) is None}
+    return replace(config, **missing)
+
+
+def _check_config(config: ScrapeConfig) -> None:
+    if not config.start_urls:
+        raise NeuraldaError("give at least one start URL")
+    for url in config.start_urls:
+        if normalize_url(url) is None:
+            raise NeuraldaError(f"not an http(s) URL: {url!r}")
+    if not config.body:
+        raise NeuraldaError("no --body selector: give --body CSS or a --preset (see --list-presets)")
+    for name in SELECTOR_FIELDS:
+        css = getattr(config, name)
+        if css is not None:
+            check_selector(name.replace("_", "-"), css)
+    if config.delay < 0 or config.timeout <= 0 or config.retries < 0:
+        raise NeuraldaError("--delay and --retries must be >= 0 and --timeout > 0")
+    for name in ("max_poems", "max_pages"):
+        value = getattr(config, name)
+        if value is not None and value < 1:
+            raise NeuraldaError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+
+
+def _urls_in_output(path: Path) -> set[str]:
+    """URLs of the poems an earlier run wrote to ``path``, so this run adds only the missing ones."""
+    if not path.exists():
+        return set()
+    if path.is_dir():
+        raise NeuraldaError(f"{path}: is a folder; -o wants a .jsonl file")
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        cut = data.rfind(b"\n") + 1
+        try:
+            json.loads(data[cut:])
+        except ValueError:
+            # A run killed in the middle of a write leaves a torn last line: drop it, its poem is fetched again.
+            os.truncate(path, cut)
+            data = data[:cut]
+        else:
+            append_line(path, "")  # a complete last line without its newline: end it, so the next one starts fresh
+            data += b"\n"
+    urls = set()
+    for number, line in enumerate(data.decode("utf-8", errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            raise NeuraldaError(f"{path}:{number}: not a corpus line (JSONL); write to another -o file") from None
+        if isinstance(record, dict) and record.get("url"):
+            urls.add(normalize_url(str(record["url"])) or str(record["url"]))
+    return urls
+
+
+class _Progress:
+    """A tqdm bar on a terminal; a plain line per index page when stderr is a file or a pipe."""
+
+    def __init__(self, enabled: bool, total: int | None):
+        self.bar = None
+        self.plain = enabled and not sys.stderr.isatty()
+        if enabled and not self.plain:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, unit=" poems", desc="scraping", file=sys.stderr, dynamic_ncols=True)
+
+    def update(self, index_pages: int, found: int, written: int) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix_str(f"index pages {index_pages}, poems found {found}", refresh=False)
+            self.bar.update(written - self.bar.n)
+
+    def index_page(self, url: str, links: int, written: int) -> None:
+        if self.plain:
+            print(f"index page {url}: {links} new poem link(s), {written} poem(s) written so far", file=sys.stderr)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+@dataclass
+class _Crawl:
+    """One scrape's state: what was seen, what went wrong (to explain a run that wrote nothing)."""
+
+    config: ScrapeConfig
+    fetcher: Fetcher
+    output: Path
+    done: set[str]
+    progress: _Progress
+    summary: ScrapeSummary
+    index_pages: int = 0
+    poem_urls: set[str] = field(default_factory=set)
+    index_urls: set[str] = field(default_factory=set)
+    start_failures: list[tuple[str, str]] = field(default_factory=list)
+    pages_without_links: list[str] = field(default_factory=list)
+    off_host_links: list[str] = field(default_factory=list)
+    pages_without_body: list[str] = field(default_factory=list)
+
+    def full(self) -> bool:
+        limit = self.config.max_poems
+        return limit is not None and self.summary.poems_written + self.summary.already_present >= limit
+
+    def fetch(self, url: str, is_start: bool = False) -> tuple[BeautifulSoup, Page] | None:
+        """The page at ``url``, parsed and as fetched, or None after recording why not."""
+        try:
+            page = self.fetcher.fetch(url)
+        except FetchError as e:
+            if e.robots:
+                self.summary.robots_skipped += 1
+            else:
+                self.summary.failures.append((url, e.reason))
+            if is_start:
+                self.start_failures.append((url, e.reason))
+            return None
+        return parse_html(page.body, page.content_type), page
+
+    def crawl(self, start: str) -> None:
+        """Walk the index pages from ``start`` through the pager, writing each page's poems before the next."""
+        host, url, is_start = host_of(start), start, True
+        while url is not None and not self.full():
+            if self.config.max_pages is not None and self.index_pages >= self.config.max_pages:
+                return
+            if url in self.index_urls:
+                return  # the pager came back to a page it showed before: a loop, not more poems
+            self.index_urls.add(url)
+            fetched = self.fetch(url, is_start)
+            if fetched is None:
+                return
+            soup, page = fetched
+            self.index_pages += 1
+            if self.config.links is None:
+                self.poem_urls.add(url)
+                self.write_poem(url, fetched)
+                return
+            links = self.new_poem_links(select_links(soup, self.config.links, page.url), host, page.url)
+            self.progress.index_page(url, len(links), self.summary.poems_written)
+            for link in links:
+                if self.full():
+                    return
+                if link in self.done:
+                    self.summary.already_present += 1
+                else:
+                    self.write_poem(link, self.fetch(link))
+                self.progress.update(self.index_pages, len(self.poem_urls), self.summary.poems_written)
+            url, is_start = self.next_page(soup, page.url, host), False
+
+    def new_poem_links(self, hrefs: list[str], host: str, page_url: str) -> list[str]:
+        """Poem URLs not seen before on this host, in page order; a link to another host is never followed."""
+        if not hrefs:
+            self.pages_without_links.append(page_url)
+        new = []
+        for href in hrefs:
+            url = normalize_url(href)
+            if url is None:
+                continue
+            if host_of(url) != host:
+                self.off_host_links.append(url)
+            elif url not in self.poem_urls:
+                self.poem_urls.add(url)
+                new.append(url)
+        return new
+
+    def next_page(self, soup: BeautifulSoup, page_url: str, host: str) -> str | None:
+        if not self.config.next:
+            return None
+        for href in select_links(soup, self.config.next, page_url):
+            url = normalize_url(href)
+            if url is not None and host_of(url) == host:
+                return url
+        return None
+
+    def write_poem(self, url: str, fetched: tuple[BeautifulSoup, Page] | None) -> None:
+        """Extract the poem from a fetched page and append it to the output at once."""
+        if fetched is None:
+            return
+        soup, page = fetched
+        text = select_poem(soup, self.config.body)
+        if not text:
+            self.pages_without_body.append(url)
+            self.summary.failures.append((url, f"--body {self.config.body!r} matched no text"))
+            return
+        title = select_line(soup, self.config.title) if self.config.title else ""
+        if self.config.author is not None:
+            author = self.config.author
+        else:
+            author = select_line(soup, self.config.author_css) if self.config.author_css else ""
+        poem = Poem(
+            title=title or text.split("\n", 1)[0], author=author, text=text, url=url, fetched_at=page.fetched_at or None
+        )
+        append_line(self.output, json.dumps(poem.to_dict(), ensure_ascii=False))
+        self.done.add(url)
+        self.summary.poems_written += 1
+
+    def why_nothing(self) -> str:
+        """The one-line reason a scrape that found no poem at all gives the user."""
+        config = self.config
+        if len(self.start_failures) == len(config.start_urls):
+            url, reason = self.start_failures[0]
+            return f"the start page failed: {url}: {reason}"
+        if self.pages_without_body:
+            return (
+                f"--body {config.body!r} matched nothing on {len(self.pages_without_body)} poem page(s), "
+                f"e.g. {self.pages_without_body[0]}"
+            )
+        if self.off_host_links and not self.poem_urls:
+            return (
+                f"every poem link leads to another host (e.g. {self.off_host_links[0]}); "
+                "only the start URL's host is scraped"
+            )
+        if self.pages_without_links and not self.poem_urls:
+            return f"--links {config.links!r} matched no link on {self.pages_without_links[0]}"
+        if self.summary.failures:
+            url, reason = self.summary.failures[0]
+            return f"every poem page failed, e.g. {url}: {reason}"
+        if self.summary.robots_skipped:
+            return f"robots.txt disallows all {self.summary.robots_skipped} poem page(s) found"
+        return "no poem was found"
+
+
+def default_cache_dir() -> Path:
+    """Where pages are cached unless ``--cache DIR`` says otherwise."""
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("neuralda")) / "http"
+
+
+def scrape(config: ScrapeConfig) -> ScrapeSummary:
+    """Scrape the poems ``config`` describes into its output file; NeuraldaError when not one poem was found."""
+    config = apply_preset(config)
+    _check_config(config)
+    output = Path(config.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    fetcher = Fetcher(
+        user_agent=config.user_agent or f"neuralda/{__version__}",
+        delay=config.delay,
+        timeout=config.timeout,
+        retries=config.retries,
+        cache_dir=Path(config.cache_dir) if config.cache_dir else default_cache_dir(),
+        refresh=config.refresh,
+    )
+    summary = ScrapeSummary(output=str(output))
+    progress = _Progress(config.progress, config.max_poems)
+    crawl = _Crawl(config, fetcher, output, _urls_in_output(output), progress, summary)
+    try:
+        for start in dict.fromkeys(normalize_url(u) for u in config.start_urls):
+            if crawl.full():
+                break
+            crawl.crawl(start)
+    finally:
+        progress.close()
+        summary.pages_fetched, summary.cache_hits = fetcher.pages_fetched, fetcher.cache_hits
+    if summary.poems_written == 0 and summary.already_present == 0:
+        raise NeuraldaError(f"no poem written: {crawl.why_nothing()}")
+    return summary

@@ -1,0 +1,170 @@
+"""HTML to poem: bytes decoded the way browsers do, then ``<br>`` ends a line and ``<p>`` (any block) a stanza."""
+
+from __future__ import annotations
+
+import codecs
+import re
+from urllib.parse import urljoin
+
+import soupsieve
+from bs4 import BeautifulSoup, NavigableString, Tag
+
+from ..corpus import normalize_text
+from ..errors import NeuraldaError
+
+BLOCK_TAGS = frozenset(
+    "address article blockquote caption center dd details dialog div dl dt fieldset figcaption figure h1 h2 h3 h4 h5 h6"
+    " header hgroup hr li main ol p pre section summary table tbody td tfoot th thead tr ul".split()
+)
+# Never poem text, wherever they sit: code, forms, embedded players, navigation and side boxes.
+DROPPED_TAGS = frozenset(
+    "script style noscript template form button input select option textarea label iframe object embed canvas svg"
+    " audio video nav aside footer head title meta link".split()
+)
+# Class or id words that mark advertising boxes (Google's <ins class="adsbygoogle">, "ad-slot", "sponsored" ...).
+AD_WORDS = frozenset("ad ads adsbygoogle advert adverts advertisement advertising sponsor sponsored promo".split())
+
+_BOMS = ((codecs.BOM_UTF8, "utf-8"), (codecs.BOM_UTF16_LE, "utf-16-le"), (codecs.BOM_UTF16_BE, "utf-16-be"))
+_HEADER_CHARSET = re.compile(r"""charset\s*=\s*["']?\s*([^\s;"']+)""", re.I)
+_META_CHARSET = re.compile(rb"""<meta\b[^>]*?charset\s*=\s*["']?\s*([A-Za-z0-9_:.\-]+)""", re.I)
+_HTML_SPACE = re.compile(r"[ \t\n\r\f]+")
+_WORD_SPLIT = re.compile(r"[-_\s]+")
+_BLOCK_END = object()
+
+
+# --- bytes to text -----------------------------------------------------------------------------------------------
+
+
+def _codec(label: str, from_meta: bool = False) -> str | None:
+    """Python's codec for a charset label, as browsers read it; None for a label nobody knows."""
+    try:
+        name = codecs.lookup(label.strip().lower()).name
+    except LookupError:
+        return None
+    # WHATWG Encoding: pages labelled Latin-1 or ASCII are really windows-1252 (curly quotes live in 0x80-0x9F) ...
+    if name in ("latin-1", "iso8859-1", "ascii"):
+        return "cp1252"
+    # ... and a <meta> that claims UTF-16 was necessarily read as ASCII-compatible bytes, so it is UTF-8.
+    if from_meta and name.startswith("utf-16"):
+        return "utf-8"
+    return name
+
+
+def _detect(data: bytes) -> str:
+    """Decode a page that names no charset: UTF-8 when it is valid, else charset_normalizer's best guess."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        pass
+    from charset_normalizer import from_bytes
+
+    results = from_bytes(data)
+    best = results.best()
+    if best is None:
+        return data.decode("utf-8", errors="replace")
+    # Short Western pages score the same in several code pages; windows-1252 is what an unlabelled one most likely is.
+    for match in results:
+        if match.encoding == "cp1252" and match.chaos <= best.chaos and match.coherence >= best.coherence:
+            return str(match)
+    return str(best)
+
+
+def decode_html(data: bytes, content_type: str = "") -> str:
+    """Page bytes as text: the HTTP header's charset, then a BOM, then ``<meta charset>``, then detection."""
+    found = _HEADER_CHARSET.search(content_type or "")
+    codec = _codec(found.group(1)) if found else None
+    if codec is None:
+        for bom, name in _BOMS:
+            if data.startswith(bom):
+                return data[len(bom) :].decode(name, errors="replace")
+        found_meta = _META_CHARSET.search(data[:4096])
+        codec = _codec(found_meta.group(1).decode("ascii"), from_meta=True) if found_meta else None
+    if codec is None:
+        return _detect(data)
+    return data.decode(codec, errors="replace").lstrip("\ufeff")
+
+
+def parse_html(data: bytes, content_type: str = "") -> BeautifulSoup:
+    """The parsed page (lxml), decoded by :func:`decode_html` so lxml never guesses the encoding itself."""
+    return BeautifulSoup(decode_html(data, content_type), "lxml")
+
+
+# --- selectors ---------------------------------------------------------------------------------------------------
+
+
+def check_selector(option: str, css: str) -> None:
+    """Raise NeuraldaError naming the ``--option`` when ``css`` is not a valid CSS selector."""
+    try:
+        soupsieve.compile(css)
+    except soupsieve.SelectorSyntaxError as e:
+        detail = str(e).splitlines()[0]
+        raise NeuraldaError(f"invalid CSS selector for --{option}: {css!r} ({detail})") from None
+
+
+def select_links(soup: BeautifulSoup, css: str, page_url: str) -> list[str]:
+    """Absolute targets of the links ``css`` selects: matched ``<a href>`` or the ``<a href>`` inside a match."""
+    base = page_url
+    base_tag = soup.find("base", href=True)
+    if base_tag is not None:
+        base = urljoin(page_url, str(base_tag["href"]))
+    links = []
+    for element in soup.select(css):
+        anchors = [element] if element.name == "a" and element.has_attr("href") else element.select("a[href]")
+        links.extend(urljoin(base, str(a["href"])) for a in anchors)
+    return links
+
+
+# --- elements to text --------------------------------------------------------------------------------------------
+
+
+def _is_ad(tag: Tag) -> bool:
+    words = " ".join(tag.get_attribute_list("class") + [tag.get("id") or ""])
+    return any(word in AD_WORDS for word in _WORD_SPLIT.split(words.lower()) if word)
+
+
+def _raw_text(element: Tag) -> str:
+    """Text with ``\\n`` for ``<br>`` and blank lines around blocks; not yet normalised."""
+    out: list[str] = []
+    # An explicit stack, not recursion: a page nested a thousand levels deep must not crash the run.
+    stack: list = [(child, False) for child in reversed(element.contents)]
+    while stack:
+        item = stack.pop()
+        if item is _BLOCK_END:
+            out.append("\n\n")
+            continue
+        node, in_pre = item
+        if isinstance(node, Tag):
+            name = node.name.lower()
+            if name in DROPPED_TAGS or _is_ad(node):
+                continue
+            if name == "br":
+                out.append("\n")
+                continue
+            if name in BLOCK_TAGS:
+                out.append("\n\n")
+                stack.append(_BLOCK_END)
+            stack.extend((child, in_pre or name == "pre") for child in reversed(node.contents))
+        elif type(node) is NavigableString:  # subclasses are comments, CDATA, doctypes and script/style text
+            text = str(node)
+            # In HTML a newline in the source is only a space; <pre> is the one place where it is a line break.
+            out.append(text if in_pre else _HTML_SPACE.sub(" ", text))
+    return "".join(out)
+
+
+def element_text(element: Tag) -> str:
+    """The poem text of ``element``: lines and stanzas from the markup, cleaned by :func:`normalize_text`."""
+    return normalize_text(_raw_text(element))
+
+
+def select_poem(soup: BeautifulSoup, css: str) -> str:
+    """The text of every element ``css`` selects (an element inside another match counts once), as stanzas."""
+    matches = soup.select(css)
+    chosen = {id(m) for m in matches}  # by identity: Tags compare equal when their markup is equal
+    outermost = [m for m in matches if not any(id(parent) in chosen for parent in m.parents)]
+    return normalize_text("\n\n".join(_raw_text(m) for m in outermost))
+
+
+def select_line(soup: BeautifulSoup, css: str) -> str:
+    """The text of the first element ``css`` selects, on one line (a title, an author); "" when none matches."""
+    element = soup.select_one(css)
+    return " ".join(element_text(element).split()) if element is not None else ""

@@ -1,0 +1,428 @@
+"""Polite HTTP: robots.txt first, one request at a time per host, retries with backoff, size and time limits, a cache.
+
+Named after Scrapy's settings (ROBOTSTXT_OBEY, DOWNLOAD_DELAY, RETRY_TIMES, HTTPCACHE), which scraping people know.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import re
+import time
+import zlib
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from email.message import Message
+from email.utils import parsedate_to_datetime
+from functools import lru_cache
+from pathlib import Path
+from urllib.parse import quote, unquote, urljoin, urlsplit, urlunsplit
+
+from ..errors import NeuraldaError
+from ..files import atomic_write
+
+MAX_PAGE_BYTES = 5 * 1024 * 1024  # after gzip too: a small gzip bomb must not become gigabytes in memory
+MAX_REDIRECTS = 5
+MAX_WAIT = 120.0  # a server asking for a longer Retry-After gets the page skipped, not a shorter wait
+REDIRECTS = frozenset({301, 302, 303, 307, 308})
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+_READ_CHUNK = 64 * 1024
+
+
+class FetchError(NeuraldaError):
+    """A page that could not be had; ``reason`` says why in a few words, ``robots`` whether robots.txt forbade it."""
+
+    def __init__(self, url: str, reason: str, robots: bool = False):
+        super().__init__(f"{url}: {reason}")
+        self.url = url
+        self.reason = reason
+        self.robots = robots
+
+
+class _Retryable(Exception):
+    """A timeout or dropped connection: worth another try after a pause."""
+
+
+@dataclass
+class Page:
+    """A page as fetched: ``url`` is where it was found after redirects; ``body`` is decompressed bytes."""
+
+    url: str
+    content_type: str
+    body: bytes
+    fetched_at: str = ""  # ISO 8601, UTC: when it came from the site, even when read back from the cache
+    from_cache: bool = False
+
+
+@dataclass
+class _Response:
+    url: str
+    status: int
+    headers: Message
+    body: bytes
+
+
+# --- URLs -------------------------------------------------------------------------------------------------------
+
+
+def normalize_url(url: str, base: str | None = None) -> str | None:
+    """The absolute http(s) form of ``url``: no fragment, lower-case scheme and host, no default port; else None."""
+    url = urljoin(base, url.strip()) if base else url.strip()
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    try:
+        port = parts.port
+    except ValueError:
+        return None
+    if scheme not in _DEFAULT_PORTS or not parts.hostname:
+        return None
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    netloc = host if port in (None, _DEFAULT_PORTS[scheme]) else f"{host}:{port}"
+    # Quote only what is unsafe, so "/a%20b" and "/a b" become the same URL and an encoded "/" keeps its meaning.
+    path = quote(parts.path or "/", safe="/%:@!$&'()*+,;=-._~")
+    query = quote(parts.query, safe="/%:@!$&'()*+,;=-._~?")
+    return urlunsplit((scheme, netloc, path, query, ""))
+
+
+def host_of(url: str) -> str:
+    """The host (and port) part of a normalised URL: the unit of politeness and of "stays on the host"."""
+    return urlsplit(url).netloc
+
+
+# --- robots.txt (RFC 9309) -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Robots:
+    """What one host's robots.txt lets us do; ``deny_all`` is the reason when the whole host is off limits."""
+
+    rules: tuple[tuple[bool, str], ...] = ()  # (allowed, path pattern)
+    crawl_delay: float | None = None
+    deny_all: str | None = None
+
+    def allows(self, url: str) -> bool:
+        if self.deny_all:
+            return False
+        parts = urlsplit(url)
+        path = unquote(parts.path or "/") + (f"?{unquote(parts.query)}" if parts.query else "")
+        # The longest matching pattern wins and Allow wins a tie (RFC 9309, section 2.2.2).
+        best: tuple[int, bool] | None = None
+        for allowed, pattern in self.rules:
+            if _robots_pattern(pattern).match(path):
+                key = (len(pattern), allowed)
+                best = key if best is None or key > best else best
+        return best is None or best[1]
+
+
+@lru_cache(maxsize=1024)
+def _robots_pattern(pattern: str) -> re.Pattern:
+    anchored = pattern.endswith("$")
+    body = ".*".join(re.escape(part) for part in unquote(pattern.rstrip("$")).split("*"))
+    return re.compile(body + ("$" if anchored else ""))
+
+
+def parse_robots(text: str, user_agent: str) -> Robots:
+    """The rules of robots.txt ``text`` that apply to ``user_agent``: its own groups if any, else those for ``*``."""
+    token = user_agent.split("/", 1)[0].strip().lower()
+    groups: list[tuple[list[str], list[tuple[bool, str]], list[float]]] = []
+    in_agents = False
+    for raw in text.splitlines():
+        line = raw.split("#", 1)[0].strip()
+        key, sep, value = line.partition(":")
+        if not sep:
+            continue
+        key, value = key.strip().lower(), value.strip()
+        if key == "user-agent":
+            if not in_agents:
+                groups.append(([], [], []))
+            groups[-1][0].append(value.lower())
+            in_agents = True
+            continue
+        in_agents = False
+        if not groups:
+            continue
+        if key in ("allow", "disallow") and value:
+            groups[-1][1].append((key == "allow", value))
+        elif key == "crawl-delay":
+            try:
+                groups[-1][2].append(float(value))
+            except ValueError:
+                pass  # a malformed Crawl-delay is ignored, as other crawlers do
+    ours = [g for g in groups if token in g[0]] or [g for g in groups if "*" in g[0]]
+    rules = tuple(rule for g in ours for rule in g[1])
+    delays = [d for g in ours for d in g[2]]
+    return Robots(rules=rules, crawl_delay=max(delays) if delays else None)
+
+
+# --- waiting -----------------------------------------------------------------------------------------------------
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds to wait from a Retry-After header: a number of seconds or an HTTP date; None when absent or bad."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def backoff_wait(attempt: int, delay: float, retry_after: float | None) -> float | None:
+    """Seconds before retry number ``attempt`` (1, 2, ...): doubling from the delay, at least Retry-After.
+
+    None when the server asks for more than MAX_WAIT: better to skip the page than to come back early.
+    """
+    if retry_after is not None and retry_after > MAX_WAIT:
+        return None
+    exponential = min(MAX_WAIT, max(delay, 0.1) * 2 ** (attempt - 1))
+    return max(exponential, retry_after or 0.0)
+
+
+# --- the cache ---------------------------------------------------------------------------------------------------
+
+
+def _cache_path(cache_dir: Path, url: str) -> Path:
+    digest = hashlib.sha256(url.encode("utf-8")).hexdigest()
+    return cache_dir / digest[:2] / f"{digest}.page"
+
+
+def read_cached(cache_dir: Path, url: str) -> Page | None:
+    """The cached page for ``url``, or None when there is none (a damaged entry counts as none)."""
+    try:
+        data = _cache_path(cache_dir, url).read_bytes()
+    except OSError:
+        return None
+    header, _, body = data.partition(b"\n")
+    try:
+        meta = json.loads(header)
+    except ValueError:
+        return None
+    if not isinstance(meta, dict) or meta.get("requested") != url:
+        return None
+    return Page(
+        url=str(meta.get("url") or url),
+        content_type=str(meta.get("content_type") or ""),
+        body=body,
+        fetched_at=str(meta.get("fetched_at") or ""),
+        from_cache=True,
+    )
+
+
+def write_cached(cache_dir: Path, url: str, page: Page) -> None:
+    """Store ``page`` as fetched for ``url``: one file, a JSON header line then the body."""
+    meta = {"requested": url, "url": page.url, "content_type": page.content_type, "fetched_at": page.fetched_at}
+    atomic_write(_cache_path(cache_dir, url), json.dumps(meta).encode("utf-8") + b"\n" + page.body)
+
+
+# --- one HTTP exchange -------------------------------------------------------------------------------------------
+
+
+def _set_timeout(sock, deadline: float) -> None:
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise TimeoutError
+    sock.settimeout(remaining)
+
+
+def _too_big(url: str) -> FetchError:
+    return FetchError(url, f"larger than {MAX_PAGE_BYTES // (1024 * 1024)} MB; abandoned")
+
+
+def _read_body(resp: http.client.HTTPResponse, sock, deadline: float, url: str) -> bytes:
+    """Read at most MAX_PAGE_BYTES (raw and decompressed) before ``deadline``; stop early rather than read it all."""
+    length = (resp.getheader("Content-Length") or "").strip()
+    if length.isdigit() and int(length) > MAX_PAGE_BYTES:
+        raise _too_big(url)
+    encoding = (resp.getheader("Content-Encoding") or "identity").strip().lower()
+    if encoding in ("gzip", "x-gzip", "deflate"):
+        inflater = zlib.decompressobj(32 + zlib.MAX_WBITS)  # 32: accept a gzip or a zlib header
+    elif encoding == "identity":
+        inflater = None
+    else:
+        raise FetchError(url, f"unsupported Content-Encoding {encoding!r}")
+    parts, raw_size, size = [], 0, 0
+    while True:
+        _set_timeout(sock, deadline)
+        chunk = resp.read1(_READ_CHUNK)
+        if not chunk:
+            break
+        raw_size += len(chunk)
+        if raw_size > MAX_PAGE_BYTES:
+            raise _too_big(url)
+        if inflater is not None:
+            # max_length bounds what one call may inflate, so memory never exceeds the limit by more than a chunk.
+            chunk = inflater.decompress(chunk, MAX_PAGE_BYTES - size + 1)
+        size += len(chunk)
+        if size > MAX_PAGE_BYTES:
+            raise _too_big(url)
+        parts.append(chunk)
+    if inflater is not None:
+        tail = inflater.flush()
+        size += len(tail)
+        if size > MAX_PAGE_BYTES:
+            raise _too_big(url)
+        parts.append(tail)
+    return b"".join(parts)
+
+
+def _http_get(url: str, user_agent: str, timeout: float) -> _Response:
+    """One GET of ``url``, the whole exchange within ``timeout`` seconds."""
+    parts = urlsplit(url)
+    connection = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+    deadline = time.monotonic() + timeout
+    conn = connection(parts.hostname, parts.port, timeout=timeout)
+    headers = {
+        "User-Agent": user_agent,
+        "Accept": "text/html,application/xhtml+xml;q=0.9,text/plain;q=0.8,*/*;q=0.5",
+        "Accept-Encoding": "gzip",
+        "Connection": "close",
+    }
+    resp = None
+    try:
+        conn.request("GET", urlunsplit(("", "", parts.path or "/", parts.query, "")), headers=headers)
+        sock = conn.sock  # kept: getresponse() may hand the socket over to the response and forget it
+        _set_timeout(sock, deadline)
+        resp = conn.getresponse()
+        body = _read_body(resp, sock, deadline, url)
+        return _Response(url=url, status=resp.status, headers=resp.headers, body=body)
+    except TimeoutError:
+        raise _Retryable(f"no complete answer within {timeout:g} s") from None
+    except (OSError, http.client.HTTPException) as e:
+        raise _Retryable(f"connection failed ({e or type(e).__name__})") from None
+    finally:
+        if resp is not None:
+            resp.close()  # it holds the socket: closing it tells the server at once that we stopped reading
+        conn.close()
+
+
+# --- the fetcher -------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Fetcher:
+    """Fetches pages one at a time, as the issue asks a good guest to; counts what it did."""
+
+    user_agent: str
+    delay: float = 1.0
+    timeout: float = 30.0
+    retries: int = 3
+    cache_dir: Path | None = None
+    refresh: bool = False
+    pages_fetched: int = 0
+    cache_hits: int = 0
+    _robots: dict[str, Robots] = field(default_factory=dict, repr=False)
+    _not_before: dict[str, float] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.cache_dir is not None:
+            try:
+                self.cache_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise NeuraldaError(f"cannot create the HTTP cache folder {self.cache_dir}: {e.strerror}") from None
+
+    def fetch(self, url: str) -> Page:
+        """The page at normalised ``url``, from the cache when there; FetchError when it cannot be had."""
+        if self.cache_dir is not None and not self.refresh:
+            page = read_cached(self.cache_dir, url)
+            if page is not None:
+                self.cache_hits += 1
+                return page
+        self._check_robots(url)
+        resp = self._get_with_retries(url, check_robots=True)
+        if resp.status != 200:
+            raise FetchError(url, f"HTTP {resp.status}")
+        page = Page(
+            url=resp.url,
+            content_type=resp.headers.get("Content-Type", ""),
+            body=resp.body,
+            fetched_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        )
+        if self.cache_dir is not None:
+            write_cached(self.cache_dir, url, page)
+        self.pages_fetched += 1
+        return page
+
+    def robots_for(self, url: str) -> Robots:
+        """The robots.txt rules of ``url``'s origin, fetched once: 4xx means all allowed, 5xx or no answer none."""
+        scheme, netloc = urlsplit(url)[:2]
+        origin = f"{scheme}://{netloc}"
+        if origin not in self._robots:
+            robots_url = f"{origin}/robots.txt"
+            try:
+                resp = self._get_with_retries(robots_url, check_robots=False)
+            except FetchError as e:
+                robots = Robots(deny_all=f"robots.txt unavailable ({e.reason}); staying away from {netloc}")
+            else:
+                if resp.status == 200:
+                    robots = parse_robots(resp.body.decode("utf-8", errors="replace"), self.user_agent)
+                else:
+                    robots = Robots()  # RFC 9309: a robots.txt that is not there (4xx) allows everything
+            self._robots[origin] = robots
+            # The pause after fetching robots.txt itself must already honour its Crawl-delay.
+            self._not_before[netloc] = max(self._not_before.get(netloc, 0.0), time.monotonic() + self._delay_for(url))
+        return self._robots[origin]
+
+    def _check_robots(self, url: str) -> None:
+        robots = self.robots_for(url)
+        if not robots.allows(url):
+            raise FetchError(url, robots.deny_all or "disallowed by robots.txt", robots=True)
+
+    def _get_with_retries(self, url: str, check_robots: bool) -> _Response:
+        """A response that is not 429 or 5xx, trying up to ``retries`` more times; FetchError when none came."""
+        reason, retry_after = "", None
+        for attempt in range(self.retries + 1):
+            if attempt:
+                wait = backoff_wait(attempt, self.delay, retry_after)
+                if wait is None:
+                    raise FetchError(url, f"{reason}; the server asks to wait {retry_after:.0f} s, giving up")
+                host = host_of(url)
+                self._not_before[host] = max(self._not_before.get(host, 0.0), time.monotonic() + wait)
+            try:
+                resp = self._get_following_redirects(url, check_robots)
+            except _Retryable as e:
+                reason, retry_after = str(e), None
+                continue
+            if resp.status == 429 or resp.status >= 500:
+                reason, retry_after = f"HTTP {resp.status}", parse_retry_after(resp.headers.get("Retry-After"))
+                continue
+            return resp
+        tries = "once" if self.retries == 0 else f"{self.retries + 1} times"
+        raise FetchError(url, f"{reason} (tried {tries})")
+
+    def _get_following_redirects(self, url: str, check_robots: bool) -> _Response:
+        for _ in range(MAX_REDIRECTS + 1):
+            resp = self._get_once(url)
+            location = resp.headers.get("Location")
+            if resp.status not in REDIRECTS or not location:
+                return resp
+            target = normalize_url(location, base=url)
+            if target is None or host_of(target) != host_of(url):
+                raise FetchError(url, f"redirects to another host ({location}); not followed")
+            if check_robots:
+                self._check_robots(target)
+            url = target
+        raise FetchError(url, f"more than {MAX_REDIRECTS} redirects")
+
+    def _get_once(self, url: str) -> _Response:
+        host = host_of(url)
+        pause = self._not_before.get(host, 0.0) - time.monotonic()
+        if pause > 0:
+            time.sleep(pause)
+        try:
+            return _http_get(url, self.user_agent, self.timeout)
+        finally:
+            # Counted from the end of this exchange, so the gap the server sees is never shorter than the delay.
+            self._not_before[host] = time.monotonic() + self._delay_for(url)
+
+    def _delay_for(self, url: str) -> float:
+        scheme, netloc = urlsplit(url)[:2]
+        robots = self._robots.get(f"{scheme}://{netloc}")
+        crawl_delay = robots.crawl_delay if robots and robots.crawl_delay else 0.0
+        return max(self.delay, crawl_delay)

@@ -1,0 +1,515 @@
+"""The scraper against a real HTTP server on 127.0.0.1 serving pages written here (original texts, no real poems)."""
+
+from __future__ import annotations
+
+import codecs
+import gzip
+import json
+import socket
+import threading
+import time
+import tracemalloc
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from neuralda import __version__
+from neuralda.corpus import normalize_text, read_corpus
+from neuralda.demo.site import serve, serve_poems
+from neuralda.errors import NeuraldaError
+from neuralda.scrape import ScrapeConfig, list_presets, scrape
+from neuralda.scrape.extract import check_selector
+from neuralda.scrape.sites import SELECTOR_FIELDS, load_presets
+
+DELAY = 0.05
+HTML = "text/html; charset=utf-8"
+
+
+@pytest.fixture(autouse=True)
+def loopback_only(monkeypatch):
+    """Fail any test that would open a connection beyond this machine."""
+    real = socket.create_connection
+
+    def guarded(address, *args, **kwargs):
+        assert address[0] in ("127.0.0.1", "localhost"), f"tried to reach {address[0]}"
+        return real(address, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "create_connection", guarded)
+
+
+@dataclass
+class Hit:
+    path: str
+    host: str
+    user_agent: str
+    at: float
+
+
+@dataclass
+class Site:
+    """Routes a test fills in, and every request the server saw."""
+
+    base: str = ""
+    routes: dict = field(default_factory=dict)
+    hits: list[Hit] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def respond(self, path, headers):
+        with self.lock:
+            self.hits.append(Hit(path, headers.get("Host", ""), headers.get("User-Agent", ""), time.monotonic()))
+        route = self.routes.get(path)
+        if route is None:
+            return 404, {"Content-Type": HTML}, b"<p>not here</p>"
+        return route(headers) if callable(route) else route
+
+    def page(self, path, body, status=200, content_type=HTML, headers=None):
+        data = body.encode("utf-8") if isinstance(body, str) else body
+        self.routes[path] = (status, {"Content-Type": content_type, **(headers or {})}, data)
+
+    def index(self, path, links, next_href=None):
+        items = "".join(f'<li><a href="{href}">poem</a></li>' for href in links)
+        pager = f'<a class="next" href="{next_href}">next</a>' if next_href else ""
+        self.page(path, f"<html><body><ul class='poems'>{items}</ul>{pager}</body></html>")
+
+    def poem(self, path, title, lines):
+        self.page(path, poem_page(title, lines))
+
+    def paths(self):
+        return [h.path for h in self.hits]
+
+
+def poem_page(title, body, head=""):
+    return (
+        f"<html><head>{head}<title>{title} - a site</title></head><body>"
+        f"<div class='sidebar'>Most read this week</div><h1 class='title'>{title}</h1>"
+        f"<div class='poem'>{body}</div><div class='comments'>Nice one!</div></body></html>"
+    )
+
+
+@pytest.fixture
+def site():
+    s = Site()
+    with serve(s.respond) as base:
+        s.base = base
+        yield s
+
+
+def config(site, tmp_path, start="/", **overrides):
+    options = dict(
+        start_urls=[site.base + start],
+        output=str(tmp_path / "corpus.jsonl"),
+        links="ul.poems a",
+        next="a.next",
+        title="h1.title",
+        body="div.poem",
+        delay=DELAY,
+        timeout=2.0,
+        retries=2,
+        cache_dir=str(tmp_path / "cache"),
+        progress=False,
+    )
+    options.update(overrides)
+    return ScrapeConfig(**options)
+
+
+def records(tmp_path, name="corpus.jsonl"):
+    return [json.loads(line) for line in (tmp_path / name).read_text(encoding="utf-8").splitlines()]
+
+
+# --- getting the text right --------------------------------------------------------------------------------------
+
+
+def test_lines_stanzas_inline_tags_and_what_never_reaches_the_poem(site, tmp_path):
+    body = """
+      <p>  The kettle <em>hums</em> its one
+           <span class="x">low</span> note,<br>
+         the window <a href="/w">fogs</a>   over,<br/>
+         and <strong>nobody</strong> minds.</p>
+      <script>document.write("tracking pixel")</script><style>.poem { color: red }</style>
+      <noscript>Please enable JavaScript</noscript><!-- editor: fix line two -->
+      <div class="ad-slot">Buy two kettles, get one free</div><ins class="adsbygoogle">Ad text</ins>
+      <form action="/subscribe"><label>Email</label><input name="e"><button>Subscribe</button></form>
+      <p>Steam<br>climbs<br>the  cold  glass.</p>
+      <div>A third block is a third stanza.</div>
+    """
+    site.page("/p", poem_page("Kettle", body))
+    summary = scrape(config(site, tmp_path, start="/p", links=None))
+    assert summary.poems_written == 1
+    [record] = records(tmp_path)
+    assert record["text"] == (
+        "The kettle hums its one low note,\nthe window fogs over,\nand nobody minds.\n\n"
+        "Steam\nclimbs\nthe cold glass.\n\nA third block is a third stanza."
+    )
+    assert record["title"] == "Kettle"
+    assert set(record) == {"title", "author", "text", "url", "fetched_at"}
+
+
+CAFE = "The café’s lamp — “still lit” — at naïve noon"
+
+
+@pytest.mark.parametrize(
+    "content_type, data",
+    [
+        # Each labelled case carries a <meta> that lies, so only the right order of sources gives the right text.
+        pytest.param(
+            "text/html; charset=windows-1252",
+            f"<meta charset='utf-8'><p>{CAFE}</p>".encode("cp1252"),
+            id="header-charset-beats-meta",
+        ),
+        pytest.param(
+            "text/html",
+            codecs.BOM_UTF16_LE + f"<meta charset='windows-1252'><p>{CAFE}</p>".encode("utf-16-le"),
+            id="bom-beats-meta",
+        ),
+        pytest.param("text/html", codecs.BOM_UTF8 + f"<p>{CAFE}</p>".encode(), id="bom-utf8"),
+        pytest.param("text/html", f"<meta charset='windows-1252'><p>{CAFE}</p>".encode("cp1252"), id="meta-charset"),
+        pytest.param(
+            "text/html",
+            f'<meta http-equiv="Content-Type" content="text/html; charset=windows-1252"><p>{CAFE}</p>'.encode("cp1252"),
+            id="meta-http-equiv",
+        ),
+        pytest.param("text/html", f"<p>{CAFE}</p>".encode(), id="no-charset-utf8"),
+        pytest.param("text/html", f"<p>{CAFE}</p>".encode("cp1252"), id="no-charset-cp1252"),
+        pytest.param(None, f"<p>{CAFE}</p>".encode("cp1252"), id="no-content-type-cp1252"),
+        # A page labelled Latin-1 is read as windows-1252, as browsers do: 0x92 is a curly quote, not a control.
+        pytest.param("text/html; charset=ISO-8859-1", f"<p>{CAFE}</p>".encode("cp1252"), id="latin1-label"),
+        pytest.param(
+            HTML,
+            "<p>The caf&eacute;&#8217;s lamp &mdash; &ldquo;still lit&rdquo; &#x2014; at na&iuml;ve noon</p>",
+            id="entities",
+        ),
+        # The site itself stored UTF-8 read as cp1252 (the seed's "skyâ€™s"): repaired, curly quote kept.
+        pytest.param(HTML, "<p>The cafÃ©â€™s lamp â€” â€œstill litâ€\x9d â€” at naÃ¯ve noon</p>", id="stored-mojibake"),
+    ],
+)
+def test_every_encoding_path_gives_the_same_text(site, tmp_path, content_type, data):
+    headers = {"Content-Type": content_type} if content_type else {}
+    body = data.encode("utf-8") if isinstance(data, str) else data
+    site.routes["/p"] = (200, headers, body)
+    scrape(config(site, tmp_path, start="/p", links=None, title=None, body="p"))
+    assert records(tmp_path)[0]["text"] == CAFE
+
+
+def test_meta_charset_beats_detection(site, tmp_path):
+    text = "Le café au lait, naïve et bien fraîche"  # in Mac Roman, which detection takes for windows-1252
+    site.page("/p", f'<meta charset="macintosh"><p>{text}</p>'.encode("mac_roman"), content_type="text/html")
+    scrape(config(site, tmp_path, start="/p", links=None, title=None, body="p"))
+    assert records(tmp_path)[0]["text"] == text
+
+
+def test_stored_mojibake_like_the_seed_is_repaired(site, tmp_path):
+    site.page("/p", poem_page("Sky", "<p>the skyâ€™s last word</p>"))
+    scrape(config(site, tmp_path, start="/p", links=None))
+    assert records(tmp_path)[0]["text"] == "the sky’s last word"
+
+
+def test_gzip_response_is_decompressed(site, tmp_path):
+    site.page(
+        "/p",
+        gzip.compress(poem_page("Zip", "<p>folded small<br>opened whole</p>").encode()),
+        headers={"Content-Encoding": "gzip"},
+    )
+    scrape(config(site, tmp_path, start="/p", links=None))
+    assert records(tmp_path)[0]["text"] == "folded small\nopened whole"
+
+
+# --- being a good guest -------------------------------------------------------------------------------------------
+
+
+def small_site(site, n=3):
+    site.index("/", [f"/poems/{i}" for i in range(n)])
+    for i in range(n):
+        site.poem(f"/poems/{i}", f"Poem {i}", f"line one of {i}<br>line two of {i}")
+
+
+def test_robots_txt_read_first_and_disallowed_pages_never_requested(site, tmp_path):
+    small_site(site, 2)
+    site.index("/", ["/poems/0", "/private/draft", "/poems/1"])
+    site.poem("/private/draft", "Draft", "not for crawlers")
+    site.page("/robots.txt", "User-agent: *\nDisallow: /private/\n", content_type="text/plain")
+    summary = scrape(config(site, tmp_path))
+    assert site.paths()[0] == "/robots.txt"
+    assert "/private/draft" not in site.paths()
+    assert summary.poems_written == 2 and summary.robots_skipped == 1
+    assert all(h.user_agent == f"neuralda/{__version__}" for h in site.hits)
+
+
+def test_robots_group_for_our_user_agent_wins_over_star(site, tmp_path):
+    small_site(site, 3)
+    robots = "User-agent: *\nDisallow: /\n\nUser-agent: versebot\nDisallow: /poems/1\nAllow: /\n"
+    site.page("/robots.txt", robots, content_type="text/plain")
+    summary = scrape(config(site, tmp_path, user_agent="VerseBot/2.0 (+mailto:me@example.org)"))
+    assert summary.poems_written == 2 and summary.robots_skipped == 1
+    assert "/poems/1" not in site.paths()
+    assert {h.user_agent for h in site.hits} == {"VerseBot/2.0 (+mailto:me@example.org)"}
+
+
+def test_robots_txt_404_allows_everything(site, tmp_path):
+    small_site(site, 2)
+    summary = scrape(config(site, tmp_path))
+    assert site.paths() == ["/robots.txt", "/", "/poems/0", "/poems/1"]
+    assert summary.poems_written == 2
+
+
+def test_robots_txt_5xx_means_stay_away(site, tmp_path):
+    small_site(site, 2)
+    site.page("/robots.txt", "busy", status=503, content_type="text/plain")
+    with pytest.raises(NeuraldaError, match="robots.txt unavailable"):
+        scrape(config(site, tmp_path, retries=1))
+    assert set(site.paths()) == {"/robots.txt"}
+
+
+def test_requests_to_a_host_are_at_least_delay_apart(site, tmp_path):
+    small_site(site, 4)
+    scrape(config(site, tmp_path, delay=0.15))
+    gaps = [b.at - a.at for a, b in zip(site.hits, site.hits[1:])]
+    assert len(gaps) == 5 and min(gaps) >= 0.15
+
+
+def test_a_larger_robots_crawl_delay_wins(site, tmp_path):
+    small_site(site, 2)
+    site.page("/robots.txt", "User-agent: *\nCrawl-delay: 0.4\n", content_type="text/plain")
+    scrape(config(site, tmp_path, delay=0.05))
+    gaps = [b.at - a.at for a, b in zip(site.hits, site.hits[1:])]
+    assert len(gaps) == 3 and min(gaps) >= 0.4
+
+
+def test_503_then_200_honours_retry_after(site, tmp_path):
+    small_site(site, 2)
+    calls = []
+
+    def flaky(headers):
+        calls.append(time.monotonic())
+        if len(calls) == 1:
+            return 503, {"Retry-After": "1", "Content-Type": HTML}, b"try later"
+        return 200, {"Content-Type": HTML}, poem_page("Late", "worth the wait").encode()
+
+    site.routes["/poems/1"] = flaky
+    summary = scrape(config(site, tmp_path))
+    assert len(calls) == 2 and calls[1] - calls[0] >= 1.0
+    assert summary.poems_written == 2 and not summary.failures
+
+
+def test_429_is_retried_with_backoff_and_a_huge_retry_after_gives_up(site, tmp_path):
+    small_site(site, 3)
+    calls = []
+
+    def limited(headers):
+        calls.append(time.monotonic())
+        if len(calls) < 3:
+            return 429, {}, b"slow down"
+        return 200, {"Content-Type": HTML}, poem_page("T", "ok").encode()
+
+    site.routes["/poems/0"] = limited
+    site.page("/poems/2", "come back tomorrow", status=503, headers={"Retry-After": "86400"})
+    summary = scrape(config(site, tmp_path, delay=0.05))
+    assert len(calls) == 3 and calls[1] - calls[0] >= 0.1 and calls[2] - calls[1] >= 0.2  # doubling waits
+    assert site.paths().count("/poems/2") == 1  # not hammered, not retried early
+    assert summary.poems_written == 2
+    assert summary.failures == [(site.base + "/poems/2", "HTTP 503; the server asks to wait 86400 s, giving up")]
+
+
+def test_404_is_not_retried_and_the_others_continue(site, tmp_path):
+    small_site(site, 3)
+    del site.routes["/poems/1"]
+    site.page("/poems/2", "oops", status=500)
+    summary = scrape(config(site, tmp_path, retries=2))
+    assert site.paths().count("/poems/1") == 1
+    assert site.paths().count("/poems/2") == 3  # 5xx: one try and two retries
+    assert summary.poems_written == 1
+    assert [url for url, _ in summary.failures] == [site.base + "/poems/1", site.base + "/poems/2"]
+    assert "HTTP 404" in summary.failures[0][1]
+    text = summary.text()
+    assert "wrote 1 poem to" in text and f"{site.base}/poems/1: HTTP 404" in text and "failures: 2" in text
+
+
+def test_a_pager_that_loops_back_is_detected(site, tmp_path):
+    site.index("/", ["/poems/0"], next_href="/page/2")
+    site.index("/page/2", ["/poems/1"], next_href="/#top")  # back to the first page
+    for i in range(2):
+        site.poem(f"/poems/{i}", f"P{i}", "a line")
+    summary = scrape(config(site, tmp_path))
+    assert summary.poems_written == 2
+    assert site.paths().count("/") == 1 and site.paths().count("/page/2") == 1
+
+
+def test_off_host_link_is_not_followed(site, tmp_path):
+    port = site.base.rsplit(":", 1)[1]
+    small_site(site, 1)
+    site.index("/", ["/poems/0", f"http://localhost:{port}/poems/0", f"http://localhost:{port}/poems/9"])
+    summary = scrape(config(site, tmp_path))
+    assert summary.poems_written == 1
+    assert all(h.host == f"127.0.0.1:{port}" for h in site.hits)
+
+
+def test_duplicate_links_fetch_the_poem_once(site, tmp_path):
+    small_site(site, 2)
+    site.index("/", ["/poems/0", "/poems/0#stanza-2", "./poems/0", f"{site.base}/poems/0", "/poems/1"])
+    summary = scrape(config(site, tmp_path))
+    assert site.paths().count("/poems/0") == 1 and summary.poems_written == 2
+    assert len(records(tmp_path)) == 2
+
+
+def test_same_host_redirect_is_followed(site, tmp_path):
+    small_site(site, 1)
+    site.index("/", ["/old/0"])
+    site.routes["/old/0"] = (301, {"Location": "/poems/0"}, b"")
+    scrape(config(site, tmp_path))
+    assert records(tmp_path)[0]["text"] == "line one of 0\nline two of 0"
+
+
+def test_a_slow_response_is_abandoned_after_timeout(site, tmp_path):
+    small_site(site, 2)
+
+    def stalled(headers):
+        time.sleep(3.0)
+        return 200, {"Content-Type": HTML}, poem_page("Slow", "too late").encode()
+
+    def trickle(headers):  # each byte in time, the whole far too slow: the timeout is for the whole response
+        return 200, {"Content-Type": HTML}, (time.sleep(0.05) or b"x" for _ in range(100))
+
+    site.routes["/poems/0"] = stalled
+    site.routes["/poems/1"] = trickle
+    site.index("/", ["/poems/0", "/poems/1", "/poems/2"])
+    site.poem("/poems/2", "Quick", "on time")
+    start = time.monotonic()
+    summary = scrape(config(site, tmp_path, timeout=0.3, retries=0))
+    assert time.monotonic() - start < 2.5  # neither the 3 s stall nor the 5 s trickle was waited for
+    assert summary.poems_written == 1
+    assert [reason for _, reason in summary.failures] == ["no complete answer within 0.3 s (tried once)"] * 2
+
+
+def test_oversized_pages_are_abandoned(site, tmp_path):
+    sent = []
+
+    def endless(headers):  # no Content-Length: the scraper has to stop reading by itself
+        for _ in range(2000):  # 130 MB, if nobody stopped reading
+            sent.append(1)
+            yield b"<p>" + b"word " * 13000 + b"</p>"
+
+    site.index("/", ["/big", "/endless", "/bomb", "/small"])
+    site.page("/big", b"<p>" + b"x" * (6 * 1024 * 1024) + b"</p>")
+    site.routes["/endless"] = lambda headers: (200, {"Content-Type": HTML}, endless(headers))
+    site.page("/bomb", gzip.compress(b"<p>" + b"0" * (64 * 1024 * 1024)), headers={"Content-Encoding": "gzip"})
+    site.poem("/small", "Small", "fits")
+    tracemalloc.start()
+    try:
+        summary = scrape(config(site, tmp_path, retries=0))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 32 * 1024 * 1024  # the 64 MB the bomb inflates to never sat in memory
+    assert summary.poems_written == 1
+    assert [url.rsplit("/", 1)[1] for url, _ in summary.failures] == ["big", "endless", "bomb"]
+    assert all("larger than 5 MB" in reason for _, reason in summary.failures)
+    assert len(sent) < 2000
+
+
+# --- never losing work --------------------------------------------------------------------------------------------
+
+
+def test_second_run_fetches_no_poem_page_and_refresh_refetches(site, tmp_path):
+    small_site(site, 3)
+    first = scrape(config(site, tmp_path))
+    assert first.pages_fetched == 4 and first.cache_hits == 0
+    site.hits.clear()
+    second = scrape(config(site, tmp_path, output=str(tmp_path / "again.jsonl")))
+    assert not [p for p in site.paths() if p.startswith("/poems/")]
+    assert second.poems_written == 3 and second.cache_hits == 4 and second.pages_fetched == 0
+    assert records(tmp_path, "again.jsonl") == records(tmp_path)
+    site.hits.clear()
+    scrape(config(site, tmp_path, output=str(tmp_path / "fresh.jsonl"), refresh=True))
+    assert sorted(p for p in site.paths() if p.startswith("/poems/")) == ["/poems/0", "/poems/1", "/poems/2"]
+
+
+def test_interrupted_run_resumes_without_duplicates(site, tmp_path):
+    small_site(site, 5)
+    first = scrape(config(site, tmp_path, max_poems=2))
+    assert first.poems_written == 2 and len(records(tmp_path)) == 2
+    output = tmp_path / "corpus.jsonl"
+    with open(output, "a", encoding="utf-8") as f:
+        f.write('{"title": "torn by a kill')  # a run killed in the middle of a write
+    second = scrape(config(site, tmp_path))
+    assert second.poems_written == 3 and second.already_present == 2
+    urls = [r["url"] for r in records(tmp_path)]
+    assert sorted(urls) == [f"{site.base}/poems/{i}" for i in range(5)]
+    assert len(read_corpus(output)) == 5
+    third = scrape(config(site, tmp_path))  # nothing missing: not an error, nothing written
+    assert third.poems_written == 0 and third.already_present == 5 and len(records(tmp_path)) == 5
+
+
+def test_max_pages_limits_the_index_pages(site, tmp_path):
+    site.index("/", ["/poems/0"], next_href="/page/2")
+    site.index("/page/2", ["/poems/1"])
+    for i in range(2):
+        site.poem(f"/poems/{i}", f"P{i}", "a line")
+    summary = scrape(config(site, tmp_path, max_pages=1))
+    assert summary.poems_written == 1 and "/page/2" not in site.paths()
+
+
+def test_output_is_utf8_json_lines_with_the_corpus_fields(site, tmp_path):
+    site.page("/p", poem_page("Étude", "<p class='byline'>Ana Pérez</p><p>sí, señor</p>"))
+    scrape(config(site, tmp_path, start="/p", links=None, author_css=".byline", body="div.poem > p:not(.byline)"))
+    raw = (tmp_path / "corpus.jsonl").read_text(encoding="utf-8")
+    assert "sí, señor" in raw  # ensure_ascii=False: readable as written
+    [record] = records(tmp_path)
+    assert record["author"] == "Ana Pérez" and record["title"] == "Étude" and record["text"] == "sí, señor"
+    assert record["url"] == site.base + "/p" and record["fetched_at"].endswith("+00:00")
+
+
+# --- errors a user can act on -------------------------------------------------------------------------------------
+
+
+def test_invalid_css_selector_fails_before_any_request(site, tmp_path):
+    with pytest.raises(NeuraldaError, match=r"invalid CSS selector for --links: 'a\['"):
+        scrape(config(site, tmp_path, links="a["))
+    assert site.hits == []
+
+
+def test_start_page_failure_is_reported(site, tmp_path):
+    with pytest.raises(NeuraldaError, match=r"no poem written: the start page failed: .*/: HTTP 404"):
+        scrape(config(site, tmp_path))
+
+
+def test_no_poem_matched_the_selectors(site, tmp_path):
+    small_site(site, 2)
+    with pytest.raises(NeuraldaError, match=r"--body 'article.poem' matched nothing on 2 poem page"):
+        scrape(config(site, tmp_path, body="article.poem"))
+    with pytest.raises(NeuraldaError, match=r"--links 'ol.nothing a' matched no link"):
+        scrape(config(site, tmp_path, links="ol.nothing a"))
+    with pytest.raises(NeuraldaError, match="--body"):
+        scrape(config(site, tmp_path, body=None))
+
+
+def test_presets_are_data_marked_unverified_and_fill_only_missing_selectors(site, tmp_path):
+    presets = list_presets()
+    assert len(presets) >= 3
+    for name, description, checked in presets:
+        assert name and description and "UNVERIFIED" in checked
+    for preset in load_presets().values():
+        for key in SELECTOR_FIELDS:
+            if getattr(preset, key):
+                check_selector(key, getattr(preset, key))
+    with pytest.raises(NeuraldaError, match="unknown preset 'nope'; choose one of poemhunter"):
+        scrape(config(site, tmp_path, preset="nope"))
+    # Explicit selectors win; the preset only fills what was left out (here: its body matches nothing of ours).
+    small_site(site, 1)
+    summary = scrape(config(site, tmp_path, preset="poemhunter", body="div.poem", title=None))
+    assert summary.poems_written == 1 and records(tmp_path)[0]["title"] == "Poem 0"
+
+
+# --- the demo site ------------------------------------------------------------------------------------------------
+
+
+def test_scraping_the_demo_site_gives_back_every_poem_exactly(tmp_path):
+    poems = read_corpus(Path(__file__).parents[1] / "src/neuralda/demo/poems.jsonl")
+    with serve_poems(poems, per_page=25) as demo:
+        summary = scrape(demo.config(str(tmp_path / "demo.jsonl"), str(tmp_path / "cache"), progress=False))
+        robots = demo.url + "robots.txt"
+    assert summary.poems_written == len(poems) and not summary.failures
+    got = read_corpus(tmp_path / "demo.jsonl")
+    assert [p.text for p in got] == [normalize_text(p.text) for p in poems]
+    assert [p.title for p in got] == [" ".join(p.title.split()) for p in poems]
+    assert [p.author for p in got] == [p.author for p in poems]
+    assert len({p.url for p in got}) == len(poems) and robots.startswith("http://127.0.0.1:")

@@ -116,12 +116,18 @@ def parse_duration(text: str) -> float:
     return value
 
 
-def batches(ids: torch.Tensor, cfg: dict, epoch: int):
-    """(inputs, targets, reset) batches for one epoch, as views of one tensor.
+def batches(ids: torch.Tensor, cfg: dict, epoch: int, rank: int = 0, world: int = 1):
+    """(inputs, targets, reset) batches for one epoch, as views of one tensor; process ``rank`` of ``world`` gets
+    its slice of every batch's rows.
 
     Stateful recipes read ``batch_size`` parallel streams in chunks of ``seq_len`` (got-book-6, AWD-LSTM); the seed
     reads shuffled windows of ``seq_len`` words, as Keras' ``model.fit(shuffle=True)`` did.
     """
+    for x, y, reset in _global_batches(ids, cfg, epoch):
+        yield x.tensor_split(world)[rank], y.tensor_split(world)[rank], reset
+
+
+def _global_batches(ids: torch.Tensor, cfg: dict, epoch: int):
     n = ids.numel() - 1
     size, length = cfg["batch_size"], cfg["seq_len"]
     if cfg["stateful"]:
@@ -258,176 +264,267 @@ class TrainResult:
     best_epoch: int
     best_val_ppl: float | None
     stopped: str  # "epochs" | "patience" | "time"
+    loop_seconds: float  # wall time of the epochs run, validation and checkpoints included
+    tokens_trained: int
+
+
+@dataclass
+class Dist:
+    """This process's place in a ``torchrun`` job (rank 0 of 1 when run alone)."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @classmethod
+    def from_env(cls) -> "Dist":
+        import os
+
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world == 1:
+            return cls()
+        return cls(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def init(self, device: str) -> None:
+        if self.world > 1 and not torch.distributed.is_initialized():
+            torch.distributed.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            torch.distributed.barrier()
+
+    def sum(self, value: torch.Tensor) -> torch.Tensor:
+        if self.world > 1:
+            torch.distributed.all_reduce(value)
+        return value
+
+    def agree(self, flag: bool, device: str) -> bool:
+        """Rank 0's decision, for choices made from the clock (which differs between ranks)."""
+        if self.world == 1:
+            return flag
+        t = torch.tensor([int(flag)], device=device)
+        torch.distributed.broadcast(t, 0)
+        return bool(t.item())
+
+
+class Trainer:
+    """One training run: the model, its optimizer and schedule, and the epoch loop with its bookkeeping."""
+
+    def __init__(self, cfg: TrainConfig, resume: bool, log: Callable[[str], None]) -> None:
+        self.cfg, self.started = cfg, time.monotonic()
+        self.dist = Dist.from_env()
+        self.log = log if self.dist.main else (lambda s: None)
+        device = pick_device(cfg.device)
+        if self.dist.world > 1 and device.startswith("cuda"):
+            device = f"cuda:{self.dist.local_rank}"
+            torch.cuda.set_device(device)
+        self.dist.init(device)
+        if resume:
+            self.run = Run.open(cfg.output)
+            for key in RESUMABLE:
+                value = getattr(cfg, key)
+                if value is not None:
+                    self.run.config[key] = sorted(set(value)) if key == "save_at" else value
+            if self.dist.main:
+                write_json(self.run.path / "config.json", self.run.config)
+        else:
+            if self.dist.main:
+                _prepare(cfg)
+            self.dist.barrier()
+            self.run = Run.open(cfg.output)
+        c = self.c = self.run.config
+        self.device = device
+        self.precision = pick_precision(c["precision"], device)
+        if device.startswith("cuda"):
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        torch.manual_seed(c["seed"])
+        self.model = self.run.build_model().to(device)
+        self.optimizer = make_optimizer(self.model, c)
+        self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(self.optimizer, factor=0.5, patience=0)
+        # Several processes: gradients are averaged across them after each backward (DistributedDataParallel).
+        self.trained = self.model
+        if self.dist.world > 1:
+            self.trained = torch.nn.parallel.DistributedDataParallel(self.model)
+        ids = _stream(self.run, "train")
+        self.train_ids = (ids.pin_memory() if device.startswith("cuda") else ids).to(device, non_blocking=True)
+        self.val_ids = _stream(self.run, "val")
+        self.state = {"epoch": 0, "step": 0, "best_val": None, "best_epoch": 0, "bad_epochs": 0, "last_val": None}
+        if resume:
+            self._load_last()
+        elif self.dist.main:
+            self._save("last", with_optimizer=True)  # epoch 0: a run killed in its first epoch can resume too
+
+    # --- checkpoints ---------------------------------------------------------------------------------------------
+
+    def _save(self, name: str, with_optimizer: bool = False) -> None:
+        tensors = model_tensors(self.model)
+        meta = {"epoch": self.state["epoch"], "arch": self.c["arch"], "val_loss": self.state["last_val"]}
+        if with_optimizer:
+            opt_tensors, groups = optimizer_tensors(self.optimizer)
+            tensors = {**tensors, **opt_tensors}
+            meta.update(trainer=self.state, param_groups=groups, scheduler=self.scheduler.state_dict())
+        save_checkpoint(self.run.path / "checkpoints" / f"{name}.safetensors", tensors, meta)
+
+    def _load_last(self) -> None:
+        path = self.run.checkpoint_path("last")
+        tensors, meta = read_checkpoint(path)
+        load_model_tensors(self.model, tensors, path)
+        if "trainer" not in meta:
+            raise NeuraldaError(f"{path}: holds no trainer state; cannot resume")
+        optim = {k: v.to(self.device) for k, v in tensors.items() if k.startswith("optim/")}
+        load_optimizer(self.optimizer, optim, meta["param_groups"])
+        self.scheduler.load_state_dict(meta["scheduler"])
+        self.state.update(meta["trainer"])
+        if self.dist.main:
+            for name in ("metrics.jsonl", "samples.jsonl"):
+                _truncate_epochs(self.run.path / name, self.state["epoch"])
+        self.log(f"resuming {self.run.path} after epoch {self.state['epoch']}")
+
+    # --- one epoch -----------------------------------------------------------------------------------------------
+
+    def _train_epoch(self, epoch: int, progress: Progress) -> tuple[float, int, float]:
+        """Train one epoch: (mean loss, tokens, seconds)."""
+        c, model = self.c, self.trained
+        # Dropout masks from a seed per epoch and rank: a resumed run draws what an uninterrupted one would.
+        torch.manual_seed(c["seed"] * 1_000_003 + epoch * 7_919 + self.dist.rank)
+        model.train()
+        total = torch.zeros((), device=self.device)
+        tokens = 0
+        hidden = None
+        t0 = last_report = time.monotonic()
+        for done, (x, y, reset) in enumerate(batches(self.train_ids, c, epoch, self.dist.rank, self.dist.world), 1):
+            with autocast(self.device, self.precision):
+                logits, hidden = model(x, None if reset else hidden)
+            loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if c["clip_value"]:
+                torch.nn.utils.clip_grad_value_(model.parameters(), c["clip_value"])
+            if c["clip_norm"]:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), c["clip_norm"])
+            self.optimizer.step()
+            if c["stateful"]:
+                hidden = [(h.detach(), s.detach()) for h, s in hidden]
+            total += loss.detach() * y.numel()  # summed on the device: no host sync per step
+            tokens += y.numel()
+            now = time.monotonic()
+            if progress.tty and now - last_report > 1.0:  # a host sync, so only once a second
+                progress.step(done, float(total) / tokens, tokens / (now - t0))
+                last_report = now
+        summed = self.dist.sum(torch.stack([total, torch.tensor(float(tokens), device=self.device)]))
+        return float(summed[0]) / max(float(summed[1]), 1.0), int(summed[1]), time.monotonic() - t0
+
+    def _end_epoch(self, epoch: int, train_loss: float, tokens: int, train_seconds: float, t0: float) -> dict:
+        """Validate, schedule, save and log after an epoch; returns its metrics row."""
+        c, state = self.c, self.state
+        if not math.isfinite(train_loss):
+            raise NeuraldaError(
+                f"the training loss became {train_loss} in epoch {epoch}; the last good checkpoint is kept in "
+                f"{self.run.path / 'checkpoints'} (try a lower --lr)"
+            )
+        val_loss = None
+        if self.val_ids.numel() > 1:
+            nll, count = token_nll(self.model, self.val_ids, self.precision)
+            val_loss = nll / count
+        state["epoch"], state["last_val"] = epoch, val_loss
+        state["step"] += batch_count(self.train_ids.numel(), c)
+        is_best = val_loss is None or state["best_val"] is None or val_loss < state["best_val"]
+        if is_best:
+            state["best_val"], state["best_epoch"], state["bad_epochs"] = val_loss, epoch, 0
+        else:
+            state["bad_epochs"] += 1
+        if c["schedule"] == "plateau" and val_loss is not None:
+            self.scheduler.step(val_loss)
+        row = {
+            "epoch": epoch,
+            "step": state["step"],
+            "train_loss": round(train_loss, 5),
+            "train_ppl": round(perplexity(train_loss, 1), 3),
+            "val_loss": None if val_loss is None else round(val_loss, 5),
+            "val_ppl": None if val_loss is None else round(perplexity(val_loss, 1), 3),
+            "tokens_per_s": round(tokens / train_seconds, 1),
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "seconds": 0.0,
+            "best": is_best,
+        }
+        if self.dist.main:
+            if is_best:
+                self._save("best")
+            if epoch in c["save_at"]:
+                self._save(f"epoch-{epoch}")
+                _write_sample(self.run, self.model, epoch)
+            row["seconds"] = round(time.monotonic() - t0, 3)
+            append_line(self.run.path / "metrics.jsonl", json.dumps(row))
+            self._save("last", with_optimizer=True)  # after the metrics: a run killed in between redoes this epoch
+        return row
+
+    # --- the loop ------------------------------------------------------------------------------------------------
+
+    def fit(self) -> TrainResult:
+        c, state = self.c, self.state
+        progress = Progress(self.cfg.progress and self.dist.main, c["epochs"], batch_count(self.train_ids.numel(), c))
+        stopped, epoch_seconds, tokens_trained = "epochs", [], 0
+        loop_start = time.monotonic()
+        self.log(
+            f"training {c['arch']} ({sum(p.numel() for p in self.model.parameters()):,} parameters, vocabulary "
+            f"{len(self.run.vocab):,}) on {self.train_ids.numel():,} tokens, {self.device} {self.precision}"
+            + (f", {self.dist.world} processes" if self.dist.world > 1 else "")
+        )
+        try:
+            while state["epoch"] < c["epochs"]:
+                if c["patience"] and state["bad_epochs"] >= c["patience"]:
+                    stopped = "patience"
+                    break
+                elapsed = time.monotonic() - self.started
+                out_of_time = bool(self.cfg.max_time and epoch_seconds and elapsed + epoch_seconds[-1] > self.cfg.max_time)
+                if self.dist.agree(out_of_time, self.device):
+                    stopped = "time"
+                    break
+                epoch = state["epoch"] + 1
+                t0 = time.monotonic()
+                progress.start_epoch(epoch)
+                loss, tokens, seconds = self._train_epoch(epoch, progress)
+                tokens_trained += tokens
+                row = self._end_epoch(epoch, loss, tokens, seconds, t0)
+                epoch_seconds.append(time.monotonic() - t0)
+                left = (c["epochs"] - epoch) * (sum(epoch_seconds) / len(epoch_seconds))
+                if self.cfg.max_time:
+                    left = min(left, self.cfg.max_time - (time.monotonic() - self.started))
+                progress.end_epoch(row, left)
+        except KeyboardInterrupt:
+            progress.close()
+            self.log(f"\ninterrupted: {self.run.path} holds epoch {state['epoch']}; continue with --resume")
+            raise
+        loop_seconds = time.monotonic() - loop_start
+        if self.dist.main and epoch_seconds and state["epoch"] not in c["save_at"]:
+            _write_sample(self.run, self.model, state["epoch"], checkpoint="last")
+        best_ppl = None if state["best_val"] is None else perplexity(state["best_val"], 1)
+        self.log(
+            f"done after {state['epoch']} epochs ({stopped}); best epoch {state['best_epoch']}"
+            + (f", val ppl {best_ppl:.1f}" if best_ppl is not None else "")
+        )
+        self.dist.barrier()
+        return TrainResult(self.run.path, state["epoch"], state["best_epoch"], best_ppl, stopped, loop_seconds, tokens_trained)
 
 
 def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] | None = None) -> TrainResult:
-    """Train a model into ``cfg.output`` (or continue the run there with ``resume``)."""
+    """Train a model into ``cfg.output`` (or continue the run there with ``resume``).
+
+    Under ``torchrun`` each process trains on its slice of every batch and rank 0 alone writes the run directory.
+    """
     log = log or (lambda s: print(s, file=sys.stderr, flush=True))
-    started = time.monotonic()
-    if resume:
-        run = Run.open(cfg.output)
-        for key in RESUMABLE:
-            value = getattr(cfg, key)
-            if value is not None:
-                run.config[key] = sorted(set(value)) if key == "save_at" else value
-        write_json(run.path / "config.json", run.config)
-    else:
-        run = _prepare(cfg)
-    c = run.config
-    device = pick_device(c["device"])
-    precision = pick_precision(c["precision"], device)
-    if device.startswith("cuda"):
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    torch.manual_seed(c["seed"])
-    model = run.build_model().to(device)
-    optimizer = make_optimizer(model, c)
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.5, patience=0)
-    pin = device.startswith("cuda")
-    train_ids = _stream(run, "train")
-    val_ids = _stream(run, "val")
-    train_ids = (train_ids.pin_memory() if pin else train_ids).to(device, non_blocking=True)
-    ckpt_dir = run.path / "checkpoints"
-    metrics_path = run.path / "metrics.jsonl"
-    state = {"epoch": 0, "step": 0, "best_val": None, "best_epoch": 0, "bad_epochs": 0}
-
-    def save(name: str, with_optimizer: bool = False) -> None:
-        tensors = model_tensors(model)
-        meta = {"epoch": state["epoch"], "arch": c["arch"], "val_loss": state.get("last_val")}
-        if with_optimizer:
-            opt_tensors, groups = optimizer_tensors(optimizer)
-            tensors = {**tensors, **opt_tensors, "rng/torch": torch.get_rng_state()}
-            if device.startswith("cuda"):
-                tensors["rng/cuda"] = torch.cuda.get_rng_state()
-            meta.update(trainer=state, param_groups=groups, scheduler=scheduler.state_dict())
-        save_checkpoint(ckpt_dir / f"{name}.safetensors", tensors, meta)
-
-    if resume:
-        path = run.checkpoint_path("last")
-        tensors, meta = read_checkpoint(path)
-        load_model_tensors(model, tensors, path)
-        if "trainer" not in meta:
-            raise NeuraldaError(f"{path}: holds no trainer state; cannot resume")
-        load_optimizer(optimizer, {k: v.to(device) if k.startswith("optim/") else v for k, v in tensors.items()}, meta["param_groups"])
-        scheduler.load_state_dict(meta["scheduler"])
-        state.update(meta["trainer"])
-        torch.set_rng_state(tensors["rng/torch"])
-        if "rng/cuda" in tensors and device.startswith("cuda"):
-            torch.cuda.set_rng_state(tensors["rng/cuda"])
-        for name in ("metrics.jsonl", "samples.jsonl"):
-            _truncate_epochs(run.path / name, state["epoch"])
-        log(f"resuming {run.path} after epoch {state['epoch']}")
-    else:
-        save("last", with_optimizer=True)  # epoch 0: a run killed during its first epoch can resume too
-
-    steps = batch_count(train_ids.numel(), c)
-    progress = Progress(cfg.progress, c["epochs"], steps)
-    stopped = "epochs"
-    epoch_seconds: list[float] = []
-    log(
-        f"training {c['arch']} ({sum(p.numel() for p in model.parameters()):,} parameters, vocabulary "
-        f"{len(run.vocab):,}) on {train_ids.numel():,} tokens, {device} {precision}"
-    )
-    try:
-        while state["epoch"] < c["epochs"]:
-            if c["patience"] and state["bad_epochs"] >= c["patience"]:
-                stopped = "patience"
-                break
-            if cfg.max_time and epoch_seconds and time.monotonic() - started + epoch_seconds[-1] > cfg.max_time:
-                stopped = "time"
-                break
-            epoch = state["epoch"] + 1
-            t0 = time.monotonic()
-            model.train()
-            total = torch.zeros((), device=device)
-            tokens = 0
-            hidden = None
-            progress.start_epoch(epoch)
-            last_report = t0
-            for done, (x, y, reset) in enumerate(batches(train_ids, c, epoch), 1):
-                if reset:
-                    hidden = None
-                with autocast(device, precision):
-                    logits, hidden = model(x, hidden)
-                loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if c["clip_value"]:
-                    torch.nn.utils.clip_grad_value_(model.parameters(), c["clip_value"])
-                if c["clip_norm"]:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), c["clip_norm"])
-                optimizer.step()
-                if c["stateful"]:
-                    hidden = [(h.detach(), s.detach()) for h, s in hidden]
-                total += loss.detach() * y.numel()
-                tokens += y.numel()
-                now = time.monotonic()
-                if progress.tty and now - last_report > 1.0:  # a host sync, so only once a second
-                    progress.step(done, float(total) / tokens, tokens / (now - t0))
-                    last_report = now
-            train_seconds = time.monotonic() - t0
-            train_loss = float(total) / max(tokens, 1)
-            if not math.isfinite(train_loss):
-                raise NeuraldaError(
-                    f"the training loss became {train_loss} in epoch {epoch}; the last good checkpoint is kept "
-                    f"in {ckpt_dir} (try a lower --lr)"
-                )
-            val_loss = None
-            if val_ids.numel() > 1:
-                nll, count = token_nll(model, val_ids, precision)
-                val_loss = nll / count
-            state["epoch"], state["step"] = epoch, state["step"] + steps
-            state["last_val"] = val_loss
-            is_best = val_loss is None or state["best_val"] is None or val_loss < state["best_val"]
-            if is_best:
-                state["best_val"], state["best_epoch"], state["bad_epochs"] = val_loss, epoch, 0
-            else:
-                state["bad_epochs"] += 1
-            if c["schedule"] == "plateau" and val_loss is not None:
-                scheduler.step(val_loss)
-            seconds = time.monotonic() - t0
-            epoch_seconds.append(seconds)
-            row = {
-                "epoch": epoch,
-                "step": state["step"],
-                "train_loss": round(train_loss, 5),
-                "train_ppl": round(perplexity(train_loss, 1), 3),
-                "val_loss": None if val_loss is None else round(val_loss, 5),
-                "val_ppl": None if val_loss is None else round(perplexity(val_loss, 1), 3),
-                "tokens_per_s": round(tokens / train_seconds, 1),
-                "lr": optimizer.param_groups[0]["lr"],
-                "seconds": round(seconds, 3),
-                "best": is_best,
-            }
-            if is_best:
-                save("best")
-            if epoch in c["save_at"]:
-                save(f"epoch-{epoch}")
-                _write_sample(run, model, epoch)
-            append_line(metrics_path, json.dumps(row))
-            save("last", with_optimizer=True)  # after the metrics: a run killed in between redoes this epoch
-            left = (c["epochs"] - epoch) * (sum(epoch_seconds) / len(epoch_seconds))
-            if cfg.max_time:
-                left = min(left, cfg.max_time - (time.monotonic() - started))
-            progress.end_epoch(row, left)
-    except KeyboardInterrupt:
-        progress.close()
-        log(f"\ninterrupted: {run.path} holds epoch {state['epoch']}; continue with --resume")
-        raise
-    if epoch_seconds and state["epoch"] not in c["save_at"]:
-        _write_sample(run, model, state["epoch"], checkpoint="last")
-    best_ppl = None if state["best_val"] is None else perplexity(state["best_val"], 1)
-    log(
-        f"done after {state['epoch']} epochs ({stopped}); best epoch {state['best_epoch']}"
-        + (f", val ppl {best_ppl:.1f}" if best_ppl is not None else "")
-    )
-    return TrainResult(run.path, state["epoch"], state["best_epoch"], best_ppl, stopped)
+    return Trainer(cfg, resume, log).fit()
 
 
 def _write_sample(run: Run, model, epoch: int, checkpoint: str | None = None) -> None:
     """A poem from "love" (or from a poem break when the corpus lacks the word), for the report."""
     start = SAMPLE_START if SAMPLE_START in run.vocab else ""
-    poem, ended = write_poems(model, run.vocab, start, words=80, n=1, seed=SAMPLE_SEED)[0]
+    poem, _ = write_poems(model, run.vocab, start, words=80, n=1, seed=SAMPLE_SEED)[0]
     model.train()
     row = {"epoch": epoch, "checkpoint": checkpoint or f"epoch-{epoch}", "start": start, "seed": SAMPLE_SEED, "poem": poem}
     append_line(run.path / "samples.jsonl", json.dumps(row, ensure_ascii=False))

@@ -173,10 +173,9 @@ class PoetLSTM(_StackedLSTM):
         hidden: int = 256,
         layers: int = 2,
         dropout: float = 0.4,
-        embed_dropout: float = 0.1,
     ) -> None:
         super().__init__(vocab_size, hidden, hidden, layers)
-        self.embed_dropout = embed_dropout
+        self.embed_dropout = dropout / 4  # AWD-LSTM's 0.1 beside its 0.4: one --dropout scales both
         self.drop = LockedDropout(dropout)
         self.decoder.weight = self.embedding.weight  # tying: the embedding is the output layer too
         nn.init.uniform_(self.embedding.weight, -0.1, 0.1)

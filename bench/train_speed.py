@@ -1,0 +1,122 @@
+"""Training speed: `neuralda train`'s own loop against a minimal PyTorch loop over the same model and data.
+
+    python bench/train_speed.py [--arch seed|thoutt|lstm|gpt] [--batch-size B] [--seq-len T] [--device D]
+
+Rounds alternate (bare, ours, bare, ours ...) in one process; the best of each is compared. Ours counts a whole
+epoch: training, validation, metrics, checkpoints. Then the precision check: held-out perplexity after a fixed
+number of steps in bf16 autocast and in float32, from the same start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch.nn import functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import bench_corpus, peak_rss_mb, report  # noqa: E402
+
+from neuralda.evaluate import autocast, perplexity, token_nll  # noqa: E402
+from neuralda.run import Run  # noqa: E402
+from neuralda.train import TrainConfig, _stream, batches, make_optimizer, pick_device, pick_precision, train  # noqa: E402
+
+
+def bare_epoch(run: Run, ids: torch.Tensor, device: str, precision: str) -> float:
+    """The minimal loop: forward, loss, backward, step; no validation, no logging. Returns tokens/s."""
+    c = run.config
+    torch.manual_seed(c["seed"])
+    model = run.build_model().to(device).train()
+    opt = make_optimizer(model, c)
+    hidden, tokens = None, 0
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for x, y, reset in batches(ids, c, 1):
+        with autocast(device, precision):
+            logits, hidden = model(x, None if reset else hidden)
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if c["stateful"]:
+            hidden = [(h.detach(), s.detach()) for h, s in hidden]
+        tokens += y.numel()
+    loss.item()  # wait for the last step
+    return tokens / (time.perf_counter() - t0)
+
+
+def held_out_after(run: Run, ids: torch.Tensor, val: torch.Tensor, device: str, precision: str, steps: int) -> float:
+    """Held-out perplexity after ``steps`` training steps in ``precision`` (same seed, same batches)."""
+    c = run.config
+    torch.manual_seed(c["seed"])
+    model = run.build_model().to(device).train()
+    opt = make_optimizer(model, c)
+    hidden = None
+    for step, (x, y, reset) in enumerate(batches(ids, c, 1)):
+        if step >= steps:
+            break
+        with autocast(device, precision):
+            logits, hidden = model(x, None if reset else hidden)
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if c["stateful"]:
+            hidden = [(h.detach(), s.detach()) for h, s in hidden]
+    return perplexity(*token_nll(model, val, "fp32"))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--arch", default="seed")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--seq-len", type=int)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--precision", default="auto")
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--check-steps", type=int, default=20, help="steps before the bf16/fp32 perplexity check (0: skip)")
+    p.add_argument("--corpus", type=Path, help="default: the shared corpora combined, else the demo corpus")
+    p.add_argument("--hidden", type=int)
+    p.add_argument("--layers", type=int)
+    args = p.parse_args()
+    device = pick_device(args.device)
+    precision = pick_precision(args.precision, device)
+    with tempfile.TemporaryDirectory() as tmp:
+        corpus, corpus_name = (args.corpus, args.corpus.name) if args.corpus else bench_corpus(Path(tmp))
+        cfg = dict(
+            corpus=str(corpus), arch=args.arch, epochs=1, batch_size=args.batch_size, seq_len=args.seq_len,
+            device=device, precision=precision, progress=False, save_at=(), hidden=args.hidden, layers=args.layers,
+        )
+        ours, bare = [], []
+        for r in range(args.rounds):
+            first = Run.open(train(TrainConfig(output=f"{tmp}/probe", **cfg), log=lambda s: None).run) if r == 0 else first
+            ids = _stream(first, "train").to(device)
+            bare.append(bare_epoch(first, ids, device, precision))
+            result = train(TrainConfig(output=f"{tmp}/ours{r}", **cfg), log=lambda s: None)
+            ours.append(result.tokens_trained / result.loop_seconds)
+        check = {}
+        if args.check_steps and precision == "bf16":
+            val = _stream(first, "val")
+            fp32 = held_out_after(first, ids, val, device, "fp32", args.check_steps)
+            bf16 = held_out_after(first, ids, val, device, "bf16", args.check_steps)
+            check = {"check_steps": args.check_steps, "val_ppl_fp32": fp32, "val_ppl_bf16": bf16,
+                     "bf16_ppl_within_2pct": abs(bf16 / fp32 - 1) <= 0.02}
+        c = first.config
+    report(
+        "train_speed",
+        {
+            "arch": args.arch, "device": device, "precision": precision, "corpus": corpus_name,
+            "batch_size": c["batch_size"], "seq_len": c["seq_len"], "train_tokens": c["train_tokens"],
+            "bare_tokens_per_s": max(bare), "ours_tokens_per_s": max(ours), "ratio": max(ours) / max(bare),
+            "bare_rounds": bare, "ours_rounds": ours, "peak_rss_mb": round(peak_rss_mb()), **check,
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,38 @@
+"""Data-parallel training with torchrun: 2 gloo processes on the CPU match one process with the same global batch."""
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from neuralda.run import read_checkpoint
+
+ARGS = ["--epochs", "2", "--hidden", "32", "--layers", "1", "--batch-size", "8", "--seq-len", "16",
+        "--dropout", "0", "--device", "cpu", "--precision", "fp32", "-q"]  # no dropout: the same masks everywhere
+
+
+def weights(run: Path) -> dict:
+    tensors, _ = read_checkpoint(run / "checkpoints" / "last.safetensors")
+    return {k: v for k, v in tensors.items() if not k.startswith("optim/")}
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="this torch has no torch.distributed")
+def test_two_gloo_processes_match_one(tmp_path, corpus_file):
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
+    assert torchrun, "torchrun ships with torch"
+    one, two = tmp_path / "one", tmp_path / "two"
+    single = [sys.executable, "-m", "neuralda", "train", str(corpus_file), "-o", str(one), *ARGS]
+    subprocess.run(single, check=True, capture_output=True, timeout=120)
+    ddp = [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "neuralda", "train", str(corpus_file), "-o", str(two), *ARGS]
+    out = subprocess.run(ddp, capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "2 processes" in out.stderr
+    a, b = weights(one), weights(two)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.allclose(a[key], b[key], atol=1e-5), key
+    # Only rank 0 wrote the metrics: each epoch once.
+    assert len((two / "metrics.jsonl").read_text().splitlines()) == 2

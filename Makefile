@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test bench browser clean
 
 setup: $(STAMP)
 
@@ -18,12 +18,18 @@ $(STAMP): pyproject.toml
 demo: setup
 	$(VENV)/bin/neuralda demo
 
-test: setup
+test: setup browser
 	$(PY) -m pytest
+
+# The page's test drives Debian's Chromium (Playwright's own browser download cannot work offline).
+browser:
+	@command -v chromium >/dev/null || (apt-get update -q && apt-get install -y -q --no-install-recommends chromium) \
+		|| echo "could not install chromium: the browser test will skip"
 
 bench: setup
 	$(PY) bench/train_speed.py
 	$(PY) bench/generate_speed.py
+	$(PY) bench/serve_load.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache

@@ -171,6 +171,12 @@ def cmd_scrape(args: argparse.Namespace) -> None:
     print(scrape(config).text(), file=sys.stderr)
 
 
+def cmd_serve(args: argparse.Namespace) -> None:
+    from .serve import serve
+
+    serve(args.runs, host=args.host, port=args.port)
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     """Serve the bundled corpus as a website on 127.0.0.1, scrape it, train on it, and write a poem."""
     import importlib.resources
@@ -299,6 +305,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--hidden", type=_positive_int)
     s.add_argument("--layers", type=_positive_int)
     s.set_defaults(func=cmd_summary)
+
+    sv = sub.add_parser("serve", help="a web page and JSON API for writing poems with trained runs")
+    sv.add_argument("runs", nargs="+", metavar="RUN", help="run directories to serve")
+    sv.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1 (this machine only)")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.set_defaults(func=cmd_serve)
 
     d = sub.add_parser("demo", help="scrape the bundled demo site on 127.0.0.1, train on it, write a poem")
     d.add_argument("--minutes", type=float, default=3.0, help="training budget (default 3)")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,17 +77,40 @@ def start_tokens(start: str, vocab: Vocab) -> list[str]:
     return tokens
 
 
-@contextlib.contextmanager
-def _one_token_steps(device: torch.device):
-    """oneDNN off: its LSTM costs ~16.6 ms a one-token step on CPU against ~1.8 ms without it (PERFORMANCE.md)."""
-    # torch.backends.mkldnn.flags() also resets oneDNN's TF32 setting (and warns); switch only the one flag.
-    before = torch._C._get_mkldnn_enabled()
-    if device.type == "cpu":
-        torch._C._set_mkldnn_enabled(False)
-    try:
-        yield
-    finally:
-        torch._C._set_mkldnn_enabled(before)
+class _OneDNNOff:
+    """oneDNN off while any poem is being written on the CPU in this process.
+
+    Its LSTM costs ~16.6 ms a one-token step against ~1.8 ms without it (PERFORMANCE.md). The switch is global to
+    the process, so it is counted: poems written side by side (the web server) all run without oneDNN, from their
+    first step to their last, and the same seed always writes the same poem.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.users = 0
+        self.before = True
+
+    @contextlib.contextmanager
+    def __call__(self, device: torch.device):
+        if device.type != "cpu":
+            yield
+            return
+        with self.lock:
+            if self.users == 0:
+                # torch.backends.mkldnn.flags() would also reset oneDNN's TF32 setting (and warn): one flag only.
+                self.before = torch._C._get_mkldnn_enabled()
+                torch._C._set_mkldnn_enabled(False)
+            self.users += 1
+        try:
+            yield
+        finally:
+            with self.lock:
+                self.users -= 1
+                if self.users == 0:
+                    torch._C._set_mkldnn_enabled(self.before)
+
+
+_one_token_steps = _OneDNNOff()
 
 
 @torch.no_grad()
@@ -109,14 +133,13 @@ def write_poems(
     prime = start_tokens(start, vocab)
     device = next(model.parameters()).device
     model.eval()
-    ids = torch.tensor([vocab.encode([POEM_END] + prime)] * n, device=device)
-    logits, state = model(ids)
-    logits = logits[:, -1]
     poems = [list(prime) for _ in range(n)]
     counts = [sum(map(is_word, prime))] * n
     ended = [False] * n
     done = [False] * n
     with _one_token_steps(device):
+        logits, state = model(torch.tensor([vocab.encode([POEM_END] + prime)] * n, device=device))
+        logits = logits[:, -1]
         for _ in range(4 * words + 50):  # punctuation and breaks are not words: bound the steps too
             filtered = filter_logits(logits, sampling)
             filtered[:, vocab.unk] = -torch.inf  # <unk> is never written

@@ -1,0 +1,102 @@
+"""Writing speed: ms per word for one poem (carrying the state against re-running the growing text, as the seed
+did), and words/s for many poems written in one batched pass against writing them one by one.
+
+    python bench/generate_speed.py [--arch seed] [--vocab 5437] [--words 200] [--n 32] [--device D] [--run RUN]
+
+Without ``--run`` the model has the seed's sizes and random weights: speed does not depend on what it learned.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import peak_rss_mb, report  # noqa: E402
+
+from neuralda.generate import write_poems  # noqa: E402
+from neuralda.models import build_model, default_size  # noqa: E402
+from neuralda.run import Run  # noqa: E402
+from neuralda.tokenizer import POEM_END, SPECIALS, Vocab, is_word  # noqa: E402
+from neuralda.train import pick_device  # noqa: E402
+
+
+def synthetic(arch: str, vocab_size: int, device: str):
+    """A model of ``arch`` with random weights, and a vocabulary of made-up words that never ends a poem."""
+    torch.manual_seed(0)
+    hidden, layers = default_size(arch, 100_000)
+    model = build_model(arch, vocab_size, hidden, layers, 0.0).to(device).eval()
+    with torch.no_grad():
+        model.decoder.bias[SPECIALS.index(POEM_END)] = -1e4  # write every word asked for
+    vocab = Vocab(list(SPECIALS) + [f"w{i}" for i in range(vocab_size - len(SPECIALS))])
+    return model, vocab
+
+
+@torch.no_grad()
+def rerun_ms_per_word(model, vocab: Vocab, start: str, words: int, device: str) -> float:
+    """The seed's way: feed the whole growing text at every step and keep only the last prediction."""
+    ids = [vocab.stoi[POEM_END], vocab.stoi[start]]
+    gen = torch.Generator().manual_seed(0)
+    t0 = time.perf_counter()
+    for _ in range(words):
+        logits, _ = model(torch.tensor([ids], device=device))
+        probs = logits[0, -1].float().softmax(-1).cpu()
+        ids.append(int(torch.multinomial(probs, 1, generator=gen)))
+    return (time.perf_counter() - t0) * 1000 / words
+
+
+def timed(fn) -> tuple[float, object]:
+    t0 = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t0, out
+
+
+def count_words(poems) -> int:
+    return sum(len([w for w in p.split() if is_word(w)]) for p, _ in poems)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--arch", default="seed")
+    p.add_argument("--vocab", type=int, default=5437)
+    p.add_argument("--run", help="time a trained run instead of random weights")
+    p.add_argument("--words", type=int, default=200)
+    p.add_argument("--n", type=int, default=32)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--rerun-words", type=int, default=50, help="words written the slow way (it is slow)")
+    args = p.parse_args()
+    device = pick_device(args.device)
+    if args.run:
+        run = Run.open(args.run)
+        model, _ = run.load_model("best", device=device)
+        vocab, start = run.vocab, "love"
+    else:
+        model, vocab = synthetic(args.arch, args.vocab, device)
+        start = vocab.itos[len(SPECIALS)]
+    write_poems(model, vocab, start, words=5, seed=0)  # warm up
+    seconds, poems = timed(lambda: write_poems(model, vocab, start, words=args.words, n=1, seed=1))
+    stateful_ms = seconds * 1000 / max(count_words(poems), 1)
+    rerun_ms = rerun_ms_per_word(model, vocab, start, args.rerun_words, device)
+    one_by_one_s, singles = timed(lambda: [write_poems(model, vocab, start, args.words, 1, seed=10 + i)[0] for i in range(min(args.n, 4))])
+    batched_s, batch = timed(lambda: write_poems(model, vocab, start, words=args.words, n=args.n, seed=10))
+    one_by_one_wps = count_words(singles) / one_by_one_s
+    batched_wps = count_words(batch) / batched_s
+    report(
+        "generate_speed",
+        {
+            "arch": "run" if args.run else args.arch, "vocab": len(vocab), "device": device, "words": args.words,
+            "stateful_ms_per_word": round(stateful_ms, 3), "rerun_ms_per_word": round(rerun_ms, 3),
+            "stateful_speedup": round(rerun_ms / stateful_ms, 2),
+            "n": args.n, "one_by_one_words_per_s": round(one_by_one_wps, 1), "batched_words_per_s": round(batched_wps, 1),
+            "batched_speedup": round(batched_wps / one_by_one_wps, 2), "batched_equals_one_by_one": batch[:len(singles)] == singles,
+            "peak_rss_mb": round(peak_rss_mb()),
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,303 @@
+"""``neuralda serve``: a page for writing poems with trained runs, and the JSON API behind it.
+
+The page (``static/``) is plain HTML, CSS and JavaScript. Each model is loaded once per (run, checkpoint) and only
+read after that; poems are written in a thread pool, so requests are served at once, each drawing from its own
+random generator (``write_poems``). Only the runs and checkpoints named at start can be asked for: a request names
+them, never a path.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+
+import torch
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, ConfigDict, Field
+
+from . import __version__
+from .errors import NeuraldaError
+from .generate import SamplingConfig, write_poems
+from .run import Run
+from .tokenizer import is_word, tokenize
+from .train import SAMPLE_START
+
+MAX_BODY = 16 * 1024  # bytes; a request is a few short fields
+MAX_WORDS = 500
+MAX_START = 200  # characters
+
+
+class GenerateRequest(BaseModel):
+    """What to write; every number is bounded so one request cannot hold the server for long."""
+
+    # strict: "5" is not a number and true is not 1; extra: a misspelt field is named, not ignored.
+    model_config = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False)
+
+    start: str = Field(SAMPLE_START, max_length=MAX_START, description="the first word(s); empty: begin anywhere")
+    words: int = Field(120, ge=1, le=MAX_WORDS, description="at most this many words")
+    temperature: float = Field(1.0, gt=0, le=5, description="below 1: safer words; above 1: wilder ones")
+    top_k: int = Field(0, ge=0, description="keep the k likeliest tokens (0: all); at most the vocabulary size")
+    top_p: float = Field(1.0, gt=0, le=1, description="keep the smallest set of tokens whose probability reaches p")
+    seed: int | None = Field(None, ge=0, lt=2**63, description="the same seed writes the same poem; none: random")
+    run: str | None = Field(None, max_length=200, description="a served run's name (default: the first)")
+    checkpoint: str | None = Field(None, max_length=200, description="best, last or epoch-N (default: best)")
+
+
+class Poem(BaseModel):
+    poem: str = Field(description="lines end with \\n; a blank line separates stanzas")
+    words: int
+    ms: float = Field(description="milliseconds spent writing")
+    seed: int
+    ended: bool = Field(description="whether the model ended the poem itself")
+    run: str
+    checkpoint: str
+
+
+class CheckpointInfo(BaseModel):
+    name: str
+    epoch: int | None
+    val_ppl: float | None = Field(description="held-out perplexity after that epoch (lower is better)")
+    train_ppl: float | None
+
+
+class RunInfo(BaseModel):
+    name: str
+    arch: str
+    hidden: int
+    layers: int
+    vocab_size: int
+    start: str = Field(description="a start word the model knows")
+    default_checkpoint: str
+    checkpoints: list[CheckpointInfo]
+
+
+class Models(BaseModel):
+    runs: list[RunInfo]
+
+
+@dataclass
+class ServedRun:
+    """A run, what its checkpoints scored, and the models loaded from it so far."""
+
+    run: Run
+    info: RunInfo
+    models: dict[str, torch.nn.Module] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def model(self, checkpoint: str) -> torch.nn.Module:
+        """The model of ``checkpoint``, loaded on first use; concurrent first uses load it once."""
+        with self.lock:
+            if checkpoint not in self.models:
+                self.models[checkpoint], _ = self.run.load_model(checkpoint, device="cpu")
+            return self.models[checkpoint]
+
+
+def read_metrics(run: Run) -> list[dict]:
+    """The rows of ``metrics.jsonl``, one per epoch trained."""
+    path = run.path / "metrics.jsonl"
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:  # a run killed while appending leaves a partial last line
+            continue
+        if isinstance(row, dict) and isinstance(row.get("epoch"), int):
+            rows.append(row)
+    return rows
+
+
+def checkpoint_infos(run: Run) -> list[CheckpointInfo]:
+    """Each checkpoint with the epoch it holds and that epoch's perplexities."""
+    rows = read_metrics(run)
+    by_epoch = {r["epoch"]: r for r in rows}
+    best = [r["epoch"] for r in rows if r.get("best")]
+    infos = []
+    for name in run.checkpoints():
+        if name == "best":
+            epoch = best[-1] if best else None
+        elif name == "last":
+            epoch = rows[-1]["epoch"] if rows else None
+        else:
+            epoch = int(name.removeprefix("epoch-"))
+        row = by_epoch.get(epoch, {})
+        infos.append(CheckpointInfo(name=name, epoch=epoch, val_ppl=row.get("val_ppl"), train_ppl=row.get("train_ppl")))
+    return infos
+
+
+def open_served(path: str) -> ServedRun:
+    """Open a run to serve; one with no checkpoint is an error at start, not at the first request."""
+    run = Run.open(path)
+    checkpoints = checkpoint_infos(run)
+    if not checkpoints:
+        raise NeuraldaError(f"{run.path}: no checkpoints yet; train it first with `neuralda train`")
+    names = [c.name for c in checkpoints]
+    words = [w for w in run.vocab.itos if is_word(w)]
+    info = RunInfo(
+        name=run.name,
+        arch=run.config["arch"],
+        hidden=run.config["hidden"],
+        layers=run.config["layers"],
+        vocab_size=len(run.vocab),
+        start=SAMPLE_START if SAMPLE_START in run.vocab else (words[0] if words else ""),
+        default_checkpoint="best" if "best" in names else names[-1],
+        checkpoints=checkpoints,
+    )
+    served = ServedRun(run, info)
+    served.model(info.default_checkpoint)  # a damaged checkpoint stops the server at start, with its message
+    return served
+
+
+class BodyLimit:
+    """ASGI middleware: a request body over ``limit`` bytes gets 413 before the app reads any of it."""
+
+    def __init__(self, app, limit: int = MAX_BODY) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.limit:
+            await self._too_large(scope, receive, send)
+            return
+        # Read the whole (small) body here: a chunked body declares no length, so it is counted as it comes.
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            size += len(message.get("body", b""))
+            if size > self.limit:
+                await self._too_large(scope, receive, send)
+                return
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body"):
+                break
+        body = b"".join(chunks)
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if replayed:
+                return await receive()  # after the body, the app only waits for a disconnect
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
+
+    async def _too_large(self, scope, receive, send) -> None:
+        response = JSONResponse({"detail": f"the request body is over {self.limit:,} bytes"}, status_code=413)
+        await response(scope, receive, send)
+
+
+def _problem(error: dict) -> str:
+    """One validation error as a sentence naming the field."""
+    where = ".".join(str(p) for p in error["loc"][1:])
+    if error["type"] == "json_invalid":
+        return f"the body is not valid JSON ({error['ctx']['error']})"
+    if not where:
+        return 'send a JSON object (Content-Type: application/json) such as {"start": "love", "words": 80}'
+    if error["type"] == "extra_forbidden":
+        return f"{where}: not a field here (the fields are {', '.join(GenerateRequest.model_fields)})"
+    return f"{where}: {error['msg']}"
+
+
+def create_app(run_dirs: list[str]) -> FastAPI:
+    """The web app serving ``run_dirs``; a run that cannot be served is a ``NeuraldaError`` now."""
+    if not run_dirs:
+        raise NeuraldaError("serve needs at least one run directory")
+    served: dict[str, ServedRun] = {}
+    for path in run_dirs:
+        s = open_served(path)
+        if s.info.name in served:
+            raise NeuraldaError(f"two runs are named {s.info.name!r}; serve runs whose folders have different names")
+        served[s.info.name] = s
+    app = FastAPI(
+        title="neuralda",
+        version=__version__,
+        description="Write poems with language models trained on a poet's poems.",
+    )
+    app.add_middleware(BodyLimit, limit=MAX_BODY)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"detail": "; ".join(_problem(e) for e in exc.errors())}, status_code=422)
+
+    @app.get("/api/models", response_model=Models)
+    def models() -> Models:
+        """The runs served, with their checkpoints and held-out perplexities."""
+        return Models(runs=[s.info for s in served.values()])
+
+    # A plain ``def``: FastAPI runs it in its thread pool, so CPU-bound writing does not hold up other requests.
+    @app.post(
+        "/api/generate",
+        response_model=Poem,
+        responses={404: {"description": "no such run or checkpoint is served"}, 422: {"description": "bad request"}},
+    )
+    def generate(req: GenerateRequest) -> Poem:
+        """Write one poem."""
+        name = req.run or next(iter(served))
+        if name not in served:
+            raise HTTPException(404, f"no run {name!r} is served here; choose one of: {', '.join(served)}")
+        s = served[name]
+        checkpoint = req.checkpoint or s.info.default_checkpoint
+        have = [c.name for c in s.info.checkpoints]
+        if checkpoint not in have:
+            raise HTTPException(404, f"run {name!r} has no checkpoint {checkpoint!r}; choose one of: {', '.join(have)}")
+        if req.top_k > s.info.vocab_size:
+            raise HTTPException(422, f"top_k: at most the vocabulary size, {s.info.vocab_size} (0 keeps every token)")
+        try:
+            model = s.model(checkpoint)
+        except NeuraldaError as e:
+            raise HTTPException(500, str(e)) from None
+        seed = int.from_bytes(os.urandom(4), "little") if req.seed is None else req.seed
+        sampling = SamplingConfig(temperature=req.temperature, top_k=req.top_k, top_p=req.top_p)
+        started = time.perf_counter()
+        try:
+            poem, ended = write_poems(model, s.run.vocab, req.start, req.words, 1, sampling, seed)[0]
+        except NeuraldaError as e:  # a start word the model does not know: the message names close ones
+            raise HTTPException(422, str(e)) from None
+        ms = (time.perf_counter() - started) * 1000
+        words = sum(map(is_word, tokenize(poem, end=False)))
+        return Poem(poem=poem, words=words, ms=round(ms, 1), seed=seed, ended=ended, run=name, checkpoint=checkpoint)
+
+    # Mounted last: the API routes above take precedence; StaticFiles refuses paths outside static/.
+    app.mount("/", StaticFiles(packages=[("neuralda", "static")], html=True), name="page")
+    return app
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A socket listening on ``host:port`` (port 0: any free one); a port in use is a one-line error."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets that say they are TCP, and without it every
+    # small response waits ~40 ms for a delayed ACK.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise NeuraldaError(f"cannot listen on {host}:{port} ({e.strerror}); choose another --port or --host") from None
+    sock.listen(128)
+    return sock
+
+
+def serve(run_dirs: list[str], host: str = "127.0.0.1", port: int = 8000) -> None:
+    """Serve the page and the API for ``run_dirs`` on ``host:port`` until interrupted."""
+    import uvicorn
+
+    app = create_app(run_dirs)
+    sock = listen(host, port)
+    shown = f"[{host}]" if ":" in host else host
+    print(f"neuralda: writing poems at http://{shown}:{sock.getsockname()[1]}/ (Ctrl-C stops)", flush=True)
+    uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])

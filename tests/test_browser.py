@@ -1,0 +1,96 @@
+"""The page in a real headless Chromium (Debian's, driven by Playwright): type a word, press Write, read a poem."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+from test_serve import runs, server  # noqa: F401  (the tiny runs and the live server, as fixtures)
+
+sync_api = pytest.importorskip("playwright.sync_api", reason="the browser test needs `pip install playwright`")
+CHROMIUM = next(filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))), None)
+if CHROMIUM is None:
+    pytest.skip("no Chromium to drive: `apt-get install chromium`", allow_module_level=True)
+
+# Playwright's own browser download cannot run offline; Debian's Chromium is launched quietly in its place.
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_api.sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser, server):  # noqa: F811
+    context = browser.new_context(base_url=server.url, viewport={"width": 1000, "height": 900})
+    context.grant_permissions(["clipboard-read", "clipboard-write"], origin=server.url)
+    page = context.new_page()
+    page.set_default_timeout(15_000)
+    page.goto("/")
+    sync_api.expect(page.locator("#write-button")).to_be_enabled()
+    yield page
+    context.close()
+
+
+def test_type_a_word_press_write_see_the_poem_in_lines_and_stanzas(page):
+    page.fill("#start", "love")
+    with page.expect_response("**/api/generate") as answer:
+        page.click("#write-button")
+    poem = answer.value.json()["poem"]
+    first = page.locator("#stanzas .line").first
+    sync_api.expect(first).to_have_text(poem.split("\n")[0])
+    assert poem.startswith("love")
+    stanzas = poem.split("\n\n")
+    assert page.locator("#stanzas .stanza").count() == len(stanzas)
+    assert page.locator("#stanzas .line").all_text_contents() == [ln for s in stanzas for ln in s.split("\n")]
+    assert "seed" in page.inner_text("#about")
+
+
+def test_the_page_names_the_model_and_offers_each_checkpoint(page):
+    model = page.inner_text("#model")
+    assert "tiny" in model and "vocabulary" in model and "held-out perplexity" in model
+    assert page.locator("#choice-row").is_visible()
+    labels = page.locator("#choice option").all_text_contents()
+    assert len(labels) == 6 and "other · epoch-1 (epoch 1)" in labels
+    page.select_option("#choice", label="other · epoch-1 (epoch 1)")
+    assert page.inner_text("#model").startswith("other")
+    with page.expect_request("**/api/generate") as sent:
+        page.click("#write-button")
+    assert sent.value.post_data_json["run"] == "other" and sent.value.post_data_json["checkpoint"] == "epoch-1"
+
+
+def test_an_unknown_word_shows_the_close_words(page):
+    page.fill("#start", "lovv")
+    page.click("#write-button")
+    sync_api.expect(page.locator("#error")).to_contain_text("close words it knows: love")
+
+
+def test_copy_puts_the_poem_on_the_clipboard(page):
+    with page.expect_response("**/api/generate") as answer:
+        page.press("#start", "Enter")
+    page.click("#copy")
+    sync_api.expect(page.locator("#copy")).to_have_text("Copied")
+    assert page.evaluate("navigator.clipboard.readText()") == answer.value.json()["poem"]
+
+
+def test_on_a_phone_nothing_is_wider_than_the_screen(browser, server):  # noqa: F811
+    context = browser.new_context(base_url=server.url, viewport={"width": 360, "height": 740}, is_mobile=True)
+    page = context.new_page()
+    page.goto("/")
+    page.fill("#start", "love")
+    page.click("#write-button")
+    sync_api.expect(page.locator("#stanzas .line").first).to_be_visible()
+    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+    context.close()

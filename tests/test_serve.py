@@ -1,0 +1,271 @@
+"""The web API on a real loopback server: valid, invalid and concurrent requests, limits, and no way out of the runs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import statistics
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+
+from neuralda.errors import NeuraldaError
+from neuralda.generate import SamplingConfig, write_poems
+from neuralda.run import Run
+from neuralda.serve import MAX_BODY, create_app, listen
+from neuralda.train import TrainConfig, train
+
+LOVE_LINES = [
+    "love is a lamp left burning in the hall",
+    "love, the orchard answers, love again",
+    "we loved the rain before we learned its weight",
+    "my lover sleeps beneath the walnut tree",
+]
+LINES = [
+    "the river keeps the names we gave the stones",
+    "a glove lies open on the kitchen chair",
+    "the morning folds its linen on the hill",
+    "i carry salt and honey in my hands",
+    "your voice returns the way the swallows do",
+    "the lonely clock is counting out the snow",
+    "and every door we open lets in light",
+    "the sea forgets, the sea remembers us",
+]
+
+
+def tiny_corpus(path: Path) -> Path:
+    """Thirty short poems of two stanzas, each with "love" in it."""
+    with path.open("w", encoding="utf-8") as f:
+        for i in range(30):
+            first = [LOVE_LINES[i % 4], LINES[i % 8], LINES[(i + 3) % 8]]
+            second = [LINES[(i + 5) % 8], LOVE_LINES[(i + 1) % 4]]
+            text = "\n".join(first) + "\n\n" + "\n".join(second)
+            f.write(json.dumps({"title": f"Poem {i}", "author": "a test", "text": text}) + "\n")
+    return path
+
+
+def tiny_run(folder: Path) -> Path:
+    """A two-epoch run with checkpoints best, last and epoch-1 (a few seconds on a CPU)."""
+    cfg = TrainConfig(
+        corpus=str(tiny_corpus(folder / "corpus.jsonl")),
+        output=str(folder / "tiny"),
+        epochs=2,
+        save_at=(1,),
+        hidden=32,
+        layers=1,
+        batch_size=8,
+        seq_len=16,
+        device="cpu",
+        progress=False,
+    )
+    return train(cfg, log=lambda _: None).run
+
+
+class LiveServer:
+    """The app on a free loopback port in a background thread, as ``neuralda serve`` runs it."""
+
+    def __init__(self, run_dirs: list[str]) -> None:
+        sock = listen("127.0.0.1", 0)
+        self.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        self.server = uvicorn.Server(uvicorn.Config(create_app(run_dirs), log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, daemon=True)
+
+    def __enter__(self) -> LiveServer:
+        self.thread.start()
+        while not self.server.started:
+            if not self.thread.is_alive():
+                raise RuntimeError("the server did not start")
+            self.thread.join(0.01)
+        return self
+
+    def __exit__(self, *_) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> list[Path]:
+    """The tiny run and a copy of it under another name (two runs served side by side)."""
+    folder = tmp_path_factory.mktemp("serve")
+    tiny = tiny_run(folder)
+    other = folder / "other"
+    shutil.copytree(tiny, other)
+    return [tiny, other]
+
+
+@pytest.fixture(scope="module")
+def server(runs):
+    with LiveServer([str(r) for r in runs]) as live:
+        yield live
+
+
+@pytest.fixture
+def client(server):
+    with httpx.Client(base_url=server.url, timeout=30) as c:
+        yield c
+
+
+def write(client: httpx.Client, **body) -> httpx.Response:
+    return client.post("/api/generate", json=body)
+
+
+def test_models_lists_runs_checkpoints_and_perplexity(client, runs):
+    r = client.get("/api/models")
+    assert r.status_code == 200
+    tiny, other = r.json()["runs"]
+    assert (tiny["name"], other["name"]) == ("tiny", "other")
+    assert tiny["vocab_size"] == len(Run.open(runs[0]).vocab)
+    assert tiny["start"] == "love" and tiny["default_checkpoint"] == "best"
+    checkpoints = {c["name"]: c for c in tiny["checkpoints"]}
+    assert set(checkpoints) == {"best", "last", "epoch-1"}
+    rows = [json.loads(line) for line in (runs[0] / "metrics.jsonl").read_text().splitlines()]
+    assert checkpoints["last"]["epoch"] == 2 and checkpoints["last"]["val_ppl"] == rows[-1]["val_ppl"]
+    assert checkpoints["epoch-1"]["val_ppl"] == rows[0]["val_ppl"] > 1
+
+
+def test_generate_writes_the_poem_write_poems_writes(client, runs):
+    r = write(client, start="Love", words=40, seed=7, temperature=0.8, top_p=0.9, top_k=50)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["poem"].startswith("love") and 1 <= body["words"] <= 40
+    assert body["seed"] == 7 and body["run"] == "tiny" and body["checkpoint"] == "best" and body["ms"] > 0
+    run = Run.open(runs[0])
+    model, _ = run.load_model("best")
+    expected = write_poems(model, run.vocab, "Love", 40, 1, SamplingConfig(0.8, 50, 0.9), 7)[0][0]
+    assert body["poem"] == expected
+
+
+def test_run_and_checkpoint_are_chosen_by_name(client):
+    a = write(client, seed=3, words=30, run="other", checkpoint="epoch-1").json()
+    assert (a["run"], a["checkpoint"]) == ("other", "epoch-1")
+    assert write(client, seed=3, words=30, run="tiny", checkpoint="epoch-1").json()["poem"] == a["poem"]
+
+
+def test_without_a_seed_each_poem_tells_its_seed(client):
+    first = write(client, words=30).json()
+    again = write(client, words=30, seed=first["seed"]).json()
+    assert again["poem"] == first["poem"]
+
+
+def test_concurrent_requests_equal_the_same_requests_alone(client):
+    bodies = [{"start": "love", "words": 60, "seed": s, "temperature": 1.2} for s in range(16)]
+    alone = [write(client, **b).json()["poem"] for b in bodies]
+    with ThreadPoolExecutor(16) as pool:
+        together = list(pool.map(lambda b: write(client, **b), bodies))
+    assert [r.status_code for r in together] == [200] * 16
+    assert [r.json()["poem"] for r in together] == alone
+    assert len(set(alone)) > 1
+
+
+def test_unknown_start_word_names_close_words(client):
+    r = write(client, start="lovv")
+    assert r.status_code == 422
+    assert "'lovv'" in r.json()["detail"] and "love" in r.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        ({"words": 0}, "words"),
+        ({"words": 501}, "words"),
+        ({"temperature": 0}, "temperature"),
+        ({"temperature": 5.5}, "temperature"),
+        ({"top_p": 0}, "top_p"),
+        ({"top_p": 1.5}, "top_p"),
+        ({"top_k": -1}, "top_k"),
+        ({"top_k": 100_000}, "top_k"),
+        ({"seed": -1}, "seed"),
+        ({"words": "many"}, "words"),
+        ({"words": "12"}, "words"),
+        ({"words": 1.5}, "words"),
+        ({"temperature": True}, "temperature"),
+        ({"start": ["love"]}, "start"),
+        ({"start": "love " * 50}, "start"),
+        ({"temprature": 1.0}, "temprature"),
+    ],
+)
+def test_bad_numbers_and_types_are_422_naming_the_field(client, body, field):
+    r = write(client, **body)
+    assert r.status_code == 422
+    assert r.json()["detail"].startswith(f"{field}:")
+
+
+def test_bodies_that_are_not_a_json_object_say_what_to_send(client):
+    r = client.post("/api/generate", content=b"{not json", headers={"content-type": "application/json"})
+    assert r.status_code == 422 and "not valid JSON" in r.json()["detail"]
+    r = client.post("/api/generate", json=["love"])
+    assert r.status_code == 422 and "JSON object" in r.json()["detail"]
+
+
+def test_oversized_bodies_are_413(client):
+    big = {"start": "love", "padding": "x" * MAX_BODY}
+    assert write(client, **big).status_code == 413
+
+    def chunks():  # no content-length: the body is counted as it arrives
+        for _ in range(MAX_BODY // 1024 + 2):
+            yield b" " * 1024
+
+    r = client.post("/api/generate", content=chunks(), headers={"content-type": "application/json"})
+    assert r.status_code == 413 and "16,384 bytes" in r.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"run": "../tiny"},
+        {"run": "/etc"},
+        {"run": "tiny", "checkpoint": "../../tiny/checkpoints/best"},
+        {"run": "tiny", "checkpoint": "best.safetensors"},
+        {"run": "tiny", "checkpoint": "epoch-2"},
+        {"run": "nope"},
+    ],
+)
+def test_only_served_runs_and_checkpoints_can_be_named(client, body):
+    r = write(client, **body)
+    assert r.status_code == 404
+    assert "choose one of" in r.json()["detail"]
+
+
+@pytest.mark.parametrize("path", ["/../config.json", "/%2e%2e/%2e%2e/run.py", "/..%2fserve.py", "/static/../serve.py"])
+def test_the_page_serves_nothing_outside_its_folder(client, path):
+    r = client.get(path)
+    assert r.status_code == 404
+    assert "create_app" not in r.text
+
+
+def test_the_page_and_openapi_are_served(client):
+    page = client.get("/")
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    assert 'src="app.js"' in page.text
+    assert client.get("/app.js").status_code == 200 and client.get("/style.css").status_code == 200
+    spec = client.get("/openapi.json").json()
+    assert {"/api/generate", "/api/models"} <= set(spec["paths"])
+    assert spec["components"]["schemas"]["GenerateRequest"]["properties"]["words"]["maximum"] == 500
+
+
+def test_small_responses_do_not_wait_for_a_delayed_ack(client):
+    # Without TCP_NODELAY each response waited ~40 ms for the client's delayed ACK; on loopback it takes ~1 ms.
+    times = []
+    for _ in range(9):
+        t0 = time.perf_counter()
+        client.get("/api/models")
+        times.append(time.perf_counter() - t0)
+    assert statistics.median(times) < 0.02
+
+
+def test_a_run_that_cannot_be_served_is_an_error_at_start(tmp_path, runs):
+    with pytest.raises(NeuraldaError, match="no such run directory"):
+        create_app([str(tmp_path / "missing")])
+    with pytest.raises(NeuraldaError, match="two runs are named"):
+        create_app([str(runs[0]), str(runs[0])])
+
+
+def test_a_port_in_use_is_a_one_line_error(server):
+    port = int(server.url.rsplit(":", 1)[1])
+    with pytest.raises(NeuraldaError, match="choose another --port"):
+        listen("127.0.0.1", port)

@@ -125,3 +125,22 @@ def test_damaged_checkpoint_is_a_clear_error(tmp_path, corpus_file):
     best.write_bytes(best.read_bytes()[:1000])
     with pytest.raises(NeuraldaError, match="damaged checkpoint"):
         Run.open(out).load_model("best")
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_chunked_loss_equals_cross_entropy_and_its_gradients(monkeypatch, bias):
+    import neuralda.train as t
+
+    monkeypatch.setattr(t, "LOSS_CHUNK", 7)  # several chunks, the last one short
+    torch.manual_seed(0)
+    h = torch.randn(30, 16, requires_grad=True)
+    w = torch.randn(50, 16, requires_grad=True)
+    b = torch.randn(50, requires_grad=True) if bias else None
+    y = torch.randint(0, 50, (30,))
+    ref = torch.nn.functional.cross_entropy(torch.nn.functional.linear(h, w, b), y)
+    ref_grads = torch.autograd.grad(ref * 3, [h, w] + ([b] if bias else []))
+    got = t._LinearCrossEntropy.apply(h, w, b, y, torch.float32)
+    got_grads = torch.autograd.grad(got * 3, [h, w] + ([b] if bias else []))
+    assert torch.allclose(got, ref, atol=1e-5)
+    for g, r in zip(got_grads, ref_grads):
+        assert torch.allclose(g, r, atol=1e-5)

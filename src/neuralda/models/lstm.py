@@ -84,13 +84,18 @@ class _StackedLSTM(nn.Module):
         """Applied to the input of LSTM layer ``i`` (and, with ``i == len(lstms)``, to the last output)."""
         return x
 
-    def forward(self, x: Tensor, state: State | None = None) -> tuple[Tensor, State]:
+    def features(self, x: Tensor, state: State | None = None) -> tuple[Tensor, State]:
+        """What the output layer reads ``(B, T, H)``, and the next state."""
         h = self._embed(x)
         new_state: State = []
         for i, lstm in enumerate(self.lstms):
             h, s = lstm(self._between(i, h), None if state is None else state[i])
             new_state.append(s)
-        return self.decoder(self._between(len(self.lstms), h)), new_state
+        return self._between(len(self.lstms), h), new_state
+
+    def forward(self, x: Tensor, state: State | None = None) -> tuple[Tensor, State]:
+        h, state = self.features(x, state)
+        return self.decoder(h), state
 
     def summary_rows(self) -> list[SummaryRow]:
         """Keras-style rows: name (type), output shape, parameters."""

@@ -98,3 +98,53 @@ def test_temperature_sharpens():
 def test_bad_sampling_settings(cfg):
     with pytest.raises(NeuraldaError):
         cfg.check()
+
+
+class ChainModel(nn.Module):
+    """Predicts, after token a, the token the ``chain`` says follows it (a model that has memorised a text)."""
+
+    def __init__(self, vocab_size: int, chain: dict[int, int]) -> None:
+        super().__init__()
+        self.table = nn.Parameter(torch.full((vocab_size, vocab_size), -3.0), requires_grad=False)
+        for a, b in chain.items():
+            self.table.data[a, b] = 8.0
+
+    def forward(self, x, state=None):
+        return self.table[x], state
+
+
+def test_copy_guard_blocks_runs_of_training_words():
+    from neuralda.generate import CopyGuard
+
+    training = "the salt of the sea, the salt of the night"
+    v = Vocab.build([["the", "salt", "of", "sea", "night", "moon", "wind", ",", "."]])
+    order = ["the", "salt", "of", "the"]  # a model that loves to repeat "the salt of the ..."
+    chain = {v.stoi[a]: v.stoi[b] for a, b in zip(order, order[1:] + ["salt"])}
+    model = ChainModel(len(v), chain)
+    copied, _ = write_poems(model, v, "the", words=12, seed=0)[0]
+    assert "the salt of the" in copied
+    guard = CopyGuard.build([training], v, 3)
+    for seed in range(5):
+        poem, _ = write_poems(model, v, "the", words=12, seed=seed, guard=guard)[0]
+        words = [w for w in poem.replace(",", " ").replace(".", " ").split()]
+        train_words = training.replace(",", " ").split()
+        train_runs = {tuple(train_words[i : i + 3]) for i in range(len(train_words) - 2)}
+        assert not any(tuple(words[i : i + 3]) in train_runs for i in range(len(words) - 2))
+
+
+def test_repetition_penalty_makes_repeats_rarer():
+    logits = torch.tensor([[2.0, 1.0, -1.0]])
+    seen = torch.tensor([[True, False, True]])
+    out = filter_logits(logits, SamplingConfig(repetition_penalty=2.0), seen)
+    assert out.tolist() == [[1.0, 1.0, -2.0]]
+
+
+def test_lines_and_form(tiny_run):
+    poet = Poet.load(tiny_run)
+    poem = poet.write(start="love", words=500, seed=3, lines=5)
+    assert poem.count("\n") - poem.count("\n\n") <= 4
+    quatrains = poet.write_many(3, start="love", words=60, seed=5, form="quatrain")
+    for poem in quatrains:
+        stanzas = poem.split("\n\n")
+        assert all(len(s.split("\n")) == 4 for s in stanzas[:-1])
+        assert len(stanzas[-1].split("\n")) <= 4

@@ -111,15 +111,16 @@ def _print_poems(poems: list[tuple[str, bool]], fmt: str, start: str, seed: int)
 def cmd_generate(args: argparse.Namespace) -> None:
     import os
 
-    from .generate import SamplingConfig, write_poems
-    from .run import Run
+    from .generate import Poet, SamplingConfig, write_poems
     from .train import pick_device
 
-    run = Run.open(args.run)
-    model, _ = run.load_model(args.checkpoint, device=pick_device(args.device))
+    poet = Poet.load(args.run, args.checkpoint, device=pick_device(args.device))
     seed = int.from_bytes(os.urandom(4), "little") if args.seed is None else args.seed
-    sampling = SamplingConfig(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
-    poems = write_poems(model, run.vocab, args.start, args.words, args.n, sampling, seed)
+    sampling = SamplingConfig(args.temperature, args.top_k, args.top_p, args.repetition_penalty)
+    poems = write_poems(
+        poet.model, poet.vocab, args.start, args.words, args.n, sampling, seed, args.lines, args.form,
+        poet.guard(args.max_copy),
+    )
     _print_poems(poems, args.format, args.start, seed)
 
 
@@ -292,6 +293,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--temperature", type=float, default=1.0)
     g.add_argument("--top-k", type=int, default=0)
     g.add_argument("--top-p", type=float, default=1.0)
+    g.add_argument("--repetition-penalty", type=float, default=1.0, help="above 1: fewer repeated words (1.2)")
+    g.add_argument("--max-copy", type=int, default=0, metavar="N", help="no run of N words copied from the corpus")
+    g.add_argument("--lines", type=int, default=0, help="stop after this many lines (0: no limit)")
+    g.add_argument("--form", default="free", choices=("free", "couplet", "tercet", "quatrain"), help="lines per stanza")
     g.add_argument("--checkpoint", default="best", help="best (default), last or epoch-N")
     g.add_argument("--seed", type=int, help="the same seed writes the same poems")
     g.add_argument("--format", default="text", choices=("text", "markdown", "json"))

@@ -13,11 +13,15 @@ import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable
 
 import torch
 
 from .errors import NeuraldaError
-from .tokenizer import POEM_END, Vocab, detokenize, is_word, tokenize
+from .tokenizer import LINE, POEM_END, STANZA, Vocab, detokenize, is_word, tokenize
+
+
+FORMS = {"free": 0, "couplet": 2, "tercet": 3, "quatrain": 4}  # lines per stanza (0: as the model likes)
 
 
 @dataclass
@@ -27,6 +31,7 @@ class SamplingConfig:
     temperature: float = 1.0
     top_k: int = 0  # keep the k likeliest tokens (0: all)
     top_p: float = 1.0  # keep the smallest set whose probability reaches p (1: all)
+    repetition_penalty: float = 1.0  # CTRL's penalty (Keskar et al. 2019) on words the poem already has (1: none)
 
     def check(self) -> None:
         if not self.temperature > 0:
@@ -35,18 +40,25 @@ class SamplingConfig:
             raise NeuraldaError(f"--top-k must be 0 or more, got {self.top_k}")
         if not 0 < self.top_p <= 1:
             raise NeuraldaError(f"--top-p must be in (0, 1], got {self.top_p}")
+        if not self.repetition_penalty >= 1:
+            raise NeuraldaError(f"--repetition-penalty must be 1 or more, got {self.repetition_penalty}")
 
 
-def filter_logits(logits: torch.Tensor, cfg: SamplingConfig) -> torch.Tensor:
-    """Temperature, then top-k, then top-p (nucleus, Holtzman et al. 2020) on ``(B, V)`` logits."""
-    logits = logits.float() / cfg.temperature
+def filter_logits(logits: torch.Tensor, cfg: SamplingConfig, seen: torch.Tensor | None = None) -> torch.Tensor:
+    """Repetition penalty on ``seen`` tokens, temperature, then top-k, then top-p (nucleus, Holtzman et al. 2020)
+    on ``(B, V)`` logits."""
+    logits = logits.float()
+    if seen is not None and cfg.repetition_penalty != 1.0:
+        p = cfg.repetition_penalty
+        logits = torch.where(seen, torch.where(logits > 0, logits / p, logits * p), logits)
+    logits = logits / cfg.temperature
     if 0 < cfg.top_k < logits.size(-1):
         kth = torch.topk(logits, cfg.top_k, dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, -torch.inf)
     if cfg.top_p < 1.0:
         sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
-        cum = sorted_logits.softmax(-1).cumsum(-1)
-        drop = cum - sorted_logits.softmax(-1) >= cfg.top_p  # keep tokens until the mass before them reaches p
+        probs = sorted_logits.softmax(-1)
+        drop = probs.cumsum(-1) - probs >= cfg.top_p  # keep tokens until the mass before them reaches p
         logits = logits.masked_fill(drop.scatter(-1, order, drop), -torch.inf)
     return logits
 
@@ -113,6 +125,52 @@ class _OneDNNOff:
 _one_token_steps = _OneDNNOff()
 
 
+class CopyGuard:
+    """Blocks every word that would make a poem's last ``n`` words a run of words found in the training poems.
+
+    Built once per run: each run of ``n - 1`` training words maps to the words that follow it there, so a step
+    costs one dictionary lookup per poem. Punctuation and breaks are skipped, as in the copying measures.
+    """
+
+    def __init__(self, n: int, following: dict[tuple[int, ...], list[int]]) -> None:
+        self.n, self.following = n, following
+
+    @classmethod
+    def build(cls, texts: Iterable[str], vocab: Vocab, n: int) -> "CopyGuard":
+        if n < 2:
+            raise NeuraldaError(f"--max-copy must be at least 2 words, got {n}")
+        following: dict[tuple[int, ...], set[int]] = {}
+        for text in texts:
+            ids = [i for t, i in zip(*_tokens_and_ids(text, vocab)) if is_word(t)]
+            for j in range(len(ids) - n + 1):
+                following.setdefault(tuple(ids[j : j + n - 1]), set()).add(ids[j + n - 1])
+        return cls(n, {k: sorted(v) for k, v in following.items()})
+
+    def blocked(self, word_ids: list[int]) -> list[int]:
+        """The words that may not come next after ``word_ids``."""
+        if len(word_ids) < self.n - 1:
+            return []
+        return self.following.get(tuple(word_ids[len(word_ids) - self.n + 1 :]), [])
+
+
+def _tokens_and_ids(text: str, vocab: Vocab) -> tuple[list[str], list[int]]:
+    tokens = tokenize(text, keep_case=vocab.keep_case, end=False)
+    return tokens, vocab.encode(tokens)
+
+
+@dataclass
+class _Draft:
+    """One poem being written."""
+
+    tokens: list[str]
+    word_ids: list[int]  # its words so far (for the copy guard)
+    words: int = 0
+    lines: int = 0  # line and stanza breaks so far
+    stanza_lines: int = 0  # breaks since the last stanza break
+    done: bool = False
+    ended: bool = False
+
+
 @torch.no_grad()
 def write_poems(
     model,
@@ -122,49 +180,78 @@ def write_poems(
     n: int = 1,
     sampling: SamplingConfig | None = None,
     seed: int | None = None,
+    lines: int = 0,
+    form: str = "free",
+    guard: CopyGuard | None = None,
 ) -> list[tuple[str, bool]]:
-    """``n`` poems written at once from ``start``: (poem text, whether it ended by itself)."""
+    """``n`` poems written at once from ``start``: (poem text, whether it ended by itself).
+
+    A poem stops at ``<poembreak>``, after ``words`` words or after ``lines`` lines (0: no limit); ``form`` sets
+    the lines per stanza; ``guard`` blocks every word that would copy a run of words from the training poems.
+    """
     sampling = sampling or SamplingConfig()
     sampling.check()
-    if words < 1 or n < 1:
-        raise NeuraldaError("--words and --n must be at least 1")
+    if words < 1 or n < 1 or lines < 0:
+        raise NeuraldaError("--words and --n must be at least 1, --lines 0 or more")
+    if form not in FORMS:
+        raise NeuraldaError(f"unknown form {form!r}; choose one of {', '.join(FORMS)}")
     seed = int.from_bytes(os.urandom(4), "little") if seed is None else seed
     generators = poem_generators(seed, n)
     prime = start_tokens(start, vocab)
     device = next(model.parameters()).device
     model.eval()
-    poems = [list(prime) for _ in range(n)]
-    counts = [sum(map(is_word, prime))] * n
-    ended = [False] * n
-    done = [False] * n
+    word_mask = torch.tensor([is_word(t) for t in vocab.itos])
+    prime_ids = vocab.encode(prime)
+    drafts = [
+        _Draft(list(prime), [i for i in prime_ids if word_mask[i]], words=sum(map(is_word, prime))) for _ in range(n)
+    ]
+    seen = torch.zeros(n, len(vocab), dtype=torch.bool)
+    seen[:, [i for i in prime_ids if word_mask[i]]] = True
+    stanza, line, end = vocab.stoi[STANZA], vocab.stoi[LINE], vocab.stoi[POEM_END]
+    per_stanza = FORMS[form]
     with _one_token_steps(device):
         logits, state = model(torch.tensor([vocab.encode([POEM_END] + prime)] * n, device=device))
-        logits = logits[:, -1]
+        logits = logits[:, -1].float().cpu()
         for _ in range(4 * words + 50):  # punctuation and breaks are not words: bound the steps too
-            filtered = filter_logits(logits, sampling)
-            filtered[:, vocab.unk] = -torch.inf  # <unk> is never written
-            nxt = sample_next(filtered, generators)
-            for i, token in enumerate(vocab.decode(nxt.tolist())):
-                if done[i]:
+            logits[:, vocab.unk] = -torch.inf  # <unk> is never written
+            for i, d in enumerate(drafts):
+                if guard is not None:
+                    logits[i, guard.blocked(d.word_ids)] = -torch.inf
+                if per_stanza:  # a stanza break only after the form's lines, and a line break never then
+                    logits[i, line if d.stanza_lines + 1 >= per_stanza else stanza] = -torch.inf
+            nxt = sample_next(filter_logits(logits, sampling, seen), generators)
+            for i, (d, token_id) in enumerate(zip(drafts, nxt.tolist())):
+                if d.done:
                     continue
-                if token == POEM_END:
-                    done[i] = ended[i] = True
+                if token_id == end:
+                    d.done = d.ended = True
                     continue
-                poems[i].append(token)
-                counts[i] += is_word(token)
-                done[i] = counts[i] >= words
-            if all(done):
+                if token_id in (line, stanza):
+                    d.lines += 1
+                    d.stanza_lines = 0 if token_id == stanza else d.stanza_lines + 1
+                    if lines and d.lines >= lines:
+                        d.done = True
+                        continue
+                elif word_mask[token_id]:
+                    d.words += 1
+                    d.word_ids.append(token_id)
+                    seen[i, token_id] = True
+                d.tokens.append(vocab.itos[token_id])
+                d.done = d.words >= words
+            if all(d.done for d in drafts):
                 break
             logits, state = model(nxt.unsqueeze(1).to(device), state)
-            logits = logits[:, -1]
-    return [(detokenize(p), e) for p, e in zip(poems, ended)]
+            logits = logits[:, -1].float().cpu()
+    return [(detokenize(d.tokens), d.ended) for d in drafts]
 
 
 class Poet:
     """A trained poet: ``Poet.load("runs/NAME").write(start="love", words=100, temperature=0.9, seed=1)``."""
 
-    def __init__(self, model, vocab: Vocab, name: str = "") -> None:
+    def __init__(self, model, vocab: Vocab, name: str = "", training_texts: list[str] | None = None) -> None:
         self.model, self.vocab, self.name = model, vocab, name
+        self.training_texts = training_texts or []
+        self._guards: dict[int, CopyGuard] = {}
 
     @classmethod
     def load(cls, run_dir: str | Path, checkpoint: str = "best", device: str = "cpu") -> "Poet":
@@ -172,22 +259,38 @@ class Poet:
 
         run = Run.open(run_dir)
         model, _ = run.load_model(checkpoint, device=device)
-        return cls(model, run.vocab, name=f"{run.name}:{checkpoint}")
+        texts = [p.text for p in run.poems("train")]
+        return cls(model, run.vocab, name=f"{run.name}:{checkpoint}", training_texts=texts)
 
-    def write(
+    def guard(self, max_copy: int) -> CopyGuard | None:
+        """The copy guard for runs of ``max_copy`` words (0: none), built on first use."""
+        if not max_copy:
+            return None
+        if max_copy not in self._guards:
+            self._guards[max_copy] = CopyGuard.build(self.training_texts, self.vocab, max_copy)
+        return self._guards[max_copy]
+
+    def write_many(
         self,
+        n: int,
         start: str = "love",
         words: int = 120,
-        temperature: float = 1.0,
-        top_k: int = 0,
-        top_p: float = 1.0,
         seed: int | None = None,
-    ) -> str:
-        """One poem from ``start``, as a string."""
-        sampling = SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p)
-        return write_poems(self.model, self.vocab, start, words, 1, sampling, seed)[0][0]
+        lines: int = 0,
+        form: str = "free",
+        max_copy: int = 0,
+        **sampling,
+    ) -> list[str]:
+        """``n`` poems written in one batched pass; poem ``i`` is the one ``write`` gives with ``seed + i``.
 
-    def write_many(self, n: int, start: str = "love", words: int = 120, seed: int | None = None, **sampling) -> list[str]:
-        """``n`` poems written in one batched pass; poem ``i`` is the one ``write`` gives with ``seed + i``."""
-        return [p for p, _ in write_poems(self.model, self.vocab, start, words, n, SamplingConfig(**sampling), seed)]
+        ``sampling``: temperature, top_k, top_p, repetition_penalty; ``max_copy``: no run of that many words is
+        copied from the training poems (0: no guard).
+        """
+        poems = write_poems(
+            self.model, self.vocab, start, words, n, SamplingConfig(**sampling), seed, lines, form, self.guard(max_copy)
+        )
+        return [p for p, _ in poems]
 
+    def write(self, start: str = "love", words: int = 120, seed: int | None = None, **options) -> str:
+        """One poem from ``start``, as a string (options as for ``write_many``)."""
+        return self.write_many(1, start, words, seed, **options)[0]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 import resource
 import sys
@@ -11,7 +12,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_CORPORA = ROOT.parent / "shared" / "corpora"
-RESULTS = ROOT / "bench" / "results"
+RESULTS = Path(os.environ.get("NEURALDA_BENCH_RESULTS", ROOT / "bench" / "results"))  # tests point it elsewhere
 DEMO_CORPUS = ROOT / "src" / "neuralda" / "demo" / "poems.jsonl"
 
 

@@ -26,8 +26,11 @@ from neuralda.run import Run  # noqa: E402
 from neuralda.train import TrainConfig, _stream, batches, make_optimizer, pick_device, pick_precision, train  # noqa: E402
 
 
-def bare_epoch(run: Run, ids: torch.Tensor, device: str, precision: str) -> float:
-    """The minimal loop: forward, loss, backward, step; no validation, no logging. Returns tokens/s."""
+def bare_loop(run: Run, ids: torch.Tensor, device: str, precision: str, steps: int | None = None):
+    """The minimal loop, from the run's seed: forward, loss, backward, step; no validation, no logging.
+
+    Runs one epoch (or its first ``steps`` batches); returns the model and the tokens/s it trained at.
+    """
     c = run.config
     torch.manual_seed(c["seed"])
     model = run.build_model().to(device).train()
@@ -36,7 +39,9 @@ def bare_epoch(run: Run, ids: torch.Tensor, device: str, precision: str) -> floa
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     t0 = time.perf_counter()
-    for x, y, reset in batches(ids, c, 1):
+    for step, (x, y, reset) in enumerate(batches(ids, c, 1)):
+        if steps is not None and step >= steps:
+            break
         with autocast(device, precision):
             logits, hidden = model(x, None if reset else hidden)
         loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
@@ -47,28 +52,7 @@ def bare_epoch(run: Run, ids: torch.Tensor, device: str, precision: str) -> floa
             hidden = [(h.detach(), s.detach()) for h, s in hidden]
         tokens += y.numel()
     loss.item()  # wait for the last step
-    return tokens / (time.perf_counter() - t0)
-
-
-def held_out_after(run: Run, ids: torch.Tensor, val: torch.Tensor, device: str, precision: str, steps: int) -> float:
-    """Held-out perplexity after ``steps`` training steps in ``precision`` (same seed, same batches)."""
-    c = run.config
-    torch.manual_seed(c["seed"])
-    model = run.build_model().to(device).train()
-    opt = make_optimizer(model, c)
-    hidden = None
-    for step, (x, y, reset) in enumerate(batches(ids, c, 1)):
-        if step >= steps:
-            break
-        with autocast(device, precision):
-            logits, hidden = model(x, None if reset else hidden)
-        loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if c["stateful"]:
-            hidden = [(h.detach(), s.detach()) for h, s in hidden]
-    return perplexity(*token_nll(model, val, "fp32"))
+    return model, tokens / (time.perf_counter() - t0)
 
 
 def main() -> None:
@@ -96,14 +80,14 @@ def main() -> None:
         for r in range(args.rounds):
             first = Run.open(train(TrainConfig(output=f"{tmp}/probe", **cfg), log=lambda s: None).run) if r == 0 else first
             ids = _stream(first, "train").to(device)
-            bare.append(bare_epoch(first, ids, device, precision))
+            bare.append(bare_loop(first, ids, device, precision)[1])
             result = train(TrainConfig(output=f"{tmp}/ours{r}", **cfg), log=lambda s: None)
             ours.append(result.tokens_trained / result.loop_seconds)
         check = {}
         if args.check_steps and precision == "bf16":
             val = _stream(first, "val")
-            fp32 = held_out_after(first, ids, val, device, "fp32", args.check_steps)
-            bf16 = held_out_after(first, ids, val, device, "bf16", args.check_steps)
+            fp32, bf16 = (perplexity(*token_nll(bare_loop(first, ids, device, p, args.check_steps)[0], val, "fp32"))
+                          for p in ("fp32", "bf16"))
             check = {"check_steps": args.check_steps, "val_ppl_fp32": fp32, "val_ppl_bf16": bf16,
                      "bf16_ppl_within_2pct": abs(bf16 / fp32 - 1) <= 0.02}
         c = first.config

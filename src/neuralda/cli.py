@@ -9,6 +9,7 @@ from pathlib import Path
 
 from . import __version__
 from .errors import NeuraldaError
+from .models import ARCHS
 
 DEMO_RUN = Path("runs/demo")
 
@@ -37,6 +38,14 @@ def _duration(text: str) -> float:
         return parse_duration(text)
     except NeuraldaError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _config(cls, args: argparse.Namespace, **given):
+    """A config dataclass from the flags of the same names (``--quiet`` turns ``progress`` off)."""
+    from dataclasses import fields
+
+    values = {f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)}
+    return cls(**{**values, "progress": not args.quiet, **given})
 
 
 # --- corpus -------------------------------------------------------------------------------------------------------
@@ -70,29 +79,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
     if not args.resume and not args.corpus:
         raise NeuraldaError("train needs a corpus file (or --resume to continue the run in -o)")
-    cfg = TrainConfig(
-        corpus=args.corpus or "",
-        output=args.output,
-        arch=args.arch,
-        epochs=args.epochs,
-        save_at=args.save_at,
-        batch_size=args.batch_size,
-        seq_len=args.seq_len,
-        lr=args.lr,
-        dropout=args.dropout,
-        weight_decay=args.weight_decay,
-        hidden=args.hidden,
-        layers=args.layers,
-        patience=args.patience,
-        val_fraction=args.val_fraction,
-        max_time=args.max_time,
-        device=args.device,
-        precision=args.precision,
-        seed=args.seed,
-        min_count=args.min_count,
-        keep_case=args.keep_case,
-        progress=not args.quiet,
-    )
+    cfg = _config(TrainConfig, args, corpus=args.corpus or "")
     train(cfg, resume=args.resume)
 
 
@@ -124,6 +111,32 @@ def cmd_generate(args: argparse.Namespace) -> None:
     _print_poems(poems, args.format, args.start, seed)
 
 
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from .evaluate import evaluate_run
+
+    row = evaluate_run(args.run, args.checkpoint, args.corpus, args.samples, args.start, args.words, args.seed)
+    if args.json:
+        print(json.dumps(row, ensure_ascii=False))
+        return
+    for key, value in row.items():
+        shown = f"{value:.4g}" if isinstance(value, float) else value
+        print(f"{key.replace('_', ' '):<22}{shown}")
+
+
+def cmd_compare(args: argparse.Namespace) -> None:
+    from .evaluate import compare_rows, format_compare
+
+    rows = compare_rows(args.specs, samples=args.samples, start=args.start, words=args.words, seed=args.seed)
+    print(json.dumps(rows, ensure_ascii=False) if args.json else format_compare(rows))
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from .report import write_report
+
+    write_report(args.runs, args.output, args.html, args.start, args.seed, args.title, args.samples, args.words)
+    print(f"wrote {args.output}" + (f" and {args.html}" if args.html else ""), file=sys.stderr)
+
+
 def cmd_summary(args: argparse.Namespace) -> None:
     from .models import build_model, default_size, summary_table
 
@@ -149,26 +162,7 @@ def cmd_scrape(args: argparse.Namespace) -> None:
         return
     if not args.start_urls or not args.output:
         raise NeuraldaError("scrape needs START_URL... and -o CORPUS.jsonl (or --list-presets)")
-    config = ScrapeConfig(
-        start_urls=args.start_urls,
-        output=args.output,
-        links=args.links,
-        next=args.next,
-        title=args.title,
-        body=args.body,
-        author=args.author,
-        author_css=args.author_css,
-        preset=args.preset,
-        max_poems=args.max_poems,
-        max_pages=args.max_pages,
-        delay=args.delay,
-        timeout=args.timeout,
-        retries=args.retries,
-        cache_dir=args.cache,
-        refresh=args.refresh,
-        user_agent=args.user_agent,
-        progress=not args.quiet,
-    )
+    config = _config(ScrapeConfig, args)
     print(scrape(config).text(), file=sys.stderr)
 
 
@@ -254,7 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--delay", type=float, default=1.0, help="seconds between requests to a host (default 1)")
     sc.add_argument("--timeout", type=float, default=30.0, help="seconds before a response is abandoned")
     sc.add_argument("--retries", type=int, default=3, help="retries on 429, 5xx and timeouts (default 3)")
-    sc.add_argument("--cache", metavar="DIR", help="the HTTP cache (default: the user's cache folder)")
+    sc.add_argument("--cache", dest="cache_dir", metavar="DIR", help="the HTTP cache (default: the user's cache folder)")
     sc.add_argument("--refresh", action="store_true", help="fetch again what is in the cache")
     sc.add_argument("--user-agent", metavar="TEXT", help=f"default: neuralda/{__version__}")
     sc.add_argument("-q", "--quiet", action="store_true", help="no progress output")
@@ -263,7 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a model on a corpus into a run directory")
     t.add_argument("corpus", nargs="?", help="the corpus (JSONL); not needed with --resume")
     t.add_argument("-o", "--output", required=True, help="the run directory, e.g. runs/neruda")
-    t.add_argument("--arch", default="lstm", choices=("lstm", "seed", "thoutt"), help="default: lstm (ours)")
+    t.add_argument("--arch", default="lstm", choices=ARCHS, help="default: lstm (ours)")
     t.add_argument("--epochs", type=_positive_int)
     t.add_argument("--save-at", type=_epochs_list, help="also keep these epochs' checkpoints, e.g. 200,400")
     t.add_argument("--batch-size", type=_positive_int)
@@ -303,9 +297,37 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--device", default="cpu", help="cpu (default), auto, cuda or mps")
     g.set_defaults(func=cmd_generate)
 
+    def measure_options(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--samples", type=int, default=20, help="poems written for the copying measures")
+        parser.add_argument("--start", default="love", help='their start word(s) (default "love")')
+        parser.add_argument("--words", type=_positive_int, default=120, help="words per poem (default 120)")
+        parser.add_argument("--seed", type=int, default=0)
+
+    ev = sub.add_parser("evaluate", help="held-out perplexity, copying and diversity of a run's checkpoint")
+    ev.add_argument("run", help="a run directory")
+    ev.add_argument("--checkpoint", default="best", help="best (default), last or epoch-N")
+    ev.add_argument("--corpus", help="held-out poems (default: the run's validation split)")
+    measure_options(ev)
+    ev.add_argument("--json", action="store_true", help="one flat JSON object")
+    ev.set_defaults(func=cmd_evaluate)
+
+    cmp = sub.add_parser("compare", help="the measures of several runs or checkpoints side by side")
+    cmp.add_argument("specs", nargs="+", metavar="RUN[:CHECKPOINT]", help="e.g. runs/seed:epoch-200 runs/ours:best")
+    measure_options(cmp)
+    cmp.add_argument("--json", action="store_true")
+    cmp.set_defaults(func=cmd_compare)
+
+    rp = sub.add_parser("report", help="a Markdown (and HTML) report with poems per saved epoch, measures, a plot")
+    rp.add_argument("runs", nargs="+", metavar="RUN")
+    rp.add_argument("-o", "--output", required=True, help="the Markdown file; the plot is written beside it")
+    rp.add_argument("--html", help="also one self-contained HTML page")
+    rp.add_argument("--title", default="Teaching a computer to write poems")
+    measure_options(rp)
+    rp.set_defaults(func=cmd_report)
+
     s = sub.add_parser("summary", help="a Keras-style table of a model's layers and parameters")
     s.add_argument("run", nargs="?", help="a run directory")
-    s.add_argument("--arch", choices=("lstm", "seed", "thoutt"))
+    s.add_argument("--arch", choices=ARCHS)
     s.add_argument("--vocab", type=_positive_int, help="vocabulary size (with --arch)")
     s.add_argument("--hidden", type=_positive_int)
     s.add_argument("--layers", type=_positive_int)

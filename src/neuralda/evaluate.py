@@ -1,15 +1,34 @@
-"""Measures: held-out perplexity, and (with generated poems) how much they copy and how diverse they are."""
+"""Measures: how well a model predicts held-out poems, and how much the poems it writes copy and repeat.
+
+Held-out text gives perplexity per token and per word, bits per character and the share of unknown tokens; a batch
+of written poems gives the share of their 4-, 6- and 8-word runs found verbatim in the training poems, the longest
+copied run, distinct-1 and distinct-2, and how many poems ended by themselves. ``evaluate_run`` measures one
+checkpoint of a run; ``compare_rows`` and ``format_compare`` set several side by side.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import math
+from bisect import bisect_left, bisect_right
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
 
+import numpy as np
 import torch
 from torch.nn import functional as F
 
+from .corpus import Poem, read_corpus
+from .errors import NeuraldaError
+from .generate import SamplingConfig, write_poems
+from .run import Run
+from .tokenizer import POEM_END, Vocab, detokenize, is_word, tokenize
+
 EVAL_STREAMS = 16  # held-out text is read as 16 parallel streams, the state carried along each
 EVAL_CHUNK = 128
+COPY_LENGTHS = (4, 6, 8)  # word runs checked against the training poems
+_SEPARATOR = -1  # between poems in the n-gram index: no word run crosses it
 
 
 def autocast(device: str, precision: str):
@@ -21,18 +40,20 @@ def autocast(device: str, precision: str):
 
 @torch.no_grad()
 def token_nll(model, ids: torch.Tensor, precision: str = "fp32") -> tuple[float, int]:
-    """Summed negative log-likelihood (nats) of ``ids[1:]`` given what precedes them, and how many were scored.
+    """Summed negative log-likelihood (nats) of ``ids[1:]`` given what precedes them, and how many were scored (all).
 
-    The stream is cut into ``EVAL_STREAMS`` parallel streams read in chunks with the recurrent state carried, so
-    every model is measured the way it writes: one long context, not windows.
+    The stream is cut into up to ``EVAL_STREAMS`` parallel streams read in chunks with the recurrent state carried,
+    so every model is measured the way it writes: one long context, not windows. The last stream is padded at its
+    end; padding is never scored and comes after every token that is.
     """
     n = ids.numel() - 1
     if n < 1:
         return 0.0, 0
     streams = max(1, min(EVAL_STREAMS, n // EVAL_CHUNK))
-    length = n // streams
-    x = ids[: streams * length].view(streams, length)
-    y = ids[1 : streams * length + 1].view(streams, length)
+    length = -(-n // streams)
+    pad = streams * length - n
+    x = torch.cat((ids[:-1], ids.new_zeros(pad))).view(streams, length)
+    y = torch.cat((ids[1:], ids.new_full((pad,), -100))).view(streams, length)  # -100: cross_entropy's ignore_index
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -45,7 +66,7 @@ def token_nll(model, ids: torch.Tensor, precision: str = "fp32") -> tuple[float,
             logits, state = model(xb, state)
             total += F.cross_entropy(logits.float().flatten(0, 1), yb.flatten(), reduction="sum").double()
     model.train(was_training)
-    return float(total), streams * length
+    return float(total), n
 
 
 def perplexity(nll: float, count: int) -> float:
@@ -54,3 +75,219 @@ def perplexity(nll: float, count: int) -> float:
         return math.inf
     mean = nll / count
     return math.exp(mean) if mean < 700 else math.inf
+
+
+# --- held-out poems -----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class HeldoutText:
+    """Held-out poems as the model reads them, with what the per-word and per-character measures divide by."""
+
+    ids: torch.Tensor  # a poem break, then each poem and its break, as in training
+    words: int
+    chars: int  # of the poems written back from their tokens, plus one for each poem's end
+    unknown: int  # tokens the vocabulary maps to <unk>
+
+
+def heldout_text(poems: Iterable[Poem], vocab: Vocab) -> HeldoutText:
+    """Tokenise ``poems`` with the run's vocabulary and count their words, characters and unknown tokens."""
+    token_lists = [tokenize(p.text, keep_case=vocab.keep_case) for p in poems]
+    ids = [vocab.stoi[POEM_END]] + [i for tokens in token_lists for i in vocab.encode(tokens)]
+    return HeldoutText(
+        ids=torch.tensor(ids, dtype=torch.long),
+        words=sum(is_word(t) for tokens in token_lists for t in tokens),
+        chars=sum(len(detokenize(tokens)) + 1 for tokens in token_lists),
+        unknown=sum(i == vocab.unk for i in ids[1:]),
+    )
+
+
+def heldout_measures(model, text: HeldoutText) -> dict:
+    """Perplexity per token and per word (the same total NLL over words), bits per character, OOV rate."""
+    nll, count = token_nll(model, text.ids)
+    return {
+        "perplexity": perplexity(nll, count),
+        "perplexity_per_word": perplexity(nll, text.words),
+        "bits_per_char": nll / math.log(2) / text.chars,
+        "oov_rate": text.unknown / count,
+        "tokens": count,
+    }
+
+
+# --- written poems ------------------------------------------------------------------------------------------------
+
+
+def poem_words(text: str, keep_case: bool = False) -> list[str]:
+    """The words of a poem, without punctuation or breaks."""
+    return [t for t in tokenize(text, keep_case=keep_case, end=False) if is_word(t)]
+
+
+def ngrams(words: Sequence[str], n: int) -> list[tuple[str, ...]]:
+    """Every run of ``n`` consecutive words."""
+    return [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
+
+
+def suffix_array(text: np.ndarray) -> np.ndarray:
+    """Start positions of the suffixes of ``text`` in sorted order, by prefix doubling (Manber & Myers 1993)."""
+    n = len(text)
+    rank = np.unique(text, return_inverse=True)[1].astype(np.int64)
+    order = np.argsort(rank, kind="stable")
+    width = 1
+    while width < n:
+        after = np.full(n, -1, dtype=np.int64)  # past the end sorts first, as a shorter tuple does
+        after[: n - width] = rank[width:]
+        order = np.lexsort((after, rank))
+        r, a = rank[order], after[order]
+        rank = np.empty(n, dtype=np.int64)
+        rank[order] = np.cumsum(np.concatenate(([0], (r[1:] != r[:-1]) | (a[1:] != a[:-1]))))
+        if rank[order[-1]] == n - 1:
+            break
+        width *= 2
+    return order
+
+
+class NgramIndex:
+    """Every run of words in the training poems: was a run copied, and which next words would copy one?
+
+    A suffix array over the poems' words finds a run of ``m`` words by binary search, whatever its length.
+    """
+
+    def __init__(self, poems: Iterable[Sequence[str]]) -> None:
+        self._ids: dict[str, int] = {}
+        text: list[int] = []
+        for words in poems:
+            text.extend(self._ids.setdefault(w, len(self._ids)) for w in words)
+            text.append(_SEPARATOR)
+        self._words = list(self._ids)
+        self._text = text
+        self._suffixes: list[int] = suffix_array(np.array(text, dtype=np.int64)).tolist()
+
+    @classmethod
+    def from_poems(cls, poems: Iterable[Poem], keep_case: bool = False) -> "NgramIndex":
+        return cls(poem_words(p.text, keep_case) for p in poems)
+
+    def _span(self, words: Sequence[str]) -> range:
+        """Where the suffixes that start with ``words`` lie in the suffix array."""
+        if any(w not in self._ids for w in words):
+            return range(0)
+        query = tuple(self._ids[w] for w in words)
+        m = len(query)
+
+        def prefix(start: int) -> tuple[int, ...]:
+            return tuple(self._text[start : start + m])
+
+        lo = bisect_left(self._suffixes, query, key=prefix)
+        return range(lo, bisect_right(self._suffixes, query, lo=lo, key=prefix))
+
+    def contains(self, words: Sequence[str]) -> bool:
+        """Whether ``words`` occur in this order, one after another, in one training poem."""
+        return len(self._span(words)) > 0
+
+    def next_words(self, context: Sequence[str]) -> set[str]:
+        """The words that follow ``context`` in the training poems: what would extend a copied run."""
+        m = len(context)
+        following = (self._text[self._suffixes[i] + m] for i in self._span(context))
+        return {self._words[w] for w in following if w != _SEPARATOR}
+
+    def longest_copy(self, words: Sequence[str]) -> int:
+        """The length of the longest run of ``words`` found verbatim in the training poems."""
+        best = 0
+        for i in range(len(words)):
+            while i + best < len(words) and self.contains(words[i : i + best + 1]):
+                best += 1
+        return best
+
+
+def copied_share(poems: Sequence[Sequence[str]], index: NgramIndex, n: int) -> float:
+    """The share of the poems' ``n``-word runs found in the training poems (0 when no poem has ``n`` words)."""
+    grams = [g for words in poems for g in ngrams(words, n)]
+    return sum(map(index.contains, grams)) / len(grams) if grams else 0.0
+
+
+def distinct_n(poems: Sequence[Sequence[str]], n: int) -> float:
+    """Distinct ``n``-word runs over all of them, pooled over the poems (Li et al. 2016); 0 when there are none."""
+    grams = [g for words in poems for g in ngrams(words, n)]
+    return len(set(grams)) / len(grams) if grams else 0.0
+
+
+def sample_measures(poems: Sequence[tuple[str, bool]], index: NgramIndex, keep_case: bool = False) -> dict:
+    """Copying and diversity of written poems, as ``write_poems`` returns them: (text, ended by itself)."""
+    words = [poem_words(text, keep_case) for text, _ in poems]
+    row: dict = {f"copied_{n}gram_share": copied_share(words, index, n) for n in COPY_LENGTHS}
+    row["longest_copy"] = max((index.longest_copy(w) for w in words), default=0)
+    row["distinct_1"] = distinct_n(words, 1)
+    row["distinct_2"] = distinct_n(words, 2)
+    row["ended_share"] = sum(ended for _, ended in poems) / len(poems) if poems else 0.0
+    row["samples"] = len(poems)
+    return row
+
+
+# --- runs ---------------------------------------------------------------------------------------------------------
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    checkpoint: str = "best",
+    corpus: str | Path | None = None,
+    samples: int = 20,
+    start: str = "love",
+    words: int = 120,
+    seed: int = 0,
+    sampling: SamplingConfig | None = None,
+    device: str = "cpu",
+) -> dict:
+    """Every measure of one checkpoint, as one flat dict: held-out poems (the run's own, or ``corpus`` read with
+    the run's vocabulary), then ``samples`` poems written from ``start`` with ``seed`` (0: none)."""
+    run = Run.open(run_dir)
+    model, meta = run.load_model(checkpoint, device=device)
+    heldout = read_corpus(corpus) if corpus else run.poems("val")
+    if not heldout:
+        raise NeuraldaError(f"{run.path}: no held-out poems (trained with --val-fraction 0); pass --corpus FILE")
+    row = {"run": str(run_dir), "checkpoint": checkpoint, "epoch": meta.get("epoch"), "corpus": str(corpus or "val")}
+    row.update(heldout_measures(model, heldout_text(heldout, run.vocab)))
+    poems = write_poems(model, run.vocab, start, words, samples, sampling, seed) if samples else []
+    index = NgramIndex.from_poems(run.poems("train"), run.vocab.keep_case)
+    row.update(sample_measures(poems, index, run.vocab.keep_case))
+    return row
+
+
+def parse_spec(spec: str) -> tuple[str, str]:
+    """``RUN[:CHECKPOINT]`` as (run, checkpoint); the checkpoint is "best" when not given."""
+    run, sep, checkpoint = spec.rpartition(":")
+    if not sep or not run or Path(spec).is_dir():
+        return spec, "best"
+    return run, checkpoint
+
+
+def compare_rows(specs: Sequence[str], **options) -> list[dict]:
+    """``evaluate_run`` of each ``RUN[:CHECKPOINT]`` spec; ``options`` go to every call."""
+    return [evaluate_run(*parse_spec(spec), **options) for spec in specs]
+
+
+_COLUMNS = (  # header, key, format
+    ("epoch", "epoch", "{}"),
+    ("ppl", "perplexity", "{:.1f}"),
+    ("ppl/word", "perplexity_per_word", "{:.1f}"),
+    ("bits/char", "bits_per_char", "{:.3f}"),
+    ("oov", "oov_rate", "{:.1%}"),
+    ("copy4", "copied_4gram_share", "{:.1%}"),
+    ("copy6", "copied_6gram_share", "{:.1%}"),
+    ("copy8", "copied_8gram_share", "{:.1%}"),
+    ("longest", "longest_copy", "{}"),
+    ("distinct1", "distinct_1", "{:.3f}"),
+    ("distinct2", "distinct_2", "{:.3f}"),
+    ("ended", "ended_share", "{:.0%}"),
+)
+
+
+def format_compare(rows: Sequence[dict]) -> str:
+    """An aligned plain-text table, one line per run or checkpoint."""
+    table = [["run"] + [header for header, _, _ in _COLUMNS]]
+    for row in rows:
+        cells = [f"{row['run']}:{row['checkpoint']}"]
+        cells += ["-" if row.get(key) is None else fmt.format(row[key]) for _, key, fmt in _COLUMNS]
+        table.append(cells)
+    widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
+    return "\n".join(
+        "  ".join([r[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(r[1:], widths[1:])]).rstrip() for r in table
+    )

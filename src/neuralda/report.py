@@ -1,0 +1,215 @@
+"""The blog-ready report: poems after each saved epoch, the model summary, the measures, and a perplexity plot.
+
+The Markdown pastes into a Jekyll or GitHub Pages post: poems and summaries sit in ``<details>`` blocks written in
+HTML (Markdown inside HTML blocks is not rendered everywhere), so their line breaks survive. ``--html`` writes the
+same content as one self-contained page with the plot embedded.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+from .evaluate import evaluate_run
+from .files import atomic_write
+from .generate import SamplingConfig, write_poems
+from .models import summary_table
+from .run import Run
+
+PLOT_SUFFIX = "-perplexity.png"
+
+
+@dataclass
+class Entry:
+    """One checkpoint in the report: what it is, the poem it wrote, and its measures."""
+
+    run: Run
+    checkpoint: str
+    epoch: int | None
+    label: str
+    poem: str
+    measures: dict
+
+
+def report_checkpoints(run: Run) -> list[str]:
+    """The saved epochs (the seed's 200 and 400), else the best and the last checkpoint."""
+    saved = [c for c in run.checkpoints() if c.startswith("epoch-")]
+    return saved or [c for c in ("best", "last") if c in run.checkpoints()]
+
+
+def _label(checkpoint: str, epoch: int | None) -> str:
+    if checkpoint.startswith("epoch-"):
+        return f"After {epoch} training epochs"
+    return f"{'Best' if checkpoint == 'best' else 'Last'} checkpoint (after {epoch} epochs)"
+
+
+def collect(run_dirs: list[str], start: str, seed: int, samples: int, words: int) -> tuple[list[Run], list[Entry]]:
+    """The runs, and a poem and the measures of each reported checkpoint of each."""
+    runs = [Run.open(d) for d in run_dirs]
+    entries = []
+    for run_dir, run in zip(run_dirs, runs):
+        for checkpoint in report_checkpoints(run):
+            measures = evaluate_run(run_dir, checkpoint, samples=samples, start=start, seed=seed)
+            model, meta = run.load_model(checkpoint)
+            poem, _ = write_poems(model, run.vocab, start, words, 1, SamplingConfig(), seed)[0]
+            epoch = meta.get("epoch")
+            entries.append(Entry(run, checkpoint, epoch, _label(checkpoint, epoch), poem, measures))
+    return runs, entries
+
+
+def plot_perplexity(runs: list[Run]) -> bytes:
+    """Training and validation perplexity per epoch for every run on one log-scale chart, as PNG bytes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=120)
+    for i, run in enumerate(runs):
+        rows = run.metrics()
+        if not rows:
+            continue
+        color = f"C{i}"
+        epochs = [r["epoch"] for r in rows]
+        ax.plot(epochs, [r["train_ppl"] for r in rows], color=color, linestyle="--", linewidth=1.2,
+                label=f"{run.name}: training (dropout on)")
+        val = [(r["epoch"], r["val_ppl"]) for r in rows if r.get("val_ppl") is not None]
+        if val:
+            ax.plot(*zip(*val), color=color, linewidth=2, label=f"{run.name}: held out")
+            best = min(val, key=lambda v: v[1])
+            ax.scatter([best[0]], [best[1]], color=color, marker="*", s=160, zorder=3, edgecolor="black",
+                       label=f"{run.name}: best, epoch {best[0]} ({best[1]:.0f})")
+        for checkpoint in run.checkpoints():
+            if checkpoint.startswith("epoch-"):
+                ax.axvline(int(checkpoint[6:]), color=color, linestyle=":", linewidth=1)
+    ax.set_yscale("log")
+    plain = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:,.0f}")  # 1,000 rather than 10^3
+    ax.yaxis.set_major_formatter(plain)
+    ax.yaxis.set_minor_formatter(plain)
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("perplexity (log scale)")
+    ax.set_title("Perplexity per epoch: falling on training words, rising on held-out poems means memorising")
+    ax.title.set_fontsize(10)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def _poem_html(poem: str) -> str:
+    """A poem as HTML: a paragraph per stanza, ``<br>`` between lines."""
+    stanzas = [s.split("\n") for s in poem.split("\n\n")]
+    return "\n".join("<p>" + "<br>\n".join(html.escape(line, quote=False) for line in lines) + "</p>" for lines in stanzas)
+
+
+def _details(summary: str, body: str) -> str:
+    return f"<details>\n<summary>{html.escape(summary)}</summary>\n\n{body}\n\n</details>"
+
+
+_TABLE = (  # header, key, format
+    ("epoch", "epoch", "{}"),
+    ("held-out ppl", "perplexity", "{:.1f}"),
+    ("ppl per word", "perplexity_per_word", "{:.1f}"),
+    ("bits/char", "bits_per_char", "{:.2f}"),
+    ("4-word copies", "copied_4gram_share", "{:.1%}"),
+    ("6-word copies", "copied_6gram_share", "{:.1%}"),
+    ("8-word copies", "copied_8gram_share", "{:.1%}"),
+    ("longest copy", "longest_copy", "{}"),
+    ("distinct-2", "distinct_2", "{:.3f}"),
+)
+
+
+def _table_rows(entries: list[Entry]) -> tuple[list[str], list[list[str]]]:
+    header = ["run", "checkpoint"] + [h for h, _, _ in _TABLE]
+    rows = [
+        [e.run.name, e.checkpoint] + ["-" if e.measures.get(k) is None else f.format(e.measures[k]) for _, k, f in _TABLE]
+        for e in entries
+    ]
+    return header, rows
+
+
+def markdown(runs: list[Run], entries: list[Entry], title: str, plot_name: str, start: str) -> str:
+    header, rows = _table_rows(entries)
+    out = [f"# {title}", ""]
+    out += [f"![Training and held-out perplexity per epoch]({plot_name})", ""]
+    out += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    out += ["| " + " | ".join(r) + " |" for r in rows]
+    out += ["", f'Held-out perplexity on poems the model never saw (lower is better); copies: the share of the '
+            f'written poems\' word runs found verbatim in the training poems. Poems are written from "{start}".', ""]
+    for run in runs:
+        out += [f"## {run.name}", ""]
+        out += [_details("Model summary", "<pre>\n" + html.escape(summary_table(run.build_model(), run.name), quote=False) + "\n</pre>"), ""]
+        for e in (e for e in entries if e.run is run):
+            out += [_details(e.label, _poem_html(e.poem)), ""]
+    return "\n".join(out)
+
+
+def html_page(runs: list[Run], entries: list[Entry], title: str, plot_png: bytes, start: str) -> str:
+    """The report as one self-contained page (the plot inline as a data URL)."""
+    header, rows = _table_rows(entries)
+    table = "<table><thead><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr></thead><tbody>"
+    table += "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
+    table += "</tbody></table>"
+    image = base64.b64encode(plot_png).decode("ascii")
+    sections = []
+    for run in runs:
+        parts = [f"<h2>{html.escape(run.name)}</h2>"]
+        parts.append(_details("Model summary", "<pre>" + html.escape(summary_table(run.build_model(), run.name)) + "</pre>"))
+        parts += [_details(e.label, f'<div class="poem">{_poem_html(e.poem)}</div>') for e in entries if e.run is run]
+        sections.append("\n".join(parts))
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{html.escape(title)}</title>
+<style>
+body {{ max-width: 46rem; margin: 2rem auto; padding: 0 1rem; font: 17px/1.6 Georgia, "Iowan Old Style", serif;
+       color: #2b2118; background: #fbf7f0; }}
+h1, h2 {{ font-weight: normal; letter-spacing: .01em; }}
+img {{ max-width: 100%; height: auto; border: 1px solid #e4d9c6; background: white; }}
+table {{ border-collapse: collapse; font: 13px/1.4 system-ui, sans-serif; width: 100%; overflow-x: auto;
+        display: block; }}
+th, td {{ padding: .3rem .5rem; border-bottom: 1px solid #e4d9c6; text-align: right; white-space: nowrap; }}
+th:first-child, td:first-child, th:nth-child(2), td:nth-child(2) {{ text-align: left; }}
+details {{ margin: .8rem 0; padding: .4rem .8rem; border-left: 3px solid #b5651d; background: white; }}
+summary {{ cursor: pointer; font-style: italic; }}
+pre {{ font-size: 12px; overflow-x: auto; }}
+.poem p {{ margin: .9rem 0; }}
+.note {{ font-size: 14px; color: #6b5a48; }}
+</style></head><body>
+<h1>{html.escape(title)}</h1>
+<img src="data:image/png;base64,{image}" alt="Training and held-out perplexity per epoch">
+{table}
+<p class="note">Held-out perplexity on poems the model never saw (lower is better); copies: the share of the written
+poems' word runs found verbatim in the training poems. Poems are written from "{html.escape(start)}".</p>
+{"".join(sections)}
+</body></html>
+"""
+
+
+def write_report(
+    run_dirs: list[str],
+    output: str | Path,
+    html_path: str | Path | None = None,
+    start: str = "love",
+    seed: int = 0,
+    title: str = "Teaching a computer to write poems",
+    samples: int = 20,
+    words: int = 120,
+) -> list[Entry]:
+    """Write the Markdown report (and the plot beside it, and the HTML page when asked); returns its entries."""
+    output = Path(output)
+    runs, entries = collect(run_dirs, start, seed, samples, words)
+    plot = output.with_name(output.stem + PLOT_SUFFIX)
+    plot_png = plot_perplexity(runs)
+    atomic_write(plot, plot_png)
+    atomic_write(output, markdown(runs, entries, title, plot.name, start) + "\n")
+    if html_path:
+        atomic_write(html_path, html_page(runs, entries, title, plot_png, start))
+    return entries

@@ -1,0 +1,45 @@
+"""The benchmarks' plumbing on tiny models: they run and print one valid JSON object (their numbers are not tested)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+def bench(tmp_path, script, *args):
+    env = {**os.environ, "NEURALDA_BENCH_RESULTS": str(tmp_path / "results")}
+    out = subprocess.run([sys.executable, str(BENCH / script), *map(str, args)], capture_output=True, text=True,
+                         env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    saved = (tmp_path / "results" / f"{script.removesuffix('.py')}.jsonl").read_text().splitlines()
+    assert json.loads(saved[-1]) == result
+    return result
+
+
+def test_train_speed(tmp_path, corpus_file):
+    r = bench(tmp_path, "train_speed.py", "--arch", "lstm", "--corpus", corpus_file, "--hidden", 16, "--layers", 1,
+              "--rounds", 1, "--check-steps", 2, "--precision", "bf16")
+    assert r["bare_tokens_per_s"] > 0 and r["ours_tokens_per_s"] > 0 and r["ratio"] > 0
+    assert "bf16_ppl_within_2pct" in r and r["peak_rss_mb"] > 0
+
+
+def test_generate_speed(tmp_path):
+    r = bench(tmp_path, "generate_speed.py", "--arch", "lstm", "--vocab", 300, "--words", 20, "--n", 4,
+              "--rerun-words", 5)
+    assert r["stateful_ms_per_word"] > 0 and r["batched_equals_one_by_one"] is True
+
+
+def test_quality(tmp_path, corpus_file):
+    out = tmp_path / "quality.json"
+    r = bench(tmp_path, "quality.py", "--budget", "3s", "--archs", "lstm,seed", "--corpus", corpus_file,
+              "--samples", 2, "--out", out)
+    table = json.loads(out.read_text())
+    assert [row["arch"] for row in table["rows"]] == ["lstm", "seed"] == [row["arch"] for row in r["rows"]]
+    assert all(row["best_val_ppl"] > 0 and row["epochs"] >= 1 for row in table["rows"])
+    assert table["markdown"].count("\n| `") == 2

@@ -1,0 +1,154 @@
+import math
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from conftest import make_poems, write_jsonl
+from neuralda.corpus import Poem
+from neuralda.errors import NeuraldaError
+from neuralda.evaluate import (
+    NgramIndex,
+    compare_rows,
+    copied_share,
+    distinct_n,
+    evaluate_run,
+    format_compare,
+    heldout_measures,
+    heldout_text,
+    parse_spec,
+    poem_words,
+    sample_measures,
+    suffix_array,
+    token_nll,
+)
+from neuralda.tokenizer import Vocab, tokenize
+
+TRAINING = [
+    "Love is a lamp left burning by the sea,\nthe salt wind sings of bread and stone.",
+    "Night opens its dark blue door;\nwe don't ask the stars where they go.",
+]
+
+
+class Uniform(nn.Module):
+    """Every token equally likely: the perplexity of any text is the vocabulary size."""
+
+    def __init__(self, vocab_size: int) -> None:
+        super().__init__()
+        self.vocab_size = vocab_size
+        self.unused = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x, state=None):
+        return torch.zeros(*x.shape, self.vocab_size), state
+
+
+def index() -> NgramIndex:
+    return NgramIndex(poem_words(t) for t in TRAINING)
+
+
+def test_a_uniform_model_has_perplexity_v_on_every_token():
+    ids = torch.randint(0, 37, (2000,))  # 15 streams of 134: the last one padded
+    nll, count = token_nll(Uniform(37), ids)
+    assert count == 1999
+    assert math.exp(nll / count) == pytest.approx(37, rel=1e-5)  # float32 softmax
+
+
+def test_held_out_measures_on_a_hand_made_case():
+    vocab = Vocab.build([tokenize("the sea.")])
+    V = len(vocab)  # 4 specials, "the", "sea", "."
+    assert V == 7
+    text = heldout_text([Poem("", "", "The sea."), Poem("", "", "the moon")], vocab)
+    # Scored: the sea . <poembreak> the <unk> <poembreak>; 4 words; "the sea." and "the moon" and two ends.
+    assert (text.ids.numel() - 1, text.words, text.chars, text.unknown) == (7, 4, 18, 1)
+    m = heldout_measures(Uniform(V), text)
+    assert m["perplexity"] == pytest.approx(V)
+    assert m["perplexity_per_word"] == pytest.approx(V ** (7 / 4))
+    assert m["bits_per_char"] == pytest.approx(7 * math.log2(V) / 18)
+    assert m["oov_rate"] == pytest.approx(1 / 7) and m["tokens"] == 7
+
+
+def test_a_poem_that_copies_a_training_poem_is_all_copied():
+    words = poem_words(TRAINING[0])
+    m = sample_measures([(TRAINING[0], True)], index())
+    assert m["copied_4gram_share"] == m["copied_6gram_share"] == m["copied_8gram_share"] == 1.0
+    assert m["longest_copy"] == len(words) == 17 and m["ended_share"] == 1.0
+
+
+def test_a_novel_poem_copies_nothing():
+    m = sample_measures([("Copper rivers remember silver harvests under quiet hills tonight", False)], index())
+    assert m["copied_4gram_share"] == m["copied_6gram_share"] == m["copied_8gram_share"] == 0.0
+    assert m["longest_copy"] == 0 and m["ended_share"] == 0.0 and m["samples"] == 1
+
+
+def test_copied_runs_are_counted_but_not_across_poems():
+    idx = index()
+    # "by the sea the salt wind" is 6 words of poem 1; "bread and stone | night opens" crosses into poem 2.
+    poem = poem_words("By the sea, the salt wind! Bread and stone, night opens.")
+    assert idx.longest_copy(poem) == 6
+    assert idx.contains(["stone"]) and idx.contains(["night", "opens"])
+    assert not idx.contains(["stone", "night"])
+    assert copied_share([poem], idx, 4) == pytest.approx(3 / 8)  # the first three of its eight 4-word runs
+    assert idx.next_words(["the"]) == {"sea", "salt", "stars"}
+    assert idx.next_words(["the", "salt"]) == {"wind"} and idx.next_words(["go"]) == set()
+    assert idx.next_words(["copper"]) == set()
+
+
+def test_suffix_array_sorts_every_suffix():
+    rng = np.random.default_rng(0)
+    for n in (0, 1, 2, 50):
+        text = rng.integers(-1, 3, n)
+        expected = sorted(range(n), key=lambda i: tuple(text[i:]))
+        assert suffix_array(text).tolist() == expected
+
+
+def test_distinct_n_on_a_hand_made_case():
+    poems = [["a", "b", "a", "b"], ["c"]]
+    assert distinct_n(poems, 1) == pytest.approx(3 / 5)
+    assert distinct_n(poems, 2) == pytest.approx(2 / 3)  # ab, ba, ab
+    assert distinct_n([], 2) == 0.0
+
+
+def test_evaluate_run_gives_every_measure(tiny_run, tmp_path):
+    row = evaluate_run(tiny_run, samples=3, words=20)
+    keys = (
+        "perplexity perplexity_per_word bits_per_char oov_rate copied_4gram_share copied_6gram_share "
+        "copied_8gram_share longest_copy distinct_1 distinct_2 ended_share tokens samples run checkpoint epoch"
+    )
+    assert set(keys.split()) <= set(row)
+    assert 1 < row["perplexity"] < 1000 and row["perplexity_per_word"] > row["perplexity"]
+    assert row["samples"] == 3 and row["checkpoint"] == "best" and row["corpus"] == "val"
+    assert 0 <= row["copied_6gram_share"] <= 1 and row["longest_copy"] >= 1
+    other = write_jsonl(tmp_path / "other.jsonl", make_poems(5, seed=9))
+    row = evaluate_run(tiny_run, "epoch-2", corpus=other, samples=0)
+    assert row["epoch"] == 2 and row["samples"] == 0 and row["tokens"] > 0
+
+
+def test_a_run_without_held_out_poems_asks_for_a_corpus(tiny_run, tmp_path):
+    run = shutil.copytree(tiny_run, tmp_path / "run")
+    (run / "data" / "val.jsonl").write_text("")
+    with pytest.raises(NeuraldaError, match="--corpus"):
+        evaluate_run(run, samples=0)
+
+
+def test_compare_evaluates_each_spec(tiny_run):
+    assert parse_spec("runs/seed:epoch-200") == ("runs/seed", "epoch-200")
+    assert parse_spec("runs/seed") == ("runs/seed", "best")
+    rows = compare_rows([f"{tiny_run}:epoch-2", str(tiny_run)], samples=2, words=10)
+    assert [(r["checkpoint"], r["epoch"]) for r in rows][0] == ("epoch-2", 2)
+    assert rows[1]["checkpoint"] == "best"
+
+
+def test_compare_prints_an_aligned_table():
+    row = dict(
+        run="runs/seed", checkpoint="epoch-200", epoch=200, perplexity=1012.345, perplexity_per_word=3021.5,
+        bits_per_char=2.71828, oov_rate=0.0123, copied_4gram_share=0.5, copied_6gram_share=0.25,
+        copied_8gram_share=0.125, longest_copy=31, distinct_1=0.41, distinct_2=0.8, ended_share=0.35,
+    )
+    ours = dict(row, run="runs/ours", checkpoint="best", epoch=13, perplexity=219.0, longest_copy=None)
+    assert format_compare([row, ours]).splitlines() == [
+        "run                  epoch     ppl  ppl/word  bits/char   oov  copy4  copy6  copy8  longest  distinct1  distinct2  ended",  # noqa: E501
+        "runs/seed:epoch-200    200  1012.3    3021.5      2.718  1.2%  50.0%  25.0%  12.5%       31      0.410      0.800    35%",  # noqa: E501
+        "runs/ours:best          13   219.0    3021.5      2.718  1.2%  50.0%  25.0%  12.5%        -      0.410      0.800    35%",  # noqa: E501
+    ]

@@ -1,0 +1,87 @@
+import json
+
+import pytest
+import torch
+
+from conftest import tiny_config
+from neuralda.errors import NeuraldaError
+from neuralda.evaluate import token_nll
+from neuralda.generate import write_poems
+from neuralda.models import build_model, default_size, recipe, summary_table
+from neuralda.models.gpt import GPT, GPTConfig
+from neuralda.run import Run
+from neuralda.train import train
+
+
+def tiny_gpt(block_size: int = 8, layers: int = 2) -> GPT:
+    torch.manual_seed(0)
+    return GPT(GPTConfig(vocab_size=40, n_layer=layers, n_embd=32, n_head=2, block_size=block_size, dropout=0.0)).eval()
+
+
+def test_the_cache_gives_the_logits_of_one_call_on_text_longer_than_the_block():
+    model = tiny_gpt(block_size=8)
+    x = torch.randint(0, 40, (2, 30))
+    whole, _ = model(x)
+    for step in (1, 5, 7):
+        state, parts = None, []
+        for i in range(0, x.size(1), step):
+            logits, state = model(x[:, i : i + step], state)
+            parts.append(logits)
+        assert torch.allclose(torch.cat(parts, 1), whole, atol=1e-5), step
+        assert all(k.shape == v.shape == (2, 2, 7, 16) for k, v in state)  # the block's 7 past positions
+
+
+def test_each_layer_looks_back_block_size_minus_one_tokens():
+    model = tiny_gpt(block_size=8, layers=2)
+    x = torch.randint(0, 40, (1, 20))
+    changed = x.clone()
+    changed[0, :5] = (x[0, :5] + 1) % 40  # two layers of 7 tokens back from token 19 reach token 5, not 4
+    assert torch.allclose(model(x)[0][0, -1], model(changed)[0][0, -1], atol=1e-5)
+    changed[0, 5] = (x[0, 5] + 1) % 40
+    assert not torch.allclose(model(x)[0][0, -1], model(changed)[0][0, -1], atol=1e-5)
+
+
+def test_tied_embedding_is_counted_once_and_initialised_at_002():
+    torch.manual_seed(0)
+    V, d, L = 1000, 128, 3
+    model = build_model("gpt", V, d, L, 0.2)
+    assert model.decoder.weight is model.wte.weight
+    assert model.cfg.n_head == 2  # heads of 64 units
+    per_block = 12 * d * d + 2 * d  # qkv 3d^2, projection d^2, MLP 8d^2, two LayerNorm weights
+    assert sum(p.numel() for p in model.parameters()) == V * d + L * per_block + d
+    assert model.wte.weight.std().item() == pytest.approx(0.02, rel=0.05)
+    assert model.blocks[0].mlp.proj.weight.std().item() == pytest.approx(0.02 / (2 * L) ** 0.5, rel=0.05)
+    table = summary_table(model, "gpt")
+    assert f"Total params: {V * d + L * per_block + d:,}" in table and "block_2 (Block, 2 heads)" in table
+
+
+def test_a_width_that_does_not_split_into_heads_is_a_user_error():
+    with pytest.raises(NeuraldaError, match="--hidden 200"):
+        build_model("gpt", 50, 200, 2, 0.1)
+
+
+def test_sizes_and_recipe_follow_the_corpus():
+    assert default_size("gpt", 10_000) == (128, 2)
+    assert default_size("gpt", 100_000) == (256, 4)
+    r = recipe("gpt")
+    assert (r.optimizer, r.weight_decay, r.stateful, r.seq_len) == ("adamw", 0.1, False, 128)
+
+
+def test_held_out_text_longer_than_the_block_is_scored_through_the_sliding_cache():
+    model = tiny_gpt(block_size=8, layers=1)
+    ids = torch.randint(0, 40, (400,))
+    nll, count = token_nll(model, ids)
+    assert count == 399 and 0 < nll / count < 10
+
+
+def test_a_tiny_gpt_run_learns_and_writes(tmp_path, corpus_file):
+    out = tmp_path / "gpt"
+    cfg = tiny_config(corpus_file, out, arch="gpt", epochs=2, hidden=32, layers=1, seq_len=16, lr=3e-3)
+    train(cfg, log=lambda s: None)
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["train_loss"] < rows[0]["train_loss"] and rows[-1]["val_loss"] < rows[0]["val_loss"]
+    run = Run.open(out)
+    model, meta = run.load_model("best")
+    assert meta["arch"] == "gpt" and isinstance(model, GPT)
+    (poem, _), = write_poems(model, run.vocab, "love", words=150, seed=1)  # longer than the 128-token block
+    assert poem.startswith("love")

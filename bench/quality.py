@@ -21,9 +21,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, ROOT, bench_corpus, report  # noqa: E402
 
 from neuralda.evaluate import evaluate_run  # noqa: E402
+from neuralda.generate import SamplingConfig  # noqa: E402
 from neuralda.run import Run  # noqa: E402
 from neuralda.train import TrainConfig, parse_duration, pick_device, train  # noqa: E402
 
+SEED_SAMPLING = SamplingConfig(temperature=1.0, top_p=1.0)  # the seed's: straight from the model's probabilities
 README_START, README_END = "<!-- quality:start -->", "<!-- quality:end -->"
 
 
@@ -36,7 +38,7 @@ def measure(arch: str, corpus: Path, out: Path, budget: float | None, device: st
         log=lambda s: print(f"[{arch}] {s}", file=sys.stderr, flush=True),
     )
     seconds = time.monotonic() - t0
-    row = evaluate_run(out, "best", samples=samples, seed=0, device=device)
+    row = evaluate_run(out, "best", samples=samples, seed=0, device=device, sampling=SEED_SAMPLING)
     config = Run.open(out).config
     return {
         "arch": arch, "best_val_ppl": round(row["perplexity"], 1), "best_epoch": result.best_epoch,
@@ -86,16 +88,18 @@ def main() -> None:
     p.add_argument("--full-seed", action="store_true", help="also the seed's full 400 epochs, without a budget")
     p.add_argument("--readme", action="store_true", help="write the table into README.md")
     p.add_argument("--out", type=Path, default=RESULTS / "quality.json")
+    p.add_argument("--keep", type=Path, help="keep the trained runs in this folder (default: a temporary one)")
     args = p.parse_args()
     budget = parse_duration(args.budget)
     device = pick_device(args.device)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
+        runs = args.keep or Path(tmp)
         corpus, corpus_name = (args.corpus, args.corpus.name) if args.corpus else bench_corpus(Path(tmp))
         for arch in args.archs.split(","):
-            rows.append(measure(arch, corpus, Path(tmp) / arch, budget, device, args.samples))
+            rows.append(measure(arch, corpus, runs / arch, budget, device, args.samples))
         if args.full_seed:
-            full = measure("seed", corpus, Path(tmp) / "seed-full", None, device, args.samples)
+            full = measure("seed", corpus, runs / "seed-full", None, device, args.samples)
             rows.append({**full, "arch": "seed (400 epochs)"})
     table = markdown(rows, args.budget, device)
     result = {"budget": args.budget, "device": device, "corpus": corpus_name, "rows": rows, "markdown": table}

@@ -69,7 +69,7 @@ def main() -> None:
     p.add_argument("--layers", type=int)
     args = p.parse_args()
     device = pick_device(args.device)
-    precision = pick_precision(args.precision, device)
+    precision = pick_precision(args.precision, device, args.arch)
     with tempfile.TemporaryDirectory() as tmp:
         corpus, corpus_name = (args.corpus, args.corpus.name) if args.corpus else bench_corpus(Path(tmp))
         cfg = dict(

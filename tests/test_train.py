@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from conftest import tiny_config
+from conftest import make_poems, tiny_config, write_jsonl
 from neuralda.errors import NeuraldaError
 from neuralda.run import Run, read_checkpoint
 from neuralda.train import batches, parse_duration, train
@@ -144,3 +144,20 @@ def test_chunked_loss_equals_cross_entropy_and_its_gradients(monkeypatch, bias):
     assert torch.allclose(got, ref, atol=1e-5)
     for g, r in zip(got_grads, ref_grads):
         assert torch.allclose(g, r, atol=1e-5)
+
+
+def test_unk_rate_reads_words_seen_once_as_unknown(tmp_path):
+    from neuralda.train import Trainer
+
+    rare = [{"text": f"the {w} and the {w}2 of love"} for w in ("quartz", "ember", "willow", "saffron", "tide")] * 1
+    corpus = write_jsonl(tmp_path / "c.jsonl", make_poems(30) + rare)
+    cfg = tiny_config(corpus, tmp_path / "run", unk_rate=0.5, val_fraction=0.0)
+    trainer = Trainer(cfg, resume=False, log=lambda s: None)
+    ids = trainer.train_ids
+    once = trainer.rare
+    first, again, other = trainer._epoch_ids(1), trainer._epoch_ids(1), trainer._epoch_ids(2)
+    changed = first != ids
+    assert torch.equal(first, again) and not torch.equal(first, other)  # the same for an epoch, resumed or not
+    assert bool((changed <= once).all())  # only words seen once
+    assert 0 < int(changed.sum()) < int(once.sum())
+    assert bool((first[changed] == trainer.run.vocab.unk).all())

@@ -26,11 +26,13 @@ FORMS = {"free": 0, "couplet": 2, "tercet": 3, "quatrain": 4}  # lines per stanz
 
 @dataclass
 class SamplingConfig:
-    """How the next word is drawn; the defaults sample from the model's own probabilities, as the seed did."""
+    """How the next word is drawn. Temperature 1 with no filter samples from the model's own probabilities, as the
+    seed did; the defaults trim the unlikely tail a little (measured on the six corpora: 6-word copies stay at 0%,
+    distinct-2 0.89 against 0.94, and 72% of poems end by themselves against 68%; see the README)."""
 
-    temperature: float = 1.0
+    temperature: float = 0.9
     top_k: int = 0  # keep the k likeliest tokens (0: all)
-    top_p: float = 1.0  # keep the smallest set whose probability reaches p (1: all)
+    top_p: float = 0.95  # keep the smallest set whose probability reaches p (1: all)
     repetition_penalty: float = 1.0  # CTRL's penalty (Keskar et al. 2019) on words the poem already has (1: none)
 
     def check(self) -> None:

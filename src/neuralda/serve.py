@@ -41,9 +41,11 @@ class GenerateRequest(BaseModel):
 
     start: str = Field(SAMPLE_START, max_length=MAX_START, description="the first word(s); empty: begin anywhere")
     words: int = Field(120, ge=1, le=MAX_WORDS, description="at most this many words")
-    temperature: float = Field(1.0, gt=0, le=5, description="below 1: safer words; above 1: wilder ones")
+    temperature: float = Field(
+        SamplingConfig.temperature, gt=0, le=5, description="below 1: safer words; above 1: wilder ones"
+    )
     top_k: int = Field(0, ge=0, description="keep the k likeliest tokens (0: all); at most the vocabulary size")
-    top_p: float = Field(1.0, gt=0, le=1, description="keep the smallest set of tokens whose probability reaches p")
+    top_p: float = Field(SamplingConfig.top_p, gt=0, le=1, description="keep the smallest set of tokens whose probability reaches p")
     seed: int | None = Field(None, ge=0, lt=2**63, description="the same seed writes the same poem; none: random")
     run: str | None = Field(None, max_length=200, description="a served run's name (default: the first)")
     checkpoint: str | None = Field(None, max_length=200, description="best, last or epoch-N (default: best)")

@@ -45,6 +45,7 @@ class TrainConfig:
     hidden: int | None = None
     layers: int | None = None
     patience: int | None = None
+    unk_rate: float | None = None
     val_fraction: float = 0.1
     max_time: float | None = None  # seconds
     device: str = "auto"
@@ -53,6 +54,7 @@ class TrainConfig:
     min_count: int = 1
     keep_case: bool = False
     progress: bool = True
+    compile: bool = False
 
     def resolved(self, train_tokens: int) -> dict:
         """The full configuration: given values, then the recipe's, then sizes from the corpus."""
@@ -74,6 +76,8 @@ class TrainConfig:
             raise NeuraldaError(f"--dropout must be in [0, 1), got {out['dropout']}")
         if not out["lr"] > 0:
             raise NeuraldaError(f"--lr must be above 0, got {out['lr']}")
+        if not 0 <= out["unk_rate"] <= 1:
+            raise NeuraldaError(f"--unk-rate must be in [0, 1], got {out['unk_rate']}")
         return out
 
 
@@ -92,13 +96,16 @@ def pick_device(name: str) -> str:
     return name
 
 
-def pick_precision(name: str, device: str) -> str:
-    """``auto``: bf16 autocast on CPUs with bf16 matrix units (measured ~1.8x faster), else float32."""
+def pick_precision(name: str, device: str, arch: str = "lstm") -> str:
+    """``auto``: bf16 autocast on CPUs with bf16 matrix units (measured ~1.8x faster for the seed's LSTM) and for
+    the transformer on GPUs; float32 for LSTMs on GPUs (cuDNN's LSTM gained nothing from bf16 on an H200)."""
     if name not in ("auto", "fp32", "bf16"):
         raise NeuraldaError(f"unknown precision {name!r}; choose auto, fp32 or bf16")
     if name != "auto":
         return name
     if device == "cpu" and torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        return "bf16"
+    if device.startswith("cuda") and arch == "gpt" and torch.cuda.is_bf16_supported():
         return "bf16"
     return "fp32"
 
@@ -292,7 +299,7 @@ def _prepare(cfg: TrainConfig) -> Run:
     vocab = Vocab.build((tokenize(p.text, cfg.keep_case) for p in train_poems), cfg.min_count, cfg.keep_case)
     train_tokens = len(vocab.encode_poems(p.text for p in train_poems))
     config = cfg.resolved(train_tokens)
-    config["device"] = cfg.device
+    build_model(config["arch"], len(vocab), config["hidden"], config["layers"], config["dropout"])  # sizes it refuses
     write_corpus(out / "data" / "train.jsonl", train_poems)
     write_corpus(out / "data" / "val.jsonl", val_poems)
     vocab.save(out / "vocab.json")
@@ -395,7 +402,7 @@ class Trainer:
             self.run = Run.open(cfg.output)
         c = self.c = self.run.config
         self.device = device
-        self.precision = pick_precision(c["precision"], device)
+        self.precision = pick_precision(c["precision"], device, c["arch"])
         if device.startswith("cuda"):
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
@@ -405,10 +412,15 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(self.optimizer, factor=0.5, patience=0)
         # Several processes: gradients are averaged across them after each backward (DistributedDataParallel).
         self.trained = LossModule(self.model, self.precision)
+        if cfg.compile:
+            self.trained = torch.compile(self.trained)  # optional: on CPU it measured slower (PERFORMANCE.md)
         if self.dist.world > 1:
             self.trained = torch.nn.parallel.DistributedDataParallel(self.trained)
         ids = _stream(self.run, "train")
         self.train_ids = (ids.pin_memory() if device.startswith("cuda") else ids).to(device, non_blocking=True)
+        # Words seen once in training: the ones a held-out poem's unknown words are most like.
+        counts = torch.bincount(self.train_ids, minlength=len(self.run.vocab))
+        self.rare = counts[self.train_ids] == 1
         self.val_ids = _stream(self.run, "val")
         self.state = {"epoch": 0, "step": 0, "best_val": None, "best_epoch": 0, "bad_epochs": 0, "last_val": None}
         if resume:
@@ -444,6 +456,17 @@ class Trainer:
 
     # --- one epoch -----------------------------------------------------------------------------------------------
 
+    def _epoch_ids(self, epoch: int) -> torch.Tensor:
+        """The training stream of ``epoch``: with ``unk_rate``, each word seen once is read as ``<unk>`` with that
+        probability, so the model learns how likely an unknown word is (held-out poems have them; the seed's model
+        never sees ``<unk>`` and pays for every one)."""
+        rate = self.c["unk_rate"]
+        if not rate:
+            return self.train_ids
+        g = torch.Generator().manual_seed(self.c["seed"] * 1_000_033 + epoch)
+        drop = self.rare & (torch.rand(self.train_ids.shape, generator=g) < rate).to(self.train_ids.device)
+        return self.train_ids.masked_fill(drop, self.run.vocab.unk)
+
     def _train_epoch(self, epoch: int, progress: Progress) -> tuple[float, int, float]:
         """Train one epoch: (mean loss, tokens, seconds)."""
         c, model = self.c, self.trained
@@ -454,7 +477,7 @@ class Trainer:
         tokens = 0
         hidden = None
         t0 = last_report = time.monotonic()
-        for done, (x, y, reset) in enumerate(batches(self.train_ids, c, epoch, self.dist.rank, self.dist.world), 1):
+        for done, (x, y, reset) in enumerate(batches(self._epoch_ids(epoch), c, epoch, self.dist.rank, self.dist.world), 1):
             with autocast(self.device, self.precision):
                 loss, hidden = model(x, y, None if reset else hidden)
             self.optimizer.zero_grad(set_to_none=True)

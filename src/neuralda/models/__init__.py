@@ -23,6 +23,7 @@ class Recipe:
     schedule: str = "none"  # none | plateau (halve the rate when validation stops improving)
     stateful: bool = False  # carry the recurrent state from batch to batch along parallel streams
     patience: int = 0  # stop after this many epochs without a better validation loss (0: never)
+    unk_rate: float = 0.0  # each epoch, read each word seen once in training as <unk> with this probability
     save_at: tuple[int, ...] = field(default_factory=tuple)
 
 
@@ -47,6 +48,9 @@ RECIPES: dict[str, Recipe] = {
         schedule="plateau",
         stateful=True,
         patience=4,
+        # Words seen once read as <unk> half the time: held-out poems are ~5% unknown words, and a model that never
+        # saw <unk> pays ~11 nats for each (measured: val ppl 162 against 287 after 6 epochs on the six corpora).
+        unk_rate=0.5,
     ),
     # A small GPT (Radford et al. 2019, after nanoGPT) on shuffled windows of its whole context: AdamW with weight
     # decay 0.1 and gradients clipped to norm 1 (GPT-3, Brown et al. 2020); no warmup, as pre-norm trains without
@@ -62,6 +66,7 @@ RECIPES: dict[str, Recipe] = {
         clip_norm=1.0,
         schedule="plateau",
         patience=4,
+        unk_rate=0.5,  # as for our LSTM
     ),
 }
 

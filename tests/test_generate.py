@@ -81,11 +81,14 @@ def test_sampling_follows_the_model_probabilities():
 
 def test_top_k_and_top_p():
     logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
-    kept = lambda cfg: torch.isfinite(filter_logits(logits, cfg)).squeeze(0).tolist()  # noqa: E731
-    assert kept(SamplingConfig(top_k=2)) == [True, True, False, False]
-    assert kept(SamplingConfig(top_p=0.8)) == [True, True, False, False]
-    assert kept(SamplingConfig(top_p=0.81)) == [True, True, True, False]
-    assert kept(SamplingConfig(top_p=0.1)) == [True, False, False, False]
+
+    def kept(**options):
+        return torch.isfinite(filter_logits(logits, SamplingConfig(temperature=1.0, **options))).squeeze(0).tolist()
+
+    assert kept(top_k=2, top_p=1.0) == [True, True, False, False]
+    assert kept(top_p=0.8) == [True, True, False, False]
+    assert kept(top_p=0.81) == [True, True, True, False]
+    assert kept(top_p=0.1) == [True, False, False, False]
 
 
 def test_temperature_sharpens():
@@ -135,8 +138,14 @@ def test_copy_guard_blocks_runs_of_training_words():
 def test_repetition_penalty_makes_repeats_rarer():
     logits = torch.tensor([[2.0, 1.0, -1.0]])
     seen = torch.tensor([[True, False, True]])
-    out = filter_logits(logits, SamplingConfig(repetition_penalty=2.0), seen)
+    out = filter_logits(logits, SamplingConfig(temperature=1.0, top_p=1.0, repetition_penalty=2.0), seen)
     assert out.tolist() == [[1.0, 1.0, -2.0]]
+
+
+def test_no_empty_lines(tiny_run):
+    poet = Poet.load(tiny_run)
+    for poem in poet.write_many(8, start="love", words=80, seed=0, temperature=1.5):
+        assert "\n\n\n" not in poem and all(line.strip() for s in poem.split("\n\n") for line in s.split("\n"))
 
 
 def test_lines_and_form(tiny_run):

@@ -169,6 +169,7 @@ class _Draft:
     words: int = 0
     lines: int = 0  # line and stanza breaks so far
     stanza_lines: int = 0  # breaks since the last stanza break
+    line_tokens: int = 0  # tokens on the line being written (a break after none would leave an empty line)
     done: bool = False
     ended: bool = False
 
@@ -205,7 +206,8 @@ def write_poems(
     word_mask = torch.tensor([is_word(t) for t in vocab.itos])
     prime_ids = vocab.encode(prime)
     drafts = [
-        _Draft(list(prime), [i for i in prime_ids if word_mask[i]], words=sum(map(is_word, prime))) for _ in range(n)
+        _Draft(list(prime), [i for i in prime_ids if word_mask[i]], words=sum(map(is_word, prime)), line_tokens=len(prime))
+        for _ in range(n)
     ]
     seen = torch.zeros(n, len(vocab), dtype=torch.bool)
     seen[:, [i for i in prime_ids if word_mask[i]]] = True
@@ -219,7 +221,9 @@ def write_poems(
             for i, d in enumerate(drafts):
                 if guard is not None:
                     logits[i, guard.blocked(d.word_ids)] = -torch.inf
-                if per_stanza:  # a stanza break only after the form's lines, and a line break never then
+                if not d.line_tokens:  # no empty lines: poems in a corpus have none
+                    logits[i, [line, stanza]] = -torch.inf
+                elif per_stanza:  # a stanza break only after the form's lines, and a line break never then
                     logits[i, line if d.stanza_lines + 1 >= per_stanza else stanza] = -torch.inf
             nxt = sample_next(filter_logits(logits, sampling, seen), generators)
             for i, (d, token_id) in enumerate(zip(drafts, nxt.tolist())):
@@ -228,9 +232,11 @@ def write_poems(
                 if token_id == end:
                     d.done = d.ended = True
                     continue
+                d.line_tokens += 1
                 if token_id in (line, stanza):
                     d.lines += 1
                     d.stanza_lines = 0 if token_id == stanza else d.stanza_lines + 1
+                    d.line_tokens = 0
                     if lines and d.lines >= lines:
                         d.done = True
                         continue

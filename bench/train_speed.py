@@ -4,7 +4,8 @@
 
 Rounds alternate (bare, ours, bare, ours ...) in one process; the best of each is compared. Ours counts a whole
 epoch: training, validation, metrics, checkpoints. Then the precision check: held-out perplexity after a fixed
-number of steps in bf16 autocast and in float32, from the same start.
+number of steps in bf16 autocast and in float32, from the same start. ``peak_rss_mb`` is this process (both loops);
+``ours_alone_peak_rss_mb`` is one epoch of ours in a process of its own.
 """
 
 from __future__ import annotations
@@ -55,6 +56,21 @@ def bare_loop(run: Run, ids: torch.Tensor, device: str, precision: str, steps: i
     return model, tokens / (time.perf_counter() - t0)
 
 
+def _train_once(cfg: dict) -> None:
+    train(TrainConfig(**cfg), log=lambda s: None)
+
+
+def ours_peak_rss_mb(cfg: dict) -> float:
+    """Peak resident memory of `neuralda train` alone: one epoch in a fresh process of its own."""
+    import multiprocessing
+    import resource
+
+    child = multiprocessing.get_context("spawn").Process(target=_train_once, args=(cfg,))
+    child.start()
+    child.join()
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--arch", default="seed")
@@ -91,13 +107,15 @@ def main() -> None:
             check = {"check_steps": args.check_steps, "val_ppl_fp32": fp32, "val_ppl_bf16": bf16,
                      "bf16_ppl_within_2pct": abs(bf16 / fp32 - 1) <= 0.02}
         c = first.config
+        ours_rss = ours_peak_rss_mb({**cfg, "output": f"{tmp}/alone"})
     report(
         "train_speed",
         {
             "arch": args.arch, "device": device, "precision": precision, "corpus": corpus_name,
             "batch_size": c["batch_size"], "seq_len": c["seq_len"], "train_tokens": c["train_tokens"],
             "bare_tokens_per_s": max(bare), "ours_tokens_per_s": max(ours), "ratio": max(ours) / max(bare),
-            "bare_rounds": bare, "ours_rounds": ours, "peak_rss_mb": round(peak_rss_mb()), **check,
+            "bare_rounds": bare, "ours_rounds": ours, "peak_rss_mb": round(peak_rss_mb()),
+            "ours_alone_peak_rss_mb": round(ours_rss), **check,
         },
     )
 

@@ -26,7 +26,7 @@ def test_train_speed(tmp_path, corpus_file):
     r = bench(tmp_path, "train_speed.py", "--arch", "lstm", "--corpus", corpus_file, "--hidden", 16, "--layers", 1,
               "--rounds", 1, "--check-steps", 2, "--precision", "bf16")
     assert r["bare_tokens_per_s"] > 0 and r["ours_tokens_per_s"] > 0 and r["ratio"] > 0
-    assert "bf16_ppl_within_2pct" in r and r["peak_rss_mb"] > 0
+    assert "bf16_ppl_within_2pct" in r and r["peak_rss_mb"] > 0 and r["ours_alone_peak_rss_mb"] > 0
 
 
 def test_generate_speed(tmp_path):

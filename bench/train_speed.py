@@ -56,19 +56,24 @@ def bare_loop(run: Run, ids: torch.Tensor, device: str, precision: str, steps: i
     return model, tokens / (time.perf_counter() - t0)
 
 
-def _train_once(cfg: dict) -> None:
+def _train_once(cfg: dict, result) -> None:
     train(TrainConfig(**cfg), log=lambda s: None)
+    # VmHWM starts afresh at exec; ru_maxrss would carry the parent's peak from the fork.
+    status = Path("/proc/self/status").read_text()
+    result.put(int(next(ln.split()[1] for ln in status.splitlines() if ln.startswith("VmHWM:"))) / 1024)
 
 
 def ours_peak_rss_mb(cfg: dict) -> float:
-    """Peak resident memory of `neuralda train` alone: one epoch in a fresh process of its own."""
+    """Peak resident memory of `neuralda train` alone: one epoch in a fresh process of its own (Linux)."""
     import multiprocessing
-    import resource
 
-    child = multiprocessing.get_context("spawn").Process(target=_train_once, args=(cfg,))
+    ctx = multiprocessing.get_context("spawn")
+    result = ctx.Queue()
+    child = ctx.Process(target=_train_once, args=(cfg, result))
     child.start()
+    peak = result.get()
     child.join()
-    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    return peak
 
 
 def main() -> None:

@@ -423,9 +423,11 @@ class Trainer:
         self.rare = counts[self.train_ids] == 1
         self.val_ids = _stream(self.run, "val")
         self.state = {"epoch": 0, "step": 0, "best_val": None, "best_epoch": 0, "bad_epochs": 0, "last_val": None}
-        if resume:
+        if resume and "last" in self.run.checkpoints():
             self._load_last()
         elif self.dist.main:
+            if resume:  # killed before its first checkpoint: nothing was trained yet
+                self.log(f"{self.run.path} has no checkpoint yet: starting from the beginning")
             self._save("last", with_optimizer=True)  # epoch 0: a run killed in its first epoch can resume too
 
     # --- checkpoints ---------------------------------------------------------------------------------------------

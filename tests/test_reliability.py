@@ -34,3 +34,16 @@ def test_sigkill_ten_times_then_resume(tmp_path, corpus_file):
     run = Run.open(out)
     for name in run.checkpoints():
         run.load_model(name)  # every checkpoint loads
+
+
+def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, corpus_file):
+    out = tmp_path / "run"
+    args = ["--epochs", "5", "--hidden", "32", "--layers", "1", "--lr", "1e30", "--precision", "fp32", "-q"]
+    result = subprocess.run([sys.executable, "-m", "neuralda", "train", str(corpus_file), "-o", str(out), *args],
+                            capture_output=True, text=True)
+    assert result.returncode == 2 and "the training loss became nan" in result.stderr
+    assert "Traceback" not in result.stderr
+    epochs = [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    run = Run.open(out)
+    _, meta = run.load_model("last")
+    assert meta["epoch"] == epochs[-1] < 5  # the checkpoint of the last epoch that ended with a number

@@ -75,7 +75,7 @@ def plot_perplexity(runs: list[Run]) -> bytes:
             continue
         color = f"C{i}"
         epochs = [r["epoch"] for r in rows]
-        ax.plot(epochs, [r["train_ppl"] for r in rows], color=color, linestyle="--", linewidth=1.2,
+        ax.plot(epochs, [r["train_ppl"] or float("nan") for r in rows], color=color, linestyle="--", linewidth=1.2,
                 label=f"{run.name}: training (dropout on)")
         val = [(r["epoch"], r["val_ppl"]) for r in rows if r.get("val_ppl") is not None]
         if val:

@@ -525,9 +525,9 @@ class Trainer:
             "epoch": epoch,
             "step": state["step"],
             "train_loss": round(train_loss, 5),
-            "train_ppl": round(perplexity(train_loss, 1), 3),
+            "train_ppl": _json_number(perplexity(train_loss, 1)),
             "val_loss": None if val_loss is None else round(val_loss, 5),
-            "val_ppl": None if val_loss is None else round(perplexity(val_loss, 1), 3),
+            "val_ppl": None if val_loss is None else _json_number(perplexity(val_loss, 1)),
             "tokens_per_s": round(tokens / train_seconds, 1),
             "lr": self.optimizer.param_groups[0]["lr"],
             "seconds": 0.0,
@@ -600,6 +600,11 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] | N
     """
     log = log or (lambda s: print(s, file=sys.stderr, flush=True))
     return Trainer(cfg, resume, log).fit()
+
+
+def _json_number(value: float) -> float | None:
+    """``value`` rounded, or None where strict JSON has no number for it (an overflowing perplexity)."""
+    return round(value, 3) if math.isfinite(value) else None
 
 
 def _write_sample(run: Run, model, epoch: int, checkpoint: str | None = None) -> None:

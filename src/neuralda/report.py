@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,9 +76,9 @@ def plot_perplexity(runs: list[Run]) -> bytes:
             continue
         color = f"C{i}"
         epochs = [r["epoch"] for r in rows]
-        ax.plot(epochs, [r["train_ppl"] or float("nan") for r in rows], color=color, linestyle="--", linewidth=1.2,
+        ax.plot(epochs, [_finite(r.get("train_ppl")) for r in rows], color=color, linestyle="--", linewidth=1.2,
                 label=f"{run.name}: training (dropout on)")
-        val = [(r["epoch"], r["val_ppl"]) for r in rows if r.get("val_ppl") is not None]
+        val = [(r["epoch"], r["val_ppl"]) for r in rows if not math.isnan(_finite(r.get("val_ppl")))]
         if val:
             ax.plot(*zip(*val), color=color, linewidth=2, label=f"{run.name}: held out")
             best = min(val, key=lambda v: v[1])
@@ -86,7 +87,8 @@ def plot_perplexity(runs: list[Run]) -> bytes:
         for checkpoint in run.checkpoints():
             if checkpoint.startswith("epoch-"):
                 ax.axvline(int(checkpoint[6:]), color=color, linestyle=":", linewidth=1)
-    ax.set_yscale("log")
+    if any(v > 0 for line in ax.get_lines() for v in line.get_ydata(orig=False)):  # NaN > 0 is False
+        ax.set_yscale("log")
     plain = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:,.0f}")  # 1,000 rather than 10^3
     ax.yaxis.set_major_formatter(plain)
     ax.yaxis.set_minor_formatter(plain)
@@ -102,6 +104,11 @@ def plot_perplexity(runs: list[Run]) -> bytes:
     fig.savefig(buffer, format="png")
     plt.close(fig)
     return buffer.getvalue()
+
+
+def _finite(value) -> float:
+    """A perplexity to plot: NaN (a gap) for a missing or overflowing one."""
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else math.nan
 
 
 def _poem_html(poem: str) -> str:

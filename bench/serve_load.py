@@ -4,28 +4,27 @@
 
 Without RUN, a model is first trained on the bundled demo corpus for one epoch (its size is the default for that
 corpus). The server runs in its own process, as a user runs it. Prints one JSON object (throughput in requests per
-second, client-side latency percentiles, errors) and appends it to bench/results/serve_load.jsonl.
+second, client-side latency percentiles, errors) and appends it to bench/results/serve_load.jsonl (see common.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.resources
-import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import httpx
 
-RESULTS = Path(__file__).parent / "results" / "serve_load.jsonl"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import report  # noqa: E402
+
 START_SERVER = "import sys; from neuralda.serve import serve; serve(sys.argv[1:], port=0)"
 
 
@@ -121,23 +120,17 @@ def main() -> None:
             proc.terminate()
             proc.wait(10)
 
-    row = {
-        "bench": "serve_load",
-        "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "requests": args.requests,
-        "clients": args.clients,
-        "words": args.words,
-        **result,
-        "model": {k: model[k] for k in ("name", "arch", "hidden", "layers", "vocab_size")},
-        "cpus": os.cpu_count(),
-        "machine": platform.machine(),
-        "python": platform.python_version(),
-    }
-    print(json.dumps(row))
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    with RESULTS.open("a", encoding="utf-8") as f:
-        f.write(json.dumps(row) + "\n")
-
+    report(
+        "serve_load",
+        {
+            "requests": args.requests,
+            "clients": args.clients,
+            "words": args.words,
+            **result,
+            "model": {k: model[k] for k in ("name", "arch", "hidden", "layers", "vocab_size")},
+            "cpus": os.cpu_count(),
+        },
+    )
 
 if __name__ == "__main__":
     main()

@@ -43,3 +43,8 @@ def test_quality(tmp_path, corpus_file):
     assert [row["arch"] for row in table["rows"]] == ["lstm", "seed"] == [row["arch"] for row in r["rows"]]
     assert all(row["best_val_ppl"] > 0 and row["epochs"] >= 1 for row in table["rows"])
     assert table["markdown"].count("\n| `") == 2
+
+
+def test_serve_load(tmp_path, tiny_run):
+    r = bench(tmp_path, "serve_load.py", tiny_run, "--requests", 20, "--clients", 4, "--words", 10)
+    assert r["errors"] == 0 and r["requests"] == 20 and r["p95_ms"] >= r["p50_ms"] > 0

@@ -143,7 +143,8 @@ class CopyGuard:
             raise NeuraldaError(f"--max-copy must be at least 2 words, got {n}")
         following: dict[tuple[int, ...], set[int]] = {}
         for text in texts:
-            ids = [i for t, i in zip(*_tokens_and_ids(text, vocab)) if is_word(t)]
+            words = [t for t in tokenize(text, keep_case=vocab.keep_case, end=False) if is_word(t)]
+            ids = vocab.encode(words)
             for j in range(len(ids) - n + 1):
                 following.setdefault(tuple(ids[j : j + n - 1]), set()).add(ids[j + n - 1])
         return cls(n, {k: sorted(v) for k, v in following.items()})
@@ -153,11 +154,6 @@ class CopyGuard:
         if len(word_ids) < self.n - 1:
             return []
         return self.following.get(tuple(word_ids[len(word_ids) - self.n + 1 :]), [])
-
-
-def _tokens_and_ids(text: str, vocab: Vocab) -> tuple[list[str], list[int]]:
-    tokens = tokenize(text, keep_case=vocab.keep_case, end=False)
-    return tokens, vocab.encode(tokens)
 
 
 @dataclass

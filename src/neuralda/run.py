@@ -78,6 +78,21 @@ def load_model_tensors(model, tensors: dict[str, Any], where: Path) -> None:
         raise NeuraldaError(f"{where}: the weights do not match the model (missing {sorted(set(missing) - tied)})")
 
 
+def read_epoch_rows(path: Path) -> list[dict]:
+    """The rows of a JSONL file of per-epoch records (metrics, samples); a torn line from a killed run is skipped."""
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and isinstance(row.get("epoch"), int):
+            rows.append(row)
+    return rows
+
+
 @dataclass
 class Run:
     """An opened run directory: its config and vocabulary; models are loaded on demand."""
@@ -138,19 +153,8 @@ class Run:
         return model.to(device).eval(), meta
 
     def metrics(self) -> list[dict]:
-        """The rows of ``metrics.jsonl``, one per epoch trained (a torn last line from a killed run is skipped)."""
-        path = self.path / "metrics.jsonl"
-        if not path.exists():
-            return []
-        rows = []
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                row = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(row, dict) and isinstance(row.get("epoch"), int):
-                rows.append(row)
-        return rows
+        """The rows of ``metrics.jsonl``, one per epoch trained."""
+        return read_epoch_rows(self.path / "metrics.jsonl")
 
     def poems(self, split: str):
         """The run's training or held-out poems (``split`` is "train" or "val")."""

@@ -19,7 +19,15 @@ from .evaluate import autocast, perplexity, token_nll
 from .files import append_line, atomic_write, write_json
 from .generate import write_poems
 from .models import build_model, default_size, recipe
-from .run import FORMAT_VERSION, Run, load_model_tensors, model_tensors, read_checkpoint, save_checkpoint
+from .run import (
+    FORMAT_VERSION,
+    Run,
+    load_model_tensors,
+    model_tensors,
+    read_checkpoint,
+    read_epoch_rows,
+    save_checkpoint,
+)
 from .tokenizer import POEM_END, Vocab, tokenize
 
 SAMPLE_START = "love"  # the seed's blog writes every sample from "love"
@@ -315,10 +323,9 @@ def _stream(run: Run, split: str) -> torch.Tensor:
 
 def _truncate_epochs(path: Path, epoch: int) -> None:
     """Keep each epoch once: drop lines written after the checkpoint a resumed run starts from."""
-    if not path.exists():
-        return
-    keep = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip() and json.loads(ln)["epoch"] <= epoch]
-    atomic_write(path, "".join(ln + "\n" for ln in keep))
+    if path.exists():
+        keep = [row for row in read_epoch_rows(path) if row["epoch"] <= epoch]
+        atomic_write(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in keep))
 
 
 @dataclass

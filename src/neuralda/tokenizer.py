@@ -1,8 +1,9 @@
 """Word-level tokens after got-book-6 and the seed: words, punctuation, line, stanza and poem breaks.
 
 ``tokenize`` turns a poem into tokens, ``detokenize`` writes tokens back as a poem, and ``Vocab`` maps tokens
-to integers. Each punctuation mark is its own token; dashes keep whether the poet spaced them (" --" or "--"),
-so the round trip is lossless for the ways poets write them.
+to integers. Each punctuation mark is its own token, written back with the spacing people use (no space before a
+comma, none after an opening bracket, dashes joined); where the poet spaced a mark otherwise, the token carries the
+space (" --", " -- ", " ,"), so ``detokenize(tokenize(text)) == text`` for any normalised text.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ _WORD = r"[^\W_]+(?:['’\-][^\W_]+)*"
 _DASH = r"-+|[—–―]"
 _TOKEN = re.compile(rf"(?P<word>{_WORD})|(?P<dash>{_DASH})|(?P<mark>\S)")
 _IS_WORD = re.compile(rf"{_WORD}\Z")
+_IS_DASH = re.compile(rf"(?:{_DASH})\Z")
 
 _CLOSE = frozenset(".,;:!?)]}%…”")  # no space before
 _OPEN = frozenset("([{“‘¿¡")  # no space after
@@ -44,18 +46,19 @@ def is_word(token: str) -> bool:
     return bool(_IS_WORD.match(token))
 
 
-def _line_tokens(line: str) -> list[str]:
-    tokens = []
-    for m in _TOKEN.finditer(line):
-        token = m.group()
-        if m.lastgroup == "dash":
-            before = m.start() > 0 and line[m.start() - 1] == " "
-            after = m.end() < len(line) and line[m.end()] == " "
-            if before or (m.start() == 0 and after):
-                token = " " + token  # a spaced dash: " -- "
-            elif after:
-                token += " "  # spaced after only: "him-- forbid"
-        tokens.append(token)
+def _line_tokens(line: str, quotes: dict[str, bool]) -> list[str]:
+    """One line's tokens; where the poet spaced two tokens otherwise than people usually do (``_spacing``), a space
+    on the non-word side of the gap says so: " --" (a space before), "-- " (after), " -- " (both), " ." (a space
+    before a full stop). Words never carry one, so the round trip is lossless for any text."""
+    matches = list(_TOKEN.finditer(line))
+    tokens = [m.group() for m in matches]
+    usual = _spacing(tokens, quotes)
+    for i in range(1, len(tokens)):
+        if (matches[i].start() > matches[i - 1].end()) != usual[i]:
+            if is_word(tokens[i]):  # then the token before is not one: two words always have a space between
+                tokens[i - 1] += " "
+            else:
+                tokens[i] = " " + tokens[i]
     return tokens
 
 
@@ -64,13 +67,14 @@ def tokenize(text: str, keep_case: bool = False, end: bool = True) -> list[str]:
     if not keep_case:
         text = text.lower()
     tokens: list[str] = []
+    quotes = _no_open_quotes()
     for s, stanza in enumerate(text.split("\n\n")):
         if s:
             tokens.append(STANZA)
         for i, line in enumerate(stanza.split("\n")):
             if i:
                 tokens.append(LINE)
-            tokens.extend(_line_tokens(line))
+            tokens.extend(_line_tokens(line, quotes))
     if end:
         tokens.append(POEM_END)
     return tokens
@@ -88,29 +92,25 @@ def _possessive_end(word: str) -> bool:
     return word.endswith("s") or word in _ELIDED_ENDS
 
 
-def _join_line(tokens: Sequence[str], quotes: dict[str, bool]) -> str:
-    """Write one line's tokens with spaces where people put them; ``quotes`` tracks open quotes across lines."""
-    out: list[str] = []
+def _no_open_quotes() -> dict[str, bool]:
+    return {'"': False, "'": False, "_": False}
+
+
+def _spacing(tokens: Sequence[str], quotes: dict[str, bool]) -> list[bool]:
+    """Whether people put a space before each token of a line (never before the first): none before closing marks,
+    none after opening ones, quotes by where they stand, dashes joined. ``quotes`` tracks open quotes across lines."""
+    spaces = []
     glue_next = True  # no space before the first token of a line
     for i, tok in enumerate(tokens):
         nxt = tokens[i + 1] if i + 1 < len(tokens) else ""
-        glue = glue_next
-        glue_next = False
-        if tok.startswith(" ") and len(tok) > 1:  # spaced dash
-            out.append(tok[1:] + " " if glue else tok + " ")
-            glue_next = True
-            continue
-        if tok.endswith(" ") and len(tok) > 1:  # a dash spaced after only
-            out.append(tok)
-            glue_next = True
-            continue
+        glue, glue_next = glue_next, False
         if tok in _CLOSE:
             glue = True
         elif tok in _OPEN:
             glue_next = True
         elif tok in _TOGGLES:
             # A mark at the start of a line opens, one at the end closes; otherwise they alternate.
-            closing = bool(out) and (not nxt or nxt in _CLOSE or quotes[tok])
+            closing = i > 0 and (not nxt or nxt in _CLOSE or quotes[tok])
             if closing:
                 glue = True
             else:
@@ -119,33 +119,42 @@ def _join_line(tokens: Sequence[str], quotes: dict[str, bool]) -> str:
         elif tok in _APOSTROPHES:
             if nxt in _ELISIONS:
                 glue_next = True  # 't is, I 've
-            elif not out:
+            elif i == 0:
                 glue_next = True  # a quote opening the line
                 quotes["'"] = True
             elif quotes["'"] or tok == "’":
                 glue = True  # a closing quote, or a possessive: lovers’
                 quotes["'"] = False
             elif (is_word(nxt) or nxt in _APOSTROPHES) and (
-                _closes_later(tokens, i) or not (out and _possessive_end(tokens[i - 1]))
+                _closes_later(tokens, i) or not _possessive_end(tokens[i - 1])
             ):
                 glue_next = True  # an opening quote
                 quotes["'"] = True
             else:
                 glue = True  # a possessive: lovers' eyes, th' imagination
-        elif len(tok) > 1 and not is_word(tok) or tok.startswith("-") or tok in "—–―":
-            glue = True  # an unspaced dash joins both sides
-            glue_next = True
-        if not glue and out and not out[-1].endswith(" "):
+        elif _IS_DASH.match(tok):
+            glue = glue_next = True  # a dash joins both sides unless the poet spaced it
+        spaces.append(not glue)
+    return spaces
+
+
+def _join_line(tokens: Sequence[str], quotes: dict[str, bool]) -> str:
+    """Write one line's tokens: spaced as people do (``_spacing``) except where a token says otherwise."""
+    marks = [t.strip(" ") or t for t in tokens]
+    usual = _spacing(marks, quotes)
+    out: list[str] = []
+    for i, mark in enumerate(marks):
+        if i and usual[i] != (tokens[i].startswith(" ") or tokens[i - 1].endswith(" ")):
             out.append(" ")
-        out.append(tok)
-    return "".join(out).rstrip()
+        out.append(mark)
+    return "".join(out)
 
 
 def detokenize(tokens: Iterable[str]) -> str:
     """Write tokens back as a poem: lines, stanzas, and punctuation attached as people write it."""
     lines: list[str] = []
     current: list[str] = []
-    quotes = {'"': False, "'": False, "_": False}
+    quotes = _no_open_quotes()
     for tok in tokens:
         if tok in BREAKS:
             lines.append(_join_line(current, quotes))

@@ -98,9 +98,9 @@ def main() -> None:
             device=device, precision=precision, progress=False, save_at=(), hidden=args.hidden, layers=args.layers,
         )
         ours, bare = [], []
+        first = Run.open(train(TrainConfig(output=f"{tmp}/probe", **cfg), log=lambda s: None).run)
+        ids = _stream(first, "train").to(device)
         for r in range(args.rounds):
-            first = Run.open(train(TrainConfig(output=f"{tmp}/probe", **cfg), log=lambda s: None).run) if r == 0 else first
-            ids = _stream(first, "train").to(device)
             bare.append(bare_loop(first, ids, device, precision)[1])
             result = train(TrainConfig(output=f"{tmp}/ours{r}", **cfg), log=lambda s: None)
             ours.append(result.tokens_trained / result.loop_seconds)

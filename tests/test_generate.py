@@ -1,10 +1,12 @@
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 from neuralda import Poet
 from neuralda.errors import NeuraldaError
-from neuralda.generate import SamplingConfig, filter_logits, sample_next, write_poems
+from neuralda.generate import SamplingConfig, filter_logits, poem_generators, sample_next, write_poems
 from neuralda.tokenizer import POEM_END, UNK, Vocab
 
 WORDS = ["love", "sea", "salt", "night", ",", "."]
@@ -91,6 +93,39 @@ def test_top_k_and_top_p():
     assert kept(top_p=0.1) == [True, False, False, False]
 
 
+_SCORE = st.one_of(st.floats(-1e30, 1e30), st.sampled_from([-torch.inf, torch.inf, torch.nan]))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.integers(1, 3).flatmap(
+        lambda b: st.integers(1, 9).flatmap(
+            lambda v: st.lists(st.lists(_SCORE, min_size=v, max_size=v), min_size=b, max_size=b)
+        )
+    ),
+    st.floats(0.01, 10),
+    st.integers(0, 10),
+    st.floats(0.01, 1.0),
+    st.floats(1.0, 10.0),
+    st.integers(0, 2**32),
+)
+def test_any_scores_give_a_distribution_or_a_clear_error(rows, temperature, top_k, top_p, penalty, seed):
+    logits = torch.tensor(rows, dtype=torch.float32)
+    seen = torch.rand(logits.shape, generator=torch.Generator().manual_seed(seed)) < 0.5
+    cfg = SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=penalty)
+    unusable = bool(((logits.isnan() | (logits == torch.inf)).any(-1) | (logits == -torch.inf).all(-1)).any())
+    filtered = filter_logits(logits, cfg, seen)
+    if unusable:
+        with pytest.raises(NeuraldaError, match="no usable next-word probabilities"):
+            sample_next(filtered, poem_generators(seed, len(rows)))
+        return
+    probs = filtered.softmax(-1)
+    assert torch.isfinite(probs).all() and torch.allclose(probs.sum(-1), torch.ones(len(rows)))
+    picks = sample_next(filtered, poem_generators(seed, len(rows)))
+    assert (probs[torch.arange(len(rows)), picks] > 0).all()
+    assert torch.isfinite(logits[torch.arange(len(rows)), picks]).all()
+
+
 def test_temperature_sharpens():
     logits = torch.tensor([[1.0, 0.0]])
     cold = filter_logits(logits, SamplingConfig(temperature=0.5)).softmax(-1)[0, 0]
@@ -139,7 +174,7 @@ def test_repetition_penalty_makes_repeats_rarer():
     logits = torch.tensor([[2.0, 1.0, -1.0]])
     seen = torch.tensor([[True, False, True]])
     out = filter_logits(logits, SamplingConfig(temperature=1.0, top_p=1.0, repetition_penalty=2.0), seen)
-    assert out.tolist() == [[1.0, 1.0, -2.0]]
+    assert torch.allclose(out.softmax(-1), torch.tensor([[1.0, 1.0, -2.0]]).softmax(-1))  # logits up to a shift
 
 
 def test_no_empty_lines(tiny_run):

@@ -48,12 +48,13 @@ class SamplingConfig:
 
 def filter_logits(logits: torch.Tensor, cfg: SamplingConfig, seen: torch.Tensor | None = None) -> torch.Tensor:
     """Repetition penalty on ``seen`` tokens, temperature, then top-k, then top-p (nucleus, Holtzman et al. 2020)
-    on ``(B, V)`` logits."""
+    on ``(B, V)`` logits. Each row keeps at least its likeliest token."""
     logits = logits.float()
     if seen is not None and cfg.repetition_penalty != 1.0:
         p = cfg.repetition_penalty
         logits = torch.where(seen, torch.where(logits > 0, logits / p, logits * p), logits)
-    logits = logits / cfg.temperature
+    # Shifted so the largest is 0 (the same distribution): a low temperature can then never overflow to +inf.
+    logits = (logits - logits.amax(-1, keepdim=True).clamp(min=torch.finfo(torch.float32).min)) / cfg.temperature
     if 0 < cfg.top_k < logits.size(-1):
         kth = torch.topk(logits, cfg.top_k, dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, -torch.inf)
@@ -66,7 +67,16 @@ def filter_logits(logits: torch.Tensor, cfg: SamplingConfig, seen: torch.Tensor 
 
 
 def sample_next(logits: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:
-    """One token per row, drawn from softmax(logits) with that row's generator (inverse-CDF sampling)."""
+    """One token per row, drawn from softmax(logits) with that row's generator (inverse-CDF sampling).
+
+    A row with a NaN or +inf score, or with every token blocked, has no distribution to draw from: an error.
+    """
+    usable = (logits < torch.inf).all(-1) & (logits > -torch.inf).any(-1)  # NaN fails both comparisons
+    if not bool(usable.all()):
+        raise NeuraldaError(
+            "the model gave no usable next-word probabilities (NaN or infinite scores, or every word blocked): "
+            "is the checkpoint damaged?"
+        )
     probs = logits.float().softmax(-1)
     cdf = probs.cumsum(-1)
     u = torch.cat([torch.rand(1, generator=g, dtype=torch.float64) for g in generators]).to(cdf.device)

@@ -203,7 +203,7 @@ class PoetLSTM(_StackedLSTM):
 
     def summary_rows(self) -> list[SummaryRow]:
         rows = super().summary_rows()
-        name, shape, _ = rows[-1]
+        _, shape, _ = rows[-1]
         rows[-1] = ("dense (Dense, tied)", shape, self.decoder.bias.numel())  # its weight is the embedding
         return rows
 

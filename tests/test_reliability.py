@@ -1,11 +1,15 @@
 """A training run killed with SIGKILL at random moments, ten times, then resumed, finishes like any other."""
 
 import json
+import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
 import time
+
+import pytest
 
 from neuralda.run import Run
 
@@ -47,3 +51,92 @@ def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, c
     run = Run.open(out)
     _, meta = run.load_model("last")
     assert meta["epoch"] == epochs[-1] < 5  # the checkpoint of the last epoch that ended with a number
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 8 MB file system (tmpfs), so a full disk is the kernel's ENOSPC, not a simulation."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(disk)], capture_output=True, text=True)
+    if mounted.returncode:
+        pytest.skip(f"cannot mount a small file system here (needs root): {mounted.stderr.strip()}")
+    yield disk
+    subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def fill(disk, leave: int) -> None:
+    """Fill ``disk`` until only about ``leave`` bytes are free."""
+    with open(disk / "filler", "wb") as f:
+        try:
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+        except OSError:
+            pass
+    free = shutil.disk_usage(disk).free
+    os.truncate(disk / "filler", max(0, os.path.getsize(disk / "filler") - (leave - free)))
+
+
+def test_a_full_disk_while_saving_keeps_the_previous_checkpoint(small_disk, corpus_file):
+    out = small_disk / "run"
+    args = ["--hidden", "32", "--layers", "1", "--batch-size", "8", "--seq-len", "16", "--precision", "fp32", "-q"]
+    first = subprocess.run([sys.executable, "-m", "neuralda", "train", str(corpus_file), "-o", str(out), "--epochs", "1",
+                            *args], capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr
+    before = {p.name: p.read_bytes() for p in (out / "checkpoints").iterdir()}
+    fill(small_disk, leave=(out / "checkpoints" / "best.safetensors").stat().st_size // 2)
+
+    full = subprocess.run([sys.executable, "-m", "neuralda", "train", "--resume", "-o", str(out), "--epochs", "3", *args],
+                          capture_output=True, text=True)
+    assert full.returncode == 2 and "Traceback" not in full.stderr
+    last = full.stderr.strip().splitlines()[-1]
+    assert last.startswith("neuralda: error:") and "No space left on device" in last and "untouched" in last
+    assert {p.name: p.read_bytes() for p in (out / "checkpoints").iterdir()} == before  # no torn or temporary file
+    assert Run.open(out).load_model("last")[1]["epoch"] == 1
+
+    (small_disk / "filler").unlink()
+    again = subprocess.run([sys.executable, "-m", "neuralda", "train", "--resume", "-o", str(out), "--epochs", "3", *args],
+                           capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
+    assert [row["epoch"] for row in Run.open(out).metrics()] == [1, 2, 3]
+
+
+def damage_data(run) -> None:
+    """Flip one byte in the tensor data of the best checkpoint (its header stays valid)."""
+    best = run / "checkpoints" / "best.safetensors"
+    raw = bytearray(best.read_bytes())
+    raw[-100] ^= 0xFF
+    best.write_bytes(bytes(raw))
+
+
+def shrink_vocab(run) -> None:
+    vocab = json.loads((run / "vocab.json").read_text())
+    vocab["tokens"] = vocab["tokens"][:-3]
+    (run / "vocab.json").write_text(json.dumps(vocab))
+
+
+def future_format(run) -> None:
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**config, "format_version": 99}))
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (damage_data, "damaged checkpoint (its bytes do not match the checksum"),
+        (shrink_vocab, "the weights do not match the model"),
+        (future_format, "written by a newer neuralda (format 99)"),
+    ],
+)
+def test_files_a_user_did_not_make_are_one_line_and_exit_2(tiny_run, tmp_path, capsys, damage, message):
+    from neuralda.cli import main
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    assert main(["generate", str(run), "--seed", "1", "--words", "5"]) == 0
+    capsys.readouterr()
+    damage(run)
+    assert main(["generate", str(run), "--seed", "1", "--words", "5"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("neuralda: error:") and message in err and len(err.strip().splitlines()) == 1

@@ -361,6 +361,10 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:  # `neuralda generate ... | head`
         return 0
+    except OSError as e:  # the machine's doing (a full disk, no permission), not a bug: one line too
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"neuralda: error: {where}{e.strerror or e}", file=sys.stderr)
+        return 2
     return 0
 
 

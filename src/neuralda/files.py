@@ -8,23 +8,33 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from .errors import NeuraldaError
+
 
 def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder, fsync it, then rename."""
+    """Write ``data`` to ``path`` through a temporary file in the same folder, fsync it, then rename.
+
+    A write that fails (a full disk, no permission) leaves the old file as it was and is a one-line error.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = data.encode("utf-8") if isinstance(data, str) else data
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = ""
     try:
-        # mkstemp makes the file private (0600); give it the mode the file had, or the usual 0644.
-        os.fchmod(fd, path.stat().st_mode & 0o777 if path.exists() else 0o644)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as f:
+            # mkstemp makes the file private (0600); give it the mode the file had, or the usual 0644.
+            os.fchmod(f.fileno(), path.stat().st_mode & 0o777 if path.exists() else 0o644)
             f.write(payload)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as e:
+        if tmp:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            kept = "; the previous file is untouched" if path.exists() else ""
+            raise NeuraldaError(f"{path}: could not write it ({e.strerror or e}){kept}") from None
         raise
 
 

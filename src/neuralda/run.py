@@ -13,6 +13,7 @@ Checkpoints are safetensors with a JSON header: reading them never executes anyt
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from dataclasses import dataclass
@@ -28,12 +29,23 @@ _META_KEY = "neuralda"
 _CHECKPOINT_NAME = re.compile(r"(best|last|epoch-\d+)\Z")
 
 
+def _digest(tensors: dict[str, Any]) -> str:
+    """SHA-256 of the tensors' names and bytes: safetensors has no checksum, and a flipped bit loads silently."""
+    import torch
+
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        h.update(name.encode())
+        h.update(tensors[name].reshape(-1).view(torch.uint8).numpy())
+    return h.hexdigest()
+
+
 def save_checkpoint(path: Path, tensors: dict[str, Any], meta: dict) -> None:
-    """Atomically write ``tensors`` (name -> tensor) and a JSON ``meta`` header."""
+    """Atomically write ``tensors`` (name -> tensor) and a JSON ``meta`` header with their checksum."""
     from safetensors.torch import save
 
     data = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-    atomic_write(path, save(data, metadata={_META_KEY: json.dumps(meta)}))
+    atomic_write(path, save(data, metadata={_META_KEY: json.dumps({**meta, "sha256": _digest(data)})}))
 
 
 def read_checkpoint(path: Path) -> tuple[dict[str, Any], dict]:
@@ -50,6 +62,8 @@ def read_checkpoint(path: Path) -> tuple[dict[str, Any], dict]:
         raise NeuraldaError(f"{path}: no such checkpoint") from None
     except Exception as e:  # safetensors raises its own error types for truncated or corrupted files
         raise NeuraldaError(f"{path}: damaged checkpoint ({type(e).__name__}: {e})".splitlines()[0]) from None
+    if not isinstance(meta, dict) or meta.get("sha256", _digest(tensors)) != _digest(tensors):
+        raise NeuraldaError(f"{path}: damaged checkpoint (its bytes do not match the checksum saved with it)")
     return tensors, meta
 
 

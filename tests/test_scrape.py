@@ -5,6 +5,7 @@ from __future__ import annotations
 import codecs
 import gzip
 import json
+import random
 import socket
 import threading
 import time
@@ -13,13 +14,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from neuralda import __version__
 from neuralda.corpus import normalize_text, read_corpus
 from neuralda.demo.site import serve, serve_poems
 from neuralda.errors import NeuraldaError
 from neuralda.scrape import ScrapeConfig, list_presets, scrape
-from neuralda.scrape.extract import check_selector
+from neuralda.scrape.extract import check_selector, parse_html, select_line, select_links, select_poem
+from neuralda.scrape.fetch import normalize_url
 from neuralda.scrape.sites import SELECTOR_FIELDS, load_presets
 
 DELAY = 0.05
@@ -54,6 +58,7 @@ class Site:
     routes: dict = field(default_factory=dict)
     hits: list[Hit] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    stop: threading.Event = field(default_factory=threading.Event)  # set when the test ends: stalled routes let go
 
     def respond(self, path, headers):
         with self.lock:
@@ -75,6 +80,24 @@ class Site:
     def poem(self, path, title, lines):
         self.page(path, poem_page(title, lines))
 
+    def never_answer(self, path):
+        """``path`` reads the request and then says nothing until the test ends."""
+
+        def route(headers):
+            self.stop.wait()
+            return 200, {}, b""
+
+        self.routes[path] = route
+
+    def stall_after(self, path, first=b""):
+        """``path`` sends its status, headers and ``first``, then nothing more until the test ends."""
+
+        def body():
+            yield first
+            self.stop.wait()
+
+        self.routes[path] = lambda headers: (200, {"Content-Type": HTML}, body())
+
     def paths(self):
         return [h.path for h in self.hits]
 
@@ -93,6 +116,7 @@ def site():
     with serve(s.respond) as base:
         s.base = base
         yield s
+        s.stop.set()
 
 
 def config(site, tmp_path, start="/", **overrides):
@@ -214,6 +238,72 @@ def test_gzip_response_is_decompressed(site, tmp_path):
     assert records(tmp_path)[0]["text"] == "folded small\nopened whole"
 
 
+@pytest.mark.filterwarnings("error")  # nor a warning on the user's terminal
+def test_malformed_poem_pages_give_a_poem_or_a_clear_skip(site, tmp_path):
+    pages = {
+        "unclosed": b"<html><body><div class='poem'><p>first line<br>second line<p>third line",
+        "misnested": b"<div class='poem'><b><i>one</b> two</i><p>three<div>four</p></div></span></div></div>",
+        "deep": b"<div class='poem'>top" + b"<span><div>" * 3000 + b"bottom",
+        "comment": b"<div class='poem'>kept<!-- never closed <p>lost</p>",
+        "nul": b"<div class='poem'>a\x00b\r\nc</div>",
+        "garbage": random.Random(7).randbytes(4096),
+        "empty": b"",
+        "a-file-name": b"poem.txt",  # what bs4 takes for a file name meant to be opened
+        "no-poem": b"<html><body><p>just a page</p></body></html>",
+    }
+    site.index("/", [f"/{name}" for name in pages])
+    for name, data in pages.items():
+        site.page(f"/{name}", data)
+    summary = scrape(config(site, tmp_path))
+    texts = {r["url"].rsplit("/", 1)[1]: r["text"] for r in records(tmp_path)}
+    assert texts == {
+        "unclosed": "first line\nsecond line\n\nthird line",
+        "misnested": "one two\n\nthree\n\nfour",
+        "deep": "top\n\nbottom",
+        "comment": "kept",
+        "nul": "a\ufffdb c",
+    }
+    skipped = [(url.rsplit("/", 1)[1], reason) for url, reason in summary.failures]
+    no_text = "--body 'div.poem' matched no text"
+    assert skipped == [(name, no_text) for name in ("garbage", "empty", "a-file-name", "no-poem")]
+
+
+# Markup that breaks parsers and decoders: unclosed and misnested tags, comments, entities, odd line ends, links
+# urljoin refuses, and charset labels that Python knows but that cannot decode a page (base64, idna).
+_MARKUP = st.sampled_from(
+    (
+        "<div class='poem'>|</div>|<p>|</p>|<br>|<br/>|<pre>|</pre>|<b><i>|</b>|<!--|-->|<script>|<![CDATA[|<title>"
+        "|<h1>|&amp;|&#0;|&#x110000;|&nbsp;|&|<|>|\t|\r\n|\r|\n|\x00|\u2028|\x0b|\x85|\ufeff"
+        "|<a href='http://[oops'>|<a href='http://[notip]/'>|<base href='http://[::1'>"
+        "|<meta charset='base64'>|<meta charset='idna'>|<meta charset='utf-16'>|<meta charset='punycode'>"
+    ).split("|")
+)
+_CHARSETS = "|utf-8|utf-16|windows-1252|base64|rot13|idna|undefined|punycode|nonsense|\x00".split("|")
+_PAGES = st.one_of(
+    st.text().map(str.encode),
+    st.lists(st.one_of(_MARKUP, st.text(max_size=8)), max_size=40).map(lambda parts: "".join(parts).encode()),
+    st.binary(max_size=400),
+)
+
+
+@pytest.mark.filterwarnings("error")
+@settings(max_examples=200, deadline=None)
+@given(_PAGES, st.sampled_from(_CHARSETS))
+def test_any_page_extracts_without_error_to_clean_text(data, charset):
+    # A page is never the user's mistake, so not even a NeuraldaError: one odd page must not end the whole scrape.
+    soup = parse_html(data, f"text/html; charset={charset}")
+    for css in ("div.poem", "body", "p, pre"):
+        text = select_poem(soup, css)
+        lines = text.split("\n")
+        assert "\r" not in text and "\n\n\n" not in text
+        assert text == "" or (lines[0] and lines[-1])
+        assert all(line == line.strip() for line in lines)
+    title = select_line(soup, "title, h1")
+    assert title == " ".join(title.split())
+    for link in select_links(soup, "a", "http://127.0.0.1/index"):
+        normalize_url(link)
+
+
 # --- being a good guest -------------------------------------------------------------------------------------------
 
 
@@ -258,6 +348,19 @@ def test_robots_txt_5xx_means_stay_away(site, tmp_path):
     with pytest.raises(NeuraldaError, match="robots.txt unavailable"):
         scrape(config(site, tmp_path, retries=1))
     assert set(site.paths()) == {"/robots.txt"}
+
+
+def test_robots_txt_that_never_answers_means_stay_away(site, tmp_path):
+    small_site(site, 2)
+    site.index("/", ["/poems/0"], next_href="/page/2")
+    site.index("/page/2", ["/poems/1"])
+    site.never_answer("/robots.txt")
+    start = time.monotonic()
+    reason = r"robots.txt unavailable \(no complete answer within 0.3 s \(tried once\)\); staying away from 127.0.0.1:"
+    with pytest.raises(NeuraldaError, match=reason):
+        scrape(config(site, tmp_path, start_urls=[site.base + "/", site.base + "/page/2"], timeout=0.3, retries=0))
+    assert time.monotonic() - start < 1.5  # asked once for the host, not once per start page
+    assert site.paths() == ["/robots.txt"]
 
 
 def test_requests_to_a_host_are_at_least_delay_apart(site, tmp_path):
@@ -359,6 +462,27 @@ def test_same_host_redirect_is_followed(site, tmp_path):
     assert records(tmp_path)[0]["text"] == "line one of 0\nline two of 0"
 
 
+def test_redirect_loops_long_chains_and_broken_locations_fail_alone(site, tmp_path):
+    small_site(site, 1)
+    site.index("/", ["/a", "/self", "/chain/0", "/broken", "/poems/0"])
+    site.routes["/a"] = (302, {"Location": "/b"}, b"")
+    site.routes["/b"] = (302, {"Location": f"{site.base}/a"}, b"")
+    site.routes["/self"] = (301, {"Location": "/self#again"}, b"")
+    for i in range(20):
+        site.routes[f"/chain/{i}"] = (307, {"Location": f"/chain/{i + 1}"}, b"")
+    site.routes["/broken"] = (302, {"Location": "http://[oops"}, b"")
+    summary = scrape(config(site, tmp_path))
+    assert summary.poems_written == 1
+    assert [(url.removeprefix(site.base), reason) for url, reason in summary.failures] == [
+        ("/a", f"redirects in a loop (back to {site.base}/a)"),
+        ("/self", f"redirects in a loop (back to {site.base}/self)"),
+        ("/chain/0", "more than 5 redirects"),
+        ("/broken", "redirects to 'http://[oops', not an http(s) URL; not followed"),
+    ]
+    assert site.paths().count("/a") == 1 and site.paths().count("/self") == 1  # a loop is not retried
+    assert "/chain/6" not in site.paths()
+
+
 def test_a_slow_response_is_abandoned_after_timeout(site, tmp_path):
     small_site(site, 2)
 
@@ -378,6 +502,26 @@ def test_a_slow_response_is_abandoned_after_timeout(site, tmp_path):
     assert time.monotonic() - start < 2.5  # neither the 3 s stall nor the 5 s trickle was waited for
     assert summary.poems_written == 1
     assert [reason for _, reason in summary.failures] == ["no complete answer within 0.3 s (tried once)"] * 2
+
+
+def test_a_stalled_body_or_silence_is_abandoned_after_timeout(site, tmp_path):
+    small_site(site, 1)
+    site.index("/", ["/silent", "/headers-only", "/half", "/chunk-trickle", "/poems/0"])
+    site.never_answer("/silent")
+    site.stall_after("/headers-only")
+    site.stall_after("/half", b"<div class='poem'>half a li")
+
+    def chunk_trickle(headers):  # a chunk-size line a byte at a time: every read is quick, the whole never ends
+        body = (time.sleep(0.05) or b"0" for _ in range(200))
+        return 200, {"Content-Type": HTML, "Transfer-Encoding": "chunked"}, body
+
+    site.routes["/chunk-trickle"] = chunk_trickle
+    start = time.monotonic()
+    summary = scrape(config(site, tmp_path, timeout=0.3, retries=0))
+    assert time.monotonic() - start < 2.5  # four pages of at most 0.3 s each, and the rest
+    assert summary.poems_written == 1
+    assert [url.rsplit("/", 1)[1] for url, _ in summary.failures] == ["silent", "headers-only", "half", "chunk-trickle"]
+    assert {reason for _, reason in summary.failures} == {"no complete answer within 0.3 s (tried once)"}
 
 
 def test_oversized_pages_are_abandoned(site, tmp_path):
@@ -446,6 +590,27 @@ def test_max_pages_limits_the_index_pages(site, tmp_path):
         site.poem(f"/poems/{i}", f"P{i}", "a line")
     summary = scrape(config(site, tmp_path, max_pages=1))
     assert summary.poems_written == 1 and "/page/2" not in site.paths()
+
+
+def test_an_index_of_ten_thousand_links_stops_at_max_poems(site, tmp_path):
+    links = [f"/poems/{i}" for i in range(10_000)]
+    site.index("/", links)
+    page = (200, {"Content-Type": HTML}, poem_page("One of many", "a line").encode())
+    site.routes.update(dict.fromkeys(links, page))
+    start = time.monotonic()
+    summary = scrape(config(site, tmp_path, max_poems=5))
+    assert time.monotonic() - start < 3.0  # parsing the index is the work; fetching all would take 10,000 delays
+    assert summary.poems_written == 5
+    assert site.paths() == ["/robots.txt", "/"] + links[:5]
+
+
+def test_a_pager_ten_thousand_pages_long_stops_at_max_pages(site, tmp_path):
+    for i in range(10_000):
+        site.index(f"/page/{i}", [f"/poems/{i}"], next_href=f"/page/{i + 1}")
+        site.poem(f"/poems/{i}", f"P{i}", "a line")
+    summary = scrape(config(site, tmp_path, start="/page/0", max_pages=3))
+    assert summary.poems_written == 3
+    assert site.paths() == ["/robots.txt", "/page/0", "/poems/0", "/page/1", "/poems/1", "/page/2", "/poems/2"]
 
 
 def test_output_is_utf8_json_lines_with_the_corpus_fields(site, tmp_path):

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import codecs
 import re
+import warnings
 from urllib.parse import urljoin
 
 import soupsieve
-from bs4 import BeautifulSoup, NavigableString, Tag
+from bs4 import BeautifulSoup, MarkupResemblesLocatorWarning, NavigableString, Tag
 
 from ..corpus import normalize_text
 from ..errors import NeuraldaError
@@ -39,7 +40,9 @@ def _codec(label: str, from_meta: bool = False) -> str | None:
     """Python's codec for a charset label, as browsers read it; None for a label nobody knows."""
     try:
         name = codecs.lookup(label.strip().lower()).name
-    except LookupError:
+        # Python also knows codecs no page is written in (base64, rot13) or that cannot replace a bad byte (idna).
+        b"\x80".decode(name, errors="replace")
+    except (LookupError, UnicodeError, ValueError):  # ValueError: a NUL in the label
         return None
     # WHATWG Encoding: pages labelled Latin-1 or ASCII are really windows-1252 (curly quotes live in 0x80-0x9F) ...
     if name in ("latin-1", "iso8859-1", "ascii"):
@@ -86,7 +89,10 @@ def decode_html(data: bytes, content_type: str = "") -> str:
 
 def parse_html(data: bytes, content_type: str = "") -> BeautifulSoup:
     """The parsed page (lxml), decoded by :func:`decode_html` so lxml never guesses the encoding itself."""
-    return BeautifulSoup(decode_html(data, content_type), "lxml")
+    with warnings.catch_warnings():
+        # A page whose whole text is "poem.txt" or a URL is still a page: bs4's hint about file names is not for us.
+        warnings.simplefilter("ignore", MarkupResemblesLocatorWarning)
+        return BeautifulSoup(decode_html(data, content_type), "lxml")
 
 
 # --- selectors ---------------------------------------------------------------------------------------------------
@@ -106,12 +112,23 @@ def select_links(soup: BeautifulSoup, css: str, page_url: str) -> list[str]:
     base = page_url
     base_tag = soup.find("base", href=True)
     if base_tag is not None:
-        base = urljoin(page_url, str(base_tag["href"]))
+        base = _join(page_url, str(base_tag["href"])) or page_url
     links = []
     for element in soup.select(css):
         anchors = [element] if element.name == "a" and element.has_attr("href") else element.select("a[href]")
-        links.extend(urljoin(base, str(a["href"])) for a in anchors)
+        for anchor in anchors:
+            url = _join(base, str(anchor["href"]))
+            if url is not None:
+                links.append(url)
     return links
+
+
+def _join(base: str, href: str) -> str | None:
+    """``href`` made absolute against ``base``; None for one no browser could follow ("http://[oops")."""
+    try:
+        return urljoin(base, href)
+    except ValueError:
+        return None
 
 
 # --- elements to text --------------------------------------------------------------------------------------------

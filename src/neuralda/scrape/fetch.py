@@ -7,15 +7,17 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import io
 import json
 import re
+import socket
 import time
 import zlib
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from email.message import Message
 from email.utils import parsedate_to_datetime
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 from urllib.parse import quote, unquote, urljoin, urlsplit, urlunsplit
 
@@ -68,13 +70,12 @@ class _Response:
 
 def normalize_url(url: str, base: str | None = None) -> str | None:
     """The absolute http(s) form of ``url``: no fragment, lower-case scheme and host, no default port; else None."""
-    url = urljoin(base, url.strip()) if base else url.strip()
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
     try:
+        parts = urlsplit(urljoin(base, url.strip()) if base else url.strip())
         port = parts.port
-    except ValueError:
+    except ValueError:  # "http://[oops", a port out of range: not a URL anyone can follow
         return None
+    scheme = parts.scheme.lower()
     if scheme not in _DEFAULT_PORTS or not parts.hostname:
         return None
     host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
@@ -224,19 +225,49 @@ def write_cached(cache_dir: Path, url: str, page: Page) -> None:
 # --- one HTTP exchange -------------------------------------------------------------------------------------------
 
 
-def _set_timeout(sock, deadline: float) -> None:
-    remaining = deadline - time.monotonic()
-    if remaining <= 0:
-        raise TimeoutError
-    sock.settimeout(remaining)
+class _DeadlineReader(io.RawIOBase):
+    """A socket's reads, each given only the time left before ``deadline``.
+
+    A socket timeout bounds one read, not a response: a server sending a byte now and then would never trip it.
+    """
+
+    def __init__(self, sock: socket.socket, deadline: float):
+        super().__init__()
+        # A file, not the bare socket: http.client closes the socket after the headers, and only an open file of it
+        # keeps it from really closing before the body is read.
+        self._file = sock.makefile("rb", buffering=0)
+        self._sock, self._deadline = sock, deadline
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview) -> int | None:
+        remaining = self._deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError
+        self._sock.settimeout(remaining)
+        return self._file.readinto(buffer)
+
+    def close(self) -> None:
+        self._file.close()
+        super().close()
+
+
+class _DeadlineResponse(http.client.HTTPResponse):
+    """A response whose status line, headers and body all arrive before one deadline, or raise TimeoutError."""
+
+    def __init__(self, sock: socket.socket, *args, deadline: float, **kwargs):
+        super().__init__(sock, *args, **kwargs)
+        self.fp.close()  # http.client's plain file of the socket: every read must go through the deadline instead
+        self.fp = io.BufferedReader(_DeadlineReader(sock, deadline))
 
 
 def _too_big(url: str) -> FetchError:
     return FetchError(url, f"larger than {MAX_PAGE_BYTES // (1024 * 1024)} MB; abandoned")
 
 
-def _read_body(resp: http.client.HTTPResponse, sock, deadline: float, url: str) -> bytes:
-    """Read at most MAX_PAGE_BYTES (raw and decompressed) before ``deadline``; stop early rather than read it all."""
+def _read_body(resp: http.client.HTTPResponse, url: str) -> bytes:
+    """Read at most MAX_PAGE_BYTES (raw and decompressed); stop early rather than read it all."""
     length = (resp.getheader("Content-Length") or "").strip()
     if length.isdigit() and int(length) > MAX_PAGE_BYTES:
         raise _too_big(url)
@@ -249,7 +280,6 @@ def _read_body(resp: http.client.HTTPResponse, sock, deadline: float, url: str) 
         raise FetchError(url, f"unsupported Content-Encoding {encoding!r}")
     parts, raw_size, size = [], 0, 0
     while True:
-        _set_timeout(sock, deadline)
         chunk = resp.read1(_READ_CHUNK)
         if not chunk:
             break
@@ -276,8 +306,8 @@ def _http_get(url: str, user_agent: str, timeout: float) -> _Response:
     """One GET of ``url``, the whole exchange within ``timeout`` seconds."""
     parts = urlsplit(url)
     connection = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
-    deadline = time.monotonic() + timeout
     conn = connection(parts.hostname, parts.port, timeout=timeout)
+    conn.response_class = partial(_DeadlineResponse, deadline=time.monotonic() + timeout)
     headers = {
         "User-Agent": user_agent,
         "Accept": "text/html,application/xhtml+xml;q=0.9,text/plain;q=0.8,*/*;q=0.5",
@@ -287,10 +317,8 @@ def _http_get(url: str, user_agent: str, timeout: float) -> _Response:
     resp = None
     try:
         conn.request("GET", urlunsplit(("", "", parts.path or "/", parts.query, "")), headers=headers)
-        sock = conn.sock  # kept: getresponse() may hand the socket over to the response and forget it
-        _set_timeout(sock, deadline)
         resp = conn.getresponse()
-        body = _read_body(resp, sock, deadline, url)
+        body = _read_body(resp, url)
         return _Response(url=url, status=resp.status, headers=resp.headers, body=body)
     except TimeoutError:
         raise _Retryable(f"no complete answer within {timeout:g} s") from None
@@ -397,14 +425,21 @@ class Fetcher:
         raise FetchError(url, f"{reason} (tried {tries})")
 
     def _get_following_redirects(self, url: str, check_robots: bool) -> _Response:
+        visited: set[str] = set()
         for _ in range(MAX_REDIRECTS + 1):
+            visited.add(url)
             resp = self._get_once(url)
             location = resp.headers.get("Location")
             if resp.status not in REDIRECTS or not location:
                 return resp
             target = normalize_url(location, base=url)
-            if target is None or host_of(target) != host_of(url):
+            if target is None:
+                raise FetchError(url, f"redirects to {location!r}, not an http(s) URL; not followed")
+            if host_of(target) != host_of(url):
                 raise FetchError(url, f"redirects to another host ({location}); not followed")
+            if target in visited:
+                # We send no cookies, so coming back to a URL means the same answer again: stop now, not after 5.
+                raise FetchError(url, f"redirects in a loop (back to {target})")
             if check_robots:
                 self._check_robots(target)
             url = target

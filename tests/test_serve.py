@@ -17,7 +17,7 @@ import uvicorn
 from neuralda.errors import NeuraldaError
 from neuralda.generate import SamplingConfig, write_poems
 from neuralda.run import Run
-from neuralda.serve import MAX_BODY, create_app, listen
+from neuralda.serve import MAX_BODY, Batcher, create_app, listen
 from neuralda.train import TrainConfig, train
 
 LOVE_LINES = [
@@ -160,6 +160,78 @@ def test_concurrent_requests_equal_the_same_requests_alone(client):
     assert [r.status_code for r in together] == [200] * 16
     assert [r.json()["poem"] for r in together] == alone
     assert len(set(alone)) > 1
+
+
+def test_batcher_writes_waiting_jobs_together_and_answers_each_its_own():
+    calls: list[list[int]] = []
+    running = threading.Event()
+
+    def work(seeds):
+        calls.append(list(seeds))
+        running.set()
+        time.sleep(0.2)  # jobs that come meanwhile wait for the next batch
+        if 13 in seeds:
+            raise NeuraldaError("unlucky")
+        return [f"poem {s}" for s in seeds]
+
+    batcher = Batcher(max_batch=4)
+    with ThreadPoolExecutor(12) as pool:
+        first = pool.submit(batcher.submit, "key", 0, work)
+        running.wait()
+        rest = [pool.submit(batcher.submit, "key", s, work) for s in range(1, 10)]
+        other = pool.submit(batcher.submit, "other key", 99, work)
+        assert first.result() == "poem 0" and [f.result() for f in rest] == [f"poem {s}" for s in range(1, 10)]
+        assert other.result() == "poem 99"
+        assert sorted(len(c) for c in calls) == [1, 1, 1, 4, 4]  # 0 alone, 99 alone, then 1-9 in batches of 4, 4, 1
+        running.clear()
+        alone = pool.submit(batcher.submit, "key", 11, work)
+        running.wait()
+        failed = [pool.submit(batcher.submit, "key", s, work) for s in (12, 13)]  # one batch: both get its error
+        assert alone.result() == "poem 11"
+        for f in failed:
+            with pytest.raises(NeuraldaError, match="unlucky"):
+                f.result()
+    assert batcher.waiting == {}
+
+
+def test_a_slow_poem_holds_up_no_other_request(client, monkeypatch):
+    import neuralda.serve
+
+    def slow_when_cold(model, vocab, start, words, n, sampling, seeds):
+        if sampling.temperature == 0.5:
+            time.sleep(1.5)
+        return write_poems(model, vocab, start, words, n, sampling, seeds)
+
+    monkeypatch.setattr(neuralda.serve, "write_poems", slow_when_cold)
+    with ThreadPoolExecutor(2) as pool:
+        slow = pool.submit(write, client, words=20, temperature=0.5, seed=1)
+        time.sleep(0.3)
+        t0 = time.perf_counter()
+        assert client.get("/api/models").status_code == 200
+        assert write(client, words=20, temperature=0.9, seed=2).status_code == 200
+        assert time.perf_counter() - t0 < 1.0 and not slow.done()
+        assert slow.result().status_code == 200
+
+
+def test_the_longest_poem_asked_for_is_bounded(client):
+    r = write(client, words=500, seed=3)
+    assert r.status_code == 200 and r.json()["words"] <= 500
+
+
+def rss_mb() -> float:
+    return int(Path("/proc/self/status").read_text().split("VmRSS:")[1].split()[0]) / 1024
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads resident memory from /proc (Linux)")
+def test_a_bounded_load_gives_no_error_and_no_memory_growth(client):
+    bodies = [{"words": 40, "seed": s, "temperature": 0.7 + (s % 3) / 10} for s in range(480)]
+    with ThreadPoolExecutor(8) as pool:
+        warm = list(pool.map(lambda b: write(client, **b).status_code, bodies[:160]))
+        before = rss_mb()
+        rest = list(pool.map(lambda b: write(client, **b).status_code, bodies[160:]))
+    grown = rss_mb() - before
+    assert warm + rest == [200] * len(bodies)
+    assert grown < 10, f"resident memory grew by {grown:.1f} MB over {len(rest)} requests"
 
 
 def test_unknown_start_word_names_close_words(client):

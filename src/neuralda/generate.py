@@ -13,7 +13,7 @@ import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import torch
 
@@ -84,9 +84,13 @@ def sample_next(logits: torch.Tensor, generators: list[torch.Generator]) -> torc
     return idx.clamp_(max=logits.size(-1) - 1)
 
 
-def poem_generators(seed: int, n: int) -> list[torch.Generator]:
-    """Poem ``i`` of a call with ``seed`` draws from seed ``seed + i``: it is the poem ``seed + i`` writes alone."""
-    return [torch.Generator().manual_seed((seed + i) % 2**63) for i in range(n)]
+def poem_generators(seed: int | Sequence[int], n: int) -> list[torch.Generator]:
+    """One generator per poem: poem ``i`` of a call with ``seed`` draws from seed ``seed + i``, so it is the poem
+    ``seed + i`` writes alone; a list gives each poem its own seed."""
+    seeds = [seed + i for i in range(n)] if isinstance(seed, int) else list(seed)
+    if len(seeds) != n:
+        raise NeuraldaError(f"{len(seeds)} seeds for {n} poems")
+    return [torch.Generator().manual_seed(s % 2**63) for s in seeds]
 
 
 def start_tokens(start: str, vocab: Vocab) -> list[str]:
@@ -188,15 +192,16 @@ def write_poems(
     words: int = 120,
     n: int = 1,
     sampling: SamplingConfig | None = None,
-    seed: int | None = None,
+    seed: int | Sequence[int] | None = None,
     lines: int = 0,
     form: str = "free",
     guard: CopyGuard | None = None,
 ) -> list[tuple[str, bool]]:
     """``n`` poems written at once from ``start``: (poem text, whether it ended by itself).
 
-    A poem stops at ``<poembreak>``, after ``words`` words or after ``lines`` lines (0: no limit); ``form`` sets
-    the lines per stanza; ``guard`` blocks every word that would copy a run of words from the training poems.
+    Poem ``i`` draws from seed ``seed + i`` (or ``seed[i]`` for a list; none: a random seed). A poem stops at
+    ``<poembreak>``, after ``words`` words or after ``lines`` lines (0: no limit); ``form`` sets the lines per
+    stanza; ``guard`` blocks every word that would copy a run of words from the training poems.
     """
     sampling = sampling or SamplingConfig()
     sampling.check()

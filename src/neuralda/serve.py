@@ -1,8 +1,10 @@
 """``neuralda serve``: a page for writing poems with trained runs, and the JSON API behind it.
 
 The page (``static/``) is plain HTML, CSS and JavaScript. Each model is loaded once per (run, checkpoint) and only
-read after that; poems are written in a thread pool, so requests are served at once, each drawing from its own
-random generator (``write_poems``). Only the runs and checkpoints named at start can be asked for: a request names
+read after that. Requests that arrive while poems like theirs are being written (same model, start, length and
+sampling) are written together in the next batched pass (``Batcher``): writing is a Python loop over tokens that
+holds the GIL, so side-by-side passes would only take turns. Each poem draws from its own seed, so a poem is the
+same whatever it was batched with. Only the runs and checkpoints named at start can be asked for: a request names
 them, never a path.
 """
 
@@ -13,6 +15,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Callable, Hashable, Sequence
 
 import torch
 from fastapi import FastAPI, HTTPException, Request
@@ -31,6 +34,7 @@ from .train import SAMPLE_START
 MAX_BODY = 16 * 1024  # bytes; a request is a few short fields
 MAX_WORDS = 500
 MAX_START = 200  # characters
+MAX_BATCH = 32  # poems written in one pass
 
 
 class GenerateRequest(BaseModel):
@@ -141,6 +145,70 @@ def open_served(path: str) -> ServedRun:
     return served
 
 
+@dataclass
+class _Job:
+    seed: int
+    wake: threading.Event = field(default_factory=threading.Event)
+    lead: bool = False  # this request's thread writes the next batch
+    done: bool = False
+    result: object = None
+    error: BaseException | None = None
+
+
+class Batcher:
+    """Jobs with the same key that wait at the same time are done in one call of ``work(seeds)``.
+
+    No timer: the first job of a key runs at once, alone; jobs that come while it runs wait, and the next batch
+    takes them all (up to ``max_batch``). The thread that runs a batch hands the next one to a waiting job's thread
+    as soon as its own job is done, so no request waits for work that is not its own for longer than one batch.
+    """
+
+    def __init__(self, max_batch: int = MAX_BATCH) -> None:
+        self.max_batch = max_batch
+        self.lock = threading.Lock()
+        self.waiting: dict[Hashable, list[_Job]] = {}  # a key is here while a batch of it is being done
+
+    def submit(self, key: Hashable, seed: int, work: Callable[[Sequence[int]], Sequence]):
+        """The result for ``seed``: ``work([..., seed, ...])[its index]``; ``work``'s error is raised here too."""
+        job = _Job(seed)
+        with self.lock:
+            if key in self.waiting:
+                self.waiting[key].append(job)
+            else:
+                self.waiting[key] = [job]
+                job.lead = True
+        while not job.done:
+            if not job.lead:
+                job.wake.wait()
+                job.wake.clear()
+                continue
+            with self.lock:
+                batch = self.waiting[key][: self.max_batch]
+                del self.waiting[key][: self.max_batch]
+            try:
+                results, error = work([j.seed for j in batch]), None
+            except BaseException as e:  # every job of the batch answers with it
+                results, error = [None] * len(batch), e
+            for j, result in zip(batch, results):
+                j.result, j.error, j.done = result, error, True
+                if j is not job:
+                    j.wake.set()
+            with self.lock:
+                job.lead = False
+                if self.waiting[key]:
+                    follower = self.waiting[key][0]
+                    if job.done:
+                        follower.lead = True
+                        follower.wake.set()
+                    else:
+                        job.lead = True
+                else:
+                    del self.waiting[key]
+        if job.error is not None:
+            raise job.error
+        return job.result
+
+
 class BodyLimit:
     """ASGI middleware: a request body over ``limit`` bytes gets 413 before the app reads any of it."""
 
@@ -207,6 +275,7 @@ def create_app(run_dirs: list[str]) -> FastAPI:
         if s.info.name in served:
             raise NeuraldaError(f"two runs are named {s.info.name!r}; serve runs whose folders have different names")
         served[s.info.name] = s
+    batcher = Batcher()
     app = FastAPI(
         title="neuralda",
         version=__version__,
@@ -249,7 +318,11 @@ def create_app(run_dirs: list[str]) -> FastAPI:
         sampling = SamplingConfig(temperature=req.temperature, top_k=req.top_k, top_p=req.top_p)
         started = time.perf_counter()
         try:
-            poem, ended = write_poems(model, s.run.vocab, req.start, req.words, 1, sampling, seed)[0]
+            poem, ended = batcher.submit(
+                (name, checkpoint, req.start, req.words, req.temperature, req.top_k, req.top_p),
+                seed,
+                lambda seeds: write_poems(model, s.run.vocab, req.start, req.words, len(seeds), sampling, seeds),
+            )
         except NeuraldaError as e:  # a start word the model does not know: the message names close ones
             raise HTTPException(422, str(e)) from None
         ms = (time.perf_counter() - started) * 1000

@@ -1,11 +1,24 @@
 import json
 import subprocess
 import sys
+import unicodedata
 
 import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 
 from conftest import make_poems, write_jsonl
-from neuralda.corpus import Poem, corpus_stats, import_files, normalize_text, read_corpus, split_poems, write_corpus
+from neuralda.corpus import (
+    FORMATS,
+    Poem,
+    corpus_stats,
+    decode_bytes,
+    import_files,
+    normalize_text,
+    read_corpus,
+    split_poems,
+    write_corpus,
+)
 from neuralda.errors import NeuraldaError
 
 
@@ -132,3 +145,135 @@ def test_cli_bad_corpus_is_one_line_and_exit_2(tmp_path, content):
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and result.stderr.startswith("neuralda: error:")
     assert "Traceback" not in result.stderr
+
+
+# --- properties: any text cleans to what normalize_text promises; any file imports as clean poems or a user error ---
+
+# Any code point (lone surrogates too), with the pieces of mojibake, line ends and controls ftfy and we look at.
+_TRICKY = "Ãƒâ€™Â©é\xa0\t\n\r\x00\x0b\x0c\u0301\u2028\x85\x93\x1c\x1b\ufeff\u200b\x9d\x81Å“\ud800"
+_CHARS = st.one_of(st.characters(), st.sampled_from(_TRICKY))
+
+
+def _misread(text: str, codec: str) -> str:
+    """``text``'s UTF-8 read as ``codec``: the mojibake ftfy repairs."""
+    return text.encode("utf-8", "surrogatepass").decode(codec, "replace")
+
+
+_TEXTS = st.one_of(st.text(_CHARS), st.builds(_misread, st.text(_CHARS), st.sampled_from(["latin-1", "cp1252"])))
+
+
+def assert_clean(text: str) -> None:
+    """What normalize_text promises of its result."""
+    assert "\r" not in text and "\x00" not in text
+    assert not [c for c in text if unicodedata.category(c) in ("Cc", "Cs") and c != "\n"]
+    assert text == text.strip("\n") and "\n\n\n" not in text  # no blank line at either end, one between stanzas
+    assert all(line == " ".join(line.split()) for line in text.split("\n"))  # single spaces, none at the ends
+    assert unicodedata.is_normalized("NFC", text)
+    assert normalize_text(text) == text
+
+
+@settings(max_examples=150, deadline=None)
+@given(_TEXTS)
+# ftfy's repairs uncovered more to repair, or our tidying did: each of these took two cleanings to settle.
+@example("Ã\t©")
+@example("Â\t0")
+@example("Â Â\x1b\x80")
+@example("\x80\rÀµ")
+@example("\x80\r\x80¨")
+@example("e\x00\u0301")
+def test_normalize_text_is_clean_and_idempotent(text):
+    assert_clean(normalize_text(text))
+
+
+def _jsonl_bytes(rows: list[dict]) -> bytes:
+    return "".join(json.dumps(r) + "\n" for r in rows).encode()
+
+
+_GUTENBERG_PARTS = [
+    "\n\n\n",
+    "*** START OF THE PROJECT GUTENBERG EBOOK X ***\n",
+    "*** END OF THE PROJECT GUTENBERG EBOOK X ***\n",
+    '{"text": "a poem"}\n',
+]
+_FILES = st.one_of(
+    st.binary(),
+    st.text(_CHARS).map(lambda t: t.encode("utf-8", "surrogatepass")),
+    _TEXTS.map(lambda t: t.encode("cp1252", "replace")),
+    st.lists(st.fixed_dictionaries({"text": _TEXTS}, optional={"title": _TEXTS, "author": _TEXTS})).map(_jsonl_bytes),
+    st.lists(st.one_of(st.text(_CHARS), st.sampled_from(_GUTENBERG_PARTS))).map(
+        lambda parts: "".join(parts).encode("utf-8", "surrogatepass")
+    ),
+)
+
+
+def _assert_corpus(poems: list[Poem], tmp_path) -> None:
+    assert poems
+    for poem in poems:
+        assert poem.text
+        assert_clean(poem.text)
+        for field in (poem.title, poem.author, poem.url):
+            assert field == " ".join(field.split())  # one line
+    write_corpus(tmp_path / "out.jsonl", poems)
+    assert read_corpus(tmp_path / "out.jsonl") == poems
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=_FILES, fmt=st.sampled_from(FORMATS))
+def test_any_file_imports_as_clean_poems_or_a_one_line_error(tmp_path, data, fmt):
+    path = tmp_path / "in.txt"
+    path.write_bytes(data)
+    for read in (lambda: import_files([path], fmt), lambda: read_corpus(path)):
+        try:
+            poems = read()
+        except NeuraldaError as e:
+            assert str(e) and "\n" not in str(e)
+            continue
+        _assert_corpus(poems, tmp_path)
+
+
+# --- what the properties found, and the file faults behind them ---
+
+
+def test_a_corpus_written_with_line_separators_in_a_title_reads_back(tmp_path):
+    # json.dumps(ensure_ascii=False) writes U+2028 and U+0085 as they are; str.splitlines() broke the line there.
+    path = tmp_path / "c.jsonl"
+    path.write_text(json.dumps({"title": "a\u2028b", "author": "x\x85y", "text": "one\u2029two"}, ensure_ascii=False))
+    [poem] = read_corpus(path)
+    assert (poem.title, poem.author, poem.text) == ("a b", "xy", "one\ntwo")
+    write_corpus(tmp_path / "out.jsonl", [Poem("a\u2028b", "x\x85y", "love")])
+    assert read_corpus(tmp_path / "out.jsonl")[0].title == "a b"
+
+
+def test_lone_surrogates_and_odd_fields_become_clean_strings(tmp_path):
+    path = tmp_path / "c.jsonl"
+    path.write_text(r'{"text": "bad \ud800 half", "title": "t\udc00", "fetched_at": 5}' + "\n", encoding="utf-8")
+    [poem] = read_corpus(path)
+    assert (poem.text, poem.title, poem.fetched_at) == ("bad \ufffd half", "t\ufffd", "5")
+    write_corpus(tmp_path / "out.jsonl", [poem])  # encodable as UTF-8
+    assert read_corpus(tmp_path / "out.jsonl") == [poem]
+
+
+@pytest.mark.parametrize(
+    "text, encoding",
+    [
+        ("el corazón del río\ndéjà vu — “quoted”", "cp1252"),  # charset_normalizer alone said cp1250: "déjŕ"
+        ("Minha terra tem palmeiras, onde canta o sabiá;\nas aves que aqui gorjeiam não gorjeiam como lá.", "cp1252"),
+        ("Demain, dès l'aube, à l'heure où blanchit la campagne,\nJe partirai.", "cp1252"),
+        ("Litwo! Ojczyzno moja! ty jesteś jak zdrowie.\nIle cię trzeba cenić, kto cię stracił.", "cp1250"),
+        ("Я помню чудное мгновенье:\nПередо мной явилась ты,", "cp1251"),
+        ("床前明月光，疑是地上霜。\n举头望明月，低头思故乡。", "gbk"),
+    ],
+)
+def test_legacy_encodings_are_read(text, encoding):
+    assert decode_bytes(text.encode(encoding), "f.txt") == text
+
+
+def test_gutenberg_end_before_start_is_not_the_end(tmp_path):
+    path = tmp_path / "pg.txt"
+    path.write_text(
+        "Note: *** END OF THE PROJECT GUTENBERG EBOOK *** marks the end\n"
+        "*** END OF THE PROJECT GUTENBERG EBOOK X ***\n*** START OF THE PROJECT GUTENBERG EBOOK X ***\n"
+        "A poem\n*** END OF THE PROJECT GUTENBERG EBOOK X ***\n",
+        encoding="utf-8",
+    )
+    assert [p.text for p in import_files([path], "gutenberg")] == ["A poem"]

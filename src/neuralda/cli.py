@@ -54,6 +54,8 @@ def _config(cls, args: argparse.Namespace, **given):
 def cmd_corpus_import(args: argparse.Namespace) -> None:
     from .corpus import import_files, write_corpus
 
+    if Path(args.output).exists() and not args.force:
+        raise NeuraldaError(f"{args.output} already exists; choose another -o, or add --force to replace it")
     poems = import_files(args.files, args.format, args.author)
     write_corpus(args.output, poems)
     print(f"wrote {len(poems)} poems to {args.output}", file=sys.stderr)
@@ -224,6 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("-o", "--output", required=True, help="the corpus to write (JSONL)")
     imp.add_argument("--author", help="the author of every poem")
     imp.add_argument("--format", default="auto", choices=("auto", "jsonl", "text", "gutenberg"))
+    imp.add_argument("--force", action="store_true", help="replace the output if it exists (it is read first)")
     imp.set_defaults(func=cmd_corpus_import)
     stats = csub.add_parser("stats", help="poems, lines, words, tokens, vocabulary")
     stats.add_argument("corpus")

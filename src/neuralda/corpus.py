@@ -6,6 +6,7 @@ import codecs
 import json
 import random
 import re
+import unicodedata
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable
@@ -16,6 +17,12 @@ from .files import atomic_write
 FORMATS = ("auto", "jsonl", "text", "gutenberg")
 
 _BLANK_RUN = re.compile(r"\n{3,}")
+# C0 controls but tab, line feed, form feed and carriage return; DEL; the C1 controls ftfy could not read as cp1252.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0e-\x1f\x7f-\x9f]")
+_SURROGATE = re.compile(r"[\ud800-\udfff]")  # half a UTF-16 pair, from a JSON "\ud800" escape: U+FFFD, as ftfy does
+_NOT_ASCII = re.compile(r"[^\x00-\x7f]")
+_CP1252_MARKS = set("\xa0¡¿«»“”‘’–—…°ºª·•©€")  # not letters, but at home in Western European text
+_MOJIBAKE_PASSES = 8  # Hypothesis found no text that needs more than 3; this bounds a pathological one
 _POEM_SEPARATOR = re.compile(r"\n[ \t]*\n(?:[ \t]*\n)+")  # two or more blank lines
 _GUTENBERG_START = re.compile(r"^\*{3}\s*START OF (?:THE|THIS) PROJECT GUTENBERG.*$", re.M | re.I)
 _GUTENBERG_END = re.compile(r"^\*{3}\s*END OF (?:THE|THIS) PROJECT GUTENBERG.*$", re.M | re.I)
@@ -33,12 +40,13 @@ class Poem:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Poem":
+        fetched_at = d.get("fetched_at")
         return cls(
-            title=str(d.get("title") or ""),
-            author=str(d.get("author") or ""),
+            title=_clean_field(d.get("title") or ""),
+            author=_clean_field(d.get("author") or ""),
             text=normalize_text(str(d["text"])),
-            url=str(d.get("url") or d.get("source") or ""),
-            fetched_at=d.get("fetched_at"),
+            url=_clean_field(d.get("url") or d.get("source") or ""),
+            fetched_at=None if fetched_at is None else _clean_field(fetched_at),
         )
 
     def to_dict(self) -> dict:
@@ -46,34 +54,85 @@ class Poem:
 
 
 def normalize_text(text: str) -> str:
-    """Clean a poem: repair mojibake, NFC, ``\\n`` line ends, no stray spaces, one blank line between stanzas."""
+    """Clean a poem: repair mojibake, NFC, ``\\n`` line ends, no stray spaces, one blank line between stanzas.
+
+    The result has no ``\\r``, no control character but ``\\n`` (NUL bytes are dropped), no lone surrogate (each
+    becomes U+FFFD), no blank line at either end, single spaces inside a line and none at its ends; it is NFC, and
+    cleaning it again changes nothing.
+    """
     import ftfy  # imported here: it is only needed when text is cleaned
 
     # ftfy repairs UTF-8 read as cp1252 (the seed's "skyâ€™s"); keep curly quotes and leave entities to the parser.
-    text = ftfy.fix_text(text, uncurl_quotes=False, unescape_html=False, normalization="NFC")
-    text = text.replace("\r\n", "\n").replace("\r", "\n").replace("\x00", "")
-    lines = [" ".join(line.split()) for line in text.split("\n")]
-    text = "\n".join(lines)
-    return _BLANK_RUN.sub("\n\n", text).strip("\n")
+    # A repair or a tidied line can uncover another repair ("Ã\t©" -> "Ã ©" -> "à ©"): repeat until nothing changes.
+    for _ in range(_MOJIBAKE_PASSES):
+        cleaned = _tidy(ftfy.fix_text(text, uncurl_quotes=False, unescape_html=False, normalization="NFC"))
+        if cleaned == text:
+            break
+        text = cleaned
+    return text
+
+
+def _tidy(text: str) -> str:
+    """Line ends, control characters, spaces and blank lines: the cleaning ftfy leaves to us (then NFC again)."""
+    text = _SURROGATE.sub("\ufffd", _CONTROL.sub("", text.replace("\r\n", "\n").replace("\r", "\n")))
+    text = "\n".join(" ".join(line.split()) for line in text.split("\n"))
+    return unicodedata.normalize("NFC", _BLANK_RUN.sub("\n\n", text).strip("\n"))
+
+
+def _clean_field(value: object) -> str:
+    """A title, author or URL as one tidy line; not ftfy's repairs, so a title cut from a line stays as it was cut."""
+    return " ".join(_tidy(str(value)).split())
 
 
 def decode_bytes(data: bytes, name: str) -> str:
-    """Decode a text file: a BOM, then UTF-8, then detection; a binary file is an error."""
+    """Decode a text file: a BOM, then UTF-8, then UTF-8 line by line with the other lines' encoding detected.
+
+    NUL bytes: a few in a text file (a bad copy, a stray keystroke) are dropped, as :func:`normalize_text` drops
+    ``\\u0000`` from JSON; a file more than 1% NUL is binary (or UTF-16 without a BOM) and an error.
+    """
     for bom, encoding in ((codecs.BOM_UTF8, "utf-8"), (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16")):
         if data.startswith(bom):
             return data.decode(encoding, errors="replace").lstrip("\ufeff")
-    if b"\x00" in data[:8192]:
+    if data.count(b"\x00") * 100 > len(data):
         raise NeuraldaError(f"{name}: looks like a binary file, not text")
+    data = data.replace(b"\x00", b"")
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:
         pass
+    # A file pasted together from several sources mixes UTF-8 lines with cp1252 ones: keep each UTF-8 line as it
+    # is and find the encoding of the others, which a guess over the whole file gets wrong.
+    lines = data.splitlines(keepends=True)
+    decoded = [_utf8_or_none(line) for line in lines]
+    encoding = _legacy_encoding(b"".join(line for line, text in zip(lines, decoded) if text is None))
+    if encoding is None:
+        raise NeuraldaError(f"{name}: looks like a binary file, not text")
+    return "".join(line.decode(encoding, "replace") if text is None else text for line, text in zip(lines, decoded))
+
+
+def _legacy_encoding(data: bytes) -> str | None:
+    """cp1252 where ``data`` reads as Western European text in it (under a quarter of its letters accented, no stray
+    symbols); else charset_normalizer's guess, which takes a few lines of Spanish, Portuguese or French for
+    cp1250 or cp1257. None: no encoding fits."""
     from charset_normalizer import from_bytes
 
+    try:
+        text = data.decode("cp1252")
+    except UnicodeDecodeError:
+        text = ""
+    non_ascii = _NOT_ASCII.findall(text)
+    accented = sum(map(str.isalpha, non_ascii))
+    if accented * 4 < sum(map(str.isalpha, text)) and all(c.isalpha() or c in _CP1252_MARKS for c in non_ascii):
+        return "cp1252"
     best = from_bytes(data).best()
-    if best is None:
-        raise NeuraldaError(f"{name}: looks like a binary file, not text")
-    return str(best)
+    return best.encoding if best else None
+
+
+def _utf8_or_none(line: bytes) -> str | None:
+    try:
+        return line.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
 
 
 def _read_bytes(path: str | Path) -> bytes:
@@ -90,7 +149,8 @@ def read_corpus(path: str | Path) -> list[Poem]:
     path = Path(path)
     text = decode_bytes(_read_bytes(path), str(path))
     poems = []
-    for number, line in enumerate(text.splitlines(), 1):
+    # Lines end at "\n" only: JSON strings may hold U+2028 or U+0085, which str.splitlines() would break apart.
+    for number, line in enumerate(text.split("\n"), 1):
         if not line.strip():
             continue
         try:
@@ -123,14 +183,15 @@ def _split_text(text: str, author: str, source: str) -> list[Poem]:
     for chunk in chunks:
         body = normalize_text(chunk)
         if body:
-            poems.append(Poem(title=body.split("\n", 1)[0][:80], author=author, text=body, url=source))
+            poems.append(Poem(title=_clean_field(body.split("\n", 1)[0][:80]), author=author, text=body, url=source))
     return poems
 
 
 def _strip_gutenberg(text: str, name: str) -> str:
-    start, end = _GUTENBERG_START.search(text), _GUTENBERG_END.search(text)
+    start = _GUTENBERG_START.search(text)
     if start is None:
         raise NeuraldaError(f"{name}: no '*** START OF THE PROJECT GUTENBERG' line; try --format text")
+    end = _GUTENBERG_END.search(text, start.end())
     return text[start.end() : end.start() if end else len(text)]
 
 
@@ -144,6 +205,7 @@ def import_files(paths: Iterable[str | Path], fmt: str = "auto", author: str | N
     """Read JSONL, plain-text (poems apart by two or more blank lines) or Project Gutenberg files as poems."""
     if fmt not in FORMATS:
         raise NeuraldaError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    author = _clean_field(author) if author else None
     poems: list[Poem] = []
     for path in paths:
         name = str(path)

@@ -2,6 +2,7 @@
 did), and words/s for many poems written in one batched pass against writing them one by one.
 
     python bench/generate_speed.py [--arch seed] [--vocab 5437] [--words 200] [--n 32] [--device D] [--run RUN]
+                                   [--precision auto|fp32|bf16]
 
 Without ``--run`` the model has the seed's sizes and random weights: speed does not depend on what it learned.
 """
@@ -22,7 +23,7 @@ from neuralda.generate import write_poems  # noqa: E402
 from neuralda.models import build_model, default_size  # noqa: E402
 from neuralda.run import Run  # noqa: E402
 from neuralda.tokenizer import POEM_END, SPECIALS, Vocab, is_word  # noqa: E402
-from neuralda.train import pick_device  # noqa: E402
+from neuralda.train import pick_device, pick_precision  # noqa: E402
 
 
 def synthetic(arch: str, vocab_size: int, device: str):
@@ -68,6 +69,7 @@ def main() -> None:
     p.add_argument("--n", type=int, default=32)
     p.add_argument("--device", default="cpu")
     p.add_argument("--rerun-words", type=int, default=50, help="words written the slow way (it is slow)")
+    p.add_argument("--precision", default="auto", help="auto, fp32 or bf16 (see `neuralda generate --help`)")
     args = p.parse_args()
     device = pick_device(args.device)
     if args.run:
@@ -77,18 +79,23 @@ def main() -> None:
     else:
         model, vocab = synthetic(args.arch, args.vocab, device)
         start = vocab.itos[len(SPECIALS)]
-    write_poems(model, vocab, start, words=5, seed=0)  # warm up
-    seconds, poems = timed(lambda: write_poems(model, vocab, start, words=args.words, n=1, seed=1))
+
+    def write(n: int, seed: int, words: int = args.words):
+        return write_poems(model, vocab, start, words, n, seed=seed, precision=args.precision)
+
+    write(1, 0, words=5)  # warm up
+    seconds, poems = timed(lambda: write(1, 1))
     stateful_ms = seconds * 1000 / max(count_words(poems), 1)
     rerun_ms = rerun_ms_per_word(model, vocab, start, args.rerun_words, device)
-    one_by_one_s, singles = timed(lambda: [write_poems(model, vocab, start, args.words, 1, seed=10 + i)[0] for i in range(min(args.n, 4))])
-    batched_s, batch = timed(lambda: write_poems(model, vocab, start, words=args.words, n=args.n, seed=10))
+    one_by_one_s, singles = timed(lambda: [write(1, 10 + i)[0] for i in range(min(args.n, 4))])
+    batched_s, batch = timed(lambda: write(args.n, 10))
     one_by_one_wps = count_words(singles) / one_by_one_s
     batched_wps = count_words(batch) / batched_s
     report(
         "generate_speed",
         {
             "arch": "run" if args.run else args.arch, "vocab": len(vocab), "device": device, "words": args.words,
+            "precision": pick_precision(args.precision, device),
             "stateful_ms_per_word": round(stateful_ms, 3), "rerun_ms_per_word": round(rerun_ms, 3),
             "stateful_speedup": round(rerun_ms / stateful_ms, 2),
             "n": args.n, "one_by_one_words_per_s": round(one_by_one_wps, 1), "batched_words_per_s": round(batched_wps, 1),

@@ -35,11 +35,31 @@ def test_same_seed_same_poems_other_seed_other_poems(tiny_run):
     assert isinstance(a, str) and a.startswith("love")
 
 
-def test_batched_poems_equal_one_by_one(tiny_run):
-    poet = Poet.load(tiny_run)
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_batched_poems_equal_one_by_one(tiny_run, precision):
+    poet = Poet.load(tiny_run, precision=precision)
     batch = poet.write_many(4, start="the sea", words=30, seed=11, temperature=0.9)
     alone = [poet.write(start="the sea", words=30, seed=11 + i, temperature=0.9) for i in range(4)]
     assert batch == alone
+
+
+def test_bf16_steps_give_the_model_probabilities(tiny_run):
+    from neuralda.models.lstm import BF16Steps
+    from neuralda.run import Run
+
+    run = Run.open(tiny_run)
+    model, _ = run.load_model("best")
+    ids = torch.tensor([run.vocab.encode_poems(p.text for p in run.poems("val"))[:200]] * 2)
+    with torch.no_grad():
+        expected, _ = model(ids)
+        steps, state, got = BF16Steps(model), None, []
+        for t in range(ids.size(1)):
+            logits, state = steps(ids[:, t : t + 1], state)
+            got.append(logits)
+    got = torch.cat(got, 1)
+    nll = [torch.nn.functional.cross_entropy(x[:, :-1].flatten(0, 1), ids[:, 1:].flatten()) for x in (expected, got)]
+    assert (got.softmax(-1) - expected.softmax(-1)).abs().max() < 0.01
+    assert abs(nll[1] / nll[0] - 1) < 0.005  # held-out perplexity within 0.5%
 
 
 def test_stops_after_words():

@@ -103,12 +103,12 @@ def cmd_generate(args: argparse.Namespace) -> None:
     from .generate import Poet, SamplingConfig, write_poems
     from .train import pick_device
 
-    poet = Poet.load(args.run, args.checkpoint, device=pick_device(args.device))
+    poet = Poet.load(args.run, args.checkpoint, device=pick_device(args.device), precision=args.precision)
     seed = int.from_bytes(os.urandom(4), "little") if args.seed is None else args.seed
     sampling = SamplingConfig(args.temperature, args.top_k, args.top_p, args.repetition_penalty)
     poems = write_poems(
         poet.model, poet.vocab, args.start, args.words, args.n, sampling, seed, args.lines, args.form,
-        poet.guard(args.max_copy),
+        poet.guard(args.max_copy), poet.precision,
     )
     _print_poems(poems, args.format, args.start, seed)
 
@@ -300,6 +300,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, help="the same seed writes the same poems")
     g.add_argument("--format", default="text", choices=("text", "markdown", "json"))
     g.add_argument("--device", default="cpu", help="cpu (default), auto, cuda or mps")
+    g.add_argument(
+        "--precision", default="auto", choices=("auto", "fp32", "bf16"),
+        help="auto: bfloat16 weights for an LSTM on a CPU with bf16 units (about 6x faster), else float32",
+    )
     g.set_defaults(func=cmd_generate)
 
     def measure_options(parser: argparse.ArgumentParser) -> None:

@@ -11,6 +11,7 @@ import contextlib
 import difflib
 import os
 import threading
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -141,6 +142,24 @@ class _OneDNNOff:
 _one_token_steps = _OneDNNOff()
 
 
+_bf16_steps: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> (its weights' versions, steps)
+
+
+def writing_steps(model, device: torch.device, precision: str = "auto"):
+    """What writes one token at a time: bfloat16 steps for LSTMs on the CPU where ``precision`` resolves to bf16
+    (``auto``: CPUs with bf16 units; see ``BF16Steps``), else the model itself. Built once per set of weights."""
+    from .models.lstm import BF16Steps, StackedLSTM
+    from .train import pick_precision
+
+    if pick_precision(precision, device.type) != "bf16" or device.type != "cpu" or not isinstance(model, StackedLSTM):
+        return model
+    versions = tuple(p._version for p in model.parameters())  # a model still training changes in place
+    cached = _bf16_steps.get(model)
+    if cached is None or cached[0] != versions:
+        cached = _bf16_steps[model] = versions, BF16Steps(model)
+    return cached[1]
+
+
 class CopyGuard:
     """Blocks every word that would make a poem's last ``n`` words a run of words found in the training poems.
 
@@ -196,12 +215,14 @@ def write_poems(
     lines: int = 0,
     form: str = "free",
     guard: CopyGuard | None = None,
+    precision: str = "auto",
 ) -> list[tuple[str, bool]]:
     """``n`` poems written at once from ``start``: (poem text, whether it ended by itself).
 
     Poem ``i`` draws from seed ``seed + i`` (or ``seed[i]`` for a list; none: a random seed). A poem stops at
     ``<poembreak>``, after ``words`` words or after ``lines`` lines (0: no limit); ``form`` sets the lines per
-    stanza; ``guard`` blocks every word that would copy a run of words from the training poems.
+    stanza; ``guard`` blocks every word that would copy a run of words from the training poems; ``precision``
+    chooses the arithmetic (``writing_steps``).
     """
     sampling = sampling or SamplingConfig()
     sampling.check()
@@ -224,8 +245,11 @@ def write_poems(
     seen[:, [i for i in prime_ids if word_mask[i]]] = True
     stanza, line, end = vocab.stoi[STANZA], vocab.stoi[LINE], vocab.stoi[POEM_END]
     per_stanza = FORMS[form]
+    step = writing_steps(model, device, precision)
     with _one_token_steps(device):
-        logits, state = model(torch.tensor([vocab.encode([POEM_END] + prime)] * n, device=device))
+        state = None
+        for token_id in vocab.encode([POEM_END] + prime):  # read the start one token at a time, as it is written
+            logits, state = step(torch.full((n, 1), token_id, device=device), state)
         logits = logits[:, -1].float().cpu()
         for _ in range(4 * words + 50):  # punctuation and breaks are not words: bound the steps too
             logits[:, vocab.unk] = -torch.inf  # <unk> is never written
@@ -259,7 +283,7 @@ def write_poems(
                 d.done = d.words >= words
             if all(d.done for d in drafts):
                 break
-            logits, state = model(nxt.unsqueeze(1).to(device), state)
+            logits, state = step(nxt.unsqueeze(1).to(device), state)
             logits = logits[:, -1].float().cpu()
     return [(detokenize(d.tokens), d.ended) for d in drafts]
 
@@ -267,19 +291,21 @@ def write_poems(
 class Poet:
     """A trained poet: ``Poet.load("runs/NAME").write(start="love", words=100, temperature=0.9, seed=1)``."""
 
-    def __init__(self, model, vocab: Vocab, name: str = "", training_texts: list[str] | None = None) -> None:
-        self.model, self.vocab, self.name = model, vocab, name
+    def __init__(
+        self, model, vocab: Vocab, name: str = "", training_texts: list[str] | None = None, precision: str = "auto"
+    ) -> None:
+        self.model, self.vocab, self.name, self.precision = model, vocab, name, precision
         self.training_texts = training_texts or []
         self._guards: dict[int, CopyGuard] = {}
 
     @classmethod
-    def load(cls, run_dir: str | Path, checkpoint: str = "best", device: str = "cpu") -> "Poet":
+    def load(cls, run_dir: str | Path, checkpoint: str = "best", device: str = "cpu", precision: str = "auto") -> "Poet":
         from .run import Run
 
         run = Run.open(run_dir)
         model, _ = run.load_model(checkpoint, device=device)
         texts = [p.text for p in run.poems("train")]
-        return cls(model, run.vocab, name=f"{run.name}:{checkpoint}", training_texts=texts)
+        return cls(model, run.vocab, name=f"{run.name}:{checkpoint}", training_texts=texts, precision=precision)
 
     def guard(self, max_copy: int) -> CopyGuard | None:
         """The copy guard for runs of ``max_copy`` words (0: none), built on first use."""
@@ -306,7 +332,8 @@ class Poet:
         copied from the training poems (0: no guard).
         """
         poems = write_poems(
-            self.model, self.vocab, start, words, n, SamplingConfig(**sampling), seed, lines, form, self.guard(max_copy)
+            self.model, self.vocab, start, words, n, SamplingConfig(**sampling), seed, lines, form, self.guard(max_copy),
+            self.precision,
         )
         return [p for p, _ in poems]
 

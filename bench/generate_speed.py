@@ -68,7 +68,7 @@ def main() -> None:
     p.add_argument("--words", type=int, default=200)
     p.add_argument("--n", type=int, default=32)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--rerun-words", type=int, default=50, help="words written the slow way (it is slow)")
+    p.add_argument("--rerun-words", type=int, help="words written the slow way (default: --words)")
     p.add_argument("--precision", default="auto", help="auto, fp32 or bf16 (see `neuralda generate --help`)")
     args = p.parse_args()
     device = pick_device(args.device)
@@ -86,7 +86,7 @@ def main() -> None:
     write(1, 0, words=5)  # warm up
     seconds, poems = timed(lambda: write(1, 1))
     stateful_ms = seconds * 1000 / max(count_words(poems), 1)
-    rerun_ms = rerun_ms_per_word(model, vocab, start, args.rerun_words, device)
+    rerun_ms = rerun_ms_per_word(model, vocab, start, args.rerun_words or args.words, device)
     one_by_one_s, singles = timed(lambda: [write(1, 10 + i)[0] for i in range(min(args.n, 4))])
     batched_s, batch = timed(lambda: write(args.n, 10))
     one_by_one_wps = count_words(singles) / one_by_one_s

@@ -4,7 +4,8 @@
 
 Without RUN, a model is first trained on the bundled demo corpus for one epoch (its size is the default for that
 corpus). The server runs in its own process, as a user runs it. Prints one JSON object (throughput in requests per
-second, client-side latency percentiles, errors) and appends it to bench/results/serve_load.jsonl (see common.py).
+second, client-side latency percentiles, errors, the server's memory and how much it grew under the load after a
+warm-up) and appends it to bench/results/serve_load.jsonl (see common.py).
 """
 
 from __future__ import annotations
@@ -100,6 +101,14 @@ def load(url: str, requests: int, clients: int, body: dict) -> dict:
     }
 
 
+def rss_mb(pid: int) -> float | None:
+    """The resident memory of process ``pid`` (Linux), to show that a long load does not grow it."""
+    status = Path(f"/proc/{pid}/status")
+    if not status.exists():
+        return None
+    return round(int(status.read_text().split("VmRSS:")[1].split()[0]) / 1024, 1)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("runs", nargs="*", help="run directories to serve (default: a demo run trained first)")
@@ -114,8 +123,10 @@ def main() -> None:
         try:
             model = httpx.get(f"{url}/api/models", timeout=30).json()["runs"][0]
             body = {"start": model["start"], "words": args.words, "temperature": 1.0, "top_p": 0.95}
-            httpx.post(f"{url}/api/generate", json={**body, "seed": 0}, timeout=60)  # first poem: warm-up
+            load(url, 4 * args.clients, args.clients, body)  # warm-up: the batch sizes the load will see
+            rss_before = rss_mb(proc.pid)
             result = load(url, args.requests, args.clients, body)
+            rss_after = rss_mb(proc.pid)
         finally:
             proc.terminate()
             proc.wait(10)
@@ -127,10 +138,13 @@ def main() -> None:
             "clients": args.clients,
             "words": args.words,
             **result,
+            "server_rss_mb": rss_after,
+            "server_rss_growth_mb": None if rss_after is None else round(rss_after - rss_before, 1),
             "model": {k: model[k] for k in ("name", "arch", "hidden", "layers", "vocab_size")},
             "cpus": os.cpu_count(),
         },
     )
+
 
 if __name__ == "__main__":
     main()

@@ -62,6 +62,19 @@ def test_bf16_steps_give_the_model_probabilities(tiny_run):
     assert abs(nll[1] / nll[0] - 1) < 0.005  # held-out perplexity within 0.5%
 
 
+def test_bf16_steps_follow_a_model_that_is_still_training(tiny_run):
+    import copy
+
+    poet = Poet.load(tiny_run, precision="bf16")
+    before = poet.write(start="love", words=30, seed=5)
+    for p in poet.model.parameters():
+        p.grad = torch.randn_like(p)
+    torch.optim.SGD(poet.model.parameters(), lr=0.5).step()  # in place, as the trainer's optimizer does
+    after = poet.write(start="love", words=30, seed=5)
+    fresh = Poet(copy.deepcopy(poet.model), poet.vocab, precision="bf16").write(start="love", words=30, seed=5)
+    assert after == fresh != before
+
+
 def test_stops_after_words():
     v = vocab()
     logits = torch.zeros(len(v))

@@ -143,6 +143,7 @@ _one_token_steps = _OneDNNOff()
 
 
 _bf16_steps: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> (its weights' versions, steps)
+_bf16_steps_lock = threading.Lock()  # the web server writes from several threads
 
 
 def writing_steps(model, device: torch.device, precision: str = "auto"):
@@ -154,10 +155,11 @@ def writing_steps(model, device: torch.device, precision: str = "auto"):
     if pick_precision(precision, device.type) != "bf16" or device.type != "cpu" or not isinstance(model, StackedLSTM):
         return model
     versions = tuple(p._version for p in model.parameters())  # a model still training changes in place
-    cached = _bf16_steps.get(model)
-    if cached is None or cached[0] != versions:
-        cached = _bf16_steps[model] = versions, BF16Steps(model)
-    return cached[1]
+    with _bf16_steps_lock:
+        cached = _bf16_steps.get(model)
+        if cached is None or cached[0] != versions:
+            cached = _bf16_steps[model] = versions, BF16Steps(model)
+        return cached[1]
 
 
 class CopyGuard:

@@ -97,13 +97,14 @@ def main() -> None:
             corpus=str(corpus), arch=args.arch, epochs=1, batch_size=args.batch_size, seq_len=args.seq_len,
             device=device, precision=precision, progress=False, save_at=(), hidden=args.hidden, layers=args.layers,
         )
-        ours, bare = [], []
+        ours, bare, val_shares = [], [], []
         first = Run.open(train(TrainConfig(output=f"{tmp}/probe", **cfg), log=lambda s: None).run)
         ids = _stream(first, "train").to(device)
         for r in range(args.rounds):
             bare.append(bare_loop(first, ids, device, precision)[1])
             result = train(TrainConfig(output=f"{tmp}/ours{r}", **cfg), log=lambda s: None)
             ours.append(result.tokens_trained / result.loop_seconds)
+            val_shares.append(sum(row["val_seconds"] for row in Run.open(result.run).metrics()) / result.loop_seconds)
         check = {}
         if args.check_steps and precision == "bf16":
             val = _stream(first, "val")
@@ -120,7 +121,7 @@ def main() -> None:
             "batch_size": c["batch_size"], "seq_len": c["seq_len"], "train_tokens": c["train_tokens"],
             "bare_tokens_per_s": max(bare), "ours_tokens_per_s": max(ours), "ratio": max(ours) / max(bare),
             "bare_rounds": bare, "ours_rounds": ours, "peak_rss_mb": round(peak_rss_mb()),
-            "ours_alone_peak_rss_mb": round(ours_rss), **check,
+            "ours_alone_peak_rss_mb": round(ours_rss), "validation_share": round(max(val_shares), 3), **check,
         },
     )
 

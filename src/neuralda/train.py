@@ -515,10 +515,11 @@ class Trainer:
                 f"the training loss became {train_loss} in epoch {epoch}; the last good checkpoint is kept in "
                 f"{self.run.path / 'checkpoints'} (try a lower --lr)"
             )
-        val_loss = None
+        val_loss, val_start = None, time.monotonic()
         if self.val_ids.numel() > 1:
             nll, count = token_nll(self.model, self.val_ids, self.precision)
             val_loss = nll / count
+        val_seconds = time.monotonic() - val_start
         state["epoch"], state["last_val"] = epoch, val_loss
         state["step"] += batch_count(self.train_ids.numel(), c)
         is_best = val_loss is None or state["best_val"] is None or val_loss < state["best_val"]
@@ -538,6 +539,7 @@ class Trainer:
             "tokens_per_s": round(tokens / train_seconds, 1),
             "lr": self.optimizer.param_groups[0]["lr"],
             "seconds": 0.0,
+            "val_seconds": round(val_seconds, 3),
             "best": is_best,
         }
         if self.dist.main:

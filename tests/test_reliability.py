@@ -14,7 +14,9 @@ import pytest
 from neuralda.run import Run
 
 EPOCHS = 6
-ARGS = ["--epochs", str(EPOCHS), "--hidden", "32", "--layers", "1", "--batch-size", "8", "--seq-len", "16", "-q"]
+# Checkpoints after every epoch: kills then land between them too, and each resume starts mid-run.
+ARGS = ["--epochs", str(EPOCHS), "--hidden", "32", "--layers", "1", "--batch-size", "8", "--seq-len", "16", "-q",
+        "--save-every", "0"]
 
 
 def test_sigkill_ten_times_then_resume(tmp_path, corpus_file):
@@ -42,7 +44,8 @@ def test_sigkill_ten_times_then_resume(tmp_path, corpus_file):
 
 def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, corpus_file):
     out = tmp_path / "run"
-    args = ["--epochs", "5", "--hidden", "32", "--layers", "1", "--lr", "1e30", "--precision", "fp32", "-q"]
+    args = ["--epochs", "5", "--hidden", "32", "--layers", "1", "--lr", "1e30", "--precision", "fp32", "-q",
+            "--save-every", "0"]
     result = subprocess.run([sys.executable, "-m", "neuralda", "train", str(corpus_file), "-o", str(out), *args],
                             capture_output=True, text=True)
     assert result.returncode == 2 and "the training loss became nan" in result.stderr
@@ -51,6 +54,7 @@ def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, c
     run = Run.open(out)
     _, meta = run.load_model("last")
     assert meta["epoch"] == epochs[-1] < 5  # the checkpoint of the last epoch that ended with a number
+    assert f"the checkpoints of epoch {meta['epoch']} are kept" in result.stderr
 
 
 @pytest.fixture

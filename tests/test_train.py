@@ -49,6 +49,28 @@ def test_resume_finishes_as_an_uninterrupted_run_would(tmp_path, corpus_file):
     assert strip(metrics(whole)) == strip(metrics(part))
 
 
+@pytest.mark.parametrize("save_every, lasts", [(None, [0, 2, 4]), (0, [0, 1, 2, 3, 4])])
+def test_checkpoints_are_written_every_interval_and_at_the_end(tmp_path, corpus_file, monkeypatch, save_every, lasts):
+    import neuralda.train as t
+
+    written = []
+    real = t.save_checkpoint
+
+    def recorded(path, tensors, meta):
+        written.append((path.stem, meta["epoch"]))
+        real(path, tensors, meta)
+
+    monkeypatch.setattr(t, "save_checkpoint", recorded)
+    result = train(tiny_config(corpus_file, tmp_path / "run", epochs=4, save_every=save_every, save_at=(2,)), **QUIET)
+    # 30 s by default, and these epochs take far less: at the start, at the saved epoch 2 and at the end.
+    assert [e for name, e in written if name == "last"] == lasts
+    assert ("epoch-2", 2) in written
+    run = Run.open(tmp_path / "run")
+    best = [r["epoch"] for r in run.metrics() if r["best"]][-1]
+    assert run.load_model("best")[1]["epoch"] == best == result.best_epoch
+    assert run.load_model("last")[1]["epoch"] == 4 and [r["epoch"] for r in run.metrics()] == [1, 2, 3, 4]
+
+
 def test_resume_drops_metrics_written_after_the_last_checkpoint(tmp_path, corpus_file):
     out = tmp_path / "run"
     train(tiny_config(corpus_file, out, epochs=2), **QUIET)

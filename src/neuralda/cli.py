@@ -40,6 +40,11 @@ def _duration(text: str) -> float:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+def _interval(text: str) -> float:
+    """A duration, or 0 for "every time"."""
+    return 0.0 if text.strip() in ("0", "0s") else _duration(text)
+
+
 def _config(cls, args: argparse.Namespace, **given):
     """A config dataclass from the flags of the same names (``--quiet`` turns ``progress`` off)."""
     from dataclasses import fields
@@ -273,6 +278,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--unk-rate", type=float, help="read words seen once as <unk> this often, to learn unknown words")
     t.add_argument("--val-fraction", type=float, default=0.1, help="poems held out (default 0.1)")
     t.add_argument("--max-time", type=_duration, help="stop cleanly after this long: 90s, 10m, 1h")
+    t.add_argument(
+        "--save-every", type=_interval, metavar="DURATION",
+        help="write the best and last checkpoints this often (default 30s; 0: after every epoch), and at the end",
+    )
     t.add_argument("--patience", type=int, help="stop after K epochs without a better validation loss (0: off)")
     t.add_argument("--device", default="auto", help="auto (default), cpu, cuda or mps")
     t.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"))

@@ -33,7 +33,7 @@ from .tokenizer import POEM_END, Vocab, tokenize
 SAMPLE_START = "love"  # the seed's blog writes every sample from "love"
 SAMPLE_SEED = 0
 # Options that may change when a run is resumed; everything else comes from its config.json.
-RESUMABLE = ("epochs", "max_time", "patience", "device", "save_at")
+RESUMABLE = ("epochs", "max_time", "patience", "device", "save_at", "save_every")
 
 
 @dataclass
@@ -56,6 +56,7 @@ class TrainConfig:
     unk_rate: float | None = None
     val_fraction: float = 0.1
     max_time: float | None = None  # seconds
+    save_every: float | None = None  # seconds between checkpoints (None: SAVE_EVERY; 0: after every epoch)
     device: str = "auto"
     precision: str = "auto"  # auto | fp32 | bf16
     seed: int = 0
@@ -169,6 +170,7 @@ def batch_count(n_ids: int, cfg: dict) -> int:
     return math.ceil(max(1, n // cfg["seq_len"]) / cfg["batch_size"])
 
 
+SAVE_EVERY = 30.0  # seconds: a killed run loses at most this much training (one epoch, if that is longer)
 LOSS_CHUNK = 4096  # rows of logits alive at once in the loss
 
 
@@ -436,17 +438,31 @@ class Trainer:
             if resume:  # killed before its first checkpoint: nothing was trained yet
                 self.log(f"{self.run.path} has no checkpoint yet: starting from the beginning")
             self._save("last", with_optimizer=True)  # epoch 0: a run killed in its first epoch can resume too
+        self.saved = {"epoch": self.state["epoch"], "at": time.monotonic()}  # the last checkpoint on disk
+        self.best: tuple[dict, dict] | None = None  # the best weights and meta not yet on disk
+        self.save_every = SAVE_EVERY if c.get("save_every") is None else c["save_every"]
 
     # --- checkpoints ---------------------------------------------------------------------------------------------
 
+    def _meta(self) -> dict:
+        return {"epoch": self.state["epoch"], "arch": self.c["arch"], "val_loss": self.state["last_val"]}
+
     def _save(self, name: str, with_optimizer: bool = False) -> None:
-        tensors = model_tensors(self.model)
-        meta = {"epoch": self.state["epoch"], "arch": self.c["arch"], "val_loss": self.state["last_val"]}
+        tensors, meta = model_tensors(self.model), self._meta()
         if with_optimizer:
             opt_tensors, groups = optimizer_tensors(self.optimizer)
             tensors = {**tensors, **opt_tensors}
             meta.update(trainer=self.state, param_groups=groups, scheduler=self.scheduler.state_dict())
         save_checkpoint(self.run.path / "checkpoints" / f"{name}.safetensors", tensors, meta)
+
+    def _checkpoint(self) -> None:
+        """Write the best weights held back since the last checkpoint, then ``last`` (in that order: a run killed
+        in between resumes from the older ``last`` and writes ``best`` again when it gets there)."""
+        if self.best is not None:
+            save_checkpoint(self.run.path / "checkpoints" / "best.safetensors", *self.best)
+            self.best = None
+        self._save("last", with_optimizer=True)
+        self.saved = {"epoch": self.state["epoch"], "at": time.monotonic()}
 
     def _load_last(self) -> None:
         path = self.run.checkpoint_path("last")
@@ -511,9 +527,12 @@ class Trainer:
         """Validate, schedule, save and log after an epoch; returns its metrics row."""
         c, state = self.c, self.state
         if not math.isfinite(train_loss):
+            if self.dist.main:  # the run directory as a resume would see it: up to the last checkpoint
+                for name in ("metrics.jsonl", "samples.jsonl"):
+                    _truncate_epochs(self.run.path / name, self.saved["epoch"])
             raise NeuraldaError(
-                f"the training loss became {train_loss} in epoch {epoch}; the last good checkpoint is kept in "
-                f"{self.run.path / 'checkpoints'} (try a lower --lr)"
+                f"the training loss became {train_loss} in epoch {epoch}; the checkpoints of epoch "
+                f"{self.saved['epoch']} are kept in {self.run.path / 'checkpoints'} (try a lower --lr)"
             )
         val_loss, val_start = None, time.monotonic()
         if self.val_ids.numel() > 1:
@@ -543,14 +562,16 @@ class Trainer:
             "best": is_best,
         }
         if self.dist.main:
-            if is_best:
-                self._save("best")
+            if is_best:  # held in memory until the next checkpoint: writing 64 MB a time costs GPU runs most
+                self.best = {k: v.detach().clone() for k, v in model_tensors(self.model).items()}, self._meta()
             if epoch in c["save_at"]:
                 self._save(f"epoch-{epoch}")
                 _write_sample(self.run, self.model, epoch)
             row["seconds"] = round(time.monotonic() - t0, 3)
             append_line(self.run.path / "metrics.jsonl", json.dumps(row))
-            self._save("last", with_optimizer=True)  # after the metrics: a run killed in between redoes this epoch
+            # After the metrics: a run killed in between redoes the epochs since the last checkpoint.
+            if epoch in c["save_at"] or time.monotonic() - self.saved["at"] >= self.save_every:
+                self._checkpoint()
         return row
 
     # --- the loop ------------------------------------------------------------------------------------------------
@@ -588,8 +609,10 @@ class Trainer:
                 progress.end_epoch(row, left)
         except KeyboardInterrupt:
             progress.close()
-            self.log(f"\ninterrupted: {self.run.path} holds epoch {state['epoch']}; continue with --resume")
+            self.log(f"\ninterrupted: {self.run.path} holds epoch {self.saved['epoch']}; continue with --resume")
             raise
+        if self.dist.main and state["epoch"] > self.saved["epoch"]:
+            self._checkpoint()
         loop_seconds = time.monotonic() - loop_start
         if self.dist.main and epoch_seconds and state["epoch"] not in c["save_at"]:
             _write_sample(self.run, self.model, state["epoch"], checkpoint="last")

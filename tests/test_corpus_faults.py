@@ -5,7 +5,6 @@ Each either works or ends in one ``neuralda: error: ...`` line and exit code 2; 
 
 import json
 import random
-import time
 
 import pytest
 
@@ -72,21 +71,17 @@ def test_no_poems_is_a_one_line_error_everywhere(capsys, tmp_path, data, fmt):
     assert not (tmp_path / "run").exists()
 
 
-def test_a_5_mb_poem_on_one_line_imports_and_counts_in_linear_time(capsys, tmp_path):
+def test_a_5_mb_poem_on_one_line_imports_and_counts(capsys, tmp_path):
     rng = random.Random(0)
     ascii_lines = [line for line in LINES if line.isascii()]
     words = " ".join(rng.choice(ascii_lines) for _ in range(150_000))[:5_000_000].rsplit(" ", 1)[0]
     assert len(words) > 4_990_000 and "\n" not in words
-    t0 = time.perf_counter()
+    # 0.5 s to import and 2 s to count here (with accents, whose repair ftfy checks: 4 s and 3.5 s), linear in the
+    # line's length; speed is the benchmarks' to check, and a quadratic step would take hours.
     [poem] = import_one(capsys, tmp_path, words.encode() + b"\n")
-    t1 = time.perf_counter()
     counted = stats(capsys, tmp_path / "corpus.jsonl")
-    t2 = time.perf_counter()
     assert poem["text"] == words and 0 < len(poem["title"]) <= 80 and poem["title"] in words
     assert counted["poems"] == 1 and counted["lines"] == 1 and counted["words"] > 800_000
-    # 0.5 s to import and 2 s to count here (with accents, whose repair ftfy checks: 4 s and 3.5 s); a step
-    # quadratic in the line's length would take hours.
-    assert t1 - t0 < 10 and t2 - t1 < 20, (t1 - t0, t2 - t1)
 
 
 def test_nul_bytes_in_text_are_dropped(capsys, tmp_path):

@@ -248,21 +248,26 @@ def write_poems(
     stanza, line, end = vocab.stoi[STANZA], vocab.stoi[LINE], vocab.stoi[POEM_END]
     per_stanza = FORMS[form]
     step = writing_steps(model, device, precision)
+    # The scores stay where the model made them (a GPU sorts them for top-p far faster); what each poem may not
+    # write next is marked here, on the CPU, and sent along once a step.
+    blocked = torch.zeros(n, len(vocab), dtype=torch.bool)
     with _one_token_steps(device):
         state = None
         for token_id in vocab.encode([POEM_END] + prime):  # read the start one token at a time, as it is written
             logits, state = step(torch.full((n, 1), token_id, device=device), state)
-        logits = logits[:, -1].float().cpu()
         for _ in range(4 * words + 50):  # punctuation and breaks are not words: bound the steps too
-            logits[:, vocab.unk] = -torch.inf  # <unk> is never written
+            blocked.zero_()
+            blocked[:, vocab.unk] = True  # <unk> is never written
             for i, d in enumerate(drafts):
                 if guard is not None:
-                    logits[i, guard.blocked(d.word_ids)] = -torch.inf
+                    blocked[i, guard.blocked(d.word_ids)] = True
                 if not d.line_tokens:  # no empty lines: poems in a corpus have none
-                    logits[i, [line, stanza]] = -torch.inf
+                    blocked[i, [line, stanza]] = True
                 elif per_stanza:  # a stanza break only after the form's lines, and a line break never then
-                    logits[i, line if d.stanza_lines + 1 >= per_stanza else stanza] = -torch.inf
-            nxt = sample_next(filter_logits(logits, sampling, seen), generators)
+                    blocked[i, line if d.stanza_lines + 1 >= per_stanza else stanza] = True
+            scores = logits[:, -1].float().masked_fill(blocked.to(device), -torch.inf)
+            penalised = seen.to(device) if sampling.repetition_penalty != 1.0 else None
+            nxt = sample_next(filter_logits(scores, sampling, penalised), generators).cpu()
             for i, (d, token_id) in enumerate(zip(drafts, nxt.tolist())):
                 if d.done:
                     continue
@@ -286,7 +291,6 @@ def write_poems(
             if all(d.done for d in drafts):
                 break
             logits, state = step(nxt.unsqueeze(1).to(device), state)
-            logits = logits[:, -1].float().cpu()
     return [(detokenize(d.tokens), d.ended) for d in drafts]
 
 

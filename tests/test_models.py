@@ -73,3 +73,23 @@ def test_recipes_reproduce_the_published_setups():
     assert (thoutt.batch_size, thoutt.seq_len, thoutt.clip_value, thoutt.stateful) == (512, 30, 1.0, True)
     assert seed.patience == 0 and thoutt.patience == 0 and recipe("lstm").patience > 0
     assert seed.save_at == (200, 400)
+
+
+@pytest.mark.parametrize("arch", ["seed", "thoutt", "lstm"])
+def test_bf16_steps_follow_every_lstm_token_by_token(arch):
+    from neuralda.models.lstm import BF16Steps
+
+    torch.manual_seed(0)
+    model = build_model(arch, 300, 64, 2, 0.3).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(4)  # scores far from uniform, so a wrong gate or bias would show
+        ids = torch.randint(0, 300, (3, 20))
+        expected, _ = model(ids)
+        steps, state, got = BF16Steps(model), None, []
+        for t in range(ids.size(1)):
+            logits, state = steps(ids[:, t : t + 1], state)
+            got.append(logits)
+    got = torch.cat(got, 1)
+    assert expected.std() > 0.5
+    assert torch.allclose(got.softmax(-1), expected.softmax(-1), atol=0.02)

@@ -58,7 +58,7 @@ class GenerateRequest(BaseModel):
 class Poem(BaseModel):
     poem: str = Field(description="lines end with \\n; a blank line separates stanzas")
     words: int
-    ms: float = Field(description="milliseconds spent writing")
+    ms: float = Field(description="milliseconds spent writing it, waiting for its batch included")
     seed: int
     ended: bool = Field(description="whether the model ended the poem itself")
     run: str

@@ -113,7 +113,8 @@ def _bf16_matmul(weight: Tensor):
     w = weight.detach().to(torch.bfloat16)
     try:
         packed = torch.ops.mkldnn._reorder_linear_weight(w, 1)  # the packing PyTorch's own compiler uses on CPUs
-    except (AttributeError, RuntimeError):  # a build without oneDNN
+        torch.ops.mkldnn._linear_pointwise(w.new_zeros(1, w.size(1)), packed, None, "none", [], "")
+    except (AttributeError, RuntimeError):  # a build without oneDNN, or one whose private ops differ
         return lambda x: (x.to(w.dtype) @ w.t()).float()
     return lambda x: torch.ops.mkldnn._linear_pointwise(x.to(w.dtype), packed, None, "none", [], "").float()
 

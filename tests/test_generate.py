@@ -44,7 +44,7 @@ def test_batched_poems_equal_one_by_one(tiny_run, precision):
 
 
 def test_bf16_steps_give_the_model_probabilities(tiny_run):
-    from neuralda.models.lstm import BF16Steps
+    from neuralda.models.lstm import LSTMSteps
     from neuralda.run import Run
 
     run = Run.open(tiny_run)
@@ -52,7 +52,7 @@ def test_bf16_steps_give_the_model_probabilities(tiny_run):
     ids = torch.tensor([run.vocab.encode_poems(p.text for p in run.poems("val"))[:200]] * 2)
     with torch.no_grad():
         expected, _ = model(ids)
-        steps, state, got = BF16Steps(model), None, []
+        steps, state, got = LSTMSteps(model, torch.bfloat16), None, []
         for t in range(ids.size(1)):
             logits, state = steps(ids[:, t : t + 1], state)
             got.append(logits)

@@ -75,9 +75,10 @@ def test_recipes_reproduce_the_published_setups():
     assert seed.save_at == (200, 400)
 
 
+@pytest.mark.parametrize("dtype, tolerance", [(torch.bfloat16, 0.02), (torch.float32, 1e-5)])
 @pytest.mark.parametrize("arch", ["seed", "thoutt", "lstm"])
-def test_bf16_steps_follow_every_lstm_token_by_token(arch):
-    from neuralda.models.lstm import BF16Steps
+def test_packed_steps_follow_every_lstm_token_by_token(arch, dtype, tolerance):
+    from neuralda.models.lstm import LSTMSteps
 
     torch.manual_seed(0)
     model = build_model(arch, 300, 64, 2, 0.3).eval()
@@ -86,10 +87,15 @@ def test_bf16_steps_follow_every_lstm_token_by_token(arch):
             p.mul_(4)  # scores far from uniform, so a wrong gate or bias would show
         ids = torch.randint(0, 300, (3, 20))
         expected, _ = model(ids)
-        steps, state, got = BF16Steps(model), None, []
+        steps, state, got = LSTMSteps(model, dtype), None, []
         for t in range(ids.size(1)):
             logits, state = steps(ids[:, t : t + 1], state)
             got.append(logits)
+        alone, state = [], None  # one row: float32 steps write it as a pair
+        for t in range(ids.size(1)):
+            logits, state = steps(ids[:1, t : t + 1], state)
+            alone.append(logits)
     got = torch.cat(got, 1)
     assert expected.std() > 0.5
-    assert torch.allclose(got.softmax(-1), expected.softmax(-1), atol=0.02)
+    assert torch.allclose(got.softmax(-1), expected.softmax(-1), atol=tolerance)
+    assert torch.equal(torch.cat(alone, 1), got[:1])  # the same bits alone as in a batch

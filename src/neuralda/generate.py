@@ -142,24 +142,26 @@ class _OneDNNOff:
 _one_token_steps = _OneDNNOff()
 
 
-_bf16_steps: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> (its weights' versions, steps)
-_bf16_steps_lock = threading.Lock()  # the web server writes from several threads
+_cpu_steps: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> (weights' versions, dtype, steps)
+_cpu_steps_lock = threading.Lock()  # the web server writes from several threads
 
 
 def writing_steps(model, device: torch.device, precision: str = "auto"):
-    """What writes one token at a time: bfloat16 steps for LSTMs on the CPU where ``precision`` resolves to bf16
-    (``auto``: CPUs with bf16 units; see ``BF16Steps``), else the model itself. Built once per set of weights."""
-    from .models.lstm import BF16Steps, StackedLSTM
+    """What writes one token at a time: for an LSTM on the CPU, its packed steps (``LSTMSteps``) in bfloat16 where
+    ``precision`` resolves to bf16 (``auto``: CPUs with bf16 units), else in float32; otherwise the model itself.
+    Built once per set of weights."""
+    from .models.lstm import LSTMSteps, StackedLSTM
     from .train import pick_precision
 
-    if pick_precision(precision, device.type) != "bf16" or device.type != "cpu" or not isinstance(model, StackedLSTM):
+    dtype = torch.bfloat16 if pick_precision(precision, device.type) == "bf16" else torch.float32
+    if device.type != "cpu" or not isinstance(model, StackedLSTM):
         return model
     versions = tuple(p._version for p in model.parameters())  # a model still training changes in place
-    with _bf16_steps_lock:
-        cached = _bf16_steps.get(model)
-        if cached is None or cached[0] != versions:
-            cached = _bf16_steps[model] = versions, BF16Steps(model)
-        return cached[1]
+    with _cpu_steps_lock:
+        cached = _cpu_steps.get(model)
+        if cached is None or cached[:2] != (versions, dtype):
+            cached = _cpu_steps[model] = versions, dtype, LSTMSteps(model, dtype)
+        return cached[2]
 
 
 class CopyGuard:

@@ -107,42 +107,50 @@ class StackedLSTM(nn.Module):
         return rows
 
 
-def _bf16_matmul(weight: Tensor):
-    """``x -> x @ weight.T`` with both in bfloat16 and a float32 result; the weight is packed once for oneDNN, whose
-    kernel then gives each row the same bits whatever the batch and whatever ``torch.backends.mkldnn`` says."""
-    w = weight.detach().to(torch.bfloat16)
+def _packed_matmul(weight: Tensor, dtype: torch.dtype):
+    """``x -> x @ weight.T`` in ``dtype`` with a float32 result, the weight packed once for oneDNN (the packing
+    PyTorch's own compiler uses on CPUs); a plain product where this build's private oneDNN ops differ."""
+    w = weight.detach().to(dtype)
     try:
-        packed = torch.ops.mkldnn._reorder_linear_weight(w, 1)  # the packing PyTorch's own compiler uses on CPUs
-        torch.ops.mkldnn._linear_pointwise(w.new_zeros(1, w.size(1)), packed, None, "none", [], "")
-    except (AttributeError, RuntimeError):  # a build without oneDNN, or one whose private ops differ
-        return lambda x: (x.to(w.dtype) @ w.t()).float()
-    return lambda x: torch.ops.mkldnn._linear_pointwise(x.to(w.dtype), packed, None, "none", [], "").float()
+        packed = torch.ops.mkldnn._reorder_linear_weight(w, 1)
+        torch.ops.mkldnn._linear_pointwise(w.new_zeros(2, w.size(1)), packed, None, "none", [], "")
+    except (AttributeError, RuntimeError):
+        return lambda x: (x.to(dtype) @ w.t()).float()
+    return lambda x: torch.ops.mkldnn._linear_pointwise(x.to(dtype), packed, None, "none", [], "").float()
 
 
-class BF16Steps:
-    """One-token steps of a stacked LSTM for writing: the matrices in bfloat16, the state and the gates in float32.
+class LSTMSteps:
+    """One-token steps of a stacked LSTM for writing on a CPU: its matrices packed once for oneDNN, in bfloat16 or
+    float32; the state and the gates in float32. Built from an ``eval()`` model: dropout is off when writing.
 
-    A one-token step reads every weight once and does little else: the seed's 36 MB of float32 weights took 3.7 ms
-    a step on our 2-core CPUs (more than their 32 MB cache), its 18 MB of packed bfloat16 ones 0.4 ms, and 32 poems
-    at once 2.1 ms. Each row's result is the same whatever the batch (float32 products are not, below 8 rows), so a
-    poem is the same written alone or with others. Built from an ``eval()`` model: dropout is off when writing.
+    A one-token step reads every weight once and does little else: the seed's 36 MB of float32 weights take
+    ~2.8 ms a step on our 2-core CPUs (more than their 32 MB cache; nn.LSTM's own step 3.7 ms), its 18 MB of
+    bfloat16 ones 0.4 ms, and 32 poems at once 2.1 ms. Each row's result must not depend on the batch, so that a
+    poem is the same written alone or with others: oneDNN's bfloat16 products gave the same bits at every batch
+    size we measured, its float32 ones at every size from 2 rows on (one row takes another kernel), so a lone
+    poem is written as a pair in float32.
     """
 
-    def __init__(self, model: StackedLSTM) -> None:
+    def __init__(self, model: StackedLSTM, dtype: torch.dtype = torch.bfloat16) -> None:
         self.embedding = model.embedding.weight.detach()
         self.layers = [
             (
-                _bf16_matmul(torch.cat([m.weight_ih_l0, m.weight_hh_l0], 1)),
+                _packed_matmul(torch.cat([m.weight_ih_l0, m.weight_hh_l0], 1), dtype),
                 (m.bias_ih_l0 + m.bias_hh_l0).detach(),
                 m.hidden_size,
             )
             for m in model.lstms
         ]
-        self.decoder = _bf16_matmul(model.decoder.weight), model.decoder.bias.detach()
+        self.decoder = _packed_matmul(model.decoder.weight, dtype), model.decoder.bias.detach()
+        self.min_rows = 2 if dtype == torch.float32 else 1
 
     @torch.no_grad()
     def __call__(self, x: Tensor, state: State | None = None) -> tuple[Tensor, State]:
         """Logits ``(B, 1, V)`` after the tokens ``x`` ``(B, 1)``, and the next state."""
+        rows = len(x)
+        if rows < self.min_rows:
+            x = x.expand(self.min_rows, -1)
+            state = None if state is None else [(h.expand(len(x), -1), c.expand(len(x), -1)) for h, c in state]
         h_in = self.embedding[x[:, 0]]
         if state is None:
             state = [(h_in.new_zeros(len(x), size),) * 2 for _, _, size in self.layers]
@@ -151,9 +159,9 @@ class BF16Steps:
             i, f, g, o = (matmul(torch.cat([h_in, h], 1)) + b).chunk(4, 1)
             c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
             h_in = h = torch.sigmoid(o) * torch.tanh(c)
-            new_state.append((h, c))
+            new_state.append((h[:rows], c[:rows]))
         matmul, b = self.decoder
-        return (matmul(h_in) + b).unsqueeze(1), new_state
+        return (matmul(h_in) + b)[:rows].unsqueeze(1), new_state
 
 
 class SeedLSTM(StackedLSTM):

@@ -124,8 +124,8 @@ class LSTMSteps:
     float32; the state and the gates in float32. Built from an ``eval()`` model: dropout is off when writing.
 
     A one-token step reads every weight once and does little else: the seed's 36 MB of float32 weights take
-    ~2.8 ms a step on our 2-core CPUs (more than their 32 MB cache; nn.LSTM's own step 3.7 ms), its 18 MB of
-    bfloat16 ones 0.4 ms, and 32 poems at once 2.1 ms. Each row's result must not depend on the batch, so that a
+    1.8 ms a step packed on our 2-core CPUs (more than their 32 MB cache; nn.LSTM's own step 3.7 ms), its 18 MB of
+    bfloat16 ones 0.4-0.5 ms, and 32 poems at once 2.1 ms. Each row's result must not depend on the batch, so that a
     poem is the same written alone or with others: oneDNN's bfloat16 products gave the same bits at every batch
     size we measured, its float32 ones at every size from 2 rows on (one row takes another kernel), so a lone
     poem is written as a pair in float32.

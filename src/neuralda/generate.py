@@ -7,7 +7,6 @@ of poems is the same as writing them one by one with the same seeds.
 
 from __future__ import annotations
 
-import contextlib
 import difflib
 import os
 import threading
@@ -104,42 +103,6 @@ def start_tokens(start: str, vocab: Vocab) -> list[str]:
             hint = f"; close words it knows: {', '.join(close)}" if close else ""
             raise NeuraldaError(f"the model does not know the start word {t!r}{hint}")
     return tokens
-
-
-class _OneDNNOff:
-    """oneDNN off while any poem is being written on the CPU in this process.
-
-    Its LSTM costs ~16.6 ms a one-token step against ~1.8 ms without it (PERFORMANCE.md). The switch is global to
-    the process, so it is counted: poems written side by side (the web server) all run without oneDNN, from their
-    first step to their last, and the same seed always writes the same poem.
-    """
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.users = 0
-        self.before = True
-
-    @contextlib.contextmanager
-    def __call__(self, device: torch.device):
-        if device.type != "cpu":
-            yield
-            return
-        with self.lock:
-            if self.users == 0:
-                # torch.backends.mkldnn.flags() would also reset oneDNN's TF32 setting (and warn): one flag only.
-                self.before = torch._C._get_mkldnn_enabled()
-                torch._C._set_mkldnn_enabled(False)
-            self.users += 1
-        try:
-            yield
-        finally:
-            with self.lock:
-                self.users -= 1
-                if self.users == 0:
-                    torch._C._set_mkldnn_enabled(self.before)
-
-
-_one_token_steps = _OneDNNOff()
 
 
 _cpu_steps: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> (weights' versions, dtype, steps)
@@ -253,46 +216,45 @@ def write_poems(
     # The scores stay where the model made them (a GPU sorts them for top-p far faster); what each poem may not
     # write next is marked here, on the CPU, and sent along once a step.
     blocked = torch.zeros(n, len(vocab), dtype=torch.bool)
-    with _one_token_steps(device):
-        state = None
-        for token_id in vocab.encode([POEM_END] + prime):  # read the start one token at a time, as it is written
-            logits, state = step(torch.full((n, 1), token_id, device=device), state)
-        for _ in range(4 * words + 50):  # punctuation and breaks are not words: bound the steps too
-            blocked.zero_()
-            blocked[:, vocab.unk] = True  # <unk> is never written
-            for i, d in enumerate(drafts):
-                if guard is not None:
-                    blocked[i, guard.blocked(d.word_ids)] = True
-                if not d.line_tokens:  # no empty lines: poems in a corpus have none
-                    blocked[i, [line, stanza]] = True
-                elif per_stanza:  # a stanza break only after the form's lines, and a line break never then
-                    blocked[i, line if d.stanza_lines + 1 >= per_stanza else stanza] = True
-            scores = logits[:, -1].float().masked_fill(blocked.to(device), -torch.inf)
-            penalised = seen.to(device) if sampling.repetition_penalty != 1.0 else None
-            nxt = sample_next(filter_logits(scores, sampling, penalised), generators).cpu()
-            for i, (d, token_id) in enumerate(zip(drafts, nxt.tolist())):
-                if d.done:
+    state = None
+    for token_id in vocab.encode([POEM_END] + prime):  # read the start one token at a time, as it is written
+        logits, state = step(torch.full((n, 1), token_id, device=device), state)
+    for _ in range(4 * words + 50):  # punctuation and breaks are not words: bound the steps too
+        blocked.zero_()
+        blocked[:, vocab.unk] = True  # <unk> is never written
+        for i, d in enumerate(drafts):
+            if guard is not None:
+                blocked[i, guard.blocked(d.word_ids)] = True
+            if not d.line_tokens:  # no empty lines: poems in a corpus have none
+                blocked[i, [line, stanza]] = True
+            elif per_stanza:  # a stanza break only after the form's lines, and a line break never then
+                blocked[i, line if d.stanza_lines + 1 >= per_stanza else stanza] = True
+        scores = logits[:, -1].float().masked_fill(blocked.to(device), -torch.inf)
+        penalised = seen.to(device) if sampling.repetition_penalty != 1.0 else None
+        nxt = sample_next(filter_logits(scores, sampling, penalised), generators).cpu()
+        for i, (d, token_id) in enumerate(zip(drafts, nxt.tolist())):
+            if d.done:
+                continue
+            if token_id == end:
+                d.done = d.ended = True
+                continue
+            d.line_tokens += 1
+            if token_id in (line, stanza):
+                d.lines += 1
+                d.stanza_lines = 0 if token_id == stanza else d.stanza_lines + 1
+                d.line_tokens = 0
+                if lines and d.lines >= lines:
+                    d.done = True
                     continue
-                if token_id == end:
-                    d.done = d.ended = True
-                    continue
-                d.line_tokens += 1
-                if token_id in (line, stanza):
-                    d.lines += 1
-                    d.stanza_lines = 0 if token_id == stanza else d.stanza_lines + 1
-                    d.line_tokens = 0
-                    if lines and d.lines >= lines:
-                        d.done = True
-                        continue
-                elif word_mask[token_id]:
-                    d.words += 1
-                    d.word_ids.append(token_id)
-                    seen[i, token_id] = True
-                d.tokens.append(vocab.itos[token_id])
-                d.done = d.words >= words
-            if all(d.done for d in drafts):
-                break
-            logits, state = step(nxt.unsqueeze(1).to(device), state)
+            elif word_mask[token_id]:
+                d.words += 1
+                d.word_ids.append(token_id)
+                seen[i, token_id] = True
+            d.tokens.append(vocab.itos[token_id])
+            d.done = d.words >= words
+        if all(d.done for d in drafts):
+            break
+        logits, state = step(nxt.unsqueeze(1).to(device), state)
     return [(detokenize(d.tokens), d.ended) for d in drafts]
 
 

@@ -62,7 +62,8 @@ def small_disk(tmp_path):
     """A real 8 MB file system (tmpfs), so a full disk is the kernel's ENOSPC, not a simulation."""
     disk = tmp_path / "disk"
     disk.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(disk)], capture_output=True, text=True)
+    mount = ["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(disk)]
+    mounted = subprocess.run(mount, capture_output=True, text=True)
     if mounted.returncode:
         pytest.skip(f"cannot mount a small file system here (needs root): {mounted.stderr.strip()}")
     yield disk
@@ -85,14 +86,17 @@ def fill(disk, leave: int) -> None:
 def test_a_full_disk_while_saving_keeps_the_previous_checkpoint(small_disk, corpus_file):
     out = small_disk / "run"
     args = ["--hidden", "32", "--layers", "1", "--batch-size", "8", "--seq-len", "16", "--precision", "fp32", "-q"]
-    first = subprocess.run([sys.executable, "-m", "neuralda", "train", str(corpus_file), "-o", str(out), "--epochs", "1",
-                            *args], capture_output=True, text=True)
+
+    def neuralda_train(*more):
+        return subprocess.run([sys.executable, "-m", "neuralda", "train", *more, "-o", str(out), *args],
+                              capture_output=True, text=True)
+
+    first = neuralda_train(str(corpus_file), "--epochs", "1")
     assert first.returncode == 0, first.stderr
     before = {p.name: p.read_bytes() for p in (out / "checkpoints").iterdir()}
     fill(small_disk, leave=(out / "checkpoints" / "best.safetensors").stat().st_size // 2)
 
-    full = subprocess.run([sys.executable, "-m", "neuralda", "train", "--resume", "-o", str(out), "--epochs", "3", *args],
-                          capture_output=True, text=True)
+    full = neuralda_train("--resume", "--epochs", "3")
     assert full.returncode == 2 and "Traceback" not in full.stderr
     last = full.stderr.strip().splitlines()[-1]
     assert last.startswith("neuralda: error:") and "No space left on device" in last and "untouched" in last
@@ -100,8 +104,7 @@ def test_a_full_disk_while_saving_keeps_the_previous_checkpoint(small_disk, corp
     assert Run.open(out).load_model("last")[1]["epoch"] == 1
 
     (small_disk / "filler").unlink()
-    again = subprocess.run([sys.executable, "-m", "neuralda", "train", "--resume", "-o", str(out), "--epochs", "3", *args],
-                           capture_output=True, text=True)
+    again = neuralda_train("--resume", "--epochs", "3")
     assert again.returncode == 0, again.stderr
     assert [row["epoch"] for row in Run.open(out).metrics()] == [1, 2, 3]
 

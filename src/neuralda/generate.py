@@ -205,7 +205,7 @@ def write_poems(
     word_mask = torch.tensor([is_word(t) for t in vocab.itos])
     prime_ids = vocab.encode(prime)
     drafts = [
-        _Draft(list(prime), [i for i in prime_ids if word_mask[i]], words=sum(map(is_word, prime)), line_tokens=len(prime))
+        _Draft(list(prime), [i for i in prime_ids if word_mask[i]], sum(map(is_word, prime)), line_tokens=len(prime))
         for _ in range(n)
     ]
     seen = torch.zeros(n, len(vocab), dtype=torch.bool)
@@ -269,7 +269,9 @@ class Poet:
         self._guards: dict[int, CopyGuard] = {}
 
     @classmethod
-    def load(cls, run_dir: str | Path, checkpoint: str = "best", device: str = "cpu", precision: str = "auto") -> "Poet":
+    def load(
+        cls, run_dir: str | Path, checkpoint: str = "best", device: str = "cpu", precision: str = "auto"
+    ) -> "Poet":
         from .run import Run
 
         run = Run.open(run_dir)
@@ -302,8 +304,8 @@ class Poet:
         copied from the training poems (0: no guard).
         """
         poems = write_poems(
-            self.model, self.vocab, start, words, n, SamplingConfig(**sampling), seed, lines, form, self.guard(max_copy),
-            self.precision,
+            self.model, self.vocab, start, words, n, SamplingConfig(**sampling), seed, lines, form,
+            self.guard(max_copy), self.precision,
         )
         return [p for p, _ in poems]
 

@@ -62,7 +62,8 @@ def read_checkpoint(path: Path) -> tuple[dict[str, Any], dict]:
         raise NeuraldaError(f"{path}: no such checkpoint") from None
     except Exception as e:  # safetensors raises its own error types for truncated or corrupted files
         raise NeuraldaError(f"{path}: damaged checkpoint ({type(e).__name__}: {e})".splitlines()[0]) from None
-    if not isinstance(meta, dict) or meta.get("sha256", _digest(tensors)) != _digest(tensors):
+    # Checkpoints written before the checksum have none: they are read as they are.
+    if not isinstance(meta, dict) or ("sha256" in meta and meta["sha256"] != _digest(tensors)):
         raise NeuraldaError(f"{path}: damaged checkpoint (its bytes do not match the checksum saved with it)")
     return tensors, meta
 

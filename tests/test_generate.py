@@ -6,7 +6,15 @@ from torch import nn
 
 from neuralda import Poet
 from neuralda.errors import NeuraldaError
-from neuralda.generate import SamplingConfig, filter_logits, poem_generators, sample_next, write_poems
+from neuralda.generate import (
+    SamplingConfig,
+    _beyond_nucleus_bucketed,
+    _beyond_nucleus_sorted,
+    filter_logits,
+    poem_generators,
+    sample_next,
+    write_poems,
+)
 from neuralda.tokenizer import POEM_END, UNK, Vocab
 
 WORDS = ["love", "sea", "salt", "night", ",", "."]
@@ -124,6 +132,34 @@ def test_top_k_and_top_p():
     assert kept(top_p=0.8) == [True, True, False, False]
     assert kept(top_p=0.81) == [True, True, True, False]
     assert kept(top_p=0.1) == [True, False, False, False]
+
+
+def _shifted_scores(rows: int, vocab: int, scale: float, seed: int = 0) -> torch.Tensor:
+    """Scores as filter_logits hands them on: every 7th word blocked, the likeliest at 0."""
+    logits = torch.randn(rows, vocab, generator=torch.Generator().manual_seed(seed)) * scale
+    logits[:, ::7] = -torch.inf
+    return logits - logits.amax(-1, keepdim=True)
+
+
+@pytest.mark.parametrize("scale", [0.01, 0.3, 3.0, 30.0])
+@pytest.mark.parametrize("p", [0.5, 0.9, 0.95, 0.99])
+def test_bucketed_nucleus_drops_what_a_sort_drops(scale, p):
+    """The CPU's radix select and the full sort disagree only where float rounding puts the mass before a token
+    on p itself."""
+    logits = _shifted_scores(64, 3000, scale)
+    differ = _beyond_nucleus_bucketed(logits, p) != _beyond_nucleus_sorted(logits, p)
+    probs, order = logits.double().softmax(-1).sort(-1, descending=True)
+    before = torch.empty_like(probs).scatter_(-1, order, probs.cumsum(-1) - probs)  # exact enough: float64
+    assert differ.sum() <= 2 and ((before[differ] - p).abs() < 1e-5).all()
+
+
+def test_nucleus_rows_do_not_depend_on_the_batch():
+    logits = torch.cat([_shifted_scores(8, 3000, scale, seed=1) for scale in (0.01, 1.0, 30.0)])
+    logits[0] = 0.0  # all tied: every word is kept
+    together = filter_logits(logits, SamplingConfig(top_p=0.9))
+    alone = torch.cat([filter_logits(row.unsqueeze(0), SamplingConfig(top_p=0.9)) for row in logits])
+    assert torch.equal(together, alone)
+    assert together[0].isfinite().all() and (~together[1:].isfinite()).sum(-1).gt(3000 // 7 + 1).all()
 
 
 _SCORE = st.one_of(st.floats(-1e30, 1e30), st.sampled_from([-torch.inf, torch.inf, torch.nan]))

@@ -59,11 +59,58 @@ def filter_logits(logits: torch.Tensor, cfg: SamplingConfig, seen: torch.Tensor 
         kth = torch.topk(logits, cfg.top_k, dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, -torch.inf)
     if cfg.top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
-        probs = sorted_logits.softmax(-1)
-        drop = probs.cumsum(-1) - probs >= cfg.top_p  # keep tokens until the mass before them reaches p
-        logits = logits.masked_fill(drop.scatter(-1, order, drop), -torch.inf)
+        drop = _beyond_nucleus_bucketed if logits.device.type == "cpu" else _beyond_nucleus_sorted
+        logits = logits.masked_fill(drop(logits, cfg.top_p), -torch.inf)
     return logits
+
+
+def _beyond_nucleus_sorted(logits: torch.Tensor, p: float) -> torch.Tensor:
+    """The tokens top-p drops: each whose likelier tokens already hold mass ``p``. Sorts every row: quick on a
+    GPU, but 5.2 ms for 32 rows of 5,437 scores on our CPUs."""
+    sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+    probs = sorted_logits.softmax(-1)
+    drop = probs.cumsum(-1) - probs >= p
+    return drop.scatter(-1, order, drop)
+
+
+_BUCKETS = 1024
+
+
+def _spread(scores: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
+    """Each row's standard deviation of scores under its own probabilities (1 where they are NaN, never 0)."""
+    mean = (probs * scores).sum(-1, keepdim=True)
+    return (probs * (scores - mean).square()).sum(-1, keepdim=True).sqrt().nan_to_num_(1.0).clamp_(min=1e-6)
+
+
+def _beyond_nucleus_bucketed(logits: torch.Tensor, p: float) -> torch.Tensor:
+    """What ``_beyond_nucleus_sorted`` drops, without sorting whole rows (a radix select): the probability mass is
+    summed in buckets of score, which places the edge of the nucleus in one bucket, and only that bucket's tokens
+    are sorted. Expects the likeliest score at 0. Tokens as likely as the least likely one kept are all kept (a
+    sort keeps an arbitrary few of them). A bucket is 1/64 of the row's spread of scores wide, so the edge's
+    holds a few tokens whether the model is sure or unsure (median 7, at most 26 on the demo model's predictions).
+
+    Measured on 32 rows of 5,437 scores: 0.6-0.7 ms against the sort's 5.2 ms (one row: 0.16 against 0.04 ms).
+    Rows never change each other's bits: a CPU's scatter_add sums in order (a GPU's atomics would not).
+    """
+    rows = logits.size(0)
+    probs = logits.softmax(-1)
+    scores = logits.nan_to_num(0.0).clamp_(min=-1e4)  # any order-keeping scores will do: no overflow
+    width = _spread(scores, probs) / 64
+    bucket = (scores / -width).clamp_(0, _BUCKETS - 1).long()
+    mass = torch.zeros(rows, _BUCKETS).scatter_add_(1, bucket, probs)
+    total = mass.cumsum(-1)
+    edge = (total < p).sum(-1, keepdim=True).clamp_(max=_BUCKETS - 1)  # the first bucket whose total reaches p
+    before = total.gather(1, edge) - mass.gather(1, edge)
+    inside = bucket == edge
+    # The edge bucket's probabilities, packed into rows as long as the fullest one and sorted.
+    counts = inside.sum(-1)
+    starts = (counts.cumsum(0) - counts).repeat_interleave(counts)
+    packed = torch.full((rows, int(counts.max())), -1.0)
+    packed[torch.arange(rows).repeat_interleave(counts), torch.arange(len(starts)) - starts] = probs[inside]
+    packed = packed.sort(-1, descending=True).values
+    kept = (packed >= 0) & (before + packed.cumsum(-1) - packed < p)
+    least = packed.masked_fill(~kept, torch.inf).amin(-1, keepdim=True)
+    return probs < least.masked_fill_(least == torch.inf, 0.0)  # a row with no edge (NaN) keeps every token
 
 
 def sample_next(logits: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:

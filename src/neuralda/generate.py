@@ -89,27 +89,22 @@ def _beyond_nucleus_bucketed(logits: torch.Tensor, p: float) -> torch.Tensor:
     sort keeps an arbitrary few of them). A bucket is 1/64 of the row's spread of scores wide, so the edge's
     holds a few tokens whether the model is sure or unsure (median 7, at most 26 on the demo model's predictions).
 
-    Measured on 32 rows of 5,437 scores: 0.6-0.7 ms against the sort's 5.2 ms (one row: 0.16 against 0.04 ms).
+    Measured on 32 rows of 5,437 scores: 0.7-0.8 ms against the sort's 5.2 ms (one row: 0.12 against 0.04 ms).
     Rows never change each other's bits: a CPU's scatter_add sums in order (a GPU's atomics would not).
     """
-    rows = logits.size(0)
     probs = logits.softmax(-1)
     scores = logits.nan_to_num(0.0).clamp_(min=-1e4)  # any order-keeping scores will do: no overflow
     width = _spread(scores, probs) / 64
     bucket = (scores / -width).clamp_(0, _BUCKETS - 1).long()
-    mass = torch.zeros(rows, _BUCKETS).scatter_add_(1, bucket, probs)
+    mass = torch.zeros(logits.size(0), _BUCKETS).scatter_add_(1, bucket, probs)
     total = mass.cumsum(-1)
     edge = (total < p).sum(-1, keepdim=True).clamp_(max=_BUCKETS - 1)  # the first bucket whose total reaches p
     before = total.gather(1, edge) - mass.gather(1, edge)
     inside = bucket == edge
-    # The edge bucket's probabilities, packed into rows as long as the fullest one and sorted.
-    counts = inside.sum(-1)
-    starts = (counts.cumsum(0) - counts).repeat_interleave(counts)
-    packed = torch.full((rows, int(counts.max())), -1.0)
-    packed[torch.arange(rows).repeat_interleave(counts), torch.arange(len(starts)) - starts] = probs[inside]
-    packed = packed.sort(-1, descending=True).values
-    kept = (packed >= 0) & (before + packed.cumsum(-1) - packed < p)
-    least = packed.masked_fill(~kept, torch.inf).amin(-1, keepdim=True)
+    # The edge bucket's probabilities, likeliest first, in rows as long as the fullest one (-1 after the last).
+    ranked = probs.masked_fill(~inside, -1.0).topk(int(inside.sum(-1).max()), dim=-1).values
+    kept = (ranked >= 0) & (before + ranked.cumsum(-1) - ranked < p)
+    least = ranked.masked_fill(~kept, torch.inf).amin(-1, keepdim=True)
     return probs < least.masked_fill_(least == torch.inf, 0.0)  # a row with no edge (NaN) keeps every token
 
 

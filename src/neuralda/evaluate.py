@@ -147,7 +147,7 @@ def suffix_array(text: np.ndarray) -> np.ndarray:
 
 
 class NgramIndex:
-    """Every run of words in the training poems: was a run copied, and which next words would copy one?
+    """Every run of words in the training poems: was a run copied, and how long is the longest copy?
 
     A suffix array over the poems' words finds a run of ``m`` words by binary search, whatever its length.
     """
@@ -158,7 +158,6 @@ class NgramIndex:
         for words in poems:
             text.extend(self._ids.setdefault(w, len(self._ids)) for w in words)
             text.append(_SEPARATOR)
-        self._words = list(self._ids)
         self._text = text
         self._suffixes: list[int] = suffix_array(np.array(text, dtype=np.int64)).tolist()
 
@@ -182,12 +181,6 @@ class NgramIndex:
     def contains(self, words: Sequence[str]) -> bool:
         """Whether ``words`` occur in this order, one after another, in one training poem."""
         return len(self._span(words)) > 0
-
-    def next_words(self, context: Sequence[str]) -> set[str]:
-        """The words that follow ``context`` in the training poems: what would extend a copied run."""
-        m = len(context)
-        following = (self._text[self._suffixes[i] + m] for i in self._span(context))
-        return {self._words[w] for w in following if w != _SEPARATOR}
 
     def longest_copy(self, words: Sequence[str]) -> int:
         """The length of the longest run of ``words`` found verbatim in the training poems."""

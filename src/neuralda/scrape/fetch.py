@@ -54,7 +54,6 @@ class Page:
     content_type: str
     body: bytes
     fetched_at: str = ""  # ISO 8601, UTC: when it came from the site, even when read back from the cache
-    from_cache: bool = False
 
 
 @dataclass
@@ -212,7 +211,6 @@ def read_cached(cache_dir: Path, url: str) -> Page | None:
         content_type=str(meta.get("content_type") or ""),
         body=body,
         fetched_at=str(meta.get("fetched_at") or ""),
-        from_cache=True,
     )
 
 

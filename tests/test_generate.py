@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -7,6 +9,7 @@ from torch import nn
 from neuralda import Poet
 from neuralda.errors import NeuraldaError
 from neuralda.generate import (
+    MIN_TEMPERATURE,
     SamplingConfig,
     _beyond_nucleus_bucketed,
     _beyond_nucleus_sorted,
@@ -172,7 +175,7 @@ _SCORE = st.one_of(st.floats(-1e30, 1e30), st.sampled_from([-torch.inf, torch.in
             lambda v: st.lists(st.lists(_SCORE, min_size=v, max_size=v), min_size=b, max_size=b)
         )
     ),
-    st.floats(0.01, 10),
+    st.floats(MIN_TEMPERATURE, 1e6),
     st.integers(0, 10),
     st.floats(0.01, 1.0),
     st.floats(1.0, 10.0),
@@ -201,10 +204,22 @@ def test_temperature_sharpens():
     assert cold > logits.softmax(-1)[0, 0]
 
 
-@pytest.mark.parametrize("cfg", [SamplingConfig(temperature=0), SamplingConfig(top_k=-1), SamplingConfig(top_p=0)])
+@pytest.mark.parametrize(
+    "cfg",
+    [SamplingConfig(temperature=t) for t in (0, 1e-60, math.inf, math.nan)]
+    + [SamplingConfig(top_k=-1), SamplingConfig(top_p=0)],
+)
 def test_bad_sampling_settings(cfg):
-    with pytest.raises(NeuraldaError):
+    with pytest.raises(NeuraldaError, match="temperature|top-k|top-p"):
         cfg.check()
+
+
+def test_a_draw_that_rounds_up_never_picks_an_impossible_word(monkeypatch):
+    """A uniform draw just below 1 can round to 1 in float32: inverse-CDF sampling must still land on a word
+    that has probability, not run past the last one."""
+    monkeypatch.setattr(torch, "rand", lambda *a, **k: torch.tensor([1 - 2**-26], dtype=torch.float64))
+    logits = torch.tensor([[0.0, 0.0, -torch.inf], [0.0, -torch.inf, -torch.inf]])
+    assert sample_next(logits, poem_generators(0, 2)).tolist() == [1, 0]
 
 
 class ChainModel(nn.Module):
@@ -261,3 +276,16 @@ def test_lines_and_form(tiny_run):
         stanzas = poem.split("\n\n")
         assert all(len(s.split("\n")) == 4 for s in stanzas[:-1])
         assert len(stanzas[-1].split("\n")) <= 4
+
+
+def test_the_start_counts_towards_the_limits(tiny_run):
+    """``--words`` is at most, start words included; a start's own line breaks count for --lines and --form, and
+    a start that ends a line never gets an empty line after it."""
+    poet = Poet.load(tiny_run)
+    assert poet.write(start="love", words=1, seed=0) == "love"
+    assert poet.write(start="love the sea", words=2, seed=0) == "love the sea"  # the start is kept whole
+    for seed in range(8):
+        assert len(poet.write(start="love\nthe sea", words=200, lines=2, seed=seed).split("\n")) <= 2
+        couplets = poet.write(start="love\nthe sea", words=60, form="couplet", seed=seed).split("\n\n")
+        assert all(len(s.split("\n")) == 2 for s in couplets[:-1]), couplets
+        assert "\n\n\n" not in poet.write(start="love\n", words=30, seed=seed)

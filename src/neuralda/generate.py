@@ -8,10 +8,11 @@ of poems is the same as writing them one by one with the same seeds.
 from __future__ import annotations
 
 import difflib
+import math
 import os
 import threading
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -21,6 +22,7 @@ from .errors import NeuraldaError
 from .tokenizer import LINE, POEM_END, STANZA, Vocab, detokenize, is_word, tokenize
 
 
+MIN_TEMPERATURE = 1e-6
 FORMS = {"free": 0, "couplet": 2, "tercet": 3, "quatrain": 4}  # lines per stanza (0: as the model likes)
 
 
@@ -36,8 +38,10 @@ class SamplingConfig:
     repetition_penalty: float = 1.0  # CTRL's penalty (Keskar et al. 2019) on words the poem already has (1: none)
 
     def check(self) -> None:
-        if not self.temperature > 0:
-            raise NeuraldaError(f"--temperature must be above 0, got {self.temperature}")
+        if not MIN_TEMPERATURE <= self.temperature < math.inf:  # below it, float32 scores turn into 0/0
+            raise NeuraldaError(
+                f"--temperature must be a finite number of at least {MIN_TEMPERATURE}, got {self.temperature}"
+            )
         if self.top_k < 0:
             raise NeuraldaError(f"--top-k must be 0 or more, got {self.top_k}")
         if not 0 < self.top_p <= 1:
@@ -121,9 +125,11 @@ def sample_next(logits: torch.Tensor, generators: list[torch.Generator]) -> torc
         )
     probs = logits.float().softmax(-1)
     cdf = probs.cumsum(-1)
+    total = cdf[:, -1:]
     u = torch.cat([torch.rand(1, generator=g, dtype=torch.float64) for g in generators]).to(cdf.device)
-    idx = torch.searchsorted(cdf, (u.float() * cdf[:, -1]).unsqueeze(-1), right=True).squeeze(-1)
-    return idx.clamp_(max=logits.size(-1) - 1)
+    # Kept below the total: a draw that rounds up to it would land past the last token, possibly an impossible one.
+    target = torch.minimum(u.float().unsqueeze(-1) * total, total.nextafter(torch.zeros_like(total)))
+    return torch.searchsorted(cdf, target, right=True).squeeze(-1)
 
 
 def poem_generators(seed: int | Sequence[int], n: int) -> list[torch.Generator]:
@@ -202,14 +208,32 @@ class CopyGuard:
 class _Draft:
     """One poem being written."""
 
-    tokens: list[str]
-    word_ids: list[int]  # its words so far (for the copy guard)
+    tokens: list[str] = field(default_factory=list)
+    word_ids: list[int] = field(default_factory=list)  # its words so far (for the copy guard)
     words: int = 0
     lines: int = 0  # line and stanza breaks so far
     stanza_lines: int = 0  # breaks since the last stanza break
     line_tokens: int = 0  # tokens on the line being written (a break after none would leave an empty line)
     done: bool = False
     ended: bool = False
+
+    def add(self, token: str, token_id: int, word: bool, max_words: int, max_lines: int) -> None:
+        """One more token (not the poem's end); the poem is done once it has ``max_words`` words or
+        ``max_lines`` lines (0: no limit), and the break that ends its last line is not written."""
+        if token in (LINE, STANZA):
+            self.lines += 1
+            self.stanza_lines = 0 if token == STANZA else self.stanza_lines + 1
+            self.line_tokens = 0
+            if max_lines and self.lines >= max_lines:
+                self.done = True
+                return
+        else:
+            self.line_tokens += 1
+            if word:
+                self.words += 1
+                self.word_ids.append(token_id)
+        self.tokens.append(token)
+        self.done = self.words >= max_words
 
 
 @torch.no_grad()
@@ -244,12 +268,13 @@ def write_poems(
     prime = start_tokens(start, vocab)
     device = next(model.parameters()).device
     model.eval()
-    word_mask = torch.tensor([is_word(t) for t in vocab.itos])
+    word_mask = [is_word(t) for t in vocab.itos]
     prime_ids = vocab.encode(prime)
-    drafts = [
-        _Draft(list(prime), [i for i in prime_ids if word_mask[i]], sum(map(is_word, prime)), line_tokens=len(prime))
-        for _ in range(n)
-    ]
+    drafts = [_Draft() for _ in range(n)]
+    for d in drafts:  # the start is kept whole; its words and lines count towards the limits
+        for token, token_id in zip(prime, prime_ids):
+            d.add(token, token_id, word_mask[token_id], words, 0)
+        d.done = d.words >= words or 0 < lines <= d.lines
     seen = torch.zeros(n, len(vocab), dtype=torch.bool)
     seen[:, [i for i in prime_ids if word_mask[i]]] = True
     stanza, line, end = vocab.stoi[STANZA], vocab.stoi[LINE], vocab.stoi[POEM_END]
@@ -280,20 +305,9 @@ def write_poems(
             if token_id == end:
                 d.done = d.ended = True
                 continue
-            d.line_tokens += 1
-            if token_id in (line, stanza):
-                d.lines += 1
-                d.stanza_lines = 0 if token_id == stanza else d.stanza_lines + 1
-                d.line_tokens = 0
-                if lines and d.lines >= lines:
-                    d.done = True
-                    continue
-            elif word_mask[token_id]:
-                d.words += 1
-                d.word_ids.append(token_id)
+            d.add(vocab.itos[token_id], token_id, word_mask[token_id], words, lines)
+            if word_mask[token_id]:
                 seen[i, token_id] = True
-            d.tokens.append(vocab.itos[token_id])
-            d.done = d.words >= words
         if all(d.done for d in drafts):
             break
         logits, state = step(nxt.unsqueeze(1).to(device), state)

@@ -40,7 +40,7 @@ def bare_loop(run: Run, ids: torch.Tensor, device: str, precision: str, steps: i
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     t0 = time.perf_counter()
-    for step, (x, y, reset) in enumerate(batches(ids, c, 1)):
+    for step, (x, y, reset, _) in enumerate(batches(ids, c, 1)):
         if steps is not None and step >= steps:
             break
         with autocast(device, precision):

@@ -10,7 +10,7 @@ import torch
 
 from neuralda.run import read_checkpoint
 
-ARGS = ["--epochs", "2", "--hidden", "32", "--layers", "1", "--batch-size", "8", "--seq-len", "16",
+ARGS = ["--epochs", "2", "--hidden", "32", "--layers", "1", "--seq-len", "16",
         "--dropout", "0", "--device", "cpu", "--precision", "fp32", "-q"]  # no dropout: the same masks everywhere
 
 
@@ -20,13 +20,15 @@ def weights(run: Path) -> dict:
 
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="this torch has no torch.distributed")
-def test_two_gloo_processes_match_one(tmp_path, corpus_file):
+@pytest.mark.parametrize("batch", ["7", "1"])  # slices of 4 rows and 3; one process left with none
+def test_two_gloo_processes_match_one(tmp_path, corpus_file, batch):
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
     assert torchrun, "torchrun ships with torch"
     one, two = tmp_path / "one", tmp_path / "two"
-    single = [sys.executable, "-m", "neuralda", "train", str(corpus_file), "-o", str(one), *ARGS]
+    args = [*ARGS, "--batch-size", batch]
+    single = [sys.executable, "-m", "neuralda", "train", str(corpus_file), "-o", str(one), *args]
     subprocess.run(single, check=True, capture_output=True, timeout=120)
-    ddp = [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "neuralda", "train", str(corpus_file), "-o", str(two), *ARGS]
+    ddp = [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "neuralda", "train", str(corpus_file), "-o", str(two), *args]
     out = subprocess.run(ddp, capture_output=True, text=True, timeout=180)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "2 processes" in out.stderr

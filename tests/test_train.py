@@ -47,6 +47,24 @@ def test_resume_finishes_as_an_uninterrupted_run_would(tmp_path, corpus_file):
         assert torch.equal(a[key], b[key]), key
     strip = lambda rows: [{k: v for k, v in r.items() if k not in ("seconds", "val_seconds", "tokens_per_s")} for r in rows]  # noqa: E731
     assert strip(metrics(whole)) == strip(metrics(part))
+    samples = lambda run: (run / "samples.jsonl").read_text().splitlines()  # noqa: E731
+    assert samples(whole) == samples(part) and '"checkpoint": "last"' in samples(part)[-1]
+
+
+def test_a_resumed_optimizer_keeps_its_own_kernels():
+    """Saved on one machine, resumed on another: the step runs the kernels chosen there (fused on a GPU)."""
+    from neuralda.train import load_optimizer, optimizer_tensors
+
+    w = torch.nn.Parameter(torch.ones(3))
+    saved = torch.optim.Adam([w], lr=0.1)
+    w.sum().backward()
+    saved.step()
+    tensors, groups = optimizer_tensors(saved)
+    resumed = torch.optim.Adam([w], lr=0.5, fused=True)
+    load_optimizer(resumed, tensors, groups)
+    assert resumed.param_groups[0]["fused"] is True and resumed.param_groups[0]["lr"] == 0.1
+    resumed.step()
+    assert int(resumed.state[w]["step"]) == 2
 
 
 @pytest.mark.parametrize("save_every, lasts", [(None, [0, 2, 4]), (0, [0, 1, 2, 3, 4])])
@@ -115,18 +133,31 @@ def test_stateful_batches_are_parallel_streams():
     ids = torch.arange(41)
     cfg = {"batch_size": 4, "seq_len": 3, "stateful": True, "seed": 0}
     got = list(batches(ids, cfg, 1))
-    x0, y0, reset0 = got[0]
+    x0, y0, reset0, _ = got[0]
     assert reset0 and x0.tolist() == [[0, 1, 2], [10, 11, 12], [20, 21, 22], [30, 31, 32]]
     assert torch.equal(y0, x0 + 1)
-    x1, _, reset1 = got[1]
+    x1, _, reset1, _ = got[1]
     assert not reset1 and x1[:, 0].tolist() == [3, 13, 23, 33]
 
 
 def test_window_batches_cover_each_window_once():
     ids = torch.arange(31)
     cfg = {"batch_size": 4, "seq_len": 3, "stateful": False, "seed": 0}
-    firsts = sorted(int(v) for x, _, _ in batches(ids, cfg, 1) for v in x[:, 0])
+    firsts = sorted(int(v) for x, *_ in batches(ids, cfg, 1) for v in x[:, 0])
     assert firsts == list(range(0, 30, 3))
+
+
+def test_process_slices_weigh_their_share_of_the_batch():
+    """Each process's weight makes DDP's average over processes the mean over the whole batch, however unevenly
+    the rows split; a process left without rows reads one with weight 0."""
+    ids = torch.arange(31)  # 10 windows of 3: batches of 4, 4 and 2 rows
+    cfg = {"batch_size": 4, "seq_len": 3, "stateful": False, "seed": 0}
+    steps = list(zip(*(batches(ids, cfg, 1, rank, 3) for rank in range(3))))
+    assert [[len(x) for x, _, _, w in step if w] for step in steps] == [[2, 1, 1], [2, 1, 1], [1, 1]]
+    for step in steps:
+        assert sum(w * y.numel() for _, y, _, w in step) / 3 == pytest.approx(1.0)
+    x, y, _, w = steps[-1][2]
+    assert w == 0 and len(x) == len(y) == 1
 
 
 @pytest.mark.parametrize("text, seconds", [("90s", 90), ("10m", 600), ("1h", 3600), ("45", 45), ("1.5m", 90)])
@@ -161,7 +192,7 @@ def test_chunked_loss_equals_cross_entropy_and_its_gradients(monkeypatch, bias):
     y = torch.randint(0, 50, (30,))
     ref = torch.nn.functional.cross_entropy(torch.nn.functional.linear(h, w, b), y)
     ref_grads = torch.autograd.grad(ref * 3, [h, w] + ([b] if bias else []))
-    got = t._LinearCrossEntropy.apply(h, w, b, y, torch.float32)
+    got = t._LinearCrossEntropy.apply(h, w, b, y, torch.float32, 1 / len(y))
     got_grads = torch.autograd.grad(got * 3, [h, w] + ([b] if bias else []))
     assert torch.allclose(got, ref, atol=1e-5)
     for g, r in zip(got_grads, ref_grads):

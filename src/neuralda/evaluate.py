@@ -57,16 +57,16 @@ def token_nll(model, ids: torch.Tensor, precision: str = "fp32") -> tuple[float,
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    total = torch.zeros((), dtype=torch.float64, device=device)
+    sums = []
     state = None
     with autocast(str(device), precision):
         for i in range(0, length, EVAL_CHUNK):
             xb = x[:, i : i + EVAL_CHUNK].to(device, non_blocking=True)
             yb = y[:, i : i + EVAL_CHUNK].to(device, non_blocking=True)
             logits, state = model(xb, state)
-            total += F.cross_entropy(logits.float().flatten(0, 1), yb.flatten(), reduction="sum").double()
+            sums.append(F.cross_entropy(logits.float().flatten(0, 1), yb.flatten(), reduction="sum"))
     model.train(was_training)
-    return float(total), n
+    return float(torch.stack(sums).cpu().double().sum()), n  # float64 on the CPU: Apple's MPS has none
 
 
 def perplexity(nll: float, count: int) -> float:

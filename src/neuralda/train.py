@@ -132,14 +132,19 @@ def parse_duration(text: str) -> float:
 
 
 def batches(ids: torch.Tensor, cfg: dict, epoch: int, rank: int = 0, world: int = 1):
-    """(inputs, targets, reset) batches for one epoch, as views of one tensor; process ``rank`` of ``world`` gets
-    its slice of every batch's rows.
+    """(inputs, targets, reset, weight) batches for one epoch, as views of one tensor; process ``rank`` of
+    ``world`` gets its slice of every batch's rows.
+
+    ``weight`` turns the slice's summed loss into its share of the whole batch's mean (``world / tokens``: DDP
+    averages the processes' gradients), so uneven slices train as one process would. A process left with no rows
+    (the last batch can have fewer than ``world``) reads the first row with weight 0: it still joins every step.
 
     Stateful recipes read ``batch_size`` parallel streams in chunks of ``seq_len`` (got-book-6, AWD-LSTM); the seed
     reads shuffled windows of ``seq_len`` words, as Keras' ``model.fit(shuffle=True)`` did.
     """
     for x, y, reset in _global_batches(ids, cfg, epoch):
-        yield x.tensor_split(world)[rank], y.tensor_split(world)[rank], reset
+        xs, ys, weight = x.tensor_split(world)[rank], y.tensor_split(world)[rank], world / y.numel()
+        yield (xs, ys, reset, weight) if len(xs) else (x[:1], y[:1], reset, 0.0)
 
 
 def _global_batches(ids: torch.Tensor, cfg: dict, epoch: int):
@@ -176,7 +181,8 @@ LOSS_CHUNK = 4096  # rows of logits alive at once in the loss
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
-    """Mean cross-entropy of ``h @ weight.T + bias`` against ``targets``, a chunk of rows at a time.
+    """Summed cross-entropy of ``h @ weight.T + bias`` against ``targets`` times ``scale`` (``1 / len(targets)``:
+    the mean), a chunk of rows at a time.
 
     The full logits and their gradient (334 MB each for the seed's batch of 512 x 30 over 5,437 words) are never
     held: each chunk's softmax gradient is turned into the gradients of ``h``, ``weight`` and ``bias`` at once
@@ -184,7 +190,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, h, weight, bias, targets, dtype):
+    def forward(ctx, h, weight, bias, targets, dtype, scale):
         n = targets.numel()
         hc, wc = h.to(dtype), weight.to(dtype)
         grad_h = torch.empty(h.shape, dtype=h.dtype, device=h.device)
@@ -200,19 +206,19 @@ class _LinearCrossEntropy(torch.autograd.Function):
             total += (lse - logits.gather(1, t.unsqueeze(1)).squeeze(1)).sum()
             g = logits.sub_(lse.unsqueeze(1)).exp_()  # softmax, in place of the logits
             g[torch.arange(t.numel(), device=t.device), t] -= 1
-            g /= n
+            g *= scale
             if grad_b is not None:
                 grad_b += g.sum(0)
             g = g.to(dtype)
             grad_h[i : i + LOSS_CHUNK] = g @ wc
             grad_w += (g.T @ rows).float()
         ctx.save_for_backward(grad_h, grad_w.to(weight.dtype), grad_b)
-        return total / n
+        return total * scale
 
     @staticmethod
     def backward(ctx, grad_out):
         grad_h, grad_w, grad_b = ctx.saved_tensors
-        return grad_h * grad_out, grad_w * grad_out, None if grad_b is None else grad_b * grad_out, None, None
+        return grad_h * grad_out, grad_w * grad_out, None if grad_b is None else grad_b * grad_out, None, None, None
 
 
 class LossModule(torch.nn.Module):
@@ -223,10 +229,12 @@ class LossModule(torch.nn.Module):
         self.model = model
         self.dtype = torch.bfloat16 if precision == "bf16" else torch.float32
 
-    def forward(self, x, y, state=None):
+    def forward(self, x, y, state=None, weight: float | None = None):
+        """The loss summed over ``y``'s tokens times ``weight`` (none: the mean), and the next state."""
         h, state = self.model.features(x, state)
         head = self.model.decoder
-        loss = _LinearCrossEntropy.apply(h.flatten(0, 1), head.weight, head.bias, y.flatten(), self.dtype)
+        weight = 1 / y.numel() if weight is None else weight
+        loss = _LinearCrossEntropy.apply(h.flatten(0, 1), head.weight, head.bias, y.flatten(), self.dtype, weight)
         return loss, state
 
 
@@ -249,11 +257,15 @@ def optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict, list]:
 
 
 def load_optimizer(opt: torch.optim.Optimizer, tensors: dict, groups: list) -> None:
+    """The saved state and settings, with ``opt``'s own choice of kernels: a run saved on a CPU may resume on a
+    GPU, where the fused ones run (``make_optimizer``)."""
     state: dict[int, dict] = {}
     for name, value in tensors.items():
         if name.startswith("optim/"):
             _, idx, key = name.split("/", 2)
             state.setdefault(int(idx), {})[key] = value
+    kernels = ("fused", "foreach", "capturable")
+    groups = [{**saved, **{k: now[k] for k in kernels if k in now}} for saved, now in zip(groups, opt.param_groups)]
     opt.load_state_dict({"state": state, "param_groups": groups})
 
 
@@ -326,9 +338,10 @@ def _stream(run: Run, split: str) -> torch.Tensor:
 
 
 def _truncate_epochs(path: Path, epoch: int) -> None:
-    """Keep each epoch once: drop lines written after the checkpoint a resumed run starts from."""
+    """Keep each epoch once: drop lines written after the checkpoint a resumed run starts from, and the sample of
+    the ``last`` checkpoint, which the resumed run writes anew when it ends."""
     if path.exists():
-        keep = [row for row in read_epoch_rows(path) if row["epoch"] <= epoch]
+        keep = [row for row in read_epoch_rows(path) if row["epoch"] <= epoch and row.get("checkpoint") != "last"]
         atomic_write(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in keep))
 
 
@@ -504,9 +517,10 @@ class Trainer:
         tokens = 0
         hidden = None
         t0 = last_report = time.monotonic()
-        for done, (x, y, reset) in enumerate(batches(self._epoch_ids(epoch), c, epoch, self.dist.rank, self.dist.world), 1):
+        ids = self._epoch_ids(epoch)
+        for done, (x, y, reset, weight) in enumerate(batches(ids, c, epoch, self.dist.rank, self.dist.world), 1):
             with autocast(self.device, self.precision):
-                loss, hidden = model(x, y, None if reset else hidden)
+                loss, hidden = model(x, y, None if reset else hidden, weight)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if c["clip_value"]:
@@ -516,8 +530,9 @@ class Trainer:
             self.optimizer.step()
             if c["stateful"]:
                 hidden = [(h.detach(), s.detach()) for h, s in hidden]
-            total += loss.detach() * y.numel()  # summed on the device: no host sync per step
-            tokens += y.numel()
+            if weight:
+                total += loss.detach() / weight  # summed on the device: no host sync per step
+                tokens += y.numel()
             now = time.monotonic()
             if progress.tty and now - last_report > 1.0:  # a host sync, so only once a second
                 progress.step(done, float(total) / tokens, tokens / (now - t0))

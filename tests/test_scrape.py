@@ -42,6 +42,12 @@ def loopback_only(monkeypatch):
     monkeypatch.setattr(socket, "create_connection", guarded)
 
 
+@pytest.fixture
+def no_waiting(monkeypatch):
+    """Fail a test at the scraper's first pause: a limit left unchecked then fails at once, not after an hour."""
+    monkeypatch.setattr(time, "sleep", lambda seconds: pytest.fail(f"the scraper paused {seconds:g} s"))
+
+
 @dataclass
 class Hit:
     path: str
@@ -378,6 +384,24 @@ def test_a_larger_robots_crawl_delay_wins(site, tmp_path):
     assert len(gaps) == 3 and min(gaps) >= 0.4
 
 
+@pytest.mark.parametrize("crawl_delay", ["inf", "nan"])
+def test_a_crawl_delay_that_is_no_number_of_seconds_is_ignored(site, tmp_path, crawl_delay):
+    small_site(site, 2)
+    site.page("/robots.txt", f"User-agent: *\nCrawl-delay: {crawl_delay}\n", content_type="text/plain")
+    start = time.monotonic()
+    summary = scrape(config(site, tmp_path))
+    assert summary.poems_written == 2 and time.monotonic() - start < 1.5
+
+
+def test_a_crawl_delay_over_an_hour_means_stay_away(site, tmp_path, no_waiting):
+    small_site(site, 2)
+    site.page("/robots.txt", "User-agent: *\nCrawl-delay: 86400\n", content_type="text/plain")
+    reason = r"robots.txt asks for 86400 s between requests \(over 3600\); staying away"
+    with pytest.raises(NeuraldaError, match=reason):
+        scrape(config(site, tmp_path))
+    assert site.paths() == ["/robots.txt"]
+
+
 def test_503_then_200_honours_retry_after(site, tmp_path):
     small_site(site, 2)
     calls = []
@@ -583,6 +607,37 @@ def test_interrupted_run_resumes_without_duplicates(site, tmp_path):
     assert third.poems_written == 0 and third.already_present == 5 and len(records(tmp_path)) == 5
 
 
+def test_a_last_record_without_its_newline_is_kept_and_ended(site, tmp_path):
+    small_site(site, 3)
+    scrape(config(site, tmp_path, max_poems=2))
+    output = tmp_path / "corpus.jsonl"
+    first = output.read_bytes().rstrip(b"\n")  # as an editor that drops the final newline leaves it
+    output.write_bytes(first)
+    second = scrape(config(site, tmp_path))
+    assert second.poems_written == 1 and second.already_present == 2
+    assert output.read_bytes().startswith(first + b"\n") and len(read_corpus(output)) == 3
+
+
+@pytest.mark.parametrize(
+    "content, line",
+    [
+        pytest.param(b"my notes\nline two without newline", 1, id="notes-without-final-newline"),
+        pytest.param(b"single line no newline", 1, id="one-line-without-newline"),
+        pytest.param(b'{"text": "a poem"}\nnotes after it', 2, id="record-then-notes"),
+        pytest.param(b'my notes\n{"title": "looks torn', 1, id="notes-then-brace"),
+        pytest.param(b'{"text": "a poem"}\n[1, 2]\n', 2, id="json-but-no-poem"),
+    ],
+)
+def test_an_output_that_is_not_a_corpus_is_an_error_and_left_as_it_was(site, tmp_path, content, line):
+    small_site(site, 1)
+    output = tmp_path / "corpus.jsonl"
+    output.write_bytes(content)
+    with pytest.raises(NeuraldaError, match=rf"corpus.jsonl:{line}: not a corpus line \(JSONL\); write to another -o"):
+        scrape(config(site, tmp_path))
+    assert output.read_bytes() == content
+    assert site.hits == []
+
+
 def test_max_pages_limits_the_index_pages(site, tmp_path):
     site.index("/", ["/poems/0"], next_href="/page/2")
     site.index("/page/2", ["/poems/1"])
@@ -630,6 +685,38 @@ def test_invalid_css_selector_fails_before_any_request(site, tmp_path):
     with pytest.raises(NeuraldaError, match=r"invalid CSS selector for --links: 'a\['"):
         scrape(config(site, tmp_path, links="a["))
     assert site.hits == []
+
+
+@pytest.mark.parametrize(
+    "option, value, message",
+    [
+        ("timeout", float("nan"), "--timeout must be above 0 and at most 600 seconds, got nan"),
+        ("timeout", float("inf"), "--timeout must be above 0 and at most 600 seconds, got inf"),
+        ("timeout", 0.0, "--timeout must be above 0 and at most 600 seconds, got 0"),
+        ("timeout", 601.0, "--timeout must be above 0 and at most 600 seconds, got 601"),
+        ("delay", float("nan"), "--delay must be from 0 to 3600 seconds, got nan"),
+        ("delay", float("inf"), "--delay must be from 0 to 3600 seconds, got inf"),
+        ("delay", -0.5, "--delay must be from 0 to 3600 seconds, got -0.5"),
+        ("delay", 3601.0, "--delay must be from 0 to 3600 seconds, got 3601"),
+        ("retries", -1, "--retries must be at least 0, got -1"),
+    ],
+)
+def test_a_delay_timeout_or_retries_out_of_range_fails_before_any_request(
+    site, tmp_path, no_waiting, option, value, message
+):
+    small_site(site, 1)
+    with pytest.raises(NeuraldaError) as error:
+        scrape(config(site, tmp_path, **{option: value}))
+    assert str(error.value) == message
+    assert site.hits == []
+
+
+@pytest.mark.parametrize("host", ["www..example.com", "a" * 64 + ".example.com"], ids=["empty-label", "long-label"])
+def test_a_start_url_whose_host_is_no_dns_name_fails_before_any_request(site, tmp_path, host):
+    # loopback_only fails the test at any attempt to connect to this host, so the error must come before one.
+    with pytest.raises(NeuraldaError, match=r"not an http\(s\) URL with a valid host: 'http://"):
+        scrape(config(site, tmp_path, start_urls=[f"http://{host}/poems"]))
+    assert normalize_url(f"http://{host}/poems") is None  # so a link to it on a page is skipped, never fetched
 
 
 def test_start_page_failure_is_reported(site, tmp_path):

@@ -18,7 +18,7 @@ from ..corpus import Poem
 from ..errors import NeuraldaError
 from ..files import append_line
 from .extract import check_selector, parse_html, select_line, select_links, select_poem
-from .fetch import Fetcher, FetchError, Page, host_of, normalize_url
+from .fetch import MAX_DELAY, MAX_TIMEOUT, Fetcher, FetchError, Page, host_of, normalize_url
 from .sites import SELECTOR_FIELDS, get_preset, list_presets
 
 if TYPE_CHECKING:
@@ -88,48 +88,62 @@ def _check_config(config: ScrapeConfig) -> None:
         raise NeuraldaError("give at least one start URL")
     for url in config.start_urls:
         if normalize_url(url) is None:
-            raise NeuraldaError(f"not an http(s) URL: {url!r}")
+            raise NeuraldaError(f"not an http(s) URL with a valid host: {url!r}")
     if not config.body:
         raise NeuraldaError("no --body selector: give --body CSS or a --preset (see --list-presets)")
     for name in SELECTOR_FIELDS:
         css = getattr(config, name)
         if css is not None:
             check_selector(name.replace("_", "-"), css)
-    if config.delay < 0 or config.timeout <= 0 or config.retries < 0:
-        raise NeuraldaError("--delay and --retries must be >= 0 and --timeout > 0")
+    # Ranges, not "< 0" tests: NaN fails every comparison, so it fails these too (and infinity the upper bound).
+    if not 0 <= config.delay <= MAX_DELAY:
+        raise NeuraldaError(f"--delay must be from 0 to {MAX_DELAY:g} seconds, got {config.delay:g}")
+    if not 0 < config.timeout <= MAX_TIMEOUT:
+        raise NeuraldaError(f"--timeout must be above 0 and at most {MAX_TIMEOUT:g} seconds, got {config.timeout:g}")
+    if config.retries < 0:
+        raise NeuraldaError(f"--retries must be at least 0, got {config.retries}")
     for name in ("max_poems", "max_pages"):
         value = getattr(config, name)
         if value is not None and value < 1:
             raise NeuraldaError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
 
 
+def _corpus_record(line: bytes) -> dict | None:
+    """The poem record on one JSONL line (an object with a "text" string), or None when it is not one."""
+    try:
+        record = json.loads(line.decode("utf-8", errors="replace"))
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) and isinstance(record.get("text"), str) else None
+
+
 def _urls_in_output(path: Path) -> set[str]:
-    """URLs of the poems an earlier run wrote to ``path``, so this run adds only the missing ones."""
+    """URLs of the poems an earlier run wrote to ``path``, so this run adds only the missing ones.
+
+    A file that is not a corpus is an error and stays as it was; only a torn last record is cut off.
+    """
     if not path.exists():
         return set()
     if path.is_dir():
         raise NeuraldaError(f"{path}: is a folder; -o wants a .jsonl file")
     data = path.read_bytes()
-    if data and not data.endswith(b"\n"):
-        cut = data.rfind(b"\n") + 1
-        try:
-            json.loads(data[cut:])
-        except ValueError:
-            # A run killed in the middle of a write leaves a torn last line: drop it, its poem is fetched again.
-            os.truncate(path, cut)
-            data = data[:cut]
-        else:
-            append_line(path, "")  # a complete last line without its newline: end it, so the next one starts fresh
-            data += b"\n"
+    lines = data.split(b"\n")  # the last is b"" when the file ends with a newline
     urls = set()
-    for number, line in enumerate(data.decode("utf-8", errors="replace").splitlines(), 1):
+    for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
-        try:
-            record = json.loads(line)
-        except ValueError:
-            raise NeuraldaError(f"{path}:{number}: not a corpus line (JSONL); write to another -o file") from None
-        if isinstance(record, dict) and record.get("url"):
+        record = _corpus_record(line)
+        last = number == len(lines)
+        if record is None and last and line.startswith(b"{"):
+            # Every line before it is a record, so this is what a run killed mid-write leaves: drop it, its poem is
+            # fetched again. Anything else is the user's and is never cut.
+            os.truncate(path, len(data) - len(line))
+            break
+        if record is None:
+            raise NeuraldaError(f"{path}:{number}: not a corpus line (JSONL); write to another -o file")
+        if last:
+            append_line(path, "")  # a complete last line without its newline: end it, so the next one starts fresh
+        if record.get("url"):
             urls.add(normalize_url(str(record["url"])) or str(record["url"]))
     return urls
 

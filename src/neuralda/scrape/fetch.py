@@ -9,6 +9,7 @@ import hashlib
 import http.client
 import io
 import json
+import math
 import re
 import socket
 import time
@@ -27,6 +28,8 @@ from ..files import atomic_write
 MAX_PAGE_BYTES = 5 * 1024 * 1024  # after gzip too: a small gzip bomb must not become gigabytes in memory
 MAX_REDIRECTS = 5
 MAX_WAIT = 120.0  # a server asking for a longer Retry-After gets the page skipped, not a shorter wait
+MAX_DELAY = 3600.0  # seconds between requests to a host: a robots.txt asking for more gets the host left alone
+MAX_TIMEOUT = 600.0  # seconds for a response: a server that slow is as good as down
 REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _READ_CHUNK = 64 * 1024
@@ -72,7 +75,9 @@ def normalize_url(url: str, base: str | None = None) -> str | None:
     try:
         parts = urlsplit(urljoin(base, url.strip()) if base else url.strip())
         port = parts.port
-    except ValueError:  # "http://[oops", a port out of range: not a URL anyone can follow
+        if parts.hostname:
+            parts.hostname.encode("idna")  # the check a connection would make: labels of 1 to 63 characters
+    except ValueError:  # "http://[oops", a port out of range, "www..example.com": not a URL anyone can follow
         return None
     scheme = parts.scheme.lower()
     if scheme not in _DEFAULT_PORTS or not parts.hostname:
@@ -146,13 +151,20 @@ def parse_robots(text: str, user_agent: str) -> Robots:
             groups[-1][1].append((key == "allow", value))
         elif key == "crawl-delay":
             try:
-                groups[-1][2].append(float(value))
+                delay = float(value)
             except ValueError:
-                pass  # a malformed Crawl-delay is ignored, as other crawlers do
+                continue  # a malformed Crawl-delay is ignored, as other crawlers do
+            if math.isfinite(delay) and delay >= 0:  # "nan", "inf" and "-1" are as malformed
+                groups[-1][2].append(delay)
     ours = [g for g in groups if token in g[0]] or [g for g in groups if "*" in g[0]]
     rules = tuple(rule for g in ours for rule in g[1])
     delays = [d for g in ours for d in g[2]]
-    return Robots(rules=rules, crawl_delay=max(delays) if delays else None)
+    crawl_delay = max(delays) if delays else None
+    if crawl_delay is not None and crawl_delay > MAX_DELAY:
+        # Coming back sooner than asked would be rude, and waiting that long between pages is no scrape at all.
+        too_slow = f"robots.txt asks for {crawl_delay:g} s between requests (over {MAX_DELAY:g}); staying away"
+        return Robots(deny_all=too_slow)
+    return Robots(rules=rules, crawl_delay=crawl_delay)
 
 
 # --- waiting -----------------------------------------------------------------------------------------------------

@@ -1,12 +1,15 @@
 import json
+import shutil
 import subprocess
 import sys
 
 import pytest
 
 
-def cli(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "neuralda", *map(str, args)], capture_output=True, text=True, cwd=cwd)
+def cli(*args, cwd=None, timeout=None):
+    return subprocess.run(
+        [sys.executable, "-m", "neuralda", *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=timeout
+    )
 
 
 def test_help_does_not_import_torch():
@@ -72,13 +75,34 @@ def test_bad_option_values_exit_2(tmp_path, corpus_file):
     assert out.returncode == 2 and "not a duration" in out.stderr
 
 
+def test_a_foreign_config_json_is_not_a_run(tmp_path, tiny_run):
+    folder = tmp_path / "webapp"
+    folder.mkdir()
+    shutil.copy(tiny_run / "vocab.json", folder / "vocab.json")
+    (folder / "config.json").write_text('{"name": "webapp", "hidden": 64}')
+    out = cli("summary", folder)
+    assert out.returncode == 2 and out.stderr.count("\n") == 1
+    assert f"{folder / 'config.json'}: not a neuralda run configuration (missing arch, layers, dropout)" in out.stderr
+
+
+@pytest.mark.parametrize("minutes", ["0", "nan", "-1", "inf"])
+def test_demo_needs_a_time_limit_above_0(tmp_path, minutes):
+    # Refused before the demo scrapes or trains: 0 once meant training with no time limit at all.
+    out = cli("demo", "--minutes", minutes, "-o", tmp_path / "runs" / "demo", "-q", timeout=60)
+    assert out.returncode == 2 and out.stderr.count("\n") == 1
+    assert f"--minutes must be a number above 0, got {minutes}" in out.stderr
+    assert not (tmp_path / "runs").exists()
+
+
 def test_demo_scrapes_the_local_site_trains_and_writes(tmp_path):
     out = cli("demo", "--minutes", "0.15", "-o", tmp_path / "runs" / "demo", "--seed", 1, "-q")
     assert out.returncode == 0, out.stderr[-2000:]
     assert "wrote 117 poems" in out.stderr and "127.0.0.1" in out.stderr
     assert 'A poem from "love"' in out.stdout
     poem = out.stdout.split("best checkpoint):", 1)[1].strip()
-    assert poem.startswith("love") and len(poem.split()) > 5
+    # A poem of its own after "love": how long depends on how many epochs a busy machine fits in 9 s (it may end
+    # itself after a few words).
+    assert poem.startswith("love") and len(poem.split()) > 1
     scraped = [json.loads(line) for line in (tmp_path / "runs" / "demo-corpus.jsonl").read_text().splitlines()]
     assert len(scraped) == 117 and all(p["url"].startswith("http://127.0.0.1:") for p in scraped)
     # A second demo replaces its own run and corpus; it never touches another run.

@@ -4,6 +4,9 @@ import re
 import subprocess
 import sys
 
+import pytest
+
+from neuralda.cli import main
 from neuralda.evaluate import evaluate_run
 from neuralda.report import write_report
 
@@ -11,7 +14,7 @@ from neuralda.report import write_report
 def test_report_structure_plot_and_numbers(tiny_run, tmp_path):
     out = tmp_path / "post" / "report.md"
     out.parent.mkdir()
-    entries = write_report([str(tiny_run)], out, tmp_path / "report.html", samples=4, seed=2)
+    entries = write_report([str(tiny_run)], out, tmp_path / "report.html", samples=4, seed=2, words=12)
     text = out.read_text()
     # One details block per saved epoch (the seed compares 200 and 400; this run saved 2 and 4), and the summary.
     assert re.findall(r"<summary>(.*?)</summary>", text) == [
@@ -24,12 +27,16 @@ def test_report_structure_plot_and_numbers(tiny_run, tmp_path):
     plot = out.parent / "report-perplexity.png"
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "![Training and held-out perplexity per epoch](report-perplexity.png)" in text
-    # The table's numbers are evaluate's.
-    row = evaluate_run(tiny_run, "epoch-4", samples=4, seed=2)
+    # The table's numbers are evaluate's, for poems of the words asked for.
+    row = evaluate_run(tiny_run, "epoch-4", samples=4, seed=2, words=12)
     rows = [[c.strip() for c in ln.strip("|").split("|")] for ln in text.splitlines() if ln.startswith("| ")]
     cells = next(r for r in rows if r[1] == "epoch-4")
     assert cells[3] == f"{row['perplexity']:.1f}"
     assert cells[7] == f"{row['copied_6gram_share']:.1%}"
+    assert cells[9] == str(row["longest_copy"])
+    assert cells[10] == f"{row['distinct_2']:.3f}"
+    # Poems of the default length differ here, so a report that ignored `words` would fail the line above.
+    assert cells[10] != f"{evaluate_run(tiny_run, 'epoch-4', samples=4, seed=2)['distinct_2']:.3f}"
     page = (tmp_path / "report.html").read_text()
     assert page.count("<details>") == 3 and "data:image/png;base64," in page
 
@@ -59,3 +66,48 @@ def test_compare_prints_a_row_per_checkpoint(tiny_run):
 def test_report_of_a_missing_run_is_one_line(tmp_path):
     out = cli("report", tmp_path / "nope", "-o", tmp_path / "r.md")
     assert out.returncode == 2 and out.stderr.count("\n") == 1
+
+
+def report_in_process(tmp_path, monkeypatch, *args):
+    """``neuralda report`` run here, failing the test if it gets as far as writing a poem."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("neuralda.report.collect", lambda *a: pytest.fail("the report was evaluated first"))
+    return main(["report", *map(str, args)])
+
+
+@pytest.mark.parametrize("existing", ["post.md", "post-perplexity.png", "post.html"])
+def test_report_keeps_existing_files_unless_forced(tiny_run, tmp_path, monkeypatch, capsys, existing):
+    (tmp_path / existing).write_text("mine")
+    assert report_in_process(tmp_path, monkeypatch, tiny_run, "-o", "post.md", "--html", "post.html") == 2
+    err = capsys.readouterr().err
+    assert f"{existing} already exists" in err and "--force" in err and err.count("\n") == 1
+    assert [p.name for p in tmp_path.iterdir()] == [existing] and (tmp_path / existing).read_text() == "mine"
+    out = cli("report", tiny_run, "-o", tmp_path / "post.md", "--html", tmp_path / "post.html", "--samples", 1,
+              "--force")
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "post.md").read_text().startswith("# Teaching")
+    assert (tmp_path / "post-perplexity.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "post.html").read_text().startswith("<!DOCTYPE html>")
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("-o", "."), "no file name in '.'"),
+        (("-o", ""), "no file name in ''"),
+        (("-o", "somedir/"), "no file name in 'somedir/'"),
+        (("-o", "somedir"), "somedir is a directory; give a file in it, like somedir/post.md"),
+        (("-o", "post.md", "--html", "somedir"), "somedir is a directory"),
+        (("-o", "notes.txt/post.md"), "notes.txt is a file, not a folder"),
+        (("-o", "post.md", "--html", "post-perplexity.png"), "would write the same file"),
+    ],
+)
+def test_report_outputs_that_cannot_be_files_are_one_line_errors(tiny_run, tmp_path, monkeypatch, capsys, args,
+                                                                 message):
+    (tmp_path / "somedir").mkdir()
+    (tmp_path / "notes.txt").write_text("mine")
+    assert report_in_process(tmp_path, monkeypatch, tiny_run, *args) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "somedir"]  # no stray plot beside them
+    assert not any((tmp_path / "somedir").iterdir())

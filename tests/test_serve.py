@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import shutil
 import statistics
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -341,3 +343,15 @@ def test_a_port_in_use_is_a_one_line_error(server):
     port = int(server.url.rsplit(":", 1)[1])
     with pytest.raises(NeuraldaError, match="choose another --port"):
         listen("127.0.0.1", port)
+
+
+@pytest.mark.parametrize("port", [-1, 65536, 99999])
+def test_a_port_out_of_range_is_a_one_line_error(port):
+    with pytest.raises(NeuraldaError, match=f"port {port} does not exist; choose a --port from 0 to 65535"):
+        listen("127.0.0.1", port)
+
+
+def test_serve_on_a_port_out_of_range_exits_2_with_one_line(runs):
+    out = subprocess.run([sys.executable, "-m", "neuralda", "serve", str(runs[0]), "--port", "99999"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and out.stderr.count("\n") == 1 and "port 99999 does not exist" in out.stderr

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -140,7 +141,9 @@ def cmd_compare(args: argparse.Namespace) -> None:
 def cmd_report(args: argparse.Namespace) -> None:
     from .report import write_report
 
-    write_report(args.runs, args.output, args.html, args.start, args.seed, args.title, args.samples, args.words)
+    write_report(
+        args.runs, args.output, args.html, args.start, args.seed, args.title, args.samples, args.words, args.force
+    )
     print(f"wrote {args.output}" + (f" and {args.html}" if args.html else ""), file=sys.stderr)
 
 
@@ -192,6 +195,8 @@ def cmd_demo(args: argparse.Namespace) -> None:
     from .scrape import scrape
     from .train import TrainConfig, train
 
+    if not 0 < args.minutes < math.inf:  # 0 would be no limit at all to training; NaN compares False
+        raise NeuraldaError(f"--minutes must be a number above 0, got {args.minutes:g}")
     out = Path(args.output)
     corpus_out = out.parent / f"{out.name}-corpus.jsonl"
     if (out / "config.json").exists():
@@ -340,6 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("-o", "--output", required=True, help="the Markdown file; the plot is written beside it")
     rp.add_argument("--html", help="also one self-contained HTML page")
     rp.add_argument("--title", default="Teaching a computer to write poems")
+    rp.add_argument("--force", action="store_true", help="replace an existing Markdown file, plot or HTML page")
     measure_options(rp)
     rp.set_defaults(func=cmd_report)
 
@@ -358,7 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
     sv.set_defaults(func=cmd_serve)
 
     d = sub.add_parser("demo", help="scrape the bundled demo site on 127.0.0.1, train on it, write a poem")
-    d.add_argument("--minutes", type=float, default=3.0, help="training budget (default 3)")
+    d.add_argument("--minutes", type=float, default=3.0, help="training budget, above 0 (default 3)")
     d.add_argument("-o", "--output", default=str(DEMO_RUN), help="the run directory (default runs/demo)")
     d.add_argument("--seed", type=int, help="the seed of the poem printed at the end")
     d.add_argument("-q", "--quiet", action="store_true")

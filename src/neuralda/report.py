@@ -14,6 +14,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from .errors import NeuraldaError
 from .evaluate import evaluate_run
 from .files import atomic_write
 from .generate import SamplingConfig, write_poems
@@ -53,7 +54,7 @@ def collect(run_dirs: list[str], start: str, seed: int, samples: int, words: int
     entries = []
     for run_dir, run in zip(run_dirs, runs):
         for checkpoint in report_checkpoints(run):
-            measures = evaluate_run(run_dir, checkpoint, samples=samples, start=start, seed=seed)
+            measures = evaluate_run(run_dir, checkpoint, samples=samples, start=start, words=words, seed=seed)
             model, meta = run.load_model(checkpoint)
             poem, _ = write_poems(model, run.vocab, start, words, 1, SamplingConfig(), seed)[0]
             epoch = meta.get("epoch")
@@ -200,6 +201,40 @@ poems' word runs found verbatim in the training poems. Poems are written from "{
 """
 
 
+def _check_file_name(given: str | Path, example: str) -> None:
+    """Refuse a path that cannot be written as a file: no file name, a directory, or a file where a folder goes."""
+    path = Path(given)
+    if str(given).endswith("/") or path.name in ("", ".."):
+        raise NeuraldaError(f"no file name in {str(given)!r}; give one like {example}")
+    if path.is_dir():
+        raise NeuraldaError(f"{given} is a directory; give a file in it, like {path / example}")
+    folder = next(p for p in path.parents if p.exists())  # the nearest existing one ("." or "/" at worst)
+    if not folder.is_dir():
+        raise NeuraldaError(f"{given}: {folder} is a file, not a folder")
+
+
+def report_paths(output: str | Path, html_path: str | Path | None, force: bool) -> tuple[Path, Path, Path | None]:
+    """The Markdown file, the plot beside it and the HTML page; a bad path, or an existing file without ``force``,
+    is a one-line error."""
+    _check_file_name(output, "post.md")
+    if html_path:
+        _check_file_name(html_path, "post.html")
+    output = Path(output)
+    plot = output.with_name(output.stem + PLOT_SUFFIX)
+    page = Path(html_path) if html_path else None
+    paths = [p for p in (output, plot, page) if p]
+    if len({p.resolve() for p in paths}) < len(paths):
+        raise NeuraldaError(f"-o {output} and --html {page} would write the same file (the plot is {plot})")
+    existing = [str(p) for p in paths if p.exists()]
+    if existing and not force:
+        one = len(existing) == 1
+        raise NeuraldaError(
+            f"{', '.join(existing)} already exist{'s' if one else ''}; choose another -o or --html, "
+            f"or add --force to replace {'it' if one else 'them'}"
+        )
+    return output, plot, page
+
+
 def write_report(
     run_dirs: list[str],
     output: str | Path,
@@ -209,11 +244,14 @@ def write_report(
     title: str = "Teaching a computer to write poems",
     samples: int = 20,
     words: int = 120,
+    force: bool = False,
 ) -> list[Entry]:
-    """Write the Markdown report (and the plot beside it, and the HTML page when asked); returns its entries."""
-    output = Path(output)
+    """Write the Markdown report (and the plot beside it, and the HTML page when asked); returns its entries.
+
+    The outputs are checked before any poem is written: an existing one is replaced only with ``force``.
+    """
+    output, plot, html_path = report_paths(output, html_path, force)
     runs, entries = collect(run_dirs, start, seed, samples, words)
-    plot = output.with_name(output.stem + PLOT_SUFFIX)
     plot_png = plot_perplexity(runs)
     atomic_write(plot, plot_png)
     atomic_write(output, markdown(runs, entries, title, plot.name, start) + "\n")

@@ -27,6 +27,7 @@ from .tokenizer import Vocab
 FORMAT_VERSION = 1
 _META_KEY = "neuralda"
 _CHECKPOINT_NAME = re.compile(r"(best|last|epoch-\d+)\Z")
+_MODEL_KEYS = ("arch", "hidden", "layers", "dropout")  # what every command reads to build the model
 
 
 def _digest(tensors: dict[str, Any]) -> str:
@@ -133,6 +134,9 @@ class Run:
         version = config.get("format_version", 0)
         if not isinstance(version, int) or version > FORMAT_VERSION:
             raise NeuraldaError(f"{path}: written by a newer neuralda (format {version}); upgrade neuralda to read it")
+        missing = [key for key in _MODEL_KEYS if key not in config]
+        if missing:
+            raise NeuraldaError(f"{config_path}: not a neuralda run configuration (missing {', '.join(missing)})")
         return cls(path, config, Vocab.load(path / "vocab.json"))
 
     @property

@@ -335,7 +335,9 @@ def create_app(run_dirs: list[str]) -> FastAPI:
 
 
 def listen(host: str, port: int) -> socket.socket:
-    """A socket listening on ``host:port`` (port 0: any free one); a port in use is a one-line error."""
+    """A socket listening on ``host:port`` (port 0: any free one); a port out of range or in use is a one-line error."""
+    if not 0 <= port <= 65535:
+        raise NeuraldaError(f"port {port} does not exist; choose a --port from 0 to 65535 (0: any free one)")
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets that say they are TCP, and without it every
     # small response waits ~40 ms for a delayed ACK.

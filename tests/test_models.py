@@ -23,7 +23,7 @@ def test_summary_table_matches_the_seed():
     assert "2783744" in table and "2789181" in table  # embedding and dense rows
 
 
-def test_single_bias_lstm_has_one_bias_and_runs_fused():
+def test_single_bias_lstm_has_one_bias_and_matches_a_two_bias_lstm():
     lstm = SingleBiasLSTM(8, 16)
     names = {n for n, _ in lstm.named_parameters()}
     assert names == {"weight_ih_l0", "weight_hh_l0", "bias_ih_l0"}
@@ -44,6 +44,10 @@ def test_keras_forget_bias_is_one():
     model = SeedLSTM(50, embed=8, hidden=8, layers=1)
     bias = model.lstms[0].bias_ih_l0
     assert torch.all(bias[8:16] == 1) and torch.all(bias[:8] == 0)
+    # Our lstm keeps PyTorch's two biases, each starting its forget gate at 1: 2 in all (measured to train better).
+    lstm = PoetLSTM(50, hidden=8, layers=1).lstms[0]
+    total = lstm.bias_ih_l0 + lstm.bias_hh_l0
+    assert torch.all(total[8:16] == 2) and torch.all(total[:8] == 0) and torch.all(total[16:] == 0)
 
 
 def test_our_lstm_ties_embedding_and_output():

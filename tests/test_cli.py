@@ -68,11 +68,21 @@ def test_unknown_start_word_and_checkpoint(tiny_run):
     assert out.returncode == 2 and "no checkpoint" in out.stderr
 
 
-def test_bad_option_values_exit_2(tmp_path, corpus_file):
-    out = cli("train", corpus_file, "-o", tmp_path / "r", "--epochs", 0)
-    assert out.returncode == 2 and "must be at least 1" in out.stderr
-    out = cli("train", corpus_file, "-o", tmp_path / "r", "--max-time", "soon")
-    assert out.returncode == 2 and "not a duration" in out.stderr
+@pytest.mark.parametrize(
+    "option, message",
+    [
+        (("--epochs", "0"), "argument --epochs: must be at least 1, got 0 (see neuralda train --help)"),
+        (("--epochs", "x"), "argument --epochs: not a whole number: 'x'"),
+        (("--max-time", "soon"), "not a duration"),
+        (("--patience", "-1"), "argument --patience: must be at least 0, got -1"),
+        (("--weight-decay", "-1"), "--weight-decay must be a finite number, 0 or more, got -1.0"),
+        (("--lr", "nan"), "--lr must be a finite number above 0, got nan"),
+    ],
+)
+def test_bad_option_values_are_one_line_and_exit_2(tmp_path, corpus_file, option, message):
+    out = cli("train", corpus_file, "-o", tmp_path / "r", *option)
+    assert out.returncode == 2 and out.stderr.startswith("neuralda: error: ") and out.stderr.count("\n") == 1
+    assert message in out.stderr and not (tmp_path / "r").exists()  # nothing half-made to block the next try
 
 
 def test_a_foreign_config_json_is_not_a_run(tmp_path, tiny_run):

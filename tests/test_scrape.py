@@ -193,6 +193,11 @@ CAFE = "The café’s lamp — “still lit” — at naïve noon"
             id="bom-beats-meta",
         ),
         pytest.param("text/html", codecs.BOM_UTF8 + f"<p>{CAFE}</p>".encode(), id="bom-utf8"),
+        pytest.param(
+            "text/html; charset=iso-8859-1",
+            codecs.BOM_UTF16_LE + f"<p>{CAFE}</p>".encode("utf-16-le"),
+            id="bom-beats-header-charset",
+        ),
         pytest.param("text/html", f"<meta charset='windows-1252'><p>{CAFE}</p>".encode("cp1252"), id="meta-charset"),
         pytest.param(
             "text/html",

@@ -98,6 +98,17 @@ def test_resume_drops_metrics_written_after_the_last_checkpoint(tmp_path, corpus
     assert [r["epoch"] for r in metrics(out)] == [1, 2, 3]
 
 
+def test_resume_given_the_corpus_starts_a_run_killed_before_its_config_was_written(tmp_path, corpus_file):
+    out = tmp_path / "run"
+    (out / "data").mkdir(parents=True)
+    (out / "data" / "train.jsonl").write_text('{"text": "half a split"}\n')  # what an early kill leaves
+    result = train(tiny_config(corpus_file, out, epochs=1), resume=True, **QUIET)
+    assert result.epochs == 1 and "last" in Run.open(out).checkpoints()
+    (tmp_path / "other").mkdir()
+    with pytest.raises(NeuraldaError, match="no config.json"):  # without the corpus there is nothing to start
+        train(tiny_config("", tmp_path / "other", epochs=1), resume=True, **QUIET)
+
+
 def test_an_existing_run_is_not_overwritten(tmp_path, corpus_file):
     out = tmp_path / "run"
     train(tiny_config(corpus_file, out, epochs=1), **QUIET)

@@ -15,11 +15,22 @@ from .models import ARCHS
 DEMO_RUN = Path("runs/demo")
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+def _whole_number(minimum: int):
+    """An argparse type: a whole number of at least ``minimum``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+_positive_int = _whole_number(1)
 
 
 def _epochs_list(text: str) -> tuple[int, ...]:
@@ -221,8 +232,15 @@ def cmd_demo(args: argparse.Namespace) -> None:
 # --- the parser ---------------------------------------------------------------------------------------------------
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors, like every other error of neuralda (argparse prints its usage block first)."""
+
+    def error(self, message: str):
+        self.exit(2, f"neuralda: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="neuralda",
         description="Teach a computer to write poems in a poet's voice: collect, train, write, measure.",
     )
@@ -287,14 +305,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--save-every", type=_interval, metavar="DURATION",
         help="write the best and last checkpoints this often (default 30s; 0: after every epoch), and at the end",
     )
-    t.add_argument("--patience", type=int, help="stop after K epochs without a better validation loss (0: off)")
+    t.add_argument("--patience", type=_whole_number(0), help="stop after K epochs without a better validation loss (0: off)")
     t.add_argument("--device", default="auto", help="auto (default), cpu, cuda or mps")
     t.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"))
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--min-count", type=_positive_int, default=1, help="rarer words become <unk> (default 1)")
     t.add_argument("--keep-case", action="store_true", help="do not lower-case")
     t.add_argument("--compile", action="store_true", help="torch.compile the model (GPU; slower on CPU)")
-    t.add_argument("--resume", action="store_true", help="continue the run in -o from its last checkpoint")
+    t.add_argument(
+        "--resume", action="store_true",
+        help="continue the run in -o from its last checkpoint (given the corpus too: start it if it is not there yet)",
+    )
     t.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     t.set_defaults(func=cmd_train)
 
@@ -321,7 +342,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.set_defaults(func=cmd_generate)
 
     def measure_options(parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--samples", type=int, default=20, help="poems written for the copying measures")
+        parser.add_argument(
+            "--samples", type=_whole_number(0), default=20, help="poems written for the copying measures (0: none)"
+        )
         parser.add_argument("--start", default="love", help='their start word(s) (default "love")')
         parser.add_argument("--words", type=_positive_int, default=120, help="words per poem (default 120)")
         parser.add_argument("--seed", type=int, default=0)

@@ -78,16 +78,25 @@ class TrainConfig:
         out["save_at"] = sorted(set(out["save_at"]))
         out.pop("progress")
         out.update(format_version=FORMAT_VERSION, neuralda_version=__version__, train_tokens=train_tokens)
-        for key in ("epochs", "batch_size", "seq_len", "hidden", "layers"):
-            if out[key] < 1:
-                raise NeuraldaError(f"--{key.replace('_', '-')} must be at least 1, got {out[key]}")
-        if not 0 <= out["dropout"] < 1:
-            raise NeuraldaError(f"--dropout must be in [0, 1), got {out['dropout']}")
-        if not out["lr"] > 0:
-            raise NeuraldaError(f"--lr must be above 0, got {out['lr']}")
-        if not 0 <= out["unk_rate"] <= 1:
-            raise NeuraldaError(f"--unk-rate must be in [0, 1], got {out['unk_rate']}")
+        check_settings(out)
         return out
+
+
+def check_settings(c: dict) -> None:
+    """One-line errors for values no run can train with (ranges written so that NaN fails them too)."""
+    for key in ("epochs", "batch_size", "seq_len", "hidden", "layers"):
+        if not c[key] >= 1:
+            raise NeuraldaError(f"--{key.replace('_', '-')} must be at least 1, got {c[key]}")
+    if not 0 <= c["dropout"] < 1:
+        raise NeuraldaError(f"--dropout must be in [0, 1), got {c['dropout']}")
+    if not 0 < c["lr"] < math.inf:
+        raise NeuraldaError(f"--lr must be a finite number above 0, got {c['lr']}")
+    if not 0 <= c["weight_decay"] < math.inf:
+        raise NeuraldaError(f"--weight-decay must be a finite number, 0 or more, got {c['weight_decay']}")
+    if not 0 <= c["unk_rate"] <= 1:
+        raise NeuraldaError(f"--unk-rate must be in [0, 1], got {c['unk_rate']}")
+    if not c["patience"] >= 0:
+        raise NeuraldaError(f"--patience must be 0 (no early stop) or more, got {c['patience']}")
 
 
 def pick_device(name: str) -> str:
@@ -411,12 +420,17 @@ class Trainer:
             device = f"cuda:{self.dist.local_rank}"
             torch.cuda.set_device(device)
         self.dist.init(device)
+        if resume and cfg.corpus and not (Path(cfg.output) / "config.json").exists():
+            self.log(f"{cfg.output} holds no run yet (killed before it was written): starting it")
+            resume = False
+        self.dist.barrier()  # every process has looked before the first one writes
         if resume:
             self.run = Run.open(cfg.output)
             for key in RESUMABLE:
                 value = getattr(cfg, key)
                 if value is not None:
                     self.run.config[key] = sorted(set(value)) if key == "save_at" else value
+            check_settings(self.run.config)
             if self.dist.main:
                 write_json(self.run.path / "config.json", self.run.config)
         else:

@@ -73,13 +73,14 @@ def _detect(data: bytes) -> str:
 
 
 def decode_html(data: bytes, content_type: str = "") -> str:
-    """Page bytes as text: the HTTP header's charset, then a BOM, then ``<meta charset>``, then detection."""
+    """Page bytes as text: a BOM, then the HTTP header's charset, then ``<meta charset>``, then detection (the
+    WHATWG order browsers follow: a BOM outranks the header)."""
+    for bom, name in _BOMS:
+        if data.startswith(bom):
+            return data[len(bom) :].decode(name, errors="replace")
     found = _HEADER_CHARSET.search(content_type or "")
     codec = _codec(found.group(1)) if found else None
     if codec is None:
-        for bom, name in _BOMS:
-            if data.startswith(bom):
-                return data[len(bom) :].decode(name, errors="replace")
         found_meta = _META_CHARSET.search(data[:4096])
         codec = _codec(found_meta.group(1).decode("ascii"), from_meta=True) if found_meta else None
     if codec is None:

@@ -15,6 +15,20 @@ def test_words_keep_inner_apostrophes_and_hyphens():
     assert tokens == ["don't", "fear", "the", "sky’s", "earth-star", ",", "in-laws", "!"]
 
 
+@pytest.mark.parametrize(
+    "text, words",
+    [
+        ("আমার সোনার বাংলা", ["আমার", "সোনার", "বাংলা"]),  # Bengali vowel signs are combining marks
+        ("नमस्ते दुनिया", ["नमस्ते", "दुनिया"]),
+        ("İstanbul’da", ["i\u0307stanbul’da"]),  # lower-cased, "İ" is "i" and a combining dot
+        ("cafe\u0301 noir", ["cafe\u0301", "noir"]),  # an accent left uncomposed
+    ],
+)
+def test_combining_marks_stay_in_their_word(text, words):
+    tokens = tokenize(text, end=False)
+    assert tokens == words and detokenize(tokens) == text.lower()
+
+
 def test_each_punctuation_mark_is_a_token_and_breaks_are_tokens():
     tokens = tokenize("Night; stars?\nSea.\n\nEnd...")
     assert tokens == ["night", ";", "stars", "?", LINE, "sea", ".", STANZA, "end", ".", ".", ".", POEM_END]

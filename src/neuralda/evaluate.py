@@ -198,7 +198,8 @@ def copied_share(poems: Sequence[Sequence[str]], index: NgramIndex, n: int) -> f
 
 
 def distinct_n(poems: Sequence[Sequence[str]], n: int) -> float:
-    """Distinct ``n``-word runs over all of them, pooled over the poems (Li et al. 2016); 0 when there are none."""
+    """Distinct ``n``-word runs over all of them, pooled over the poems; 0 when there are none. This is the common
+    ratio form of Li et al. 2016's distinct-n, who divide by the number of words instead (n - 1 more per poem)."""
     grams = [g for words in poems for g in ngrams(words, n)]
     return len(set(grams)) / len(grams) if grams else 0.0
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import unicodedata
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,8 +26,24 @@ UNK = "<unk>"
 SPECIALS = (UNK, LINE, STANZA, POEM_END)
 BREAKS = frozenset((LINE, STANZA, POEM_END))
 
-# A word: letters and digits, with apostrophes or hyphens only inside (don't, sky’s, earth-star, in-laws).
-_WORD = r"[^\W_]+(?:['’\-][^\W_]+)*"
+
+def _marks() -> str:
+    """Every combining mark, as a regex class body: Python's ``re`` has no ``\p{M}``. They sit in planes 0 and 1
+    and the variation selectors supplement (checked against Python's Unicode database)."""
+    codes = (c for r in (range(0x20000), range(0xE0100, 0xE01F0)) for c in r if unicodedata.category(chr(c))[0] == "M")
+    spans: list[list[int]] = []
+    for c in codes:
+        if spans and spans[-1][1] == c - 1:
+            spans[-1][1] = c
+        else:
+            spans.append([c, c])
+    return "".join(f"\\U{a:08x}-\\U{b:08x}" for a, b in spans)
+
+
+# A word: letters and digits, with apostrophes or hyphens only inside (don't, sky’s, earth-star, in-laws); the
+# combining marks after a letter are part of it (Bengali and Hindi vowel signs, the dot of a lower-cased "İ").
+_ALNUM = rf"[^\W_](?:[^\W_]|[{_marks()}])*"
+_WORD = rf"{_ALNUM}(?:['’\-]{_ALNUM})*"
 _DASH = r"-+|[—–―]"
 _TOKEN = re.compile(rf"(?P<word>{_WORD})|(?P<dash>{_DASH})|(?P<mark>\S)")
 _IS_WORD = re.compile(rf"{_WORD}\Z")

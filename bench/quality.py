@@ -51,10 +51,13 @@ def measure(arch: str, corpus: Path, out: Path, budget: float | None, device: st
     }
 
 
-def markdown(rows: list[dict], budget: str, device: str) -> str:
+CORPUS_NAMES = {"shared": "the six shared corpora", "demo": "the bundled demo corpus"}
+
+
+def markdown(rows: list[dict], budget: str, device: str, corpus: str, samples: int) -> str:
     lines = [
-        f"Trained on the six shared corpora (split by poem, seed 0, 10% held out), {budget} each on {device}; "
-        "20 poems from \"love\" at temperature 1 for the copying columns.",
+        f"Trained on {CORPUS_NAMES.get(corpus, corpus)} (split by poem, seed 0, 10% held out), {budget} each on "
+        f"{device}; {samples} poems from \"love\" at temperature 1 for the copying columns.",
         "",
         "| model | held-out ppl | best epoch / run | time | 6-word copies | 8-word copies | longest copy | distinct-2 |",
         "|---|---|---|---|---|---|---|---|",
@@ -101,7 +104,7 @@ def main() -> None:
         if args.full_seed:
             full = measure("seed", corpus, runs / "seed-full", None, device, args.samples)
             rows.append({**full, "arch": "seed (400 epochs)"})
-    table = markdown(rows, args.budget, device)
+    table = markdown(rows, args.budget, device, corpus_name, args.samples)
     result = {"budget": args.budget, "device": device, "corpus": corpus_name, "rows": rows, "markdown": table}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")

@@ -248,6 +248,7 @@ def test_unknown_start_word_names_close_words(client):
         ({"words": 0}, "words"),
         ({"words": 501}, "words"),
         ({"temperature": 0}, "temperature"),
+        ({"temperature": 1e-300}, "temperature"),
         ({"temperature": 5.5}, "temperature"),
         ({"top_p": 0}, "top_p"),
         ({"top_p": 1.5}, "top_p"),

@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from . import __version__
 from .errors import NeuraldaError
-from .generate import SamplingConfig, write_poems
+from .generate import MIN_TEMPERATURE, SamplingConfig, write_poems
 from .run import Run
 from .tokenizer import is_word, tokenize
 from .train import SAMPLE_START
@@ -46,7 +46,7 @@ class GenerateRequest(BaseModel):
     start: str = Field(SAMPLE_START, max_length=MAX_START, description="the first word(s); empty: begin anywhere")
     words: int = Field(120, ge=1, le=MAX_WORDS, description="at most this many words")
     temperature: float = Field(
-        SamplingConfig.temperature, gt=0, le=5, description="below 1: safer words; above 1: wilder ones"
+        SamplingConfig.temperature, ge=MIN_TEMPERATURE, le=5, description="below 1: safer words; above 1: wilder ones"
     )
     top_k: int = Field(0, ge=0, description="keep the k likeliest tokens (0: all); at most the vocabulary size")
     top_p: float = Field(SamplingConfig.top_p, gt=0, le=1, description="keep the smallest set of tokens whose probability reaches p")

@@ -137,6 +137,7 @@ class LSTMSteps:
     """
 
     def __init__(self, model: StackedLSTM, dtype: torch.dtype = torch.bfloat16) -> None:
+        self.dtype = dtype
         self.embedding = model.embedding.weight.detach()
         self.layers = [
             (

@@ -95,6 +95,7 @@ async function write(event) {
     });
     const body = await response.json().catch(() => ({}));
     if (!response.ok) throw new Error(body.detail || `the server answered ${response.status}`);
+    if (typeof body.poem !== "string") throw new Error("the server's answer holds no poem");
     showError("");
     showPoem(body);
   } catch (error) {

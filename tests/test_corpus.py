@@ -1,4 +1,6 @@
+import codecs
 import json
+import random
 import subprocess
 import sys
 import unicodedata
@@ -86,6 +88,60 @@ def test_import_gutenberg_drops_header_and_footer(tmp_path):
     assert [p.text for p in poems] == ["A poem\nof two lines", "Another poem"]
 
 
+_SONGS = ["SONG OF THE LARK\nthe lark at dawn\nsings over the wheat", "THE WELL\n\ncold water,\ndeep stone"]
+
+
+@pytest.mark.parametrize(
+    "last_line",
+    ["End of the Project Gutenberg EBook of Songs, by A. Poet", "End of Project Gutenberg's Songs, by A. Poet"],
+)
+def test_import_gutenberg_drops_the_credits_and_the_end_of_book_line(tmp_path, last_line):
+    lines = [
+        "The Project Gutenberg EBook of Songs, by A. Poet", "", "This eBook is for the use of anyone anywhere", "",
+        "*** START OF THIS PROJECT GUTENBERG EBOOK SONGS ***", "", "", "",
+        "Produced by Jane Roe and the Online Distributed", "Proofreading Team at http://www.example.net", "", "", "",
+        _SONGS[0], "", "", _SONGS[1], "", "", "", last_line, "",
+        "*** END OF THIS PROJECT GUTENBERG EBOOK SONGS ***", "", "***** This file should be named 1.txt *****", "",
+    ]  # fmt: skip
+    path = tmp_path / "pg.txt"
+    path.write_bytes(codecs.BOM_UTF8 + "\n".join(lines).replace("\n", "\r\n").encode())  # as Gutenberg writes
+    assert [p.text for p in import_files([path])] == _SONGS
+
+
+def test_import_old_gutenberg_file_whose_licence_ends_with_the_small_print(tmp_path):
+    lines = [
+        "**The Project Gutenberg Etext of Songs, by A. Poet**", "", "legal words about etexts", "",
+        "   *END*THE SMALL PRINT! FOR PUBLIC DOMAIN ETEXTS*Ver.04.29.93*END*", "", "",
+        "This etext was prepared by John Doe.", "", "", "",
+        _SONGS[0], "", "", _SONGS[1], "", "", "End of Project Gutenberg Etext of Songs, by A. Poet", "",
+    ]  # fmt: skip
+    path = tmp_path / "pg.txt"
+    path.write_bytes("\n".join(lines).replace("\n", "\r\n").encode("cp1252"))
+    for fmt in ("auto", "gutenberg"):
+        assert [p.text for p in import_files([path], fmt)] == _SONGS
+
+
+@pytest.mark.parametrize("blank", ["\u00a0", "\x0c", " \t\u3000"], ids=repr)
+def test_a_line_of_any_whitespace_is_a_blank_line(tmp_path, blank):
+    path = tmp_path / "poems.txt"
+    path.write_text(f"First\nline\n{blank}\nstanza\n{blank}\n{blank}\nSecond\n", encoding="utf-8")
+    assert [p.text for p in import_files([path])] == ["First\nline\n\nstanza", "Second"]
+
+
+def test_cp1252_lines_after_a_utf8_bom_are_read(tmp_path):
+    # `cat with_bom.txt cp1252.txt`: the BOM speaks for the first file only.
+    path = tmp_path / "poems.txt"
+    path.write_bytes(codecs.BOM_UTF8 + "Canción de la tarde\n\n\n".encode() + "Canción del niño\n".encode("cp1252"))
+    assert [p.text for p in import_files([path])] == ["Canción de la tarde", "Canción del niño"]
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-be", "utf-32", "utf-32-be"])
+def test_a_utf16_or_utf32_bom_decodes_the_whole_file(encoding):
+    text = "Canción del niño\n¿Qué?\n"
+    bom = {"utf-16-be": codecs.BOM_UTF16_BE, "utf-32-be": codecs.BOM_UTF32_BE}.get(encoding, b"")
+    assert decode_bytes(bom + text.encode(encoding), "f.txt") == text
+
+
 def test_import_jsonl_any_objects_with_text_and_cp1252_text(tmp_path):
     jsonl = write_jsonl(tmp_path / "a.jsonl", [{"text": "one", "extra": 1}, {"text": "two"}])
     latin = tmp_path / "b.txt"
@@ -108,10 +164,46 @@ def test_split_is_by_whole_poem_and_deterministic():
     assert split_poems(poems, 0.1, seed=4)[1] != val
 
 
+def _split_by_position(poems: list[Poem], val_fraction: float, seed: int) -> tuple[list[Poem], list[Poem]]:
+    """The rule before copies were kept together: the first round(n * fraction) of a seeded shuffle (at least one)."""
+    order = list(range(len(poems)))
+    random.Random(seed).shuffle(order)
+    held = set(order[: max(1, round(len(poems) * val_fraction))])
+    return [p for i, p in enumerate(poems) if i not in held], [p for i, p in enumerate(poems) if i in held]
+
+
+@pytest.mark.parametrize("val_fraction", [0.05, 0.1, 0.3])
+def test_split_without_copies_is_what_it_was(val_fraction):
+    # Runs already made, and the numbers measured on them, hold out these poems.
+    poems = [Poem(str(i), "", f"poem {i}") for i in range(47)]
+    for seed in range(20):
+        assert split_poems(poems, val_fraction, seed) == _split_by_position(poems, val_fraction, seed)
+
+
+def test_split_keeps_the_copies_of_a_poem_on_one_side():
+    # One file imported twice, overlapping anthologies, a poem scraped from two pages.
+    texts = [f"poem {i}" for i in range(30)] + [f"poem {i}" for i in range(0, 30, 3)] + ["poem 7"] * 5
+    poems = [Poem("", "", text) for text in texts]
+    for seed in range(30):
+        train, val = split_poems(poems, 0.1, seed)
+        assert {p.text for p in val}.isdisjoint(p.text for p in train)
+        assert 1 <= len(val) <= 5 and sorted(p.text for p in train + val) == sorted(texts)
+        assert split_poems(poems, 0.1, seed) == (train, val)
+
+
+def test_split_holds_out_a_poem_with_all_its_copies_when_each_has_more_than_validation_wants():
+    poems = [Poem("", "", text) for text in ["sea", "salt", "sea", "stone", "salt", "stone", "stone"]]
+    train, val = split_poems(poems, 0.1, seed=0)  # one poem wanted; each has two or three copies
+    assert len(val) == 2 and len({p.text for p in val}) == 1
+    assert {p.text for p in val}.isdisjoint(p.text for p in train)
+
+
 def test_split_too_small_suggests_no_validation():
     with pytest.raises(NeuraldaError, match="--val-fraction 0"):
         split_poems([Poem("a", "", "only one")], 0.1, seed=0)
     assert split_poems([Poem("a", "", "only one")], 0.0, seed=0)[1] == []
+    with pytest.raises(NeuraldaError, match=r"3 poem\(s\) \(1 different\).*--val-fraction 0"):
+        split_poems([Poem("a", "", "the same")] * 3, 0.5, seed=0)
 
 
 def test_stats():
@@ -262,10 +354,18 @@ def test_lone_surrogates_and_odd_fields_become_clean_strings(tmp_path):
         ("Litwo! Ojczyzno moja! ty jesteś jak zdrowie.\nIle cię trzeba cenić, kto cię stracił.", "cp1250"),
         ("Я помню чудное мгновенье:\nПередо мной явилась ты,", "cp1251"),
         ("床前明月光，疑是地上霜。\n举头望明月，低头思故乡。", "gbk"),
+        ("łódź", "cp1250"),  # charset_normalizer's first guess: UTF-16, "돳撟"
     ],
 )
 def test_legacy_encodings_are_read(text, encoding):
     assert decode_bytes(text.encode(encoding), "f.txt") == text
+
+
+# Too short for charset_normalizer, which guessed UTF-16 ("뽑痩㼊"), Big5 ("匜") and Urdu ("Olﻠ, olﻠ").
+@pytest.mark.parametrize("line", ["¿Qué?\n", "Él\n", "Déjà vu\n", "Olé, olé\n"])
+@pytest.mark.parametrize("before", ["", "uno\ndos\n"], ids=["alone", "after UTF-8 lines"])
+def test_a_short_cp1252_line_is_read(line, before):
+    assert decode_bytes(before.encode() + line.encode("cp1252"), "f.txt") == before + line
 
 
 def test_gutenberg_end_before_start_is_not_the_end(tmp_path):

@@ -4,6 +4,7 @@ Each either works or ends in one ``neuralda: error: ...`` line and exit code 2; 
 """
 
 import json
+import os
 import random
 
 import pytest
@@ -126,16 +127,42 @@ def test_mixed_utf8_and_cp1252_jsonl(capsys, tmp_path):
     assert stats(capsys, src)["poems"] == 4
 
 
-def test_every_poem_identical_imports_counts_and_trains(capsys, tmp_path):
+def test_every_poem_identical_imports_counts_and_trains_without_a_validation_split(capsys, tmp_path):
     poem = "love is a lamp left burning by the sea,\nthe salt wind sings of bread and stone;"
     poems = import_one(capsys, tmp_path, (poem + "\n\n\n").encode() * 12)
     assert [p["text"] for p in poems] == [poem] * 12  # kept: a poet may repeat a poem on purpose
     counted = stats(capsys, tmp_path / "corpus.jsonl")
     assert counted["poems"] == 12 and counted["words"] == 12 * 17 and counted["words_once"] == 0
+    # A held-out copy would be a poem the model trained on: there is nothing to hold out.
     code, _, err = run(capsys, "train", tmp_path / "corpus.jsonl", "-o", tmp_path / "run", *TINY_TRAIN)
+    assert_user_error(code, err, "12 poem(s) (1 different)", "too few for a validation split", "--val-fraction 0")
+    assert not (tmp_path / "run").exists()
+    code, _, err = run(
+        capsys, "train", tmp_path / "corpus.jsonl", "-o", tmp_path / "run", "--val-fraction", "0", *TINY_TRAIN
+    )
     assert code == 0, err
-    val = (tmp_path / "run" / "data" / "val.jsonl").read_text(encoding="utf-8").splitlines()
-    assert [json.loads(line)["text"] for line in val] == [poem]
+    assert (tmp_path / "run" / "data" / "val.jsonl").read_text(encoding="utf-8") == ""
+
+
+def test_a_file_imported_twice_keeps_validation_poems_out_of_training(capsys, tmp_path):
+    src = tmp_path / "poems.txt"
+    src.write_text("".join(f"{LINES[i]}\n{LINES[(i + 5) % 12]}\n\n\n" for i in range(10)), encoding="utf-8")
+    corpus = tmp_path / "corpus.jsonl"
+    assert run(capsys, "corpus", "import", src, src, "-o", corpus)[0] == 0
+    code, _, err = run(capsys, "train", corpus, "-o", tmp_path / "run", *TINY_TRAIN)
+    assert code == 0, err
+    train, val = (read_corpus(tmp_path / "run" / "data" / f"{split}.jsonl") for split in ("train", "val"))
+    assert len(train) + len(val) == 20 and {p.text for p in val}.isdisjoint(p.text for p in train)
+
+
+def test_a_file_name_that_is_not_utf8_imports(capsys, tmp_path):
+    # A Latin-1 name from an old disk or a zip: Python keeps its stray byte as a lone surrogate, unwritable in UTF-8.
+    src = tmp_path / os.fsdecode(b"poemas_ni\xf1o.txt")
+    src.write_bytes(b"Poema\nverso\n")
+    code, _, err = run(capsys, "corpus", "import", src, "-o", tmp_path / "corpus.jsonl")
+    assert code == 0, err
+    [poem] = read_corpus(tmp_path / "corpus.jsonl")
+    assert (poem.text, poem.url) == ("Poema\nverso", "poemas_ni\ufffdo.txt")
 
 
 def test_a_failed_import_leaves_the_existing_corpus_as_it_was(capsys, tmp_path):

@@ -22,10 +22,25 @@ _CONTROL = re.compile(r"[\x00-\x08\x0b\x0e-\x1f\x7f-\x9f]")
 _SURROGATE = re.compile(r"[\ud800-\udfff]")  # half a UTF-16 pair, from a JSON "\ud800" escape: U+FFFD, as ftfy does
 _NOT_ASCII = re.compile(r"[^\x00-\x7f]")
 _CP1252_MARKS = set("\xa0¡¿«»“”‘’–—…°ºª·•©€")  # not letters, but at home in Western European text
+# Cyrillic, Greek or Hebrew read as cp1252 make whole words of accented letters; Western European words rarely hold
+# three in a row.
+_ACCENTED_RUN = re.compile(r"[^\W\d_a-zA-Z]{3}")
 _MOJIBAKE_PASSES = 8  # Hypothesis found no text that needs more than 3; this bounds a pathological one
-_POEM_SEPARATOR = re.compile(r"\n[ \t]*\n(?:[ \t]*\n)+")  # two or more blank lines
+# Two or more blank lines; a line of any whitespace (a no-break space, a form feed) is blank, as cleaning makes it.
+_POEM_SEPARATOR = re.compile(r"\n(?:[^\S\n]*\n){2,}")
 _GUTENBERG_START = re.compile(r"^\*{3}\s*START OF (?:THE|THIS) PROJECT GUTENBERG.*$", re.M | re.I)
+# Files from before about 2002 have no START line: their licence ends "*END*THE SMALL PRINT! FOR PUBLIC DOMAIN ...".
+_GUTENBERG_OLD_START = re.compile(r"^[^\S\n]*\*END\*?[^\S\n]*THE SMALL PRINT.*$", re.M | re.I)
 _GUTENBERG_END = re.compile(r"^\*{3}\s*END OF (?:THE|THIS) PROJECT GUTENBERG.*$", re.M | re.I)
+# The volunteers' credit paragraph just after the start ("Produced by Jane Doe and the Online Distributed
+# Proofreading Team"; "This etext was prepared by ...") and the "End of the Project Gutenberg EBook of ..." line
+# just before the end: neither is a poem.
+_GUTENBERG_CREDIT = re.compile(
+    r"\A\s*(?:this )?(?:e-?(?:text|book) )?(?:was )?(?:produced|transcribed|prepared|provided|scanned) by\b"
+    r"(?:.*?\n[^\S\n]*\n|[^\n]*)",  # to the first blank line; with none, the one line
+    re.I | re.S,
+)
+_GUTENBERG_FOOTER = re.compile(r"^[^\S\n]*End of (?:the |this )?Project Gutenberg", re.M | re.I)
 
 
 @dataclass
@@ -85,14 +100,23 @@ def _clean_field(value: object) -> str:
 
 
 def decode_bytes(data: bytes, name: str) -> str:
-    """Decode a text file: a BOM, then UTF-8, then UTF-8 line by line with the other lines' encoding detected.
+    """Decode a text file: a UTF-16 or UTF-32 BOM, else UTF-8, else UTF-8 line by line with the other lines' encoding
+    detected (after a UTF-8 BOM too).
 
     NUL bytes: a few in a text file (a bad copy, a stray keystroke) are dropped, as :func:`normalize_text` drops
     ``\\u0000`` from JSON; a file more than 1% NUL is binary (or UTF-16 without a BOM) and an error.
     """
-    for bom, encoding in ((codecs.BOM_UTF8, "utf-8"), (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16")):
+    # UTF-32 first: its little-endian BOM starts with UTF-16's.
+    for bom, encoding in (
+        (codecs.BOM_UTF32_LE, "utf-32"),
+        (codecs.BOM_UTF32_BE, "utf-32"),
+        (codecs.BOM_UTF16_LE, "utf-16"),
+        (codecs.BOM_UTF16_BE, "utf-16"),
+    ):
         if data.startswith(bom):
             return data.decode(encoding, errors="replace").lstrip("\ufeff")
+    # A UTF-8 BOM vouches only for the file's first part: `cat bom.txt cp1252.txt` has cp1252 lines after it.
+    data = data.removeprefix(codecs.BOM_UTF8)
     if data.count(b"\x00") * 100 > len(data):
         raise NeuraldaError(f"{name}: looks like a binary file, not text")
     data = data.replace(b"\x00", b"")
@@ -111,21 +135,31 @@ def decode_bytes(data: bytes, name: str) -> str:
 
 
 def _legacy_encoding(data: bytes) -> str | None:
-    """cp1252 where ``data`` reads as Western European text in it (under a quarter of its letters accented, no stray
-    symbols); else charset_normalizer's guess, which takes a few lines of Spanish, Portuguese or French for
-    cp1250 or cp1257. None: no encoding fits."""
+    """cp1252 where ``data`` reads as Western European text in it; else charset_normalizer's guess, which takes a
+    few lines of Spanish, Portuguese or French for cp1250 or cp1257, and "Olé, olé" for Urdu. None: no encoding
+    fits."""
     from charset_normalizer import from_bytes
 
+    if _reads_as_cp1252(data):
+        return "cp1252"
+    # Not UTF-16 or UTF-32, which it guesses for a few bytes of anything: without a BOM they have NUL bytes, and a
+    # file with those was refused or had them dropped above.
+    best = from_bytes(data, cp_exclusion=["utf_16_be", "utf_16_le", "utf_32_be", "utf_32_le"]).best()
+    return best.encoding if best else None
+
+
+def _reads_as_cp1252(data: bytes) -> bool:
+    """Whether ``data`` is Western European text in cp1252: no stray symbols, and under a quarter of its letters
+    accented or, as in a line too short to count on that ("¿Qué?", "Él"), never three accented in a row."""
     try:
         text = data.decode("cp1252")
-    except UnicodeDecodeError:
-        text = ""
+    except UnicodeDecodeError:  # a byte cp1252 leaves undefined
+        return False
     non_ascii = _NOT_ASCII.findall(text)
+    if not all(c.isalpha() or c in _CP1252_MARKS for c in non_ascii):
+        return False
     accented = sum(map(str.isalpha, non_ascii))
-    if accented * 4 < sum(map(str.isalpha, text)) and all(c.isalpha() or c in _CP1252_MARKS for c in non_ascii):
-        return "cp1252"
-    best = from_bytes(data).best()
-    return best.encoding if best else None
+    return accented * 4 < sum(map(str.isalpha, text)) or not _ACCENTED_RUN.search(text)
 
 
 def _utf8_or_none(line: bytes) -> str | None:
@@ -178,27 +212,33 @@ def write_corpus(path: str | Path, poems: Iterable[Poem]) -> None:
 
 
 def _split_text(text: str, author: str, source: str) -> list[Poem]:
-    chunks = _POEM_SEPARATOR.split(text.replace("\r\n", "\n").replace("\r", "\n"))
     poems = []
-    for chunk in chunks:
+    for chunk in _POEM_SEPARATOR.split(text):
         body = normalize_text(chunk)
         if body:
             poems.append(Poem(title=_clean_field(body.split("\n", 1)[0][:80]), author=author, text=body, url=source))
     return poems
 
 
+def _gutenberg_start(text: str) -> re.Match | None:
+    return _GUTENBERG_START.search(text) or _GUTENBERG_OLD_START.search(text)
+
+
 def _strip_gutenberg(text: str, name: str) -> str:
-    start = _GUTENBERG_START.search(text)
+    """The book in a Project Gutenberg file: what lies between its start and end lines, less the credits."""
+    start = _gutenberg_start(text)
     if start is None:
         raise NeuraldaError(f"{name}: no '*** START OF THE PROJECT GUTENBERG' line; try --format text")
     end = _GUTENBERG_END.search(text, start.end())
-    return text[start.end() : end.start() if end else len(text)]
+    body = text[start.end() : end.start() if end else len(text)]
+    footer = _GUTENBERG_FOOTER.search(body)
+    return _GUTENBERG_CREDIT.sub("", body[: footer.start()] if footer else body, count=1)
 
 
 def _detect_format(text: str) -> str:
     if text.lstrip().startswith("{"):
         return "jsonl"
-    return "gutenberg" if _GUTENBERG_START.search(text) else "text"
+    return "gutenberg" if _gutenberg_start(text) else "text"
 
 
 def import_files(paths: Iterable[str | Path], fmt: str = "auto", author: str | None = None) -> list[Poem]:
@@ -217,8 +257,10 @@ def import_files(paths: Iterable[str | Path], fmt: str = "auto", author: str | N
                 for p in found:
                     p.author = author
         else:
+            text = text.replace("\r\n", "\n").replace("\r", "\n")  # before the Gutenberg and blank-line patterns
             body = _strip_gutenberg(text, name) if kind == "gutenberg" else text
-            found = _split_text(body, author or "", Path(path).name)
+            # A file name need not be UTF-8: Python keeps its stray bytes as lone surrogates, which cannot be written.
+            found = _split_text(body, author or "", _clean_field(Path(path).name))
         if not found:
             raise NeuraldaError(f"{name}: no poems found")
         poems.extend(found)
@@ -226,19 +268,32 @@ def import_files(paths: Iterable[str | Path], fmt: str = "auto", author: str | N
 
 
 def split_poems(poems: list[Poem], val_fraction: float, seed: int) -> tuple[list[Poem], list[Poem]]:
-    """Hold out whole poems (never overlapping windows), the same ones for the same seed."""
+    """Hold out whole poems (never overlapping windows), the same ones for the same seed; the copies of a poem (the
+    same text: one file imported twice, overlapping anthologies) are held out together or not at all, so validation
+    holds only poems training never saw."""
     if not 0.0 <= val_fraction < 1.0:
         raise NeuraldaError(f"--val-fraction must be in [0, 1), got {val_fraction}")
     n_val = round(len(poems) * val_fraction)
     if val_fraction > 0 and n_val == 0:
         n_val = 1
-    if n_val >= len(poems):
-        raise NeuraldaError(
-            f"the corpus has {len(poems)} poem(s): too few for a validation split; use --val-fraction 0"
-        )
     order = list(range(len(poems)))
     random.Random(seed).shuffle(order)
-    held = set(order[:n_val])
+    copies: dict[str, list[int]] = {}  # in the shuffled order of each text's first copy
+    for i in order:
+        copies.setdefault(poems[i].text, []).append(i)
+    if n_val >= len(poems) or (n_val and len(copies) == 1):
+        different = "" if len(copies) == len(poems) else f" ({len(copies)} different)"
+        raise NeuraldaError(
+            f"the corpus has {len(poems)} poem(s){different}: too few for a validation split; use --val-fraction 0"
+        )
+    # Each poem with all its copies, in that order, where they still fit: without copies, the shuffle's first n_val,
+    # the split of the runs made before copies were kept together.
+    held: set[int] = set()
+    for group in copies.values():
+        if len(held) + len(group) <= n_val:
+            held.update(group)
+    if n_val and not held:  # each poem has more copies than validation wants: the one with fewest, all of them
+        held.update(min(copies.values(), key=len))
     train = [p for i, p in enumerate(poems) if i not in held]
     val = [p for i, p in enumerate(poems) if i in held]
     return train, val

@@ -28,8 +28,8 @@ BREAKS = frozenset((LINE, STANZA, POEM_END))
 
 
 def _marks() -> str:
-    """Every combining mark, as a regex class body: Python's ``re`` has no ``\p{M}``. They sit in planes 0 and 1
-    and the variation selectors supplement (checked against Python's Unicode database)."""
+    """Every combining mark, as a regex class body (Python's ``re`` has no Unicode category classes). They sit
+    in planes 0 and 1 and the variation selectors supplement (checked against Python's Unicode database)."""
     codes = (c for r in (range(0x20000), range(0xE0100, 0xE01F0)) for c in r if unicodedata.category(chr(c))[0] == "M")
     spans: list[list[int]] = []
     for c in codes:

@@ -305,7 +305,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--save-every", type=_interval, metavar="DURATION",
         help="write the best and last checkpoints this often (default 30s; 0: after every epoch), and at the end",
     )
-    t.add_argument("--patience", type=_whole_number(0), help="stop after K epochs without a better validation loss (0: off)")
+    t.add_argument(
+        "--patience", type=_whole_number(0), help="stop after K epochs without a better validation loss (0: off)"
+    )
     t.add_argument("--device", default="auto", help="auto (default), cpu, cuda or mps")
     t.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"))
     t.add_argument("--seed", type=int, default=0)

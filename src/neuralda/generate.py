@@ -276,7 +276,7 @@ def write_poems(
             d.add(token, token_id, word_mask[token_id], words, 0)
         d.done = d.words >= words or 0 < lines <= d.lines
     seen = torch.zeros(n, len(vocab), dtype=torch.bool)
-    seen[:, [i for i in prime_ids if word_mask[i]]] = True
+    seen[:, drafts[0].word_ids] = True
     stanza, line, end = vocab.stoi[STANZA], vocab.stoi[LINE], vocab.stoi[POEM_END]
     per_stanza = FORMS[form]
     step = writing_steps(model, device, precision)

@@ -190,8 +190,8 @@ LOSS_CHUNK = 4096  # rows of logits alive at once in the loss
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
-    """Summed cross-entropy of ``h @ weight.T + bias`` against ``targets`` times ``scale`` (``1 / len(targets)``:
-    the mean), a chunk of rows at a time.
+    """Summed cross-entropy of ``h @ weight.T + bias`` against ``targets`` times ``loss_weight``
+    (``1 / len(targets)``: the mean), a chunk of rows at a time.
 
     The full logits and their gradient (334 MB each for the seed's batch of 512 x 30 over 5,437 words) are never
     held: each chunk's softmax gradient is turned into the gradients of ``h``, ``weight`` and ``bias`` at once
@@ -199,7 +199,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, h, weight, bias, targets, dtype, scale):
+    def forward(ctx, h, weight, bias, targets, dtype, loss_weight):
         n = targets.numel()
         hc, wc = h.to(dtype), weight.to(dtype)
         grad_h = torch.empty(h.shape, dtype=h.dtype, device=h.device)
@@ -215,14 +215,14 @@ class _LinearCrossEntropy(torch.autograd.Function):
             total += (lse - logits.gather(1, t.unsqueeze(1)).squeeze(1)).sum()
             g = logits.sub_(lse.unsqueeze(1)).exp_()  # softmax, in place of the logits
             g[torch.arange(t.numel(), device=t.device), t] -= 1
-            g *= scale
+            g *= loss_weight
             if grad_b is not None:
                 grad_b += g.sum(0)
             g = g.to(dtype)
             grad_h[i : i + LOSS_CHUNK] = g @ wc
             grad_w += (g.T @ rows).float()
         ctx.save_for_backward(grad_h, grad_w.to(weight.dtype), grad_b)
-        return total * scale
+        return total * loss_weight
 
     @staticmethod
     def backward(ctx, grad_out):

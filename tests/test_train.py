@@ -195,7 +195,7 @@ def test_damaged_checkpoint_is_a_clear_error(tmp_path, corpus_file):
 def test_chunked_loss_equals_cross_entropy_and_its_gradients(monkeypatch, bias):
     import neuralda.train as t
 
-    monkeypatch.setattr(t, "LOSS_CHUNK", 7)  # several chunks, the last one short
+    monkeypatch.setattr(t, "CPU_LOSS_CHUNK", 7 * 50)  # chunks of 7 rows of 50 words, the last one short
     torch.manual_seed(0)
     h = torch.randn(30, 16, requires_grad=True)
     w = torch.randn(50, 16, requires_grad=True)

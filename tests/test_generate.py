@@ -11,8 +11,6 @@ from neuralda.errors import NeuraldaError
 from neuralda.generate import (
     MIN_TEMPERATURE,
     SamplingConfig,
-    _beyond_nucleus_bucketed,
-    _beyond_nucleus_sorted,
     filter_logits,
     poem_generators,
     sample_next,
@@ -125,16 +123,33 @@ def test_sampling_follows_the_model_probabilities():
     assert torch.allclose(freq, probs, atol=0.03) and freq[3] == 0
 
 
+def _drawn(logits: torch.Tensor, top_p: float, draws: int = 4000) -> torch.Tensor:
+    """How often each token of a one-row ``logits`` is drawn with top-p, over ``draws`` seeds."""
+    picks = sample_next(logits.expand(draws, -1), poem_generators(0, draws), top_p)
+    return torch.bincount(picks, minlength=logits.size(-1)).double() / draws
+
+
 def test_top_k_and_top_p():
     logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    kept = torch.isfinite(filter_logits(logits, SamplingConfig(temperature=1.0, top_k=2, top_p=1.0)))
+    assert kept.squeeze(0).tolist() == [True, True, False, False]
+    assert _drawn(logits, 0.8, 500).gt(0).tolist() == [True, True, False, False]
+    assert _drawn(logits, 0.81, 500).gt(0).tolist() == [True, True, True, False]
+    assert _drawn(logits, 0.1, 500).gt(0).tolist() == [True, False, False, False]
 
-    def kept(**options):
-        return torch.isfinite(filter_logits(logits, SamplingConfig(temperature=1.0, **options))).squeeze(0).tolist()
 
-    assert kept(top_k=2, top_p=1.0) == [True, True, False, False]
-    assert kept(top_p=0.8) == [True, True, False, False]
-    assert kept(top_p=0.81) == [True, True, True, False]
-    assert kept(top_p=0.1) == [True, False, False, False]
+@pytest.mark.parametrize("redraws", [0, 1, 4])
+def test_top_p_keeps_the_odds_inside_the_nucleus(monkeypatch, redraws):
+    """Drawing again when a draw lands outside the nucleus, and sorting it out after that, both give the
+    nucleus's own odds: here 0.4 of the mass, so most rows need both."""
+    import neuralda.generate as g
+
+    monkeypatch.setattr(g, "NUCLEUS_DRAWS", redraws)
+    probs = torch.tensor([0.25, 0.15, 0.12, 0.1, 0.1, 0.1, 0.09, 0.09])
+    freq = _drawn(probs.log().unsqueeze(0), 0.3)
+    expected = torch.zeros(8, dtype=torch.float64)
+    expected[:2] = probs[:2] / 0.4
+    assert (freq - expected).abs().max() < 0.03
 
 
 def _shifted_scores(rows: int, vocab: int, scale: float, seed: int = 0) -> torch.Tensor:
@@ -146,23 +161,27 @@ def _shifted_scores(rows: int, vocab: int, scale: float, seed: int = 0) -> torch
 
 @pytest.mark.parametrize("scale", [0.01, 0.3, 3.0, 30.0])
 @pytest.mark.parametrize("p", [0.5, 0.9, 0.95, 0.99])
-def test_bucketed_nucleus_drops_what_a_sort_drops(scale, p):
-    """The CPU's radix select and the full sort disagree only where float rounding puts the mass before a token
-    on p itself."""
+def test_top_p_draws_only_from_the_nucleus(scale, p):
+    """Every word drawn is one whose likelier words hold less than p (to float rounding), by a float64 sort."""
     logits = _shifted_scores(64, 3000, scale)
-    differ = _beyond_nucleus_bucketed(logits, p) != _beyond_nucleus_sorted(logits, p)
-    probs, order = logits.double().softmax(-1).sort(-1, descending=True)
-    before = torch.empty_like(probs).scatter_(-1, order, probs.cumsum(-1) - probs)  # exact enough: float64
-    assert differ.sum() <= 2 and ((before[differ] - p).abs() < 1e-5).all()
+    probs = logits.double().softmax(-1)
+    for seed in range(0, 400, 64):
+        picks = sample_next(logits, poem_generators(seed, 64), p)
+        chosen = probs.gather(1, picks.unsqueeze(1))
+        likelier = torch.where(probs > chosen, probs, 0.0).sum(-1)
+        assert (likelier < p + 1e-5).all()
 
 
-def test_nucleus_rows_do_not_depend_on_the_batch():
+def test_top_p_rows_do_not_depend_on_the_batch():
     logits = torch.cat([_shifted_scores(8, 3000, scale, seed=1) for scale in (0.01, 1.0, 30.0)])
     logits[0] = 0.0  # all tied: every word is kept
-    together = filter_logits(logits, SamplingConfig(top_p=0.9))
-    alone = torch.cat([filter_logits(row.unsqueeze(0), SamplingConfig(top_p=0.9)) for row in logits])
-    assert torch.equal(together, alone)
-    assert together[0].isfinite().all() and (~together[1:].isfinite()).sum(-1).gt(3000 // 7 + 1).all()
+    tied = set()
+    for seed in range(20):
+        together = sample_next(logits, poem_generators(seed, len(logits)), 0.5)
+        alone = [int(sample_next(row.unsqueeze(0), poem_generators(seed + i, 1), 0.5)) for i, row in enumerate(logits)]
+        assert together.tolist() == alone
+        tied.add(alone[0])
+    assert len(tied) > 15
 
 
 _SCORE = st.one_of(st.floats(-1e30, 1e30), st.sampled_from([-torch.inf, torch.inf, torch.nan]))
@@ -189,11 +208,11 @@ def test_any_scores_give_a_distribution_or_a_clear_error(rows, temperature, top_
     filtered = filter_logits(logits, cfg, seen)
     if unusable:
         with pytest.raises(NeuraldaError, match="no usable next-word probabilities"):
-            sample_next(filtered, poem_generators(seed, len(rows)))
+            sample_next(filtered, poem_generators(seed, len(rows)), top_p)
         return
     probs = filtered.softmax(-1)
     assert torch.isfinite(probs).all() and torch.allclose(probs.sum(-1), torch.ones(len(rows)))
-    picks = sample_next(filtered, poem_generators(seed, len(rows)))
+    picks = sample_next(filtered, poem_generators(seed, len(rows)), top_p)
     assert (probs[torch.arange(len(rows)), picks] > 0).all()
     assert torch.isfinite(logits[torch.arange(len(rows)), picks]).all()
 

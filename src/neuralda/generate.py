@@ -51,8 +51,8 @@ class SamplingConfig:
 
 
 def filter_logits(logits: torch.Tensor, cfg: SamplingConfig, seen: torch.Tensor | None = None) -> torch.Tensor:
-    """Repetition penalty on ``seen`` tokens, temperature, then top-k, then top-p (nucleus, Holtzman et al. 2020)
-    on ``(B, V)`` logits. Each row keeps at least its likeliest token."""
+    """Repetition penalty on ``seen`` tokens, temperature, then top-k on ``(B, V)`` logits; top-p is applied
+    while drawing (``sample_next``). Each row keeps at least its likeliest token."""
     logits = logits.float()
     if seen is not None and cfg.repetition_penalty != 1.0:
         p = cfg.repetition_penalty
@@ -62,74 +62,63 @@ def filter_logits(logits: torch.Tensor, cfg: SamplingConfig, seen: torch.Tensor 
     if 0 < cfg.top_k < logits.size(-1):
         kth = torch.topk(logits, cfg.top_k, dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, -torch.inf)
-    if cfg.top_p < 1.0:
-        drop = _beyond_nucleus_bucketed if logits.device.type == "cpu" else _beyond_nucleus_sorted
-        logits = logits.masked_fill(drop(logits, cfg.top_p), -torch.inf)
     return logits
 
 
-def _beyond_nucleus_sorted(logits: torch.Tensor, p: float) -> torch.Tensor:
-    """The tokens top-p drops: each whose likelier tokens already hold mass ``p``. Sorts every row: quick on a
-    GPU, but 5.2 ms for 32 rows of 5,437 scores on our CPUs."""
-    sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
-    probs = sorted_logits.softmax(-1)
-    drop = probs.cumsum(-1) - probs >= p
-    return drop.scatter(-1, order, drop)
+NUCLEUS_DRAWS = 4  # draws from a whole row before its nucleus is sorted out; each lands inside with odds >= top-p
 
 
-_BUCKETS = 1024
+def sample_next(logits: torch.Tensor, generators: list[torch.Generator], top_p: float = 1.0) -> torch.Tensor:
+    """One token per row, drawn from softmax(logits) with that row's generator (inverse-CDF sampling); with
+    ``top_p`` < 1 from the row's nucleus only (Holtzman et al. 2020): the tokens whose likelier tokens hold less
+    than ``top_p`` of the probability, all of them where several are as likely as the least likely one kept.
 
-
-def _spread(scores: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
-    """Each row's standard deviation of scores under its own probabilities (1 where they are NaN, never 0)."""
-    mean = (probs * scores).sum(-1, keepdim=True)
-    return (probs * (scores - mean).square()).sum(-1, keepdim=True).sqrt().nan_to_num_(1.0).clamp_(min=1e-6)
-
-
-def _beyond_nucleus_bucketed(logits: torch.Tensor, p: float) -> torch.Tensor:
-    """What ``_beyond_nucleus_sorted`` drops, without sorting whole rows (a radix select): the probability mass is
-    summed in buckets of score, which places the edge of the nucleus in one bucket, and only that bucket's tokens
-    are sorted. Expects the likeliest score at 0. Tokens as likely as the least likely one kept are all kept (a
-    sort keeps an arbitrary few of them). A bucket is 1/64 of the row's spread of scores wide, so the edge's
-    holds a few tokens whether the model is sure or unsure (median 7, at most 26 on the demo model's predictions).
-
-    Measured on 32 rows of 5,437 scores: 0.7-0.8 ms against the sort's 5.2 ms (one row: 0.12 against 0.04 ms).
-    Rows never change each other's bits: a CPU's scatter_add sums in order (a GPU's atomics would not).
-    """
-    probs = logits.softmax(-1)
-    scores = logits.nan_to_num(0.0).clamp_(min=-1e4)  # any order-keeping scores will do: no overflow
-    width = _spread(scores, probs) / 64
-    bucket = (scores / -width).clamp_(0, _BUCKETS - 1).long()
-    mass = torch.zeros(logits.size(0), _BUCKETS).scatter_add_(1, bucket, probs)
-    total = mass.cumsum(-1)
-    edge = (total < p).sum(-1, keepdim=True).clamp_(max=_BUCKETS - 1)  # the first bucket whose total reaches p
-    before = total.gather(1, edge) - mass.gather(1, edge)
-    inside = bucket == edge
-    # The edge bucket's probabilities, likeliest first, in rows as long as the fullest one (-1 after the last).
-    ranked = probs.masked_fill(~inside, -1.0).topk(int(inside.sum(-1).max()), dim=-1).values
-    kept = (ranked >= 0) & (before + ranked.cumsum(-1) - ranked < p)
-    least = ranked.masked_fill(~kept, torch.inf).amin(-1, keepdim=True)
-    return probs < least.masked_fill_(least == torch.inf, 0.0)  # a row with no edge (NaN) keeps every token
-
-
-def sample_next(logits: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:
-    """One token per row, drawn from softmax(logits) with that row's generator (inverse-CDF sampling).
+    The nucleus is never sorted out up front (32 rows of 5,437 scores took 5.2 ms to sort on our CPUs, more than
+    the model's step): a token drawn from the whole row is kept if it lies inside, else the row draws again
+    (rejection sampling, which keeps the nucleus's odds); a row still outside after ``NUCLEUS_DRAWS`` draws takes
+    its nucleus from a sort. A row's draws depend only on its own scores and generator, never on the batch.
 
     A row with a NaN or +inf score, or with every token blocked, has no distribution to draw from: an error.
     """
-    usable = (logits < torch.inf).all(-1) & (logits > -torch.inf).any(-1)  # NaN fails both comparisons
-    if not bool(usable.all()):
+    probs = logits.float().softmax(-1)
+    cdf = probs.cumsum(-1)  # sequential sums: a row's bits do not depend on the batch
+    if not bool(cdf[:, -1].isfinite().all()):  # NaN or +inf scores, or none above -inf, make the softmax NaN
         raise NeuraldaError(
             "the model gave no usable next-word probabilities (NaN or infinite scores, or every word blocked): "
             "is the checkpoint damaged?"
         )
-    probs = logits.float().softmax(-1)
-    cdf = probs.cumsum(-1)
+    picks = _draw(cdf, generators)
+    rows = torch.arange(len(generators), device=probs.device)
+    for draw in range(NUCLEUS_DRAWS + 1):
+        if top_p >= 1.0 or not len(rows):
+            return picks
+        if draw:
+            picks[rows] = _draw(cdf[rows], [generators[i] for i in rows.tolist()])
+        p_rows = probs[rows] if draw else probs
+        pick = picks[rows].unsqueeze(-1)
+        likelier = torch.where(p_rows > p_rows.gather(1, pick), p_rows, 0.0).cumsum(-1)[:, -1]
+        rows = rows[likelier >= top_p * cdf[rows, -1]]
+    if len(rows):
+        p_rows = probs[rows]
+        nucleus = p_rows.masked_fill(p_rows < _least_in_nucleus(p_rows, top_p), 0.0)
+        picks[rows] = _draw(nucleus.cumsum(-1), [generators[i] for i in rows.tolist()])
+    return picks
+
+
+def _draw(cdf: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:
+    """One index per row of ``cdf`` (cumulative weights), each row drawing a uniform from its own generator."""
     total = cdf[:, -1:]
     u = torch.cat([torch.rand(1, generator=g, dtype=torch.float64) for g in generators]).to(cdf.device)
     # Kept below the total: a draw that rounds up to it would land past the last token, possibly an impossible one.
     target = torch.minimum(u.float().unsqueeze(-1) * total, total.nextafter(torch.zeros_like(total)))
     return torch.searchsorted(cdf, target, right=True).squeeze(-1)
+
+
+def _least_in_nucleus(probs: torch.Tensor, p: float) -> torch.Tensor:
+    """Each row's smallest probability that top-p keeps, found by sorting the row, as ``(B, 1)``."""
+    ranked = probs.sort(-1, descending=True).values
+    mass = ranked.cumsum(-1)
+    return ranked.masked_fill(mass - ranked >= p * mass[:, -1:], torch.inf).amin(-1, keepdim=True)
 
 
 def poem_generators(seed: int | Sequence[int], n: int) -> list[torch.Generator]:
@@ -280,25 +269,29 @@ def write_poems(
     stanza, line, end = vocab.stoi[STANZA], vocab.stoi[LINE], vocab.stoi[POEM_END]
     per_stanza = FORMS[form]
     step = writing_steps(model, device, precision)
-    # The scores stay where the model made them (a GPU sorts them for top-p far faster); what each poem may not
-    # write next is marked here, on the CPU, and sent along once a step.
+    # The scores stay where the model made them and are drawn from there; what each poem may not write next is
+    # marked here, on the CPU, and sent along once a step.
     blocked = torch.zeros(n, len(vocab), dtype=torch.bool)
     state = None
     for token_id in vocab.encode([POEM_END] + prime):  # read the start one token at a time, as it is written
         logits, state = step(torch.full((n, 1), token_id, device=device), state)
     for _ in range(4 * words + 50):  # punctuation and breaks are not words: bound the steps too
+        rows, cols = [], []  # what each poem may not write next, marked in one go (per-row writes cost 3-6 us)
+        for i, d in enumerate(drafts):
+            banned = guard.blocked(d.word_ids) if guard is not None else []
+            if not d.line_tokens:  # no empty lines: poems in a corpus have none
+                banned = [*banned, line, stanza]
+            elif per_stanza:  # a stanza break only after the form's lines, and a line break never then
+                banned = [*banned, line if d.stanza_lines + 1 >= per_stanza else stanza]
+            rows += [i] * len(banned)
+            cols += banned
         blocked.zero_()
         blocked[:, vocab.unk] = True  # <unk> is never written
-        for i, d in enumerate(drafts):
-            if guard is not None:
-                blocked[i, guard.blocked(d.word_ids)] = True
-            if not d.line_tokens:  # no empty lines: poems in a corpus have none
-                blocked[i, [line, stanza]] = True
-            elif per_stanza:  # a stanza break only after the form's lines, and a line break never then
-                blocked[i, line if d.stanza_lines + 1 >= per_stanza else stanza] = True
+        blocked[rows, cols] = True
         scores = logits[:, -1].float().masked_fill(blocked.to(device), -torch.inf)
         penalised = seen.to(device) if sampling.repetition_penalty != 1.0 else None
-        nxt = sample_next(filter_logits(scores, sampling, penalised), generators).cpu()
+        nxt = sample_next(filter_logits(scores, sampling, penalised), generators, sampling.top_p).cpu()
+        rows, cols = [], []
         for i, (d, token_id) in enumerate(zip(drafts, nxt.tolist())):
             if d.done:
                 continue
@@ -307,7 +300,9 @@ def write_poems(
                 continue
             d.add(vocab.itos[token_id], token_id, word_mask[token_id], words, lines)
             if word_mask[token_id]:
-                seen[i, token_id] = True
+                rows.append(i)
+                cols.append(token_id)
+        seen[rows, cols] = True
         if all(d.done for d in drafts):
             break
         logits, state = step(nxt.unsqueeze(1).to(device), state)

@@ -138,13 +138,13 @@ def test_top_k_and_top_p():
     assert _drawn(logits, 0.1, 500).gt(0).tolist() == [True, False, False, False]
 
 
-@pytest.mark.parametrize("redraws", [0, 1, 4])
-def test_top_p_keeps_the_odds_inside_the_nucleus(monkeypatch, redraws):
+@pytest.mark.parametrize("draws", [0, 1, 4])
+def test_top_p_keeps_the_odds_inside_the_nucleus(monkeypatch, draws):
     """Drawing again when a draw lands outside the nucleus, and sorting it out after that, both give the
-    nucleus's own odds: here 0.4 of the mass, so most rows need both."""
+    nucleus's own odds: here 0.4 of the mass, so many rows need both (0 draws: the sort alone)."""
     import neuralda.generate as g
 
-    monkeypatch.setattr(g, "NUCLEUS_DRAWS", redraws)
+    monkeypatch.setattr(g, "NUCLEUS_DRAWS", draws)
     probs = torch.tensor([0.25, 0.15, 0.12, 0.1, 0.1, 0.1, 0.09, 0.09])
     freq = _drawn(probs.log().unsqueeze(0), 0.3)
     expected = torch.zeros(8, dtype=torch.float64)

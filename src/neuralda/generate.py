@@ -88,20 +88,21 @@ def sample_next(logits: torch.Tensor, generators: list[torch.Generator], top_p: 
             "is the checkpoint damaged?"
         )
     picks = _draw(cdf, generators)
-    rows = torch.arange(len(generators), device=probs.device)
-    for draw in range(NUCLEUS_DRAWS + 1):
-        if top_p >= 1.0 or not len(rows):
-            return picks
-        if draw:
+    if top_p >= 1.0:
+        return picks
+    rows = torch.arange(len(generators), device=probs.device)  # the rows whose newest draw is to be checked
+    for draw in range(NUCLEUS_DRAWS):
+        if draw:  # the rows that drew outside their nucleus draw again
             picks[rows] = _draw(cdf[rows], [generators[i] for i in rows.tolist()])
         p_rows = probs[rows] if draw else probs
-        pick = picks[rows].unsqueeze(-1)
-        likelier = torch.where(p_rows > p_rows.gather(1, pick), p_rows, 0.0).cumsum(-1)[:, -1]
+        chosen = p_rows.gather(1, picks[rows].unsqueeze(-1))
+        likelier = torch.where(p_rows > chosen, p_rows, 0.0).cumsum(-1)[:, -1]
         rows = rows[likelier >= top_p * cdf[rows, -1]]
-    if len(rows):
-        p_rows = probs[rows]
-        nucleus = p_rows.masked_fill(p_rows < _least_in_nucleus(p_rows, top_p), 0.0)
-        picks[rows] = _draw(nucleus.cumsum(-1), [generators[i] for i in rows.tolist()])
+        if not len(rows):
+            return picks
+    p_rows = probs[rows]  # outside at every draw: draw from the nucleus itself
+    nucleus = p_rows.masked_fill(p_rows < _least_in_nucleus(p_rows, top_p), 0.0)
+    picks[rows] = _draw(nucleus.cumsum(-1), [generators[i] for i in rows.tolist()])
     return picks
 
 

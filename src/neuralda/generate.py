@@ -109,9 +109,10 @@ def sample_next(logits: torch.Tensor, generators: list[torch.Generator], top_p: 
 def _draw(cdf: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:
     """One index per row of ``cdf`` (cumulative weights), each row drawing a uniform from its own generator."""
     total = cdf[:, -1:]
-    u = torch.cat([torch.rand(1, generator=g, dtype=torch.float64) for g in generators]).to(cdf.device)
+    # float32 before it leaves the CPU: Apple's MPS has no float64.
+    u = torch.cat([torch.rand(1, generator=g, dtype=torch.float64) for g in generators]).float().to(cdf.device)
     # Kept below the total: a draw that rounds up to it would land past the last token, possibly an impossible one.
-    target = torch.minimum(u.float().unsqueeze(-1) * total, total.nextafter(torch.zeros_like(total)))
+    target = torch.minimum(u.unsqueeze(-1) * total, total.nextafter(torch.zeros_like(total)))
     return torch.searchsorted(cdf, target, right=True).squeeze(-1)
 
 

@@ -136,15 +136,19 @@ def test_top_k_and_top_p():
     assert _drawn(logits, 0.8, 500).gt(0).tolist() == [True, True, False, False]
     assert _drawn(logits, 0.81, 500).gt(0).tolist() == [True, True, True, False]
     assert _drawn(logits, 0.1, 500).gt(0).tolist() == [True, False, False, False]
+    assert _drawn(logits, 1e-50, 50).gt(0).tolist() == [True, False, False, False]  # p * total rounds to 0
 
 
+@pytest.mark.parametrize("float32_scans", [("cpu",), ()], ids=["float32", "float64 (GPUs)"])
 @pytest.mark.parametrize("draws", [0, 1, 4])
-def test_top_p_keeps_the_odds_inside_the_nucleus(monkeypatch, draws):
+def test_top_p_keeps_the_odds_inside_the_nucleus(monkeypatch, draws, float32_scans):
     """Drawing again when a draw lands outside the nucleus, and sorting it out after that, both give the
-    nucleus's own odds: here 0.4 of the mass, so many rows need both (0 draws: the sort alone)."""
+    nucleus's own odds: here 0.4 of the mass, so many rows need both (0 draws: the sort alone). Also with the
+    float64 running sums GPUs use."""
     import neuralda.generate as g
 
     monkeypatch.setattr(g, "NUCLEUS_DRAWS", draws)
+    monkeypatch.setattr(g, "_FLOAT32_SCANS", float32_scans)
     probs = torch.tensor([0.25, 0.15, 0.12, 0.1, 0.1, 0.1, 0.09, 0.09])
     freq = _drawn(probs.log().unsqueeze(0), 0.3)
     expected = torch.zeros(8, dtype=torch.float64)
@@ -196,7 +200,7 @@ _SCORE = st.one_of(st.floats(-1e30, 1e30), st.sampled_from([-torch.inf, torch.in
     ),
     st.floats(MIN_TEMPERATURE, 1e6),
     st.integers(0, 10),
-    st.floats(0.01, 1.0),
+    st.one_of(st.floats(0.01, 1.0), st.floats(1e-300, 1e-30)),
     st.floats(1.0, 10.0),
     st.integers(0, 2**32),
 )

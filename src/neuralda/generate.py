@@ -81,7 +81,7 @@ def sample_next(logits: torch.Tensor, generators: list[torch.Generator], top_p: 
     A row with a NaN or +inf score, or with every token blocked, has no distribution to draw from: an error.
     """
     probs = logits.float().softmax(-1)
-    cdf = probs.cumsum(-1)  # sequential sums: a row's bits do not depend on the batch
+    cdf = _running_sum(probs)
     if not bool(cdf[:, -1].isfinite().all()):  # NaN or +inf scores, or none above -inf, make the softmax NaN
         raise NeuraldaError(
             "the model gave no usable next-word probabilities (NaN or infinite scores, or every word blocked): "
@@ -96,14 +96,24 @@ def sample_next(logits: torch.Tensor, generators: list[torch.Generator], top_p: 
             picks[rows] = _draw(cdf[rows], [generators[i] for i in rows.tolist()])
         p_rows = probs[rows] if draw else probs
         chosen = p_rows.gather(1, picks[rows].unsqueeze(-1))
-        likelier = torch.where(p_rows > chosen, p_rows, 0.0).cumsum(-1)[:, -1]
-        rows = rows[likelier >= top_p * cdf[rows, -1]]
+        likelier = _running_sum(torch.where(p_rows > chosen, p_rows, 0.0))[:, -1]
+        rows = rows[(likelier > 0) & (likelier >= top_p * cdf[rows, -1])]  # the likeliest is always kept
         if not len(rows):
             return picks
     p_rows = probs[rows]  # outside at every draw: draw from the nucleus itself
     nucleus = p_rows.masked_fill(p_rows < _least_in_nucleus(p_rows, top_p), 0.0)
-    picks[rows] = _draw(nucleus.cumsum(-1), [generators[i] for i in rows.tolist()])
+    picks[rows] = _draw(_running_sum(nucleus), [generators[i] for i in rows.tolist()])
     return picks
+
+
+_FLOAT32_SCANS = ("cpu", "mps")  # devices whose running sums stay in float32
+
+
+def _running_sum(x: torch.Tensor) -> torch.Tensor:
+    """Cumulative sums along each row. A CPU adds in order, so a row's bits never depend on the batch; a GPU's
+    parallel scan adds in an order that depends on the number of rows, so there the sums are in float64, where
+    that moves no draw in practice (Apple's MPS has no float64)."""
+    return x.to(torch.float32 if x.device.type in _FLOAT32_SCANS else torch.float64).cumsum(-1)
 
 
 def _draw(cdf: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:
@@ -119,8 +129,9 @@ def _draw(cdf: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:
 def _least_in_nucleus(probs: torch.Tensor, p: float) -> torch.Tensor:
     """Each row's smallest probability that top-p keeps, found by sorting the row, as ``(B, 1)``."""
     ranked = probs.sort(-1, descending=True).values
-    mass = ranked.cumsum(-1)
-    return ranked.masked_fill(mass - ranked >= p * mass[:, -1:], torch.inf).amin(-1, keepdim=True)
+    mass = _running_sum(ranked)
+    before = mass - ranked
+    return ranked.masked_fill((before > 0) & (before >= p * mass[:, -1:]), torch.inf).amin(-1, keepdim=True)
 
 
 def poem_generators(seed: int | Sequence[int], n: int) -> list[torch.Generator]:

@@ -130,6 +130,21 @@ def test_models_lists_runs_checkpoints_and_perplexity(client, runs):
     assert checkpoints["epoch-1"]["val_ppl"] == rows[0]["val_ppl"] > 1
 
 
+def test_models_read_each_checkpoint_s_epoch_from_the_checkpoint(runs, tmp_path):
+    """best and last are written every 30 s while metrics.jsonl grows every epoch: a run still training, or killed,
+    has rows for epochs its checkpoints do not hold."""
+    from neuralda.serve import checkpoint_infos
+
+    run = tmp_path / "behind"
+    shutil.copytree(runs[0], run)
+    for name in ("best", "last"):
+        shutil.copy(run / "checkpoints" / "epoch-1.safetensors", run / "checkpoints" / f"{name}.safetensors")
+    rows = Run.open(run).metrics()
+    assert [r["epoch"] for r in rows] == [1, 2]
+    for info in checkpoint_infos(Run.open(run)):
+        assert (info.epoch, info.val_ppl, info.train_ppl) == (1, rows[0]["val_ppl"], rows[0]["train_ppl"])
+
+
 def test_generate_writes_the_poem_write_poems_writes(client, runs):
     r = write(client, start="Love", words=40, seed=7, temperature=0.8, top_p=0.9, top_k=50)
     assert r.status_code == 200, r.text

@@ -13,6 +13,7 @@ Checkpoints are safetensors with a JSON header: reading them never executes anyt
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
@@ -53,20 +54,41 @@ def read_checkpoint(path: Path) -> tuple[dict[str, Any], dict]:
     """The tensors and JSON header of a checkpoint; a damaged file is a one-line error."""
     from safetensors.torch import load
 
-    try:
+    with _reading(path):
         raw = path.read_bytes()
         tensors = load(raw)
-        header_len = int.from_bytes(raw[:8], "little")
-        header = json.loads(raw[8 : 8 + header_len])
-        meta = json.loads(header.get("__metadata__", {}).get(_META_KEY, "{}"))
+        meta = _meta(raw)
+    # Checkpoints written before the checksum have none: they are read as they are.
+    if "sha256" in meta and meta["sha256"] != _digest(tensors):
+        raise NeuraldaError(f"{path}: damaged checkpoint (its bytes do not match the checksum saved with it)")
+    return tensors, meta
+
+
+def checkpoint_meta(path: Path) -> dict:
+    """A checkpoint's JSON header alone (its epoch, held-out loss ...), without reading its tensors."""
+    with _reading(path), open(path, "rb") as f:
+        head = f.read(8)
+        return _meta(head + f.read(int.from_bytes(head, "little")))
+
+
+def _meta(raw: bytes) -> dict:
+    """Our JSON header from the bytes of a safetensors file (its 8-byte length, then its JSON header, at least)."""
+    header = json.loads(raw[8 : 8 + int.from_bytes(raw[:8], "little")])
+    meta = json.loads(header.get("__metadata__", {}).get(_META_KEY, "{}"))
+    if not isinstance(meta, dict):
+        raise ValueError("its header is not a JSON object")
+    return meta
+
+
+@contextlib.contextmanager
+def _reading(path: Path):
+    """Errors while reading checkpoint ``path`` as one line each."""
+    try:
+        yield
     except FileNotFoundError:
         raise NeuraldaError(f"{path}: no such checkpoint") from None
     except Exception as e:  # safetensors raises its own error types for truncated or corrupted files
         raise NeuraldaError(f"{path}: damaged checkpoint ({type(e).__name__}: {e})".splitlines()[0]) from None
-    # Checkpoints written before the checksum have none: they are read as they are.
-    if not isinstance(meta, dict) or ("sha256" in meta and meta["sha256"] != _digest(tensors)):
-        raise NeuraldaError(f"{path}: damaged checkpoint (its bytes do not match the checksum saved with it)")
-    return tensors, meta
 
 
 def model_tensors(model) -> dict[str, Any]:
@@ -155,6 +177,10 @@ class Run:
             have = ", ".join(self.checkpoints()) or "none yet"
             raise NeuraldaError(f"{self.path}: no checkpoint {name!r} (have: {have})")
         return path
+
+    def checkpoint_meta(self, name: str) -> dict:
+        """The JSON header of checkpoint ``name`` (see ``checkpoint_meta``)."""
+        return checkpoint_meta(self.checkpoint_path(name))
 
     def build_model(self):
         """A fresh model of this run's architecture and sizes."""

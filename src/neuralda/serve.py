@@ -105,18 +105,12 @@ class ServedRun:
 
 
 def checkpoint_infos(run: Run) -> list[CheckpointInfo]:
-    """Each checkpoint with the epoch it holds and that epoch's perplexities."""
-    rows = run.metrics()
-    by_epoch = {r["epoch"]: r for r in rows}
-    best = [r["epoch"] for r in rows if r.get("best")]
+    """Each checkpoint with the epoch it holds (from its own header: ``best`` and ``last`` are written less often
+    than metrics.jsonl grows) and that epoch's perplexities."""
+    by_epoch = {r["epoch"]: r for r in run.metrics()}
     infos = []
     for name in run.checkpoints():
-        if name == "best":
-            epoch = best[-1] if best else None
-        elif name == "last":
-            epoch = rows[-1]["epoch"] if rows else None
-        else:
-            epoch = int(name.removeprefix("epoch-"))
+        epoch = run.checkpoint_meta(name).get("epoch")
         row = by_epoch.get(epoch, {})
         infos.append(CheckpointInfo(name=name, epoch=epoch, val_ppl=row.get("val_ppl"), train_ppl=row.get("train_ppl")))
     return infos
@@ -288,7 +282,7 @@ def create_app(run_dirs: list[str]) -> FastAPI:
         return JSONResponse({"detail": "; ".join(_problem(e) for e in exc.errors())}, status_code=422)
 
     @app.get("/api/models", response_model=Models)
-    def models() -> Models:
+    async def models() -> Models:  # on the event loop: it never waits for a thread busy writing
         """The runs served, with their checkpoints and held-out perplexities."""
         return Models(runs=[s.info for s in served.values()])
 

@@ -102,6 +102,15 @@ def test_a_novel_poem_copies_nothing():
     assert m["longest_copy"] == 0 and m["ended_share"] == 0.0 and m["samples"] == 1
 
 
+def test_no_poems_measure_nothing_rather_than_zero():
+    """--samples 0 (or poems too short for a measure) shows "-", not a 0 that reads as "nothing copied"."""
+    m = sample_measures([], index())
+    assert m["samples"] == 0
+    assert all(m[k] is None for k in m if k != "samples")
+    short = sample_measures([("Copper rivers", True)], index())
+    assert short["copied_4gram_share"] is None and short["distinct_1"] == 1.0 and short["ended_share"] == 1.0
+
+
 def test_copied_runs_are_counted_but_not_across_poems():
     idx = index()
     # "by the sea the salt wind" is 6 words of poem 1; "bread and stone | night opens" crosses into poem 2.
@@ -124,7 +133,7 @@ def test_distinct_n_on_a_hand_made_case():
     poems = [["a", "b", "a", "b"], ["c"]]
     assert distinct_n(poems, 1) == pytest.approx(3 / 5)
     assert distinct_n(poems, 2) == pytest.approx(2 / 3)  # ab, ba, ab
-    assert distinct_n([], 2) == 0.0
+    assert distinct_n([], 2) is None and distinct_n([["one"]], 2) is None  # nothing to measure: not 0
 
 
 def test_evaluate_run_gives_every_measure(tiny_run, tmp_path):

@@ -284,6 +284,18 @@ def test_repetition_penalty_makes_repeats_rarer():
     assert torch.allclose(out.softmax(-1), torch.tensor([[1.0, 1.0, -2.0]]).softmax(-1))  # logits up to a shift
 
 
+def test_a_run_without_its_data_writes_but_cannot_guard(tiny_run, tmp_path):
+    """Checkpoint, config and vocabulary are enough to write; the copy guard needs the training poems."""
+    import shutil
+
+    shared = tmp_path / "shared"
+    shutil.copytree(tiny_run, shared, ignore=shutil.ignore_patterns("data"))
+    poet = Poet.load(shared)
+    assert poet.write(start="love", words=20, seed=1) == Poet.load(tiny_run).write(start="love", words=20, seed=1)
+    with pytest.raises(NeuraldaError, match="train.jsonl"):
+        poet.write(start="love", words=20, seed=1, max_copy=4)
+
+
 def test_no_empty_lines(tiny_run):
     poet = Poet.load(tiny_run)
     for poem in poet.write_many(8, start="love", words=80, seed=0, temperature=1.5):

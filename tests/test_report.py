@@ -12,7 +12,7 @@ from neuralda.report import write_report
 
 
 def test_report_structure_plot_and_numbers(tiny_run, tmp_path):
-    out = tmp_path / "post" / "report.md"
+    out = tmp_path / "post" / "my report.md"  # a space: the image link must still work
     out.parent.mkdir()
     entries = write_report([str(tiny_run)], out, tmp_path / "report.html", samples=4, seed=2, words=12)
     text = out.read_text()
@@ -24,9 +24,9 @@ def test_report_structure_plot_and_numbers(tiny_run, tmp_path):
     # Poems keep their lines: every line break is a <br> inside a <p> per stanza.
     for entry in entries:
         assert "<br>\n".join(html.escape(ln, quote=False) for ln in entry.poem.split("\n\n")[0].split("\n")) in text
-    plot = out.parent / "report-perplexity.png"
+    plot = out.parent / "my report-perplexity.png"
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "![Training and held-out perplexity per epoch](report-perplexity.png)" in text
+    assert "![Training and held-out perplexity per epoch](my%20report-perplexity.png)" in text
     # The table's numbers are evaluate's, for poems of the words asked for.
     row = evaluate_run(tiny_run, "epoch-4", samples=4, seed=2, words=12)
     rows = [[c.strip() for c in ln.strip("|").split("|")] for ln in text.splitlines() if ln.startswith("| ")]

@@ -336,6 +336,8 @@ def test_the_page_and_openapi_are_served(client):
     spec = client.get("/openapi.json").json()
     assert {"/api/generate", "/api/models"} <= set(spec["paths"])
     assert spec["components"]["schemas"]["GenerateRequest"]["properties"]["words"]["maximum"] == 500
+    for page in ("/docs", "/redoc"):  # their scripts would come from a CDN: not offline, not from this host
+        assert "cdn." not in client.get(page).text
 
 
 def test_small_responses_do_not_wait_for_a_delayed_ack(client):

@@ -107,7 +107,7 @@ def heldout_measures(model, text: HeldoutText) -> dict:
     nll, count = token_nll(model, text.ids)
     return {
         "perplexity": perplexity(nll, count),
-        "perplexity_per_word": perplexity(nll, text.words),
+        "perplexity_per_word": perplexity(nll, text.words) if text.words else None,  # no words: undefined
         "bits_per_char": nll / math.log(2) / text.chars,
         "oov_rate": text.unknown / count,
         "tokens": count,
@@ -191,27 +191,28 @@ class NgramIndex:
         return best
 
 
-def copied_share(poems: Sequence[Sequence[str]], index: NgramIndex, n: int) -> float:
-    """The share of the poems' ``n``-word runs found in the training poems (0 when no poem has ``n`` words)."""
+def copied_share(poems: Sequence[Sequence[str]], index: NgramIndex, n: int) -> float | None:
+    """The share of the poems' ``n``-word runs found in the training poems (None when no poem has ``n`` words)."""
     grams = [g for words in poems for g in ngrams(words, n)]
-    return sum(map(index.contains, grams)) / len(grams) if grams else 0.0
+    return sum(map(index.contains, grams)) / len(grams) if grams else None
 
 
-def distinct_n(poems: Sequence[Sequence[str]], n: int) -> float:
-    """Distinct ``n``-word runs over all of them, pooled over the poems; 0 when there are none. This is the common
+def distinct_n(poems: Sequence[Sequence[str]], n: int) -> float | None:
+    """Distinct ``n``-word runs over all of them, pooled over the poems; None when there are none. This is the common
     ratio form of Li et al. 2016's distinct-n, who divide by the number of words instead (n - 1 more per poem)."""
     grams = [g for words in poems for g in ngrams(words, n)]
-    return len(set(grams)) / len(grams) if grams else 0.0
+    return len(set(grams)) / len(grams) if grams else None
 
 
 def sample_measures(poems: Sequence[tuple[str, bool]], index: NgramIndex, keep_case: bool = False) -> dict:
-    """Copying and diversity of written poems, as ``write_poems`` returns them: (text, ended by itself)."""
+    """Copying and diversity of written poems, as ``write_poems`` returns them: (text, ended by itself); a measure
+    with nothing to measure (no poems, or none long enough) is None, shown as "-", not as a misleading 0."""
     words = [poem_words(text, keep_case) for text, _ in poems]
     row: dict = {f"copied_{n}gram_share": copied_share(words, index, n) for n in COPY_LENGTHS}
-    row["longest_copy"] = max((index.longest_copy(w) for w in words), default=0)
+    row["longest_copy"] = max((index.longest_copy(w) for w in words), default=None)
     row["distinct_1"] = distinct_n(words, 1)
     row["distinct_2"] = distinct_n(words, 2)
-    row["ended_share"] = sum(ended for _, ended in poems) / len(poems) if poems else 0.0
+    row["ended_share"] = sum(ended for _, ended in poems) / len(poems) if poems else None
     row["samples"] = len(poems)
     return row
 

@@ -14,7 +14,7 @@ import threading
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import torch
 
@@ -326,10 +326,16 @@ class Poet:
     """A trained poet: ``Poet.load("runs/NAME").write(start="love", words=100, temperature=0.9, seed=1)``."""
 
     def __init__(
-        self, model, vocab: Vocab, name: str = "", training_texts: list[str] | None = None, precision: str = "auto"
+        self,
+        model,
+        vocab: Vocab,
+        name: str = "",
+        training_texts: Sequence[str] | Callable[[], Sequence[str]] = (),
+        precision: str = "auto",
     ) -> None:
+        """``training_texts``: the poems the copy guard reads, or what reads them when it is first needed."""
         self.model, self.vocab, self.name, self.precision = model, vocab, name, precision
-        self.training_texts = training_texts or []
+        self._training = training_texts
         self._guards: dict[int, CopyGuard] = {}
 
     @classmethod
@@ -340,8 +346,18 @@ class Poet:
 
         run = Run.open(run_dir)
         model, _ = run.load_model(checkpoint, device=device)
-        texts = [p.text for p in run.poems("train")]
+
+        def texts() -> list[str]:  # read for --max-copy only: a run shared without its data/ writes all the same
+            return [p.text for p in run.poems("train")]
+
         return cls(model, run.vocab, name=f"{run.name}:{checkpoint}", training_texts=texts, precision=precision)
+
+    @property
+    def training_texts(self) -> Sequence[str]:
+        """The training poems, read on first use."""
+        if callable(self._training):
+            self._training = self._training()
+        return self._training
 
     def guard(self, max_copy: int) -> CopyGuard | None:
         """The copy guard for runs of ``max_copy`` words (0: none), built on first use."""

@@ -13,6 +13,7 @@ import io
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 from .errors import NeuraldaError
 from .evaluate import evaluate_run
@@ -147,7 +148,7 @@ def _table_rows(entries: list[Entry]) -> tuple[list[str], list[list[str]]]:
 def markdown(runs: list[Run], entries: list[Entry], title: str, plot_name: str, start: str) -> str:
     header, rows = _table_rows(entries)
     out = [f"# {title}", ""]
-    out += [f"![Training and held-out perplexity per epoch]({plot_name})", ""]
+    out += [f"![Training and held-out perplexity per epoch]({quote(plot_name)})", ""]  # a space ends a bare link
     out += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     out += ["| " + " | ".join(r) + " |" for r in rows]
     out += ["", f'Held-out perplexity on poems the model never saw (lower is better); copies: the share of the '

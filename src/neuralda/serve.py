@@ -274,6 +274,10 @@ def create_app(run_dirs: list[str]) -> FastAPI:
         title="neuralda",
         version=__version__,
         description="Write poems with language models trained on a poet's poems.",
+        # FastAPI's /docs and /redoc pages load their scripts from a CDN: blank offline, and the page promises to
+        # load nothing from other hosts. The schema stays at /openapi.json.
+        docs_url=None,
+        redoc_url=None,
     )
     app.add_middleware(BodyLimit, limit=MAX_BODY)
 

@@ -7,6 +7,7 @@ import sys
 import pytest
 
 from neuralda.cli import main
+from neuralda.errors import NeuraldaError
 from neuralda.evaluate import evaluate_run
 from neuralda.report import write_report
 
@@ -111,3 +112,13 @@ def test_report_outputs_that_cannot_be_files_are_one_line_errors(tiny_run, tmp_p
     assert message in err and err.count("\n") == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "somedir"]  # no stray plot beside them
     assert not any((tmp_path / "somedir").iterdir())
+
+
+def test_report_refuses_runs_it_could_not_tell_apart(tiny_run, tmp_path):
+    import shutil
+
+    twin = tmp_path / "elsewhere" / tiny_run.name
+    shutil.copytree(tiny_run, twin)
+    with pytest.raises(NeuraldaError, match="same folder name"):
+        write_report([str(tiny_run), str(twin)], tmp_path / "r.md", samples=1, words=5)
+    assert not (tmp_path / "r.md").exists()

@@ -49,13 +49,19 @@ def _label(checkpoint: str, epoch: int | None) -> str:
     return f"{'Best' if checkpoint == 'best' else 'Last'} checkpoint (after {epoch} epochs)"
 
 
-def collect(run_dirs: list[str], start: str, seed: int, samples: int, words: int) -> tuple[list[Run], list[Entry]]:
-    """The runs, and a poem and the measures of each reported checkpoint of each."""
+def collect(
+    run_dirs: list[str], start: str, seed: int, samples: int, words: int, corpus: str | Path | None = None
+) -> tuple[list[Run], list[Entry]]:
+    """The runs, and a poem and the measures of each reported checkpoint of each (perplexity on ``corpus`` when
+    given, else on each run's held-out poems)."""
     runs = [Run.open(d) for d in run_dirs]
+    names = [run.name for run in runs]
+    if len(set(names)) < len(names):  # headings, table rows and the plot's legend name runs by their folder
+        raise NeuraldaError("two runs have the same folder name; report runs whose folders have different names")
     entries = []
     for run_dir, run in zip(run_dirs, runs):
         for checkpoint in report_checkpoints(run):
-            measures = evaluate_run(run_dir, checkpoint, samples=samples, start=start, words=words, seed=seed)
+            measures = evaluate_run(run_dir, checkpoint, corpus, samples, start, words, seed)
             model, meta = run.load_model(checkpoint)
             poem, _ = write_poems(model, run.vocab, start, words, 1, SamplingConfig(), seed)[0]
             epoch = meta.get("epoch")
@@ -246,13 +252,14 @@ def write_report(
     samples: int = 20,
     words: int = 120,
     force: bool = False,
+    corpus: str | Path | None = None,
 ) -> list[Entry]:
     """Write the Markdown report (and the plot beside it, and the HTML page when asked); returns its entries.
 
     The outputs are checked before any poem is written: an existing one is replaced only with ``force``.
     """
     output, plot, html_path = report_paths(output, html_path, force)
-    runs, entries = collect(run_dirs, start, seed, samples, words)
+    runs, entries = collect(run_dirs, start, seed, samples, words, corpus)
     plot_png = plot_perplexity(runs)
     atomic_write(plot, plot_png)
     atomic_write(output, markdown(runs, entries, title, plot.name, start) + "\n")

@@ -115,7 +115,11 @@ def test_demo_scrapes_the_local_site_trains_and_writes(tmp_path):
     assert poem.startswith("love") and len(poem.split()) > 1
     scraped = [json.loads(line) for line in (tmp_path / "runs" / "demo-corpus.jsonl").read_text().splitlines()]
     assert len(scraped) == 117 and all(p["url"].startswith("http://127.0.0.1:") for p in scraped)
-    # A second demo replaces its own run and corpus; it never touches another run.
+    # A second demo replaces its own run and corpus, also one killed before its config.json was written; it never
+    # touches another run.
+    shutil.rmtree(tmp_path / "runs" / "demo" / "checkpoints")
+    for name in ("config.json", "metrics.jsonl", "samples.jsonl"):
+        (tmp_path / "runs" / "demo" / name).unlink()
     again = cli("demo", "--minutes", "0.1", "-o", tmp_path / "runs" / "demo", "-q")
     assert again.returncode == 0, again.stderr[-2000:]
     assert len((tmp_path / "runs" / "demo-corpus.jsonl").read_text().splitlines()) == 117

@@ -45,6 +45,7 @@ def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, c
     result = subprocess.run([sys.executable, "-m", "neuralda", "train", str(corpus_file), "-o", str(out), *args],
                             capture_output=True, text=True)
     assert result.returncode == 2 and "the training loss became nan" in result.stderr
+    assert "start a new run with a lower --lr" in result.stderr  # a resume keeps the run's --lr
     assert "Traceback" not in result.stderr
     epochs = [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     run = Run.open(out)

@@ -1,5 +1,6 @@
 import html
 import json
+import math
 import re
 import subprocess
 import sys
@@ -62,6 +63,26 @@ def test_compare_prints_a_row_per_checkpoint(tiny_run):
     assert out.returncode == 0, out.stderr
     lines = out.stdout.strip().splitlines()
     assert len(lines) == 3 and lines[1].startswith(f"{tiny_run}:epoch-2") and lines[2].startswith(f"{tiny_run}:epoch-4")
+
+
+def test_compare_and_report_measure_on_another_corpus(tiny_run, tmp_path):
+    """As evaluate does: a run trained with --val-fraction 0 has no held-out poems of its own."""
+    corpus = tiny_run / "data" / "train.jsonl"
+    out = cli("compare", tiny_run, "--corpus", corpus, "--samples", 0, "--json")
+    assert out.returncode == 0, out.stderr
+    [row] = json.loads(out.stdout)
+    assert row["corpus"] == str(corpus) and row["distinct_2"] is None  # no poems: nothing to measure, not 0
+    assert row["perplexity"] == evaluate_run(tiny_run, corpus=corpus, samples=0)["perplexity"]
+    out = cli("report", tiny_run, "-o", tmp_path / "r.md", "--corpus", corpus, "--samples", 1, "--words", 5)
+    assert out.returncode == 0, out.stderr
+    cells = next(ln for ln in (tmp_path / "r.md").read_text().splitlines() if "| epoch-4 |" in ln)
+    assert f"| {evaluate_run(tiny_run, 'epoch-4', corpus, samples=0)['perplexity']:.1f} |" in cells
+
+
+def test_json_output_has_no_infinity():
+    from neuralda.cli import _json
+
+    assert json.loads(_json([{"ppl": math.inf, "x": [math.nan, 1.5]}])) == [{"ppl": None, "x": [None, 1.5]}]
 
 
 def test_report_of_a_missing_run_is_one_line(tmp_path):

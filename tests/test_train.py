@@ -109,6 +109,102 @@ def test_resume_given_the_corpus_starts_a_run_killed_before_its_config_was_writt
         train(tiny_config("", tmp_path / "other", epochs=1), resume=True, **QUIET)
 
 
+def samples(run_dir):
+    return [json.loads(line) for line in (run_dir / "samples.jsonl").read_text().splitlines()]
+
+
+def test_resuming_a_finished_run_keeps_the_sample_of_last(tmp_path, corpus_file):
+    out = tmp_path / "run"
+    train(tiny_config(corpus_file, out, epochs=2), **QUIET)
+    finished = samples(out)
+    assert [(s["epoch"], s["checkpoint"]) for s in finished] == [(2, "last")]
+    train(tiny_config("", out, epochs=2), resume=True, **QUIET)  # nothing left to train
+    assert samples(out) == finished
+    (out / "samples.jsonl").write_text("")  # as if killed after the last checkpoint, before its sample
+    train(tiny_config("", out, epochs=2), resume=True, **QUIET)
+    assert samples(out) == finished
+
+
+def test_resume_refuses_options_it_cannot_change(tmp_path, corpus_file):
+    out = tmp_path / "run"
+    train(tiny_config(corpus_file, out, epochs=1), **QUIET)
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    with pytest.raises(NeuraldaError, match=r"^--lr, --keep-case cannot change when resuming \(.*run was trained "
+                       r"with --lr 0.003, --keep-case false\); start a new run with another -o$"):
+        train(tiny_config("", out, epochs=2, lr=0.5, keep_case=True), resume=True, **QUIET)
+    other = write_jsonl(tmp_path / "other.jsonl", make_poems(10))
+    with pytest.raises(NeuraldaError, match="the corpus cannot change when resuming"):
+        train(tiny_config(other, out, epochs=2), resume=True, **QUIET)
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before  # nothing written
+    # The values it was trained with, and the corpus it was trained on, may be given again.
+    train(tiny_config(corpus_file, out, epochs=2, lr=0.003, keep_case=False, arch="lstm", seed=0), resume=True, **QUIET)
+    assert [r["epoch"] for r in metrics(out)] == [1, 2]
+
+
+def test_resume_keeps_the_recorded_device_unless_given(tmp_path, corpus_file):
+    from neuralda.cli import main
+
+    out = str(tmp_path / "run")
+    tiny = ["--hidden", "32", "--layers", "1", "--batch-size", "8", "--seq-len", "16", "-q"]
+    device = lambda: json.loads((tmp_path / "run" / "config.json").read_text())["device"]  # noqa: E731
+    assert main(["train", str(corpus_file), "-o", out, "--epochs", "1", *tiny]) == 0
+    assert device() == "auto"
+    assert main(["train", "-o", out, "--resume", "--epochs", "2", "--device", "cpu", "-q"]) == 0
+    assert device() == "cpu"
+    assert main(["train", str(corpus_file), "-o", out, "--resume", "--epochs", "3", *tiny]) == 0
+    assert device() == "cpu" and [r["epoch"] for r in metrics(tmp_path / "run")] == [1, 2, 3]
+
+
+def test_a_plain_resume_keeps_the_recorded_time_budget(tmp_path, corpus_file):
+    out = tmp_path / "run"
+    assert train(tiny_config(corpus_file, out, epochs=60, max_time=0.5), **QUIET).stopped == "time"
+    resumed = train(tiny_config("", out, epochs=60), resume=True, **QUIET)
+    assert resumed.stopped == "time" and resumed.epochs < 60
+    assert Run.open(out).config["max_time"] == 0.5
+    train(tiny_config("", out, epochs=60, max_time=0.4), resume=True, **QUIET)  # a new budget replaces the old
+    assert Run.open(out).config["max_time"] == 0.4
+
+
+def test_any_seed_trains(tmp_path, corpus_file):
+    """Seeds derived from a large --seed went past torch's 64 bits (a traceback mid-run)."""
+    for seed in (1_700_000_000_000_000_000, -(2**70)):
+        out = tmp_path / str(seed)
+        cfg = tiny_config(corpus_file, out, arch="seed", epochs=1, unk_rate=0.5, seed=seed)  # shuffled windows
+        assert train(cfg, **QUIET).epochs == 1
+    from neuralda.train import torch_seed
+
+    for seed in (0, 12345, -1, 2**64 - 1):  # the seeds torch took draw as before
+        want = torch.rand(3, generator=torch.Generator().manual_seed(seed))
+        assert torch.equal(torch.rand(3, generator=torch.Generator().manual_seed(torch_seed(seed))), want)
+
+
+def test_metrics_show_the_rate_each_epoch_trained_at(tmp_path, corpus_file):
+    out = tmp_path / "run"
+    train(tiny_config(corpus_file, out, epochs=3, lr=0.5, patience=0), **QUIET)
+    rows = metrics(out)
+    # Epoch 2 validated worse and halved the rate: for epoch 3, not for itself.
+    assert [r["best"] for r in rows] == [True, False, True]
+    assert [r["lr"] for r in rows] == [0.5, 0.5, 0.25]
+
+
+@pytest.mark.parametrize("resume", [False, True])
+def test_train_does_not_write_into_a_directory_of_other_files(tmp_path, corpus_file, resume):
+    project = tmp_path / "project"
+    (project / "data").mkdir(parents=True)
+    (project / "data" / "train.jsonl").write_text('{"text": "my own"}\n')
+    (project / "notes.txt").write_text("mine\n")
+    with pytest.raises(NeuraldaError, match=r"holds files that are not a run's \(notes.txt\)"):
+        train(tiny_config(corpus_file, project, epochs=1), resume=resume, **QUIET)
+    (project / "notes.txt").unlink()
+    if not resume:  # only its own data/train.jsonl: it may be the user's, so --resume must say it is a killed run's
+        with pytest.raises(NeuraldaError, match="not empty and holds no run"):
+            train(tiny_config(corpus_file, project, epochs=1), **QUIET)
+    assert sorted(p.relative_to(project).as_posix() for p in project.rglob("*")) == ["data", "data/train.jsonl"]
+    assert (project / "data" / "train.jsonl").read_text() == '{"text": "my own"}\n'
+    (tmp_path / "empty").mkdir()
+    assert train(tiny_config(corpus_file, tmp_path / "empty", epochs=1), **QUIET).epochs == 1
+
+
 def test_an_existing_run_is_not_overwritten(tmp_path, corpus_file):
     out = tmp_path / "run"
     train(tiny_config(corpus_file, out, epochs=1), **QUIET)

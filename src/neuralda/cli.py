@@ -135,7 +135,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
     row = evaluate_run(args.run, args.checkpoint, args.corpus, args.samples, args.start, args.words, args.seed)
     if args.json:
-        print(json.dumps(row, ensure_ascii=False))
+        print(_json(row))
         return
     for key, value in row.items():
         shown = f"{value:.4g}" if isinstance(value, float) else value
@@ -145,15 +145,31 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 def cmd_compare(args: argparse.Namespace) -> None:
     from .evaluate import compare_rows, format_compare
 
-    rows = compare_rows(args.specs, samples=args.samples, start=args.start, words=args.words, seed=args.seed)
-    print(json.dumps(rows, ensure_ascii=False) if args.json else format_compare(rows))
+    rows = compare_rows(
+        args.specs, corpus=args.corpus, samples=args.samples, start=args.start, words=args.words, seed=args.seed
+    )
+    print(_json(rows) if args.json else format_compare(rows))
+
+
+def _json(value) -> str:
+    """``value`` as JSON for other programs: JSON has no infinity or NaN (an overflowing perplexity), so null."""
+
+    def finite(v):
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, dict):
+            return {k: finite(x) for k, x in v.items()}
+        return [finite(x) for x in v] if isinstance(v, list) else v
+
+    return json.dumps(finite(value), ensure_ascii=False)
 
 
 def cmd_report(args: argparse.Namespace) -> None:
     from .report import write_report
 
     write_report(
-        args.runs, args.output, args.html, args.start, args.seed, args.title, args.samples, args.words, args.force
+        args.runs, args.output, args.html, args.start, args.seed, args.title, args.samples, args.words, args.force,
+        args.corpus,
     )
     print(f"wrote {args.output}" + (f" and {args.html}" if args.html else ""), file=sys.stderr)
 
@@ -221,7 +237,9 @@ def cmd_demo(args: argparse.Namespace) -> None:
         print(f"neuralda demo: serving {len(poems)} poems at {site.url} and scraping them", file=sys.stderr)
         print(scrape(site.config(str(corpus_out), cache, progress=not args.quiet)).text(), file=sys.stderr)
     print(f"neuralda demo: training the default model for up to {args.minutes:g} min", file=sys.stderr)
-    train(TrainConfig(corpus=str(corpus_out), output=str(out), max_time=args.minutes * 60, progress=not args.quiet))
+    # resume: a demo killed before its run's config.json left files there that train starts over.
+    cfg = TrainConfig(corpus=str(corpus_out), output=str(out), max_time=args.minutes * 60, progress=not args.quiet)
+    train(cfg, resume=out.exists())
     run = Run.open(out)
     model, _ = run.load_model("best")
     poem, _ = write_poems(model, run.vocab, "love", words=80, seed=args.seed)[0]
@@ -288,7 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a model on a corpus into a run directory")
     t.add_argument("corpus", nargs="?", help="the corpus (JSONL); not needed with --resume")
     t.add_argument("-o", "--output", required=True, help="the run directory, e.g. runs/neruda")
-    t.add_argument("--arch", default="lstm", choices=ARCHS, help="default: lstm (ours)")
+    t.add_argument("--arch", choices=ARCHS, help="default: lstm (ours)")
     t.add_argument("--epochs", type=_positive_int)
     t.add_argument("--save-at", type=_epochs_list, help="also keep these epochs' checkpoints, e.g. 200,400")
     t.add_argument("--batch-size", type=_positive_int)
@@ -299,8 +317,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--hidden", type=_positive_int, help="units per layer (default: from the recipe or corpus)")
     t.add_argument("--layers", type=_positive_int)
     t.add_argument("--unk-rate", type=float, help="read words seen once as <unk> this often, to learn unknown words")
-    t.add_argument("--val-fraction", type=float, default=0.1, help="poems held out (default 0.1)")
-    t.add_argument("--max-time", type=_duration, help="stop cleanly after this long: 90s, 10m, 1h")
+    t.add_argument("--val-fraction", type=float, help="poems held out (default 0.1)")
+    t.add_argument(
+        "--max-time", type=_interval, metavar="DURATION",
+        help="stop cleanly after this long: 90s, 10m, 1h (0: no limit); recorded, so --resume gets the same budget "
+        "again, counted from its start, unless given another",
+    )
     t.add_argument(
         "--save-every", type=_interval, metavar="DURATION",
         help="write the best and last checkpoints this often (default 30s; 0: after every epoch), and at the end",
@@ -308,12 +330,15 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--patience", type=_whole_number(0), help="stop after K epochs without a better validation loss (0: off)"
     )
-    t.add_argument("--device", default="auto", help="auto (default), cpu, cuda or mps")
-    t.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"))
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--min-count", type=_positive_int, default=1, help="rarer words become <unk> (default 1)")
-    t.add_argument("--keep-case", action="store_true", help="do not lower-case")
-    t.add_argument("--compile", action="store_true", help="torch.compile the model (GPU; slower on CPU)")
+    t.add_argument("--device", help="auto (default; with --resume: the run's), cpu, cuda or mps")
+    t.add_argument("--precision", choices=("auto", "fp32", "bf16"), help="default: auto")
+    t.add_argument("--seed", type=int, help="default: 0")
+    t.add_argument("--min-count", type=_positive_int, help="rarer words become <unk> (default 1)")
+    t.add_argument("--keep-case", action="store_true", default=None, help="do not lower-case")
+    t.add_argument(
+        "--compile", action="store_true",
+        help="torch.compile the model in this invocation (a --resume compiles if given it again; GPU; slower on CPU)",
+    )
     t.add_argument(
         "--resume", action="store_true",
         help="continue the run in -o from its last checkpoint (given the corpus too: start it if it is not there yet)",
@@ -350,11 +375,11 @@ def build_parser() -> argparse.ArgumentParser:
         parser.add_argument("--start", default="love", help='their start word(s) (default "love")')
         parser.add_argument("--words", type=_positive_int, default=120, help="words per poem (default 120)")
         parser.add_argument("--seed", type=int, default=0)
+        parser.add_argument("--corpus", help="held-out poems (default: each run's validation split)")
 
     ev = sub.add_parser("evaluate", help="held-out perplexity, copying and diversity of a run's checkpoint")
     ev.add_argument("run", help="a run directory")
     ev.add_argument("--checkpoint", default="best", help="best (default), last or epoch-N")
-    ev.add_argument("--corpus", help="held-out poems (default: the run's validation split)")
     measure_options(ev)
     ev.add_argument("--json", action="store_true", help="one flat JSON object")
     ev.set_defaults(func=cmd_evaluate)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import sys
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Callable
 
@@ -34,15 +35,23 @@ SAMPLE_START = "love"  # the seed's blog writes every sample from "love"
 SAMPLE_SEED = 0
 # Options that may change when a run is resumed; everything else comes from its config.json.
 RESUMABLE = ("epochs", "max_time", "patience", "device", "save_at", "save_every")
+# What an option left at None means in a new run (resuming, it keeps the run's value).
+DEFAULTS = {"arch": "lstm", "val_fraction": 0.1, "device": "auto", "precision": "auto", "seed": 0, "min_count": 1,
+            "keep_case": False}
+# What train writes into a run directory before its config.json (a run killed then left these); data/ holds the
+# corpus split. A directory holding anything else is not ours to write into.
+RUN_FILES = ("vocab.json", "data", "data/train.jsonl", "data/val.jsonl", "checkpoints", "metrics.jsonl",
+             "samples.jsonl")
 
 
 @dataclass
 class TrainConfig:
-    """Every training setting; ``None`` means "take it from the architecture's recipe"."""
+    """Every training setting; ``None`` means "take it from the architecture's recipe" (or from ``DEFAULTS``), and
+    when resuming "the run's"."""
 
     corpus: str = ""
     output: str = ""
-    arch: str = "lstm"
+    arch: str | None = None
     epochs: int | None = None
     save_at: tuple[int, ...] | None = None
     batch_size: int | None = None
@@ -54,16 +63,20 @@ class TrainConfig:
     layers: int | None = None
     patience: int | None = None
     unk_rate: float | None = None
-    val_fraction: float = 0.1
-    max_time: float | None = None  # seconds
+    val_fraction: float | None = None
+    max_time: float | None = None  # seconds (0: no limit)
     save_every: float | None = None  # seconds between checkpoints (None: SAVE_EVERY; 0: after every epoch)
-    device: str = "auto"
-    precision: str = "auto"  # auto | fp32 | bf16
-    seed: int = 0
-    min_count: int = 1
-    keep_case: bool = False
+    device: str | None = None
+    precision: str | None = None  # auto | fp32 | bf16
+    seed: int | None = None
+    min_count: int | None = None
+    keep_case: bool | None = None
     progress: bool = True
-    compile: bool = False
+    compile: bool = False  # this invocation's choice: a speed-up that trains the same model
+
+    def with_defaults(self) -> "TrainConfig":
+        """This config with ``DEFAULTS`` for the options left at None, as a new run takes them."""
+        return replace(self, **{k: v for k, v in DEFAULTS.items() if getattr(self, k) is None})
 
     def resolved(self, train_tokens: int) -> dict:
         """The full configuration: given values, then the recipe's, then sizes from the corpus."""
@@ -97,6 +110,29 @@ def check_settings(c: dict) -> None:
         raise NeuraldaError(f"--unk-rate must be in [0, 1], got {c['unk_rate']}")
     if not c["patience"] >= 0:
         raise NeuraldaError(f"--patience must be 0 (no early stop) or more, got {c['patience']}")
+
+
+def check_unchanged(cfg: TrainConfig, run: Run) -> None:
+    """A one-line error for options given to a resume with values other than the run's: only ``RESUMABLE`` ones
+    can change (the run's split, vocabulary, model and optimizer were made with the others)."""
+    given, was = [], []
+    recorded = run.config
+    if cfg.corpus and Path(cfg.corpus).resolve() != Path(recorded.get("corpus", "")).resolve():
+        given.append("the corpus")
+        was.append(f"the corpus {recorded.get('corpus')}")
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        if f.name in (*RESUMABLE, "corpus", "output", "progress", "compile") or value is None:
+            continue
+        if value != recorded.get(f.name):
+            flag, old = "--" + f.name.replace("_", "-"), recorded.get(f.name)
+            given.append(flag)
+            was.append(f"{flag} {str(old).lower() if isinstance(old, bool) else old}")
+    if given:
+        raise NeuraldaError(
+            f"{', '.join(given)} cannot change when resuming ({run.path} was trained with {', '.join(was)}); "
+            "start a new run with another -o"
+        )
 
 
 def pick_device(name: str) -> str:
@@ -140,6 +176,12 @@ def parse_duration(text: str) -> float:
     return value
 
 
+def torch_seed(value: int) -> int:
+    """``value`` as a seed torch takes: any int, reduced modulo 2**64 as torch reduces the seeds it accepts (-1 seeds
+    as 2**64 - 1), so seeds derived from a large --seed work and every seed that worked draws as before."""
+    return value % 2**64
+
+
 def batches(ids: torch.Tensor, cfg: dict, epoch: int, rank: int = 0, world: int = 1):
     """(inputs, targets, reset, weight) batches for one epoch, as views of one tensor; process ``rank`` of
     ``world`` gets its slice of every batch's rows.
@@ -171,7 +213,8 @@ def _global_batches(ids: torch.Tensor, cfg: dict, epoch: int):
     length = min(length, n)
     x = ids[: windows * length].view(windows, length)
     y = ids[1 : windows * length + 1].view(windows, length)
-    order = torch.randperm(windows, generator=torch.Generator().manual_seed(cfg["seed"] * 100_003 + epoch))
+    shuffle = torch.Generator().manual_seed(torch_seed(cfg["seed"] * 100_003 + epoch))
+    order = torch.randperm(windows, generator=shuffle)
     order = order.to(ids.device)  # once an epoch: a copy per batch would make the host wait for the GPU each step
     for i in range(0, windows, size):
         idx = order[i : i + size]
@@ -185,7 +228,7 @@ def batch_count(n_ids: int, cfg: dict) -> int:
     return math.ceil(max(1, n // cfg["seq_len"]) / cfg["batch_size"])
 
 
-SAVE_EVERY = 30.0  # seconds: a killed run loses at most this much training (one epoch, if that is longer)
+SAVE_EVERY = 30.0  # seconds; checked after each epoch, so a killed run loses at most this plus one epoch
 LOSS_CHUNK = 4096  # rows of logits alive at once in the loss on a GPU, where each chunk costs a dozen launches
 CPU_LOSS_CHUNK = 2**22  # logits alive at once in the loss on a CPU: 16 MB of float32, half of our CPUs' L3
 
@@ -329,11 +372,20 @@ def _human(seconds: float) -> str:
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
 
 
-def _prepare(cfg: TrainConfig) -> Run:
-    """Read and split the corpus, build the vocabulary and write the new run directory."""
-    out = Path(cfg.output)
+def _prepare(cfg: TrainConfig, restart: bool = False) -> Run:
+    """Read and split the corpus, build the vocabulary and write the new run directory (``restart``: over what a
+    run killed before its config.json left there)."""
+    out, cfg = Path(cfg.output), cfg.with_defaults()
     if (out / "config.json").exists():
         raise NeuraldaError(f"{out} already holds a run; continue it with --resume or choose another -o")
+    foreign = _foreign_files(out)
+    if foreign:  # train would replace a user's files of the same names (-o . replaced a data/train.jsonl)
+        raise NeuraldaError(f"{out} holds files that are not a run's ({', '.join(foreign[:3])}); choose another -o")
+    if not restart and out.is_dir() and any(out.iterdir()):  # a data/train.jsonl can be the user's own too
+        raise NeuraldaError(
+            f"{out} is not empty and holds no run (no config.json); choose another -o, or add --resume to start "
+            "again a run killed there before it wrote config.json"
+        )
     poems = read_corpus(cfg.corpus)
     train_poems, val_poems = split_poems(poems, cfg.val_fraction, cfg.seed)
     vocab = Vocab.build((tokenize(p.text, cfg.keep_case) for p in train_poems), cfg.min_count, cfg.keep_case)
@@ -345,6 +397,15 @@ def _prepare(cfg: TrainConfig) -> Run:
     vocab.save(out / "vocab.json")
     write_json(out / "config.json", config)  # written last: a run directory with config.json is complete
     return Run.open(out)
+
+
+def _foreign_files(out: Path) -> list[str]:
+    """What ``out`` holds besides ``RUN_FILES`` and the temporary files of their atomic writes."""
+    if not out.is_dir():
+        return []
+    paths = [*out.iterdir(), *((out / "data").iterdir() if (out / "data").is_dir() else [])]
+    names = [p.relative_to(out).as_posix() for p in paths]
+    return sorted(n for n in names if n not in RUN_FILES and not re.fullmatch(r"(data/)?\..+\.tmp", n))
 
 
 def _stream(run: Run, split: str) -> torch.Tensor:
@@ -422,27 +483,31 @@ class Trainer:
         self.cfg, self.started = cfg, time.monotonic()
         self.dist = Dist.from_env()
         self.log = log if self.dist.main else (lambda s: None)
-        device = pick_device(cfg.device)
-        if self.dist.world > 1 and device.startswith("cuda"):
-            device = f"cuda:{self.dist.local_rank}"
-            torch.cuda.set_device(device)
-        self.dist.init(device)
-        if resume and cfg.corpus and not (Path(cfg.output) / "config.json").exists():
+        restart = resume and bool(cfg.corpus) and not (Path(cfg.output) / "config.json").exists()
+        if restart:
             self.log(f"{cfg.output} holds no run yet (killed before it was written): starting it")
             resume = False
-        self.dist.barrier()  # every process has looked before the first one writes
         if resume:
             self.run = Run.open(cfg.output)
+            check_unchanged(cfg, self.run)
             for key in RESUMABLE:
                 value = getattr(cfg, key)
                 if value is not None:
                     self.run.config[key] = sorted(set(value)) if key == "save_at" else value
+            self.run.config["compile"] = cfg.compile
             check_settings(self.run.config)
+        device = pick_device(self.run.config["device"] if resume else cfg.device or DEFAULTS["device"])
+        if self.dist.world > 1 and device.startswith("cuda"):
+            device = f"cuda:{self.dist.local_rank}"
+            torch.cuda.set_device(device)
+        self.dist.init(device)
+        self.dist.barrier()  # every process has looked before the first one writes
+        if resume:
             if self.dist.main:
                 write_json(self.run.path / "config.json", self.run.config)
         else:
             if self.dist.main:
-                _prepare(cfg)
+                _prepare(cfg, restart)
             self.dist.barrier()
             self.run = Run.open(cfg.output)
         c = self.c = self.run.config
@@ -451,13 +516,13 @@ class Trainer:
         if device.startswith("cuda"):
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
-        torch.manual_seed(c["seed"])
+        torch.manual_seed(torch_seed(c["seed"]))
         self.model = self.run.build_model().to(device)
         self.optimizer = make_optimizer(self.model, c)
         self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(self.optimizer, factor=0.5, patience=0)
         # Several processes: gradients are averaged across them after each backward (DistributedDataParallel).
         self.trained = LossModule(self.model, self.precision)
-        if cfg.compile:
+        if c["compile"]:
             self.trained = torch.compile(self.trained)  # optional: on CPU it measured slower (PERFORMANCE.md)
         if self.dist.world > 1:
             self.trained = torch.nn.parallel.DistributedDataParallel(self.trained)
@@ -524,7 +589,7 @@ class Trainer:
         rate = self.c["unk_rate"]
         if not rate:
             return self.train_ids
-        g = torch.Generator().manual_seed(self.c["seed"] * 1_000_033 + epoch)
+        g = torch.Generator().manual_seed(torch_seed(self.c["seed"] * 1_000_033 + epoch))
         drop = self.rare & (torch.rand(self.train_ids.shape, generator=g) < rate).to(self.train_ids.device)
         return self.train_ids.masked_fill(drop, self.run.vocab.unk)
 
@@ -532,7 +597,7 @@ class Trainer:
         """Train one epoch: (mean loss, tokens, seconds)."""
         c, model = self.c, self.trained
         # Dropout masks from a seed per epoch and rank: a resumed run draws what an uninterrupted one would.
-        torch.manual_seed(c["seed"] * 1_000_003 + epoch * 7_919 + self.dist.rank)
+        torch.manual_seed(torch_seed(c["seed"] * 1_000_003 + epoch * 7_919 + self.dist.rank))
         model.train()
         total = torch.zeros((), device=self.device)
         tokens = 0
@@ -570,7 +635,7 @@ class Trainer:
                     _truncate_epochs(self.run.path / name, self.saved["epoch"])
             raise NeuraldaError(
                 f"the training loss became {train_loss} in epoch {epoch}; the checkpoints of epoch "
-                f"{self.saved['epoch']} are kept in {self.run.path / 'checkpoints'} (try a lower --lr)"
+                f"{self.saved['epoch']} are kept in {self.run.path / 'checkpoints'} (start a new run with a lower --lr)"
             )
         val_loss, val_start = None, time.monotonic()
         if self.val_ids.numel() > 1:
@@ -584,6 +649,7 @@ class Trainer:
             state["best_val"], state["best_epoch"], state["bad_epochs"] = val_loss, epoch, 0
         else:
             state["bad_epochs"] += 1
+        lr = self.optimizer.param_groups[0]["lr"]  # the epoch's rate, before the schedule sets the next one's
         if c["schedule"] == "plateau" and val_loss is not None:
             self.scheduler.step(val_loss)
         row = {
@@ -594,7 +660,7 @@ class Trainer:
             "val_loss": None if val_loss is None else round(val_loss, 5),
             "val_ppl": None if val_loss is None else _json_number(perplexity(val_loss, 1)),
             "tokens_per_s": round(tokens / train_seconds, 1),
-            "lr": self.optimizer.param_groups[0]["lr"],
+            "lr": lr,
             "seconds": 0.0,
             "val_seconds": round(val_seconds, 3),
             "best": is_best,
@@ -630,7 +696,7 @@ class Trainer:
                     stopped = "patience"
                     break
                 elapsed = time.monotonic() - self.started
-                out_of_time = bool(self.cfg.max_time and epoch_seconds and elapsed + epoch_seconds[-1] > self.cfg.max_time)
+                out_of_time = bool(c["max_time"] and epoch_seconds and elapsed + epoch_seconds[-1] > c["max_time"])
                 if self.dist.agree(out_of_time, self.device):
                     stopped = "time"
                     break
@@ -642,8 +708,8 @@ class Trainer:
                 row = self._end_epoch(epoch, loss, tokens, seconds, t0)
                 epoch_seconds.append(time.monotonic() - t0)
                 left = (c["epochs"] - epoch) * (sum(epoch_seconds) / len(epoch_seconds))
-                if self.cfg.max_time:
-                    left = min(left, self.cfg.max_time - (time.monotonic() - self.started))
+                if c["max_time"]:
+                    left = min(left, c["max_time"] - (time.monotonic() - self.started))
                 progress.end_epoch(row, left)
         except KeyboardInterrupt:
             progress.close()
@@ -652,7 +718,8 @@ class Trainer:
         if self.dist.main and state["epoch"] > self.saved["epoch"]:
             self._checkpoint()
         loop_seconds = time.monotonic() - loop_start
-        if self.dist.main and epoch_seconds and state["epoch"] not in c["save_at"]:
+        # Also when no epoch was left to train: resuming dropped the sample of "last" (_truncate_epochs).
+        if self.dist.main and state["epoch"] not in c["save_at"]:
             _write_sample(self.run, self.model, state["epoch"], checkpoint="last")
         best_ppl = None if state["best_val"] is None else perplexity(state["best_val"], 1)
         self.log(

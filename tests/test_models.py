@@ -79,6 +79,27 @@ def test_recipes_reproduce_the_published_setups():
     assert seed.save_at == (200, 400)
 
 
+def test_packed_steps_write_a_lone_row_as_a_pair_where_its_product_would_differ(monkeypatch):
+    from neuralda.models import lstm
+
+    packed = lstm._packed_matmul
+
+    def lone_rows_differ(weight, dtype):  # as where oneDNN takes another kernel for one row
+        f = packed(weight, dtype)
+        return lambda x: f(x) + (len(x) == 1) * 1e-3
+
+    torch.manual_seed(0)
+    model = build_model("lstm", 50, 16, 2, 0.0).eval()
+    ids = torch.randint(0, 50, (3, 6))
+    monkeypatch.setattr(lstm, "_packed_matmul", lone_rows_differ)
+    steps = lstm.LSTMSteps(model, torch.float32)
+    assert steps.min_rows == 2
+    batch = alone = None
+    for t in range(ids.size(1)):
+        (b, batch), (a, alone) = steps(ids[:, t : t + 1], batch), steps(ids[:1, t : t + 1], alone)
+        assert torch.equal(a, b[:1])
+
+
 @pytest.mark.parametrize("dtype, tolerance", [(torch.bfloat16, 0.02), (torch.float32, 1e-5)])
 @pytest.mark.parametrize("arch", ["seed", "thoutt", "lstm"])
 def test_packed_steps_follow_every_lstm_token_by_token(arch, dtype, tolerance):
@@ -95,7 +116,7 @@ def test_packed_steps_follow_every_lstm_token_by_token(arch, dtype, tolerance):
         for t in range(ids.size(1)):
             logits, state = steps(ids[:, t : t + 1], state)
             got.append(logits)
-        alone, state = [], None  # one row: float32 steps write it as a pair
+        alone, state = [], None
         for t in range(ids.size(1)):
             logits, state = steps(ids[:1, t : t + 1], state)
             alone.append(logits)

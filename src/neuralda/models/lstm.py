@@ -112,16 +112,26 @@ class StackedLSTM(nn.Module):
         return rows
 
 
+PACKED_ROWS = 32  # the rows oneDNN lays packed weights out for: float32 steps of 1-32 rows ran 1.4-2.2x faster
+# packed for 32 rows than for 1 (bfloat16 ones the same), and gave one row the bits it gets in a batch
+
+
 def _packed_matmul(weight: Tensor, dtype: torch.dtype):
     """``x -> x @ weight.T`` in ``dtype`` with a float32 result, the weight packed once for oneDNN (the packing
     PyTorch's own compiler uses on CPUs); a plain product where this build's private oneDNN ops differ."""
     w = weight.detach().to(dtype)
     try:
-        packed = torch.ops.mkldnn._reorder_linear_weight(w, 1)
+        packed = torch.ops.mkldnn._reorder_linear_weight(w, PACKED_ROWS)
         torch.ops.mkldnn._linear_pointwise(w.new_zeros(2, w.size(1)), packed, None, "none", [], "")
     except (AttributeError, RuntimeError):
         return lambda x: (x.to(dtype) @ w.t()).float()
     return lambda x: torch.ops.mkldnn._linear_pointwise(x.to(dtype), packed, None, "none", [], "").float()
+
+
+def _same_alone_as_in_pairs(matmul, columns: int) -> bool:
+    """Whether ``matmul`` gives a row the same bits alone as beside another (a lone row may take another kernel)."""
+    x = torch.randn(2, columns, generator=torch.Generator().manual_seed(0))
+    return torch.equal(matmul(x[:1]), matmul(x)[:1])
 
 
 class LSTMSteps:
@@ -131,24 +141,22 @@ class LSTMSteps:
     A one-token step reads every weight once and does little else: the seed's 36 MB of float32 weights take
     1.8 ms a step packed on our 2-core CPUs (more than their 32 MB cache; nn.LSTM's own step 3.7 ms), its 18 MB of
     bfloat16 ones 0.4-0.5 ms, and 32 poems at once 2.1 ms. Each row's result must not depend on the batch, so that a
-    poem is the same written alone or with others: oneDNN's bfloat16 products gave the same bits at every batch
-    size we measured, its float32 ones at every size from 2 rows on (one row takes another kernel), so a lone
-    poem is written as a pair in float32.
+    poem is the same written alone or with others: oneDNN's products packed for 32 rows gave the same bits at every
+    batch size we measured (packed for one row, a lone float32 row took another kernel); where a lone row's bits
+    differ from a pair's on this machine, a lone poem is written as a pair.
     """
 
     def __init__(self, model: StackedLSTM, dtype: torch.dtype = torch.bfloat16) -> None:
         self.dtype = dtype
         self.embedding = model.embedding.weight.detach()
-        self.layers = [
-            (
-                _packed_matmul(torch.cat([m.weight_ih_l0, m.weight_hh_l0], 1), dtype),
-                (m.bias_ih_l0 + m.bias_hh_l0).detach(),
-                m.hidden_size,
-            )
-            for m in model.lstms
-        ]
-        self.decoder = _packed_matmul(model.decoder.weight, dtype), model.decoder.bias.detach()
-        self.min_rows = 2 if dtype == torch.float32 else 1
+        weights = [torch.cat([m.weight_ih_l0, m.weight_hh_l0], 1) for m in model.lstms] + [model.decoder.weight]
+        matmuls = [_packed_matmul(w, dtype) for w in weights]
+        biases = [(m.bias_ih_l0 + m.bias_hh_l0).detach() for m in model.lstms]
+        self.layers = [(f, b, m.hidden_size) for f, b, m in zip(matmuls, biases, model.lstms)]
+        self.decoder = matmuls[-1], model.decoder.bias.detach()
+        # A lone poem is written as a pair where one row would get other bits than in a batch.
+        alone_ok = all(_same_alone_as_in_pairs(f, w.size(1)) for f, w in zip(matmuls, weights))
+        self.min_rows = 1 if alone_ok else 2
 
     @torch.no_grad()
     def __call__(self, x: Tensor, state: State | None = None) -> tuple[Tensor, State]:

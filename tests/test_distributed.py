@@ -38,3 +38,30 @@ def test_two_gloo_processes_match_one(tmp_path, corpus_file, batch):
         assert torch.allclose(a[key], b[key], atol=1e-5), key
     # Only rank 0 wrote the metrics: each epoch once.
     assert len((two / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def _agree_on_rank(rank: int, port: int, results) -> None:
+    import os
+
+    from neuralda.train import Dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=2)
+    dist = Dist(rank, 2)
+    # Each rank's own held-out loss and clock differ; all must act on rank 0's.
+    results[rank] = (dist.agree(1.25 + rank * 1e-9, "cpu"), dist.agree(rank == 1, "cpu"))
+    torch.distributed.destroy_process_group()
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="this torch has no torch.distributed")
+def test_every_process_acts_on_rank_zeros_loss_and_clock():
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    results = mp.Manager().dict()
+    mp.spawn(_agree_on_rank, args=(port, results), nprocs=2)
+    assert dict(results) == {0: (1.25, False), 1: (1.25, False)}

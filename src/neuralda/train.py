@@ -9,7 +9,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, TypeVar
 
 import torch
 
@@ -433,6 +433,9 @@ class TrainResult:
     tokens_trained: int
 
 
+_Shared = TypeVar("_Shared", bool, float)
+
+
 @dataclass
 class Dist:
     """This process's place in a ``torchrun`` job (rank 0 of 1 when run alone)."""
@@ -467,13 +470,15 @@ class Dist:
             torch.distributed.all_reduce(value)
         return value
 
-    def agree(self, flag: bool, device: str) -> bool:
-        """Rank 0's decision, for choices made from the clock (which differs between ranks)."""
+    def agree(self, value: _Shared, device: str) -> _Shared:
+        """Rank 0's ``value`` (a flag or a number) on every rank, for what each decides alone but all must decide
+        alike: stopping for time (the clocks differ) and the held-out loss behind patience and the schedule (its
+        last bits may differ between devices; one rank stopping early would leave the others waiting forever)."""
         if self.world == 1:
-            return flag
-        t = torch.tensor([int(flag)], device=device)
+            return value
+        t = torch.tensor([float(value)], dtype=torch.float64, device=device)
         torch.distributed.broadcast(t, 0)
-        return bool(t.item())
+        return type(value)(t.item())
 
 
 class Trainer:
@@ -640,7 +645,7 @@ class Trainer:
         val_loss, val_start = None, time.monotonic()
         if self.val_ids.numel() > 1:
             nll, count = token_nll(self.model, self.val_ids, self.precision)
-            val_loss = nll / count
+            val_loss = self.dist.agree(nll / count, self.device)
         val_seconds = time.monotonic() - val_start
         state["epoch"], state["last_val"] = epoch, val_loss
         state["step"] += batch_count(self.train_ids.numel(), c)

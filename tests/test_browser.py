@@ -71,6 +71,15 @@ def test_the_page_names_the_model_and_offers_each_checkpoint(page):
     assert sent.value.post_data_json["run"] == "other" and sent.value.post_data_json["checkpoint"] == "epoch-1"
 
 
+def test_an_empty_box_begins_with_the_word_it_shows(page):
+    shown = page.get_attribute("#start", "placeholder")
+    assert shown
+    with page.expect_response("**/api/generate") as answer:
+        page.click("#write-button")
+    assert answer.value.request.post_data_json["start"] == shown
+    assert answer.value.json()["poem"].startswith(shown)
+
+
 def test_an_unknown_word_shows_the_close_words(page):
     page.fill("#start", "lovv")
     page.click("#write-button")

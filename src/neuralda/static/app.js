@@ -85,7 +85,7 @@ async function write(event) {
       method: "POST",
       headers: { "Content-Type": "application/json" },
       body: JSON.stringify({
-        start: $("start").value.trim(),
+        start: $("start").value.trim() || $("start").placeholder, // an empty box begins with the word it shows
         words: Number($("words").value),
         temperature: Number($("temperature").value),
         top_p: Number($("top_p").value),

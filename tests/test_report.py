@@ -143,3 +143,16 @@ def test_report_refuses_runs_it_could_not_tell_apart(tiny_run, tmp_path):
     with pytest.raises(NeuraldaError, match="same folder name"):
         write_report([str(tiny_run), str(twin)], tmp_path / "r.md", samples=1, words=5)
     assert not (tmp_path / "r.md").exists()
+
+
+@pytest.mark.filterwarnings("error")  # matplotlib warned of a legend with nothing in it
+def test_a_run_without_recorded_epochs_is_reported_without_a_plot(tiny_run, tmp_path):
+    import shutil
+
+    run = shutil.copytree(tiny_run, tmp_path / "run")
+    (run / "metrics.jsonl").unlink()  # a run whose metrics were lost, or written by another tool
+    out = tmp_path / "post.md"
+    write_report([str(run)], out, tmp_path / "post.html", samples=1, words=8)
+    assert not (tmp_path / "post-perplexity.png").exists()
+    assert "![" not in out.read_text() and "<img" not in (tmp_path / "post.html").read_text()
+    assert "epoch-4" in out.read_text()

@@ -69,8 +69,11 @@ def collect(
     return runs, entries
 
 
-def plot_perplexity(runs: list[Run]) -> bytes:
-    """Training and validation perplexity per epoch for every run on one log-scale chart, as PNG bytes."""
+def plot_perplexity(runs: list[Run]) -> bytes | None:
+    """Training and validation perplexity per epoch for every run on one log-scale chart, as PNG bytes (None when
+    no run has recorded an epoch: its metrics.jsonl is missing or empty)."""
+    if not any(run.metrics() for run in runs):
+        return None
     import matplotlib
 
     matplotlib.use("Agg")
@@ -151,10 +154,11 @@ def _table_rows(entries: list[Entry]) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
-def markdown(runs: list[Run], entries: list[Entry], title: str, plot_name: str, start: str) -> str:
+def markdown(runs: list[Run], entries: list[Entry], title: str, plot_name: str | None, start: str) -> str:
     header, rows = _table_rows(entries)
     out = [f"# {title}", ""]
-    out += [f"![Training and held-out perplexity per epoch]({quote(plot_name)})", ""]  # a space ends a bare link
+    if plot_name:
+        out += [f"![Training and held-out perplexity per epoch]({quote(plot_name)})", ""]  # a space ends a bare link
     out += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     out += ["| " + " | ".join(r) + " |" for r in rows]
     out += ["", f'Held-out perplexity on poems the model never saw (lower is better); copies: the share of the '
@@ -167,13 +171,18 @@ def markdown(runs: list[Run], entries: list[Entry], title: str, plot_name: str, 
     return "\n".join(out)
 
 
-def html_page(runs: list[Run], entries: list[Entry], title: str, plot_png: bytes, start: str) -> str:
+def html_page(runs: list[Run], entries: list[Entry], title: str, plot_png: bytes | None, start: str) -> str:
     """The report as one self-contained page (the plot inline as a data URL)."""
     header, rows = _table_rows(entries)
     table = "<table><thead><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr></thead><tbody>"
     table += "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
     table += "</tbody></table>"
-    image = base64.b64encode(plot_png).decode("ascii")
+    image = (
+        f'<img src="data:image/png;base64,{base64.b64encode(plot_png).decode("ascii")}" '
+        'alt="Training and held-out perplexity per epoch">'
+        if plot_png
+        else ""
+    )
     sections = []
     for run in runs:
         parts = [f"<h2>{html.escape(run.name)}</h2>"]
@@ -199,7 +208,7 @@ pre {{ font-size: 12px; overflow-x: auto; }}
 .note {{ font-size: 14px; color: #6b5a48; }}
 </style></head><body>
 <h1>{html.escape(title)}</h1>
-<img src="data:image/png;base64,{image}" alt="Training and held-out perplexity per epoch">
+{image}
 {table}
 <p class="note">Held-out perplexity on poems the model never saw (lower is better); copies: the share of the written
 poems' word runs found verbatim in the training poems. Poems are written from "{html.escape(start)}".</p>
@@ -261,8 +270,9 @@ def write_report(
     output, plot, html_path = report_paths(output, html_path, force)
     runs, entries = collect(run_dirs, start, seed, samples, words, corpus)
     plot_png = plot_perplexity(runs)
-    atomic_write(plot, plot_png)
-    atomic_write(output, markdown(runs, entries, title, plot.name, start) + "\n")
+    if plot_png:
+        atomic_write(plot, plot_png)
+    atomic_write(output, markdown(runs, entries, title, plot.name if plot_png else None, start) + "\n")
     if html_path:
         atomic_write(html_path, html_page(runs, entries, title, plot_png, start))
     return entries

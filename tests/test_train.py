@@ -22,6 +22,7 @@ def test_tiny_run_lowers_the_loss_and_writes_the_run_directory(tiny_run):
     assert rows[-1]["val_loss"] < rows[0]["val_loss"]
     for key in ("epoch", "step", "train_loss", "val_loss", "val_ppl", "tokens_per_s", "lr", "seconds"):
         assert key in rows[0]
+    assert rows[0]["device"] == "cpu" and rows[0]["precision"] in ("fp32", "bf16")  # what "auto" chose
     run = Run.open(tiny_run)
     assert run.checkpoints() == ["best", "last", "epoch-2", "epoch-4"]
     config = run.config

@@ -665,6 +665,8 @@ class Trainer:
             "val_loss": None if val_loss is None else round(val_loss, 5),
             "val_ppl": None if val_loss is None else _json_number(perplexity(val_loss, 1)),
             "tokens_per_s": round(tokens / train_seconds, 1),
+            "device": self.device,  # what "auto" chose, for this invocation: a resume may train elsewhere
+            "precision": self.precision,
             "lr": lr,
             "seconds": 0.0,
             "val_seconds": round(val_seconds, 3),

@@ -233,6 +233,15 @@ def test_meta_charset_beats_detection(site, tmp_path):
     assert records(tmp_path)[0]["text"] == text
 
 
+def test_utf8_page_labelled_latin1_keeps_every_capital_accent(site, tmp_path):
+    # Old Apache setups label every page ISO-8859-1. Browsers decode that as windows-1252 with 0x81, 0x8D, 0x8F, 0x90
+    # and 0x9D kept as C1 controls, so the UTF-8 of "Á" and "Í" (C3 81, C3 8D) survives for the mojibake repair.
+    text = "ÁNGEL, Íñigo y Ó: sí, aquí"
+    site.page("/p", f"<meta charset='utf-8'><p>{text}</p>", content_type="text/html; charset=ISO-8859-1")
+    scrape(config(site, tmp_path, start="/p", links=None, title=None, body="p"))
+    assert records(tmp_path)[0]["text"] == text
+
+
 def test_stored_mojibake_like_the_seed_is_repaired(site, tmp_path):
     site.page("/p", poem_page("Sky", "<p>the skyâ€™s last word</p>"))
     scrape(config(site, tmp_path, start="/p", links=None))
@@ -277,6 +286,26 @@ def test_malformed_poem_pages_give_a_poem_or_a_clear_skip(site, tmp_path):
     skipped = [(url.rsplit("/", 1)[1], reason) for url, reason in summary.failures]
     no_text = "--body 'div.poem' matched no text"
     assert skipped == [(name, no_text) for name in ("garbage", "empty", "a-file-name", "no-poem")]
+
+
+@pytest.mark.parametrize(
+    "encoding, body",
+    [
+        pytest.param("gzip", b"this is no gzip at all", id="not-gzip"),
+        pytest.param(
+            "gzip", gzip.compress(poem_page("Cut", "<p>the whole poem, not half</p>").encode())[:60], id="cut"
+        ),
+        pytest.param("deflate", b"no deflate either", id="not-deflate"),
+    ],
+)
+def test_a_damaged_compressed_body_fails_that_page_alone(site, tmp_path, encoding, body):
+    # A server or proxy that cuts a gzip stream must not end the scrape, nor give half a poem as a whole one.
+    small_site(site, 1)
+    site.index("/", ["/bad", "/poems/0"])
+    site.page("/bad", body, headers={"Content-Encoding": encoding})
+    summary = scrape(config(site, tmp_path, retries=0))
+    assert summary.poems_written == 1 and records(tmp_path)[0]["title"] == "Poem 0"
+    assert summary.failures == [(site.base + "/bad", f"damaged {encoding} body; abandoned")]
 
 
 # Markup that breaks parsers and decoders: unclosed and misnested tags, comments, entities, odd line ends, links
@@ -372,6 +401,15 @@ def test_robots_txt_that_never_answers_means_stay_away(site, tmp_path):
         scrape(config(site, tmp_path, start_urls=[site.base + "/", site.base + "/page/2"], timeout=0.3, retries=0))
     assert time.monotonic() - start < 1.5  # asked once for the host, not once per start page
     assert site.paths() == ["/robots.txt"]
+
+
+def test_robots_txt_with_a_byte_order_mark_is_obeyed(site, tmp_path):
+    # Windows editors save robots.txt with a UTF-8 BOM; read as part of "User-agent", it hid the whole first group.
+    small_site(site, 2)
+    site.page("/robots.txt", codecs.BOM_UTF8 + b"User-agent: *\nDisallow: /poems/1\n", content_type="text/plain")
+    summary = scrape(config(site, tmp_path))
+    assert "/poems/1" not in site.paths()
+    assert summary.poems_written == 1 and summary.robots_skipped == 1
 
 
 def test_requests_to_a_host_are_at_least_delay_apart(site, tmp_path):
@@ -486,9 +524,30 @@ def test_duplicate_links_fetch_the_poem_once(site, tmp_path):
 def test_same_host_redirect_is_followed(site, tmp_path):
     small_site(site, 1)
     site.index("/", ["/old/0"])
-    site.routes["/old/0"] = (301, {"Location": "/poems/0"}, b"")
+    # An empty body labelled gzip (some servers label every answer so) is empty, not a damaged stream.
+    site.routes["/old/0"] = (301, {"Location": "/poems/0", "Content-Encoding": "gzip"}, b"")
     scrape(config(site, tmp_path))
     assert records(tmp_path)[0]["text"] == "line one of 0\nline two of 0"
+
+
+def test_a_redirect_to_a_raw_utf8_location_is_followed(site, tmp_path):
+    # Some servers send an accented Location as raw UTF-8 bytes; browsers read them as UTF-8, http.client as Latin-1.
+    small_site(site, 1)
+    site.index("/", ["/old"])
+    # The test server sends a header as Latin-1, so these characters go out as the UTF-8 bytes of "/canción".
+    site.routes["/old"] = (301, {"Location": "/canción".encode().decode("latin-1")}, b"")
+    site.poem("/canci%C3%B3n", "Canción", "a line")
+    summary = scrape(config(site, tmp_path))
+    assert summary.poems_written == 1 and not summary.failures
+
+
+def test_a_next_selector_may_match_a_link_element(site, tmp_path):
+    # WordPress and others name the next page in <head> as <link rel="next">: a selected element with an href counts.
+    small_site(site, 2)
+    site.page("/", '<head><link rel="next" href="/page/2"></head><ul class="poems"><a href="/poems/0">a</a></ul>')
+    site.index("/page/2", ["/poems/1"])
+    summary = scrape(config(site, tmp_path, next="link[rel=next]"))
+    assert summary.poems_written == 2
 
 
 def test_redirect_loops_long_chains_and_broken_locations_fail_alone(site, tmp_path):
@@ -612,6 +671,17 @@ def test_interrupted_run_resumes_without_duplicates(site, tmp_path):
     assert third.poems_written == 0 and third.already_present == 5 and len(records(tmp_path)) == 5
 
 
+def test_a_rerun_with_poem_pages_as_start_urls_adds_no_duplicate(site, tmp_path):
+    small_site(site, 2)
+    starts = [site.base + "/poems/0", site.base + "/poems/1"]
+    first = scrape(config(site, tmp_path, start_urls=starts[:1], links=None))
+    assert first.poems_written == 1
+    second = scrape(config(site, tmp_path, start_urls=starts, links=None))
+    assert second.poems_written == 1 and second.already_present == 1
+    assert [r["url"] for r in records(tmp_path)] == starts
+    assert site.paths().count("/poems/0") == 1  # what is already written is not fetched again
+
+
 def test_a_last_record_without_its_newline_is_kept_and_ended(site, tmp_path):
     small_site(site, 3)
     scrape(config(site, tmp_path, max_poems=2))
@@ -713,6 +783,14 @@ def test_a_delay_timeout_or_retries_out_of_range_fails_before_any_request(
     with pytest.raises(NeuraldaError) as error:
         scrape(config(site, tmp_path, **{option: value}))
     assert str(error.value) == message
+    assert site.hits == []
+
+
+@pytest.mark.parametrize("user_agent", ["bot\nX-Injected: 1", "poeta/1.0 詩"], ids=["newline", "not-latin1"])
+def test_a_user_agent_no_http_header_can_carry_fails_before_any_request(site, tmp_path, user_agent):
+    small_site(site, 1)
+    with pytest.raises(NeuraldaError, match=r"--user-agent must be printable ASCII, got "):
+        scrape(config(site, tmp_path, user_agent=user_agent))
     assert site.hits == []
 
 

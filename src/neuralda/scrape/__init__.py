@@ -102,6 +102,9 @@ def _check_config(config: ScrapeConfig) -> None:
         raise NeuraldaError(f"--timeout must be above 0 and at most {MAX_TIMEOUT:g} seconds, got {config.timeout:g}")
     if config.retries < 0:
         raise NeuraldaError(f"--retries must be at least 0, got {config.retries}")
+    # http.client refuses a header with a newline or a character beyond Latin-1 only at the first request, mid-run.
+    if config.user_agent and not (config.user_agent.isascii() and config.user_agent.isprintable()):
+        raise NeuraldaError(f"--user-agent must be printable ASCII, got {config.user_agent!r}")
     for name in ("max_poems", "max_pages"):
         value = getattr(config, name)
         if value is not None and value < 1:
@@ -218,6 +221,10 @@ class _Crawl:
             if url in self.index_urls:
                 return  # the pager came back to a page it showed before: a loop, not more poems
             self.index_urls.add(url)
+            if self.config.links is None and url in self.done:  # a poem page an earlier run wrote: not fetched again
+                self.poem_urls.add(url)
+                self.summary.already_present += 1
+                return
             fetched = self.fetch(url, is_start)
             if fetched is None:
                 return

@@ -7,6 +7,7 @@ import re
 import warnings
 from urllib.parse import urljoin
 
+import ftfy.bad_codecs  # noqa: F401  registers "sloppy-windows-1252", the windows-1252 that browsers decode
 import soupsieve
 from bs4 import BeautifulSoup, MarkupResemblesLocatorWarning, NavigableString, Tag
 
@@ -44,9 +45,10 @@ def _codec(label: str, from_meta: bool = False) -> str | None:
         b"\x80".decode(name, errors="replace")
     except (LookupError, UnicodeError, ValueError):  # ValueError: a NUL in the label
         return None
-    # WHATWG Encoding: pages labelled Latin-1 or ASCII are really windows-1252 (curly quotes live in 0x80-0x9F) ...
-    if name in ("latin-1", "iso8859-1", "ascii"):
-        return "cp1252"
+    # WHATWG Encoding: pages labelled Latin-1 or ASCII are really windows-1252 (curly quotes live in 0x80-0x9F), whose
+    # five unassigned bytes are C1 controls, not U+FFFD: in a UTF-8 page so labelled, "Á" is C3 81 and must survive ...
+    if name in ("latin-1", "iso8859-1", "ascii", "cp1252"):
+        return "sloppy-windows-1252"
     # ... and a <meta> that claims UTF-16 was necessarily read as ASCII-compatible bytes, so it is UTF-8.
     if from_meta and name.startswith("utf-16"):
         return "utf-8"
@@ -109,14 +111,15 @@ def check_selector(option: str, css: str) -> None:
 
 
 def select_links(soup: BeautifulSoup, css: str, page_url: str) -> list[str]:
-    """Absolute targets of the links ``css`` selects: matched ``<a href>`` or the ``<a href>`` inside a match."""
+    """Absolute targets of the links ``css`` selects: a match with an href (``<a>``, ``<link rel=next>``), else the
+    ``<a href>`` inside it."""
     base = page_url
     base_tag = soup.find("base", href=True)
     if base_tag is not None:
         base = _join(page_url, str(base_tag["href"])) or page_url
     links = []
     for element in soup.select(css):
-        anchors = [element] if element.name == "a" and element.has_attr("href") else element.select("a[href]")
+        anchors = [element] if element.has_attr("href") else element.select("a[href]")
         for anchor in anchors:
             url = _join(base, str(anchor["href"]))
             if url is not None:

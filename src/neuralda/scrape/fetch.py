@@ -132,7 +132,8 @@ def parse_robots(text: str, user_agent: str) -> Robots:
     token = user_agent.split("/", 1)[0].strip().lower()
     groups: list[tuple[list[str], list[tuple[bool, str]], list[float]]] = []
     in_agents = False
-    for raw in text.splitlines():
+    # A BOM (Windows editors write one) would make the first line "\ufeffUser-agent" and hide its whole group.
+    for raw in text.removeprefix("\ufeff").splitlines():
         line = raw.split("#", 1)[0].strip()
         key, sep, value = line.partition(":")
         if not sep:
@@ -277,7 +278,10 @@ def _too_big(url: str) -> FetchError:
 
 
 def _read_body(resp: http.client.HTTPResponse, url: str) -> bytes:
-    """Read at most MAX_PAGE_BYTES (raw and decompressed); stop early rather than read it all."""
+    """Read at most MAX_PAGE_BYTES (raw and decompressed); stop early rather than read it all.
+
+    A compressed body that is damaged or cut short is a FetchError: half a poem must not pass for a whole one.
+    """
     length = (resp.getheader("Content-Length") or "").strip()
     if length.isdigit() and int(length) > MAX_PAGE_BYTES:
         raise _too_big(url)
@@ -288,6 +292,7 @@ def _read_body(resp: http.client.HTTPResponse, url: str) -> bytes:
         inflater = None
     else:
         raise FetchError(url, f"unsupported Content-Encoding {encoding!r}")
+    damaged = FetchError(url, f"damaged {encoding} body; abandoned")
     parts, raw_size, size = [], 0, 0
     while True:
         chunk = resp.read1(_READ_CHUNK)
@@ -298,18 +303,34 @@ def _read_body(resp: http.client.HTTPResponse, url: str) -> bytes:
             raise _too_big(url)
         if inflater is not None:
             # max_length bounds what one call may inflate, so memory never exceeds the limit by more than a chunk.
-            chunk = inflater.decompress(chunk, MAX_PAGE_BYTES - size + 1)
+            try:
+                chunk = inflater.decompress(chunk, MAX_PAGE_BYTES - size + 1)
+            except zlib.error:
+                raise damaged from None
         size += len(chunk)
         if size > MAX_PAGE_BYTES:
             raise _too_big(url)
         parts.append(chunk)
     if inflater is not None:
+        if raw_size and not inflater.eof:  # the stream began but never ended: the connection closed mid-way
+            raise damaged
         tail = inflater.flush()
         size += len(tail)
         if size > MAX_PAGE_BYTES:
             raise _too_big(url)
         parts.append(tail)
     return b"".join(parts)
+
+
+def _utf8_header(value: str | None) -> str | None:
+    """A header value as browsers read it: http.client decodes its bytes as Latin-1, but raw UTF-8 is what servers
+    send for an accented Location; a value that is not valid UTF-8 stays as it was."""
+    if value is None:
+        return None
+    try:
+        return value.encode("latin-1").decode("utf-8")
+    except UnicodeError:
+        return value
 
 
 def _http_get(url: str, user_agent: str, timeout: float) -> _Response:
@@ -439,7 +460,7 @@ class Fetcher:
         for _ in range(MAX_REDIRECTS + 1):
             visited.add(url)
             resp = self._get_once(url)
-            location = resp.headers.get("Location")
+            location = _utf8_header(resp.headers.get("Location"))
             if resp.status not in REDIRECTS or not location:
                 return resp
             target = normalize_url(location, base=url)

@@ -150,6 +150,16 @@ def records(tmp_path, name="corpus.jsonl"):
 # --- getting the text right --------------------------------------------------------------------------------------
 
 
+def test_a_plain_text_poem_keeps_its_lines_and_stanzas(site, tmp_path):
+    text = "Salt on the sill,\nsalt in the <b>bread</b> & wine.\n\nThe tide keeps count."
+    site.page("/poem.txt", text.encode(), content_type="text/plain; charset=utf-8")
+    summary = scrape(config(site, tmp_path, start="/poem.txt", links=None, body="body", title=None))
+    assert summary.poems_written == 1
+    [record] = records(tmp_path)
+    assert record["text"] == text  # a newline in a text file is a line break; its < and & are text
+    assert record["title"] == "Salt on the sill,"
+
+
 def test_lines_stanzas_inline_tags_and_what_never_reaches_the_poem(site, tmp_path):
     body = """
       <p>  The kettle <em>hums</em> its one

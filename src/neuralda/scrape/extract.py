@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import codecs
+import html
 import re
 import warnings
 from urllib.parse import urljoin
@@ -91,11 +92,15 @@ def decode_html(data: bytes, content_type: str = "") -> str:
 
 
 def parse_html(data: bytes, content_type: str = "") -> BeautifulSoup:
-    """The parsed page (lxml), decoded by :func:`decode_html` so lxml never guesses the encoding itself."""
+    """The parsed page (lxml), decoded by :func:`decode_html` so lxml never guesses the encoding itself. A plain-text
+    page is one ``<pre>`` in its ``<body>``, so that its newlines stay line breaks (as a browser shows it)."""
+    text = decode_html(data, content_type)
+    if content_type.split(";", 1)[0].strip().lower() == "text/plain":
+        text = f"<html><body><pre>{html.escape(text, quote=False)}</pre></body></html>"
     with warnings.catch_warnings():
         # A page whose whole text is "poem.txt" or a URL is still a page: bs4's hint about file names is not for us.
         warnings.simplefilter("ignore", MarkupResemblesLocatorWarning)
-        return BeautifulSoup(decode_html(data, content_type), "lxml")
+        return BeautifulSoup(text, "lxml")
 
 
 # --- selectors ---------------------------------------------------------------------------------------------------

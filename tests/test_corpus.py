@@ -22,6 +22,7 @@ from neuralda.corpus import (
     write_corpus,
 )
 from neuralda.errors import NeuraldaError
+from neuralda.tokenizer import tokenize
 
 
 def test_normalize_line_ends_spaces_and_blank_lines():
@@ -242,7 +243,7 @@ def test_cli_bad_corpus_is_one_line_and_exit_2(tmp_path, content):
 # --- properties: any text cleans to what normalize_text promises; any file imports as clean poems or a user error ---
 
 # Any code point (lone surrogates too), with the pieces of mojibake, line ends and controls ftfy and we look at.
-_TRICKY = "Ãƒâ€™Â©é\xa0\t\n\r\x00\x0b\x0c\u0301\u2028\x85\x93\x1c\x1b\ufeff\u200b\x9d\x81Å“\ud800"
+_TRICKY = "Ãƒâ€™Â©é\xa0\t\n\r\x00\x0b\x0c\u0301\u2028\x85\x93\x1c\x1b\ufeff\u200b\x9d\x81Å“\ud800\xad\u2010\u2011\u2060"
 _CHARS = st.one_of(st.characters(), st.sampled_from(_TRICKY))
 
 
@@ -257,6 +258,7 @@ _TEXTS = st.one_of(st.text(_CHARS), st.builds(_misread, st.text(_CHARS), st.samp
 def assert_clean(text: str) -> None:
     """What normalize_text promises of its result."""
     assert "\r" not in text and "\x00" not in text
+    assert not set(text) & set("\xad\u200b\u2060\u2010\u2011")  # invisible in a word, or a hyphen unlike "-"
     assert not [c for c in text if unicodedata.category(c) in ("Cc", "Cs") and c != "\n"]
     assert text == text.strip("\n") and "\n\n\n" not in text  # no blank line at either end, one between stanzas
     assert all(line == " ".join(line.split()) for line in text.split("\n"))  # single spaces, none at the ends
@@ -377,3 +379,62 @@ def test_gutenberg_end_before_start_is_not_the_end(tmp_path):
         encoding="utf-8",
     )
     assert [p.text for p in import_files([path], "gutenberg")] == ["A poem"]
+
+
+def test_jsonl_files_joined_with_cat_keep_each_files_bom(tmp_path):
+    # `cat a.jsonl b.jsonl` where b.jsonl came from Windows: its UTF-8 BOM sits at the start of a middle line.
+    path = tmp_path / "c.jsonl"
+    path.write_bytes(b'{"text": "uno"}\n' + codecs.BOM_UTF8 + b'{"text": "dos"}\r\n' + codecs.BOM_UTF8 + b"\n")
+    assert [p.text for p in read_corpus(path)] == ["uno", "dos"]
+
+
+@pytest.mark.parametrize(
+    "line",
+    ['{"text": "a", "id": ' + "1" * 5000 + "}", '{"text": "a", "x": ' + "[" * 100_000 + "]" * 100_000 + "}"],
+    ids=["a number past Python's 4300 digits", "nesting past the recursion limit"],
+)
+def test_json_python_cannot_read_is_a_line_error(tmp_path, line):
+    path = tmp_path / "c.jsonl"
+    path.write_text('{"text": "fine"}\n' + line + "\n", encoding="utf-8")
+    with pytest.raises(NeuraldaError, match=r"c\.jsonl:2: JSON too big to read \((Exceeds|maximum recursion)"):
+        read_corpus(path)
+
+
+@pytest.mark.parametrize("invisible", ["\u00ad", "\u200b", "\u2060"], ids=["soft hyphen", "zero-width space", "joiner"])
+def test_invisible_breaks_from_web_pages_are_dropped(invisible):
+    # Sites hyphenate with &shy; and WordPress leaves zero-width spaces: unseen, they split "poema" in three tokens.
+    assert normalize_text(f"el poe{invisible}ma\ncan{invisible}ción") == "el poema\ncanción"
+    assert Poem.from_dict({"text": "x", "title": f"Can{invisible}to"}).title == "Canto"
+
+
+def test_a_list_of_authors_is_a_list_not_python_syntax():
+    poem = Poem.from_dict({"text": "x", "author": ["Pablo Neruda", "Gabriela Mistral"], "title": ["Oda"]})
+    assert (poem.author, poem.title) == ("Pablo Neruda, Gabriela Mistral", "Oda")
+
+
+def test_unicode_hyphens_become_the_hyphen_so_the_word_stays_one_word():
+    # Word processors and web typography write U+2010 and the no-break U+2011: they look like "-" but split words.
+    text = normalize_text("earth\u2010star y medio\u2011día")
+    assert text == "earth-star y medio-día"
+    assert tokenize(text, end=False) == ["earth-star", "y", "medio-día"]
+
+
+def test_a_json_array_export_imports_as_poems_not_as_one_poem_of_json(tmp_path):
+    # Exports are often one JSON array, pretty-printed: it was read as plain text, one "poem" of brackets and quotes.
+    rows = [{"title": "Poema 20", "text": "Puedo escribir los versos\nmás tristes esta noche."}, {"text": "Amo el amor"}]
+    path = tmp_path / "poems.json"
+    path.write_text(json.dumps(rows, ensure_ascii=False, indent=2), encoding="utf-8")
+    for poems in (import_files([path]), read_corpus(path)):
+        assert [(p.title, p.text) for p in poems] == [(r.get("title", ""), r["text"]) for r in rows]
+    path.write_text('[\n  {"text": "uno"},\n  {"text": "dos"\n]\n', encoding="utf-8")
+    with pytest.raises(NeuraldaError, match=r"poems\.json:4: not valid JSON"):
+        import_files([path])
+    path.write_text('[\n  {"text": "uno"},\n  "dos"\n]\n', encoding="utf-8")
+    with pytest.raises(NeuraldaError, match=r"poems\.json: item 2: expected an object"):
+        read_corpus(path)
+
+
+def test_a_poem_in_square_brackets_is_still_plain_text(tmp_path):
+    path = tmp_path / "poems.txt"
+    path.write_text("[Sin título]\nla noche\n", encoding="utf-8")
+    assert [p.text for p in import_files([path])] == ["[Sin título]\nla noche"]

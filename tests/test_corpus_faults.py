@@ -184,3 +184,17 @@ def test_import_does_not_replace_an_existing_corpus(capsys, tmp_path):
     assert corpus.read_text(encoding="utf-8") == '{"text": "hours of scraping"}\n'
     code, _, _ = run(capsys, "corpus", "import", corpus, src, "-o", corpus, "--force")  # read first, then replaced
     assert code == 0 and [p.text for p in read_corpus(corpus)] == ["hours of scraping", "a new poem"]
+
+
+def test_import_force_onto_a_symlink_replaces_the_file_it_points_to(capsys, tmp_path):
+    # corpus.jsonl linked to a shared copy: replacing the link with a new file left the shared copy stale.
+    (tmp_path / "shared").mkdir()
+    target = tmp_path / "shared" / "neruda.jsonl"
+    target.write_text('{"text": "old"}\n', encoding="utf-8")
+    link = tmp_path / "corpus.jsonl"
+    link.symlink_to(target)
+    src = tmp_path / "new.txt"
+    src.write_text("a new poem\n", encoding="utf-8")
+    assert run(capsys, "corpus", "import", src, "-o", link, "--force")[0] == 0
+    assert link.is_symlink() and [p.text for p in read_corpus(target)] == ["a new poem"]
+    assert [f.name for f in target.parent.iterdir()] == ["neruda.jsonl"]  # no temporary file left behind

@@ -22,9 +22,12 @@ def test_words_keep_inner_apostrophes_and_hyphens():
         ("नमस्ते दुनिया", ["नमस्ते", "दुनिया"]),
         ("İstanbul’da", ["i\u0307stanbul’da"]),  # lower-cased, "İ" is "i" and a combining dot
         ("cafe\u0301 noir", ["cafe\u0301", "noir"]),  # an accent left uncomposed
+        ("می\u200cخواهم بروم", ["می\u200cخواهم", "بروم"]),  # Persian writes a zero-width non-joiner inside words
+        ("क्\u200dषमा", ["क्\u200dषमा"]),  # a zero-width joiner shapes a Hindi conjunct
+        ("കാര്\u200d മഴ", ["കാര്\u200d", "മഴ"]),  # and ends a Malayalam word in its older spelling
     ],
 )
-def test_combining_marks_stay_in_their_word(text, words):
+def test_combining_marks_and_joiners_stay_in_their_word(text, words):
     tokens = tokenize(text, end=False)
     assert tokens == words and detokenize(tokens) == text.lower()
 

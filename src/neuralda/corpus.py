@@ -9,7 +9,7 @@ import re
 import unicodedata
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable
 
 from .errors import NeuraldaError
 from .files import atomic_write
@@ -19,6 +19,10 @@ FORMATS = ("auto", "jsonl", "text", "gutenberg")
 _BLANK_RUN = re.compile(r"\n{3,}")
 # C0 controls but tab, line feed, form feed and carriage return; DEL; the C1 controls ftfy could not read as cp1252.
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0e-\x1f\x7f-\x9f]")
+# Invisible hints a web page leaves in a word (&shy;, zero-width spaces, word joiners): unseen, yet they split it.
+_INVISIBLE = re.compile("[\u00ad\u200b\u2060]")
+# U+2010 and the no-break U+2011 look like "-" but are other tokens: "earth‐star" would not be "earth-star".
+_HYPHENS = str.maketrans("\u2010\u2011", "--")
 _SURROGATE = re.compile(r"[\ud800-\udfff]")  # half a UTF-16 pair, from a JSON "\ud800" escape: U+FFFD, as ftfy does
 _NOT_ASCII = re.compile(r"[^\x00-\x7f]")
 _CP1252_MARKS = set("\xa0¡¿«»“”‘’–—…°ºª·•©€")  # not letters, but at home in Western European text
@@ -28,6 +32,7 @@ _ACCENTED_RUN = re.compile(r"[^\W\d_a-zA-Z]{3}")
 _MOJIBAKE_PASSES = 8  # Hypothesis found no text that needs more than 3; this bounds a pathological one
 # Two or more blank lines; a line of any whitespace (a no-break space, a form feed) is blank, as cleaning makes it.
 _POEM_SEPARATOR = re.compile(r"\n(?:[^\S\n]*\n){2,}")
+_JSON_START = re.compile(r"\s*(?:\{|\[\s*\{)")  # a JSONL line, or a JSON array of objects; not "[Sin título]"
 _GUTENBERG_START = re.compile(r"^\*{3}\s*START OF (?:THE|THIS) PROJECT GUTENBERG.*$", re.M | re.I)
 # Files from before about 2002 have no START line: their licence ends "*END*THE SMALL PRINT! FOR PUBLIC DOMAIN ...".
 _GUTENBERG_OLD_START = re.compile(r"^[^\S\n]*\*END\*?[^\S\n]*THE SMALL PRINT.*$", re.M | re.I)
@@ -71,9 +76,9 @@ class Poem:
 def normalize_text(text: str) -> str:
     """Clean a poem: repair mojibake, NFC, ``\\n`` line ends, no stray spaces, one blank line between stanzas.
 
-    The result has no ``\\r``, no control character but ``\\n`` (NUL bytes are dropped), no lone surrogate (each
-    becomes U+FFFD), no blank line at either end, single spaces inside a line and none at its ends; it is NFC, and
-    cleaning it again changes nothing.
+    The result has no ``\\r``, no control character but ``\\n`` (NUL bytes are dropped), no soft hyphen or
+    zero-width space, ``-`` for U+2010 and U+2011, no lone surrogate (each becomes U+FFFD), no blank line at either
+    end, single spaces inside a line and none at its ends; it is NFC, and cleaning it again changes nothing.
     """
     import ftfy  # imported here: it is only needed when text is cleaned
 
@@ -89,13 +94,17 @@ def normalize_text(text: str) -> str:
 
 def _tidy(text: str) -> str:
     """Line ends, control characters, spaces and blank lines: the cleaning ftfy leaves to us (then NFC again)."""
-    text = _SURROGATE.sub("\ufffd", _CONTROL.sub("", text.replace("\r\n", "\n").replace("\r", "\n")))
+    text = text.replace("\r\n", "\n").replace("\r", "\n").translate(_HYPHENS)
+    text = _SURROGATE.sub("\ufffd", _INVISIBLE.sub("", _CONTROL.sub("", text)))
     text = "\n".join(" ".join(line.split()) for line in text.split("\n"))
     return unicodedata.normalize("NFC", _BLANK_RUN.sub("\n\n", text).strip("\n"))
 
 
 def _clean_field(value: object) -> str:
-    """A title, author or URL as one tidy line; not ftfy's repairs, so a title cut from a line stays as it was cut."""
+    """A title, author or URL as one tidy line; not ftfy's repairs, so a title cut from a line stays as it was cut.
+    A list (two authors) is its items, comma-separated."""
+    if isinstance(value, list):
+        value = ", ".join(map(str, value))
     return " ".join(_tidy(str(value)).split())
 
 
@@ -179,26 +188,41 @@ def _read_bytes(path: str | Path) -> bytes:
 
 
 def read_corpus(path: str | Path) -> list[Poem]:
-    """Read a JSONL corpus (one object with a "text" field per line); bad lines are errors that name the line."""
+    """Read a JSONL corpus (one object with a "text" field per line), or one JSON array of such objects (an export);
+    bad lines are errors that name the line."""
     path = Path(path)
-    text = decode_bytes(_read_bytes(path), str(path))
     poems = []
-    # Lines end at "\n" only: JSON strings may hold U+2028 or U+0085, which str.splitlines() would break apart.
-    for number, line in enumerate(text.split("\n"), 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise NeuraldaError(f"{path}:{number}: not valid JSON ({e.msg})") from None
+    for where, obj in _json_records(decode_bytes(_read_bytes(path), str(path)), str(path)):
         if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
-            raise NeuraldaError(f"{path}:{number}: expected an object with a \"text\" string")
+            raise NeuraldaError(f'{where}: expected an object with a "text" string')
         poem = Poem.from_dict(obj)
         if poem.text:
             poems.append(poem)
     if not poems:
         raise NeuraldaError(f"{path}: no poems in this corpus")
     return poems
+
+
+def _json_records(text: str, name: str) -> list[tuple[str, object]]:
+    """Each record with where it is: ``name:line`` for a JSONL line, ``name: item N`` for an item of a JSON array."""
+    if text.lstrip().startswith("["):  # no JSONL line is an array of poems: the file is one
+        return [(f"{name}: item {i}", item) for i, item in enumerate(_parse_json(text, name, 1), 1)]
+    records = []
+    # Lines end at "\n" only: JSON strings may hold U+2028 or U+0085, which str.splitlines() would break apart.
+    for number, line in enumerate(text.split("\n"), 1):
+        line = line.removeprefix("\ufeff")  # a BOM starts each file joined on by `cat`, not just the first
+        if line.strip():
+            records.append((f"{name}:{number}", _parse_json(line, name, number)))
+    return records
+
+
+def _parse_json(text: str, name: str, first_line: int) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise NeuraldaError(f"{name}:{first_line + e.lineno - 1}: not valid JSON ({e.msg})") from None
+    except (ValueError, RecursionError) as e:  # valid JSON Python refuses: a 5000-digit number, deep nesting
+        raise NeuraldaError(f"{name}:{first_line}: JSON too big to read ({str(e).split(';')[0]})") from None
 
 
 def corpus_jsonl(poems: Iterable[Poem]) -> str:
@@ -236,7 +260,7 @@ def _strip_gutenberg(text: str, name: str) -> str:
 
 
 def _detect_format(text: str) -> str:
-    if text.lstrip().startswith("{"):
+    if _JSON_START.match(text):
         return "jsonl"
     return "gutenberg" if _gutenberg_start(text) else "text"
 

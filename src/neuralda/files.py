@@ -14,21 +14,23 @@ from .errors import NeuraldaError
 def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:
     """Write ``data`` to ``path`` through a temporary file in the same folder, fsync it, then rename.
 
-    A write that fails (a full disk, no permission) leaves the old file as it was and is a one-line error.
+    A write that fails (a full disk, no permission) leaves the old file as it was and is a one-line error. A
+    symlink is written through: the file it points to is replaced, and the link stays.
     """
     path = Path(path)
+    real = Path(os.path.realpath(path))  # renaming onto a link would replace the link, not the file the user meant
     payload = data.encode("utf-8") if isinstance(data, str) else data
     tmp = ""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        real.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{real.name}.", suffix=".tmp", dir=real.parent)
         with os.fdopen(fd, "wb") as f:
             # mkstemp makes the file private (0600); give it the mode the file had, or the usual 0644.
-            os.fchmod(f.fileno(), path.stat().st_mode & 0o777 if path.exists() else 0o644)
+            os.fchmod(f.fileno(), real.stat().st_mode & 0o777 if real.exists() else 0o644)
             f.write(payload)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        os.replace(tmp, real)
     except BaseException as e:
         if tmp:
             Path(tmp).unlink(missing_ok=True)

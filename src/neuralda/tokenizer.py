@@ -41,8 +41,9 @@ def _marks() -> str:
 
 
 # A word: letters and digits, with apostrophes or hyphens only inside (don't, sky’s, earth-star, in-laws); the
-# combining marks after a letter are part of it (Bengali and Hindi vowel signs, the dot of a lower-cased "İ").
-_ALNUM = rf"[^\W_](?:[^\W_]|[{_marks()}])*"
+# combining marks after a letter are part of it (Bengali and Hindi vowel signs, the dot of a lower-cased "İ"), and
+# so are the zero-width (non-)joiners that Persian and Indic scripts write inside words.
+_ALNUM = rf"[^\W_](?:[^\W_]|[{_marks()}\u200c\u200d])*"
 _WORD = rf"{_ALNUM}(?:['’\-]{_ALNUM})*"
 _DASH = r"-+|[—–―]"
 _TOKEN = re.compile(rf"(?P<word>{_WORD})|(?P<dash>{_DASH})|(?P<mark>\S)")

@@ -115,6 +115,14 @@ def test_unknown_start_word_names_close_words():
         write_poems(FixedModel(torch.zeros(len(v))), v, "sea lov", seed=0)
 
 
+def test_a_start_pasted_with_invisible_marks_is_the_word_the_model_knows():
+    v = Vocab.build([["sea-salt", "love", "sea"]])
+    model = FixedModel(torch.zeros(len(v)))
+    pasted, _ = write_poems(model, v, "lo\u00adve sea\u2011salt", words=6, seed=3)[0]  # a soft hyphen; U+2011
+    typed, _ = write_poems(model, v, "love sea-salt", words=6, seed=3)[0]
+    assert pasted == typed and pasted.startswith("love sea-salt")
+
+
 def test_sampling_follows_the_model_probabilities():
     probs = torch.tensor([0.5, 0.3, 0.2, 0.0])
     gens = [torch.Generator().manual_seed(i) for i in range(4000)]

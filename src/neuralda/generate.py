@@ -18,6 +18,7 @@ from typing import Callable, Iterable, Sequence
 
 import torch
 
+from .corpus import normalize_text
 from .errors import NeuraldaError
 from .tokenizer import LINE, POEM_END, STANZA, Vocab, detokenize, is_word, tokenize
 
@@ -144,8 +145,9 @@ def poem_generators(seed: int | Sequence[int], n: int) -> list[torch.Generator]:
 
 
 def start_tokens(start: str, vocab: Vocab) -> list[str]:
-    """The start words as tokens; a word the model does not know is an error naming the closest ones it does."""
-    tokens = tokenize(start, keep_case=vocab.keep_case, end=False)
+    """The start words as tokens, cleaned as the corpus was (a soft hyphen or U+2011 typed or pasted in a word would
+    make it unknown); a word the model does not know is an error naming the closest ones it does."""
+    tokens = tokenize(normalize_text(start), keep_case=vocab.keep_case, end=False)
     for t in tokens:
         if t not in vocab or t == vocab.itos[vocab.unk]:
             known = [w for w in vocab.itos if is_word(w)]

@@ -53,12 +53,39 @@ def test_train_then_generate_end_to_end(tmp_path, corpus_file):
         (("generate", "no-such-run"), "no such run directory"),
         (("train", "-o", "out"), "needs a corpus"),
         (("summary",), "--arch and --vocab"),
+        (("summary", "runs/ours", "--arch", "seed"), "a run directory or --arch and --vocab, not both"),
+        (("corpus", "import", "poems.txt", "-o", "."), ". is a directory; give a file in it, like corpus.jsonl"),
     ],
 )
 def test_errors_are_one_line_and_exit_2(tmp_path, args, message):
     out = cli(*args, cwd=tmp_path)
     assert out.returncode == 2
     assert message in out.stderr and out.stderr.count("\n") == 1 and "Traceback" not in out.stderr
+
+
+def test_summary_counts_a_model_too_large_to_build():
+    # Counted from shapes alone: the embedding alone would take 4 PB (the old summary died with a traceback).
+    hidden = 10**8
+    out = cli("summary", "--arch", "lstm", "--vocab", 10**7, "--hidden", hidden, "--layers", 1)
+    assert out.returncode == 0, out.stderr
+    total = int(out.stdout.split("Total params: ")[1].split()[0].replace(",", ""))
+    assert total > 10**7 * hidden + 8 * hidden**2  # the embedding and the LSTM's weights at least
+
+
+def test_out_of_memory_is_one_line_and_exit_2(tmp_path, corpus_file):
+    # 288 TB of embedding: more than any machine's address space, so refused at once, never half-allocated.
+    out = cli("train", corpus_file, "-o", tmp_path / "r", "--hidden", 10**12, "--epochs", 1, "-q")
+    assert out.returncode == 2 and out.stderr.count("\n") == 1 and "Traceback" not in out.stderr
+    assert out.stderr.startswith("neuralda: error: out of memory") and not (tmp_path / "r").exists()
+
+
+def test_evaluate_shows_a_dash_for_a_measure_with_nothing_to_measure(tiny_run):
+    out = cli("evaluate", tiny_run, "--samples", 0)
+    assert out.returncode == 0, out.stderr
+    shown = {line[:22].strip(): line[22:] for line in out.stdout.splitlines()}
+    assert shown["samples"] == "0" and float(shown["perplexity"]) > 1
+    assert shown["distinct 1"] == shown["copied 8gram share"] == shown["longest copy"] == "-"
+    assert "None" not in out.stdout
 
 
 def test_unknown_start_word_and_checkpoint(tiny_run):

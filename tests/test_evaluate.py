@@ -158,6 +158,16 @@ def test_a_run_without_held_out_poems_asks_for_a_corpus(tiny_run, tmp_path):
         evaluate_run(run, samples=0)
 
 
+def test_a_run_shared_without_its_data_is_measured_on_a_corpus(tiny_run, tmp_path):
+    run = shutil.copytree(tiny_run, tmp_path / "run")
+    shutil.rmtree(run / "data")
+    other = write_jsonl(tmp_path / "other.jsonl", make_poems(5, seed=9))
+    row = evaluate_run(run, corpus=other, samples=0)
+    assert row["tokens"] > 0 and row["perplexity"] > 1 and row["samples"] == 0
+    with pytest.raises(NeuraldaError, match="train.jsonl"):  # copying is measured against the training poems
+        evaluate_run(run, corpus=other, samples=1, words=5)
+
+
 def test_compare_evaluates_each_spec(tiny_run):
     assert parse_spec("runs/seed:epoch-200") == ("runs/seed", "epoch-200")
     assert parse_spec("runs/seed") == ("runs/seed", "best")

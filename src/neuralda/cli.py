@@ -71,6 +71,8 @@ def _config(cls, args: argparse.Namespace, **given):
 def cmd_corpus_import(args: argparse.Namespace) -> None:
     from .corpus import import_files, write_corpus
 
+    if Path(args.output).is_dir():
+        raise NeuraldaError(f"{args.output} is a directory; give a file in it, like {Path(args.output) / 'corpus.jsonl'}")
     if Path(args.output).exists() and not args.force:
         raise NeuraldaError(f"{args.output} already exists; choose another -o, or add --force to replace it")
     poems = import_files(args.files, args.format, args.author)
@@ -138,7 +140,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         print(_json(row))
         return
     for key, value in row.items():
-        shown = f"{value:.4g}" if isinstance(value, float) else value
+        # None: nothing to measure (--samples 0, poems too short), shown as in compare's and the report's tables.
+        shown = "-" if value is None else f"{value:.4g}" if isinstance(value, float) else value
         print(f"{key.replace('_', ' '):<22}{shown}")
 
 
@@ -175,19 +178,24 @@ def cmd_report(args: argparse.Namespace) -> None:
 
 
 def cmd_summary(args: argparse.Namespace) -> None:
+    import torch
+
     from .models import build_model, default_size, summary_table
+    from .run import Run
 
-    if args.run:
-        from .run import Run
-
-        run = Run.open(args.run)
-        print(summary_table(run.build_model(), f"{run.name} ({run.config['arch']})"))
-        return
-    if not args.arch or not args.vocab:
+    sizes = (args.arch, args.vocab, args.hidden, args.layers)
+    if args.run and any(sizes):
+        raise NeuraldaError("summary takes a run directory or --arch and --vocab, not both")
+    if not args.run and not (args.arch and args.vocab):
         raise NeuraldaError("summary needs a run directory, or --arch and --vocab")
-    hidden, layers = default_size(args.arch, 100_000)
-    model = build_model(args.arch, args.vocab, args.hidden or hidden, args.layers or layers, 0.0)
-    print(summary_table(model, args.arch))
+    with torch.device("meta"):  # shapes without memory: a model of any size is counted, never allocated
+        if args.run:
+            run = Run.open(args.run)
+            model, title = run.build_model(), f"{run.name} ({run.config['arch']})"
+        else:
+            hidden, layers = default_size(args.arch, 100_000)
+            model, title = build_model(args.arch, args.vocab, args.hidden or hidden, args.layers or layers, 0.0), args.arch
+    print(summary_table(model, title))
 
 
 def cmd_scrape(args: argparse.Namespace) -> None:
@@ -436,6 +444,11 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:  # the machine's doing (a full disk, no permission), not a bug: one line too
         where = f"{e.filename}: " if e.filename else ""
         print(f"neuralda: error: {where}{e.strerror or e}", file=sys.stderr)
+        return 2
+    except (MemoryError, RuntimeError) as e:  # too large for this machine; torch says so (CPU, CUDA, MPS) in words
+        if isinstance(e, RuntimeError) and not any(s in str(e) for s in ("out of memory", "can't allocate memory")):
+            raise
+        print("neuralda: error: out of memory; try a smaller model (--hidden, --layers), --batch-size or --n", file=sys.stderr)
         return 2
     return 0
 

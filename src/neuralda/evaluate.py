@@ -241,7 +241,8 @@ def evaluate_run(
     row = {"run": str(run_dir), "checkpoint": checkpoint, "epoch": meta.get("epoch"), "corpus": str(corpus or "val")}
     row.update(heldout_measures(model, heldout_text(heldout, run.vocab)))
     poems = write_poems(model, run.vocab, start, words, samples, sampling, seed) if samples else []
-    index = NgramIndex.from_poems(run.poems("train"), run.vocab.keep_case)
+    # Read only when there are poems to check: a run shared without data/ can still be measured on --corpus.
+    index = NgramIndex.from_poems(run.poems("train") if poems else [], run.vocab.keep_case)
     row.update(sample_measures(poems, index, run.vocab.keep_case))
     return row
 

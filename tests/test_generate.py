@@ -52,6 +52,24 @@ def test_batched_poems_equal_one_by_one(tiny_run, precision):
     assert batch == alone
 
 
+def test_many_poems_are_written_a_batch_at_a_time_and_are_the_same(tiny_run, monkeypatch):
+    import neuralda.generate as generate
+
+    poet = Poet.load(tiny_run)
+    together = poet.write_many(7, start="the sea", words=20, seed=4)
+    rows = []
+    steps = generate.writing_steps
+
+    def recording(*args):
+        step = steps(*args)
+        return lambda x, state: (rows.append(len(x)), step(x, state))[1]
+
+    monkeypatch.setattr(generate, "WRITE_BATCH", 3)
+    monkeypatch.setattr(generate, "writing_steps", recording)
+    assert poet.write_many(7, start="the sea", words=20, seed=4) == together
+    assert max(rows) == 3 and min(rows) == 1  # memory bounded by the batch, and the 7th poem written alone
+
+
 def test_bf16_steps_give_the_model_probabilities(tiny_run):
     from neuralda.models.lstm import LSTMSteps
     from neuralda.run import Run

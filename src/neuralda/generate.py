@@ -25,6 +25,9 @@ from .tokenizer import LINE, POEM_END, STANZA, Vocab, detokenize, is_word, token
 
 MIN_TEMPERATURE = 1e-6
 FORMS = {"free": 0, "couplet": 2, "tercet": 3, "quatrain": 4}  # lines per stanza (0: as the model likes)
+# Poems written at once: what a step holds grows with them (scores, masks: ~100 KB a poem at 5,437 words), and
+# past a few dozen rows a CPU step costs as much per poem; a poem is the same in any batch.
+WRITE_BATCH = 256
 
 
 @dataclass
@@ -254,7 +257,7 @@ def write_poems(
     guard: CopyGuard | None = None,
     precision: str = "auto",
 ) -> list[tuple[str, bool]]:
-    """``n`` poems written at once from ``start``: (poem text, whether it ended by itself).
+    """``n`` poems written at once (``WRITE_BATCH`` at a time) from ``start``: (poem text, whether it ended by itself).
 
     Poem ``i`` draws from seed ``seed + i`` (or ``seed[i]`` for a list; none: a random seed). A poem stops at
     ``<poembreak>``, after ``words`` words or after ``lines`` lines (0: no limit); ``form`` sets the lines per
@@ -268,8 +271,33 @@ def write_poems(
     if form not in FORMS:
         raise NeuraldaError(f"unknown form {form!r}; choose one of {', '.join(FORMS)}")
     seed = int.from_bytes(os.urandom(4), "little") if seed is None else seed
-    generators = poem_generators(seed, n)
+    seeds = range(seed, seed + n) if isinstance(seed, int) else list(seed)
+    if len(seeds) != n:
+        raise NeuraldaError(f"{len(seeds)} seeds for {n} poems")
     prime = start_tokens(start, vocab)
+    batches = (seeds[i : i + WRITE_BATCH] for i in range(0, n, WRITE_BATCH))
+    return [
+        poem
+        for batch in batches
+        for poem in _write_batch(model, vocab, prime, words, batch, sampling, lines, FORMS[form], guard, precision)
+    ]
+
+
+def _write_batch(
+    model,
+    vocab: Vocab,
+    prime: list[str],
+    words: int,
+    seeds: Sequence[int],
+    sampling: SamplingConfig,
+    lines: int,
+    per_stanza: int,
+    guard: CopyGuard | None,
+    precision: str,
+) -> list[tuple[str, bool]]:
+    """The poems of ``seeds`` written at once from the start tokens ``prime`` (see ``write_poems``)."""
+    n = len(seeds)
+    generators = poem_generators(seeds, n)
     device = next(model.parameters()).device
     model.eval()
     word_mask = [is_word(t) for t in vocab.itos]
@@ -282,7 +310,6 @@ def write_poems(
     seen = torch.zeros(n, len(vocab), dtype=torch.bool)
     seen[:, drafts[0].word_ids] = True
     stanza, line, end = vocab.stoi[STANZA], vocab.stoi[LINE], vocab.stoi[POEM_END]
-    per_stanza = FORMS[form]
     step = writing_steps(model, device, precision)
     # The scores stay where the model made them and are drawn from there; what each poem may not write next is
     # marked here, on the CPU, and sent along once a step.

@@ -783,7 +783,8 @@ def test_invalid_css_selector_fails_before_any_request(site, tmp_path):
         ("delay", float("inf"), "--delay must be from 0 to 3600 seconds, got inf"),
         ("delay", -0.5, "--delay must be from 0 to 3600 seconds, got -0.5"),
         ("delay", 3601.0, "--delay must be from 0 to 3600 seconds, got 3601"),
-        ("retries", -1, "--retries must be at least 0, got -1"),
+        ("retries", -1, "--retries must be from 0 to 10, got -1"),
+        ("retries", 100_000_000, "--retries must be from 0 to 10, got 100000000"),
     ],
 )
 def test_a_delay_timeout_or_retries_out_of_range_fails_before_any_request(

@@ -304,7 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--max-pages", type=_positive_int, help="index pages to visit at most")
     sc.add_argument("--delay", type=float, default=1.0, help="seconds between requests to a host (default 1)")
     sc.add_argument("--timeout", type=float, default=30.0, help="seconds before a response is abandoned")
-    sc.add_argument("--retries", type=int, default=3, help="retries on 429, 5xx and timeouts (default 3)")
+    sc.add_argument("--retries", type=int, default=3, help="retries on 429, 5xx and timeouts (default 3, at most 10)")
     sc.add_argument("--cache", dest="cache_dir", metavar="DIR", help="the HTTP cache (default: the user's cache folder)")
     sc.add_argument("--refresh", action="store_true", help="fetch again what is in the cache")
     sc.add_argument("--user-agent", metavar="TEXT", help=f"default: neuralda/{__version__}")

@@ -18,7 +18,7 @@ from ..corpus import Poem
 from ..errors import NeuraldaError
 from ..files import append_line
 from .extract import check_selector, parse_html, select_line, select_links, select_poem
-from .fetch import MAX_DELAY, MAX_TIMEOUT, Fetcher, FetchError, Page, host_of, normalize_url
+from .fetch import MAX_DELAY, MAX_RETRIES, MAX_TIMEOUT, Fetcher, FetchError, Page, host_of, normalize_url
 from .sites import SELECTOR_FIELDS, get_preset, list_presets
 
 if TYPE_CHECKING:
@@ -100,8 +100,8 @@ def _check_config(config: ScrapeConfig) -> None:
         raise NeuraldaError(f"--delay must be from 0 to {MAX_DELAY:g} seconds, got {config.delay:g}")
     if not 0 < config.timeout <= MAX_TIMEOUT:
         raise NeuraldaError(f"--timeout must be above 0 and at most {MAX_TIMEOUT:g} seconds, got {config.timeout:g}")
-    if config.retries < 0:
-        raise NeuraldaError(f"--retries must be at least 0, got {config.retries}")
+    if not 0 <= config.retries <= MAX_RETRIES:
+        raise NeuraldaError(f"--retries must be from 0 to {MAX_RETRIES}, got {config.retries}")
     # http.client refuses a header with a newline or a character beyond Latin-1 only at the first request, mid-run.
     if config.user_agent and not (config.user_agent.isascii() and config.user_agent.isprintable()):
         raise NeuraldaError(f"--user-agent must be printable ASCII, got {config.user_agent!r}")

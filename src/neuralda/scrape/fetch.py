@@ -30,6 +30,7 @@ MAX_REDIRECTS = 5
 MAX_WAIT = 120.0  # a server asking for a longer Retry-After gets the page skipped, not a shorter wait
 MAX_DELAY = 3600.0  # seconds between requests to a host: a robots.txt asking for more gets the host left alone
 MAX_TIMEOUT = 600.0  # seconds for a response: a server that slow is as good as down
+MAX_RETRIES = 10  # each waits up to MAX_WAIT: more would keep a run on one dead page for hours
 REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _READ_CHUNK = 64 * 1024

@@ -63,6 +63,24 @@ def test_errors_are_one_line_and_exit_2(tmp_path, args, message):
     assert message in out.stderr and out.stderr.count("\n") == 1 and "Traceback" not in out.stderr
 
 
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("corpus", "import", "poems.txt", "-o", "notes.txt/corpus.jsonl"),
+        ("scrape", "http://127.0.0.1:9/", "-o", "notes.txt/corpus.jsonl", "--links", "a", "--body", "p"),
+        ("train", "poems.jsonl", "-o", "notes.txt/run", "--epochs", "1", "--hidden", "8", "--layers", "1", "-q"),
+    ],
+)
+def test_an_output_below_a_file_names_that_file(tmp_path, command):
+    (tmp_path / "notes.txt").write_text("my notes\n")
+    (tmp_path / "poems.txt").write_text("The rain on the roof\nsings to the stone.\n\nThe stone is still.\n")
+    (tmp_path / "poems.jsonl").write_text("".join(json.dumps({"text": f"rain {i}\nstone"}) + "\n" for i in range(20)))
+    out = cli(*command, cwd=tmp_path)
+    assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
+    assert "notes.txt is a file, not a folder" in out.stderr  # was "File exists"
+    assert (tmp_path / "notes.txt").read_text() == "my notes\n"
+
+
 def test_summary_counts_a_model_too_large_to_build():
     # Counted from shapes alone: the embedding alone would take 4 PB (the old summary died with a traceback).
     hidden = 10**8

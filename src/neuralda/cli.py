@@ -442,8 +442,10 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `neuralda generate ... | head`
         return 0
     except OSError as e:  # the machine's doing (a full disk, no permission), not a bug: one line too
-        where = f"{e.filename}: " if e.filename else ""
-        print(f"neuralda: error: {where}{e.strerror or e}", file=sys.stderr)
+        from .files import why_not_written
+
+        why = why_not_written(e.filename, e) if e.filename else e.strerror or e
+        print(f"neuralda: error: {f'{e.filename}: ' if e.filename else ''}{why}", file=sys.stderr)
         return 2
     except (MemoryError, RuntimeError) as e:  # too large for this machine; torch says so (CPU, CUDA, MPS) in words
         if isinstance(e, RuntimeError) and not any(s in str(e) for s in ("out of memory", "can't allocate memory")):

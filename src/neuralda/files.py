@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -36,8 +37,19 @@ def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:
             Path(tmp).unlink(missing_ok=True)
         if isinstance(e, OSError):
             kept = "; the previous file is untouched" if path.exists() else ""
-            raise NeuraldaError(f"{path}: could not write it ({e.strerror or e}){kept}") from None
+            raise NeuraldaError(f"{path}: could not write it ({why_not_written(path, e)}){kept}") from None
         raise
+
+
+def why_not_written(path: str | os.PathLike, error: OSError) -> str:
+    """What stopped a write to ``path``, in words: "File exists" or "Not a directory" from a file where a folder of
+    the path should be names that file."""
+    if error.errno in (errno.EEXIST, errno.ENOTDIR):
+        path = Path(path)
+        nearest = next((p for p in (path, *path.parents) if p.exists()), None)
+        if nearest is not None and not nearest.is_dir():
+            return f"{nearest} is a file, not a folder"
+    return str(error.strerror or error)
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:

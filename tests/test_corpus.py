@@ -56,6 +56,7 @@ def test_read_corpus_and_write_round_trip(tmp_path):
         (b'{"text": "a"}\nnot json\n', r"c\.jsonl:2: not valid JSON"),
         (b'{"title": "no text"}\n', r"c\.jsonl:1: expected an object"),
         (b"\x00\x01\x02binary\x00" * 100, "binary"),
+        (b"The rain on the roof\nsings.\n", r"not a JSONL corpus .* `neuralda corpus import .*c\.jsonl -o corpus\.jsonl`"),
     ],
 )
 def test_read_corpus_errors(tmp_path, content, message):

@@ -191,8 +191,14 @@ def read_corpus(path: str | Path) -> list[Poem]:
     """Read a JSONL corpus (one object with a "text" field per line), or one JSON array of such objects (an export);
     bad lines are errors that name the line."""
     path = Path(path)
+    text = decode_bytes(_read_bytes(path), str(path))
+    if text.strip() and not _JSON_START.match(text.lstrip("\ufeff")):  # poems as plain text, not yet a corpus
+        raise NeuraldaError(
+            f"{path} is not a JSONL corpus (one JSON object per line); make one from text files with "
+            f"`neuralda corpus import {path} -o corpus.jsonl`"
+        )
     poems = []
-    for where, obj in _json_records(decode_bytes(_read_bytes(path), str(path)), str(path)):
+    for where, obj in _json_records(text, str(path)):
         if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
             raise NeuraldaError(f'{where}: expected an object with a "text" string')
         poem = Poem.from_dict(obj)

@@ -859,3 +859,27 @@ def test_scraping_the_demo_site_gives_back_every_poem_exactly(tmp_path):
     assert [p.title for p in got] == [" ".join(p.title.split()) for p in poems]
     assert [p.author for p in got] == [p.author for p in poems]
     assert len({p.url for p in got}) == len(poems) and robots.startswith("http://127.0.0.1:")
+
+
+def test_ctrl_c_keeps_the_poems_written_and_the_same_command_goes_on(site, tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    small_site(site, 4)
+    out = tmp_path / "corpus.jsonl"
+    command = [sys.executable, "-m", "neuralda", "scrape", site.base + "/", "-o", str(out), "--links", "ul.poems a",
+               "--title", "h1.title", "--body", "div.poem", "--delay", "0.5", "--cache", str(tmp_path / "cache")]
+    proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while not (out.exists() and out.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130 and f"interrupted: the poems written so far are kept in {out}" in err
+    kept = records(tmp_path)
+    assert 1 <= len(kept) < 4
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert sorted(r["title"] for r in records(tmp_path)) == [f"Poem {i}" for i in range(4)]
+    assert records(tmp_path)[: len(kept)] == kept

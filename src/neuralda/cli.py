@@ -208,7 +208,13 @@ def cmd_scrape(args: argparse.Namespace) -> None:
     if not args.start_urls or not args.output:
         raise NeuraldaError("scrape needs START_URL... and -o CORPUS.jsonl (or --list-presets)")
     config = _config(ScrapeConfig, args)
-    print(scrape(config).text(), file=sys.stderr)
+    try:
+        summary = scrape(config)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: the poems written so far are kept in {config.output}; "
+              "the same command goes on from there", file=sys.stderr)
+        raise
+    print(summary.text(), file=sys.stderr)
 
 
 def cmd_serve(args: argparse.Namespace) -> None:

@@ -156,3 +156,53 @@ def test_a_run_without_recorded_epochs_is_reported_without_a_plot(tiny_run, tmp_
     assert not (tmp_path / "post-perplexity.png").exists()
     assert "![" not in out.read_text() and "<img" not in (tmp_path / "post.html").read_text()
     assert "epoch-4" in out.read_text()
+
+
+@pytest.mark.parametrize(
+    "rows",
+    [
+        [{"epoch": 1, "val_ppl": "x", "train_ppl": None}],  # nothing to plot: the log scale must not be asked for
+        [{"epoch": 10**400, "val_ppl": 50}, {"epoch": "1", "val_ppl": 50}, {"val_ppl": 50}],
+        [{"epoch": 1, "val_ppl": 10**400, "train_ppl": [1]}, {"epoch": 2, "val_ppl": 30, "train_ppl": {"a": 1}}],
+    ],
+)
+def test_the_plot_draws_odd_metrics_as_gaps(tiny_run, tmp_path, rows):
+    import shutil
+
+    from neuralda.report import plot_perplexity
+    from neuralda.run import Run
+
+    run = shutil.copytree(tiny_run, tmp_path / "run")
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    png = plot_perplexity([Run.open(run)])
+    assert png is None or png[:4] == b"\x89PNG"
+
+
+def test_names_that_are_not_utf8_are_shown_with_a_replacement_character(tiny_run, tmp_path, monkeypatch):
+    import os
+    import shutil
+
+    run = shutil.copytree(tiny_run, tmp_path / os.fsdecode(b"r\xff"))
+    monkeypatch.chdir(tmp_path)
+    out = os.fsdecode(b"\xff.md")
+    assert main(["report", str(run), "-o", out, "--html", "p.html", "--samples", "0", "--words", "5"]) == 0
+    text = (tmp_path / out).read_text()
+    assert "## r\ufffd" in text and "| r\ufffd | epoch-4 |" in text
+    assert "(%FF-perplexity.png)" in text  # the file's own bytes, so the link finds it
+    assert (tmp_path / os.fsdecode(b"\xff-perplexity.png")).read_bytes()[:4] == b"\x89PNG"
+    assert "<h2>r\ufffd</h2>" in (tmp_path / "p.html").read_text()
+
+
+@pytest.mark.parametrize("value", [None, "x", "50", True, False, 0, -3, -0.5, math.inf, math.nan, 10**400, [1], {}])
+def test_a_perplexity_that_is_not_a_positive_number_is_a_gap(value):
+    from neuralda.report import _finite
+
+    assert math.isnan(_finite(value))
+    assert _finite(50) == 50.0 and _finite(0.5) == 0.5
+
+
+def test_a_title_that_is_not_utf8_is_shown_with_a_replacement_character(tiny_run, tmp_path):
+    import os
+
+    write_report([str(tiny_run)], tmp_path / "r.md", title=os.fsdecode(b"caf\xe9"), samples=0, words=5)
+    assert (tmp_path / "r.md").read_text().startswith("# caf\ufffd\n")

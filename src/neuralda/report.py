@@ -20,7 +20,7 @@ from .evaluate import evaluate_run
 from .files import atomic_write
 from .generate import SamplingConfig, write_poems
 from .models import summary_table
-from .run import Run
+from .run import Run, printable
 
 PLOT_SUFFIX = "-perplexity.png"
 
@@ -72,7 +72,9 @@ def collect(
 def plot_perplexity(runs: list[Run]) -> bytes | None:
     """Training and validation perplexity per epoch for every run on one log-scale chart, as PNG bytes (None when
     no run has recorded an epoch: its metrics.jsonl is missing or empty)."""
-    if not any(run.metrics() for run in runs):
+    # An epoch too big for a float (a hand-edited file) cannot be placed on the axis.
+    rows_of = [[r for r in run.metrics() if math.isfinite(_number(r["epoch"]))] for run in runs]
+    if not any(rows_of):
         return None
     import matplotlib
 
@@ -81,15 +83,16 @@ def plot_perplexity(runs: list[Run]) -> bytes | None:
     import matplotlib.ticker
 
     fig, ax = plt.subplots(figsize=(8, 4.5), dpi=120)
-    for i, run in enumerate(runs):
-        rows = run.metrics()
+    plotted = False  # any perplexity drawn: a log scale of none raises (axvline's 0..1 are axes fractions, not data)
+    for i, (run, rows) in enumerate(zip(runs, rows_of)):
         if not rows:
             continue
         color = f"C{i}"
         epochs = [r["epoch"] for r in rows]
-        ax.plot(epochs, [_finite(r.get("train_ppl")) for r in rows], color=color, linestyle="--", linewidth=1.2,
-                label=f"{run.name}: training (dropout on)")
-        val = [(r["epoch"], r["val_ppl"]) for r in rows if not math.isnan(_finite(r.get("val_ppl")))]
+        train = [_finite(r.get("train_ppl")) for r in rows]
+        ax.plot(epochs, train, color=color, linestyle="--", linewidth=1.2, label=f"{run.name}: training (dropout on)")
+        val = [(r["epoch"], ppl) for r in rows if not math.isnan(ppl := _finite(r.get("val_ppl")))]
+        plotted = plotted or bool(val) or any(not math.isnan(t) for t in train)
         if val:
             ax.plot(*zip(*val), color=color, linewidth=2, label=f"{run.name}: held out")
             best = min(val, key=lambda v: v[1])
@@ -98,7 +101,7 @@ def plot_perplexity(runs: list[Run]) -> bytes | None:
         for checkpoint in run.checkpoints():
             if checkpoint.startswith("epoch-"):
                 ax.axvline(int(checkpoint[6:]), color=color, linestyle=":", linewidth=1)
-    if any(v > 0 for line in ax.get_lines() for v in line.get_ydata(orig=False)):  # NaN > 0 is False
+    if plotted:
         ax.set_yscale("log")
     plain = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:,.0f}")  # 1,000 rather than 10^3
     ax.yaxis.set_major_formatter(plain)
@@ -117,9 +120,20 @@ def plot_perplexity(runs: list[Run]) -> bytes | None:
     return buffer.getvalue()
 
 
-def _finite(value) -> float:
-    """A perplexity to plot: NaN (a gap) for a missing or overflowing one."""
-    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else math.nan
+def _number(value: object) -> float:
+    """A JSON number as a float; NaN for anything else (a string, a bool, an int too big for a float)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return math.nan
+    try:
+        return float(value)
+    except OverflowError:
+        return math.nan
+
+
+def _finite(value: object) -> float:
+    """A perplexity to plot on a log scale: NaN (a gap) for a missing, overflowing, non-numeric or non-positive one."""
+    number = _number(value)
+    return number if math.isfinite(number) and number > 0 else math.nan
 
 
 def _poem_html(poem: str) -> str:
@@ -158,7 +172,9 @@ def markdown(runs: list[Run], entries: list[Entry], title: str, plot_name: str |
     header, rows = _table_rows(entries)
     out = [f"# {title}", ""]
     if plot_name:
-        out += [f"![Training and held-out perplexity per epoch]({quote(plot_name)})", ""]  # a space ends a bare link
+        # Percent-encoded: a space ends a bare link; a byte that is not UTF-8 is kept as that byte (%FF).
+        link = quote(plot_name, errors="surrogateescape")
+        out += [f"![Training and held-out perplexity per epoch]({link})", ""]
     out += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     out += ["| " + " | ".join(r) + " |" for r in rows]
     out += ["", f'Held-out perplexity on poems the model never saw (lower is better); copies: the share of the '
@@ -269,10 +285,14 @@ def write_report(
     """
     output, plot, html_path = report_paths(output, html_path, force)
     runs, entries = collect(run_dirs, start, seed, samples, words, corpus)
+    title = printable(title)
     plot_png = plot_perplexity(runs)
+    # Everything is made before anything is written: a failure leaves no plot without its report.
+    text = markdown(runs, entries, title, plot.name if plot_png else None, start) + "\n"
+    page = html_page(runs, entries, title, plot_png, start) if html_path else None
     if plot_png:
         atomic_write(plot, plot_png)
-    atomic_write(output, markdown(runs, entries, title, plot.name if plot_png else None, start) + "\n")
-    if html_path:
-        atomic_write(html_path, html_page(runs, entries, title, plot_png, start))
+    atomic_write(output, text)
+    if page is not None:
+        atomic_write(html_path, page)
     return entries

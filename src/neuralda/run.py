@@ -17,6 +17,7 @@ import contextlib
 import hashlib
 import json
 import re
+import reprlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -117,11 +118,13 @@ def load_model_tensors(model, tensors: dict[str, Any], where: Path) -> None:
 
 
 def read_epoch_rows(path: Path) -> list[dict]:
-    """The rows of a JSONL file of per-epoch records (metrics, samples); a torn line from a killed run is skipped."""
+    """The rows of a JSONL file of per-epoch records (metrics, samples); a torn line from a killed run, or a line
+    damaged otherwise, is skipped."""
     if not path.exists():
         return []
     rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    # A bad byte becomes U+FFFD: in a string the row is kept, elsewhere the line is not JSON and is skipped.
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
         try:
             row = json.loads(line)
         except ValueError:
@@ -129,6 +132,32 @@ def read_epoch_rows(path: Path) -> list[dict]:
         if isinstance(row, dict) and isinstance(row.get("epoch"), int):
             rows.append(row)
     return rows
+
+
+def printable(text: str) -> str:
+    """``text`` from a file name or the command line with each byte that is not UTF-8 (which Python keeps as a lone
+    surrogate, unwritable as UTF-8) shown as U+FFFD."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def _whole(value: Any) -> bool:
+    """Whether ``value`` from JSON is a whole number (``true`` is not one, though Python's bool is an int)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_model_keys(config: dict, config_path: Path) -> None:
+    """A one-line error for a model setting of the wrong type (an edited or foreign config.json)."""
+    dropout = config["dropout"]
+    checks = (
+        ("arch", isinstance(config["arch"], str), "a name"),
+        ("hidden", _whole(config["hidden"]) and config["hidden"] >= 1, "a whole number of at least 1"),
+        ("layers", _whole(config["layers"]) and config["layers"] >= 1, "a whole number of at least 1"),
+        ("dropout", isinstance(dropout, (int, float)) and not isinstance(dropout, bool) and 0 <= dropout < 1,
+         "a number from 0 up to (not including) 1"),
+    )
+    for key, ok, expected in checks:
+        if not ok:
+            raise NeuraldaError(f"{config_path}: {key} should be {expected}, not {reprlib.repr(config[key])}")
 
 
 @dataclass
@@ -154,20 +183,27 @@ class Run:
         if not isinstance(config, dict):
             raise NeuraldaError(f"{config_path}: not a neuralda run configuration")
         version = config.get("format_version", 0)
-        if not isinstance(version, int) or version > FORMAT_VERSION:
+        if not _whole(version):
+            raise NeuraldaError(f"{config_path}: not a neuralda run configuration (format_version {reprlib.repr(version)})")
+        if version > FORMAT_VERSION:
             raise NeuraldaError(f"{path}: written by a newer neuralda (format {version}); upgrade neuralda to read it")
         missing = [key for key in _MODEL_KEYS if key not in config]
         if missing:
             raise NeuraldaError(f"{config_path}: not a neuralda run configuration (missing {', '.join(missing)})")
+        _check_model_keys(config, config_path)
         return cls(path, config, Vocab.load(path / "vocab.json"))
 
     @property
     def name(self) -> str:
-        return self.path.name
+        """The folder's name, printable (see ``printable``)."""
+        return printable(self.path.name)
 
     def checkpoints(self) -> list[str]:
         """Saved checkpoint names: best, last, epoch-N (in epoch order)."""
-        names = [p.stem for p in (self.path / "checkpoints").glob("*.safetensors") if _CHECKPOINT_NAME.match(p.stem)]
+        names = [
+            p.stem for p in (self.path / "checkpoints").glob("*.safetensors")
+            if _CHECKPOINT_NAME.match(p.stem) and p.is_file()
+        ]
         return sorted(names, key=lambda n: (n.startswith("epoch-"), int(n[6:]) if n.startswith("epoch-") else 0, n))
 
     def checkpoint_path(self, name: str) -> Path:
@@ -206,6 +242,7 @@ class Run:
         from .corpus import read_corpus
 
         path = self.path / "data" / f"{split}.jsonl"
-        if split == "val" and path.exists() and not path.read_text(encoding="utf-8").strip():
+        # Bytes: read_corpus decodes the file, and says what is wrong with one it cannot read.
+        if split == "val" and path.is_file() and not path.read_bytes().strip():
             return []
         return read_corpus(path)

@@ -1,0 +1,97 @@
+"""The run directory as other tools, editors and damaged disks leave it: odd files are one-line errors or are read
+around, never a traceback."""
+
+import json
+import os
+import shutil
+
+import pytest
+
+from conftest import tiny_config
+from neuralda.cli import main
+from neuralda.run import Run
+from neuralda.train import train
+
+
+@pytest.fixture
+def run_copy(tiny_run, tmp_path):
+    """A copy of the tiny run, to damage."""
+    return shutil.copytree(tiny_run, tmp_path / "run")
+
+
+def edit_config(run, **changes) -> None:
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**config, **changes}))
+
+
+def one_line_error(capsys, *args) -> str:
+    assert main(list(map(str, args))) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("neuralda: error:") and len(err.strip().splitlines()) == 1, err
+    return err
+
+
+@pytest.mark.parametrize(
+    "key, value",
+    [("hidden", "32"), ("hidden", -1), ("hidden", 0), ("hidden", True), ("layers", 1.5), ("dropout", "x"),
+     ("dropout", 1), ("dropout", -0.1), ("arch", ["lstm"])],
+)
+@pytest.mark.parametrize("command", ["summary", "generate", "evaluate"])
+def test_a_model_setting_of_the_wrong_type_is_a_one_line_error(run_copy, capsys, key, value, command):
+    edit_config(run_copy, **{key: value})
+    err = one_line_error(capsys, command, run_copy)
+    assert f"{run_copy / 'config.json'}: " in err and key in err
+
+
+@pytest.mark.parametrize("version", ["1", 1.5, True, None])
+def test_a_format_version_that_is_not_a_whole_number_is_not_a_run_configuration(run_copy, capsys, version):
+    edit_config(run_copy, format_version=version)
+    err = one_line_error(capsys, "summary", run_copy)
+    assert "not a neuralda run configuration" in err and "newer" not in err
+
+
+def test_epoch_rows_with_bytes_that_are_not_utf8_are_read_around(run_copy):
+    rows = (run_copy / "metrics.jsonl").read_bytes().splitlines(keepends=True)
+    # A line of garbage, as a torn one is skipped; a bad byte inside a string keeps its row, with U+FFFD.
+    (run_copy / "metrics.jsonl").write_bytes(rows[0] + b"\xff\xfe\n" + rows[1] + b'{"epoch": 9, "note": "caf\xe9"}\n')
+    assert [r["epoch"] for r in Run.open(run_copy).metrics()] == [1, 2, 9]
+    assert Run.open(run_copy).metrics()[-1]["note"] == "caf\ufffd"
+
+
+@pytest.mark.parametrize("name", ["metrics.jsonl", "samples.jsonl"])
+def test_resume_reads_around_bytes_that_are_not_utf8(run_copy, name):
+    with open(run_copy / name, "ab") as f:
+        f.write(b"\xff\xfe\n")
+    train(tiny_config("", run_copy, epochs=5), resume=True, log=lambda s: None)
+    assert [r["epoch"] for r in Run.open(run_copy).metrics()] == [1, 2, 3, 4, 5]
+
+
+def test_report_of_metrics_that_are_not_utf8(run_copy, tmp_path):
+    (run_copy / "metrics.jsonl").write_bytes(b"\xff\xfe")
+    assert main(["report", str(run_copy), "-o", str(tmp_path / "x.md"), "--samples", "0", "--words", "5"]) == 0
+    assert "epoch-4" in (tmp_path / "x.md").read_text()
+
+
+def test_held_out_poems_that_are_not_utf8_are_read_as_any_corpus_is(run_copy, capsys):
+    val = run_copy / "data" / "val.jsonl"
+    val.write_bytes(b"\xff\xfe\n")
+    assert str(val) in one_line_error(capsys, "evaluate", run_copy, "--samples", 0)
+    val.write_bytes(b'{"text": "love is a lamp left burning by the caf\xe9"}\n')  # cp1252, as corpora often are
+    assert main(["evaluate", str(run_copy), "--samples", "0"]) == 0
+    assert [p.text for p in Run.open(run_copy).poems("val")] == ["love is a lamp left burning by the café"]
+
+
+def test_a_folder_named_like_a_checkpoint_is_not_one(run_copy, capsys):
+    best = run_copy / "checkpoints" / "best.safetensors"
+    best.unlink()
+    best.mkdir()
+    assert Run.open(run_copy).checkpoints() == ["last", "epoch-2", "epoch-4"]
+    err = one_line_error(capsys, "generate", run_copy, "--words", 5)
+    assert "no checkpoint 'best' (have: last, epoch-2, epoch-4)" in err
+
+
+def test_a_folder_name_that_is_not_utf8_is_shown_with_a_replacement_character(tiny_run, tmp_path, capsys):
+    run = shutil.copytree(tiny_run, tmp_path / os.fsdecode(b"r\xff"))
+    assert Run.open(run).name == "r\ufffd"
+    assert main(["summary", str(run)]) == 0
+    assert "r\ufffd (lstm)" in capsys.readouterr().out

@@ -218,6 +218,22 @@ def test_patience_stops_early(tmp_path, corpus_file):
     assert result.stopped == "patience" and result.epochs < 50
 
 
+def test_gains_too_small_to_keep_the_rate_count_towards_patience(tmp_path, corpus_file, monkeypatch):
+    import neuralda.train as training
+
+    losses = iter([5.0, 4.0, 3.99999, 3.99998, 3.99997, 3.99996, 3.99995])  # per token, after each epoch
+
+    def scripted(model, ids, precision):
+        return next(losses) * (ids.numel() - 1), ids.numel() - 1
+
+    monkeypatch.setattr(training, "token_nll", scripted)
+    cfg = tiny_config(corpus_file, tmp_path / "run", epochs=7, patience=2, lr=0.01)  # lstm: plateau schedule
+    result = train(cfg, **QUIET)
+    # Epochs 3 and 4 gain 0.00025% each: the schedule halves the rate after each, and patience stops the run there.
+    assert (result.stopped, result.epochs, result.best_epoch) == ("patience", 4, 4)
+    assert [r["lr"] for r in metrics(tmp_path / "run")] == [0.01, 0.01, 0.01, 0.005]
+
+
 def test_max_time_stops_cleanly(tmp_path, corpus_file):
     result = train(tiny_config(corpus_file, tmp_path / "run", epochs=10_000, max_time=1.5), **QUIET)
     assert result.stopped == "time"

@@ -34,6 +34,9 @@ from .tokenizer import POEM_END, Vocab, tokenize
 SAMPLE_START = "love"  # the seed's blog writes every sample from "love"
 SAMPLE_SEED = 0
 # Options that may change when a run is resumed; everything else comes from its config.json.
+# An epoch gains when its held-out loss is 0.01% below the last gain's (ReduceLROnPlateau's own rule and default): the
+# schedule halves the rate after each epoch that does not, and patience stops after that many in a row.
+PLATEAU_THRESHOLD = 1e-4
 RESUMABLE = ("epochs", "max_time", "patience", "device", "save_at", "save_every")
 # What an option left at None means in a new run (resuming, it keeps the run's value).
 DEFAULTS = {"arch": "lstm", "val_fraction": 0.1, "device": "auto", "precision": "auto", "seed": 0, "min_count": 1,
@@ -524,7 +527,9 @@ class Trainer:
         torch.manual_seed(torch_seed(c["seed"]))
         self.model = self.run.build_model().to(device)
         self.optimizer = make_optimizer(self.model, c)
-        self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(self.optimizer, factor=0.5, patience=0)
+        self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            self.optimizer, factor=0.5, patience=0, threshold=PLATEAU_THRESHOLD
+        )
         # Several processes: gradients are averaged across them after each backward (DistributedDataParallel).
         self.trained = LossModule(self.model, self.precision)
         if c["compile"]:
@@ -537,7 +542,10 @@ class Trainer:
         counts = torch.bincount(self.train_ids, minlength=len(self.run.vocab))
         self.rare = counts[self.train_ids] == 1
         self.val_ids = _stream(self.run, "val").to(device)  # on the device once, not a chunk at a time
-        self.state = {"epoch": 0, "step": 0, "best_val": None, "best_epoch": 0, "bad_epochs": 0, "last_val": None}
+        self.state = {
+            "epoch": 0, "step": 0, "best_val": None, "best_epoch": 0, "bad_epochs": 0, "last_val": None,
+            "plateau_val": None,  # the held-out loss the last real gain reached (see PLATEAU_THRESHOLD)
+        }
         if resume and "last" in self.run.checkpoints():
             self._load_last()
         elif self.dist.main:
@@ -651,7 +659,12 @@ class Trainer:
         state["step"] += batch_count(self.train_ids.numel(), c)
         is_best = val_loss is None or state["best_val"] is None or val_loss < state["best_val"]
         if is_best:
-            state["best_val"], state["best_epoch"], state["bad_epochs"] = val_loss, epoch, 0
+            state["best_val"], state["best_epoch"] = val_loss, epoch
+        # Patience counts the epochs the schedule counts: a gain too small to keep the rate (a vanishing rate makes
+        # many) must not keep a run going at a rate of 1e-8 for a third of its epochs.
+        mark = state.get("plateau_val")
+        if val_loss is None or mark is None or val_loss < mark * (1 - PLATEAU_THRESHOLD):
+            state["plateau_val"], state["bad_epochs"] = val_loss, 0
         else:
             state["bad_epochs"] += 1
         lr = self.optimizer.param_groups[0]["lr"]  # the epoch's rate, before the schedule sets the next one's

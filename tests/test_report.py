@@ -206,3 +206,17 @@ def test_a_title_that_is_not_utf8_is_shown_with_a_replacement_character(tiny_run
 
     write_report([str(tiny_run)], tmp_path / "r.md", title=os.fsdecode(b"caf\xe9"), samples=0, words=5)
     assert (tmp_path / "r.md").read_text().startswith("# caf\ufffd\n")
+
+
+def test_a_run_with_saved_epochs_reports_its_best_model_too(tmp_path, corpus_file):
+    from conftest import tiny_config
+
+    from neuralda.report import report_checkpoints
+    from neuralda.run import Run
+    from neuralda.train import train
+
+    result = train(tiny_config(corpus_file, tmp_path / "run", epochs=3, save_at=(1,)), log=lambda s: None)
+    assert result.best_epoch > 1  # the loss still falls: the best is not the saved epoch
+    assert report_checkpoints(Run.open(tmp_path / "run")) == ["epoch-1", "best"]
+    entries = write_report([str(tmp_path / "run")], tmp_path / "post.md", samples=1, words=8)
+    assert [e.label for e in entries] == ["After 1 training epoch", f"Best checkpoint (after {result.best_epoch} epochs)"]

@@ -38,15 +38,23 @@ class Entry:
 
 
 def report_checkpoints(run: Run) -> list[str]:
-    """The saved epochs (the seed's 200 and 400), else the best and the last checkpoint."""
-    saved = [c for c in run.checkpoints() if c.startswith("epoch-")]
-    return saved or [c for c in ("best", "last") if c in run.checkpoints()]
+    """The saved epochs (the seed's 200 and 400) and the best checkpoint when it is another epoch, in epoch order;
+    without saved epochs, the best and the last checkpoint."""
+    names = run.checkpoints()
+    saved = {int(c[6:]): c for c in names if c.startswith("epoch-")}
+    if not saved:
+        return [c for c in ("best", "last") if c in names]
+    best_epoch = run.checkpoint_meta("best").get("epoch") if "best" in names else None
+    if isinstance(best_epoch, int) and best_epoch not in saved:  # a run's best model belongs in its report
+        saved[best_epoch] = "best"
+    return [saved[epoch] for epoch in sorted(saved)]
 
 
 def _label(checkpoint: str, epoch: int | None) -> str:
+    epochs = "epoch" if epoch == 1 else "epochs"
     if checkpoint.startswith("epoch-"):
-        return f"After {epoch} training epochs"
-    return f"{'Best' if checkpoint == 'best' else 'Last'} checkpoint (after {epoch} epochs)"
+        return f"After {epoch} training {epochs}"
+    return f"{'Best' if checkpoint == 'best' else 'Last'} checkpoint (after {epoch} {epochs})"
 
 
 def collect(
@@ -91,11 +99,14 @@ def plot_perplexity(runs: list[Run]) -> bytes | None:
         epochs = [r["epoch"] for r in rows]
         train = [_finite(r.get("train_ppl")) for r in rows]
         ax.plot(epochs, train, color=color, linestyle="--", linewidth=1.2, label=f"{run.name}: training (dropout on)")
-        val = [(r["epoch"], ppl) for r in rows if not math.isnan(ppl := _finite(r.get("val_ppl")))]
+        val_rows = [r for r in rows if not math.isnan(_finite(r.get("val_ppl")))]
+        val = [(r["epoch"], _finite(r["val_ppl"])) for r in val_rows]
         plotted = plotted or bool(val) or any(not math.isnan(t) for t in train)
         if val:
             ax.plot(*zip(*val), color=color, linewidth=2, label=f"{run.name}: held out")
-            best = min(val, key=lambda v: v[1])
+            # The trainer's own best (the last epoch it marked), which a tie in rounded perplexities could hide.
+            marked = [v for v, r in zip(val, val_rows) if r.get("best") is True]
+            best = marked[-1] if marked else min(val, key=lambda v: v[1])
             ax.scatter([best[0]], [best[1]], color=color, marker="*", s=160, zorder=3, edgecolor="black",
                        label=f"{run.name}: best, epoch {best[0]} ({best[1]:.0f})")
         for checkpoint in run.checkpoints():

@@ -234,6 +234,29 @@ def test_gains_too_small_to_keep_the_rate_count_towards_patience(tmp_path, corpu
     assert [r["lr"] for r in metrics(tmp_path / "run")] == [0.01, 0.01, 0.01, 0.005]
 
 
+def test_ctrl_c_keeps_the_best_weights_of_the_epochs_it_finished(tmp_path, corpus_file, monkeypatch):
+    import neuralda.train as training
+
+    scored, calls = training.token_nll, []
+
+    def interrupted_in_epoch_3(model, ids, precision):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return scored(model, ids, precision)
+
+    monkeypatch.setattr(training, "token_nll", interrupted_in_epoch_3)
+    lines = []
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_config(corpus_file, tmp_path / "run", epochs=5), log=lines.append)  # saves every 30 s: not yet
+    run = Run.open(tmp_path / "run")
+    assert run.checkpoint_meta("last")["epoch"] == 0
+    assert run.checkpoint_meta("best")["epoch"] in (1, 2)  # the model that `generate` writes with
+    assert "best weights so far" in lines[-1]
+    monkeypatch.setattr(training, "token_nll", scored)
+    assert train(tiny_config(corpus_file, tmp_path / "run", epochs=5), resume=True, **QUIET).epochs == 5
+
+
 def test_max_time_stops_cleanly(tmp_path, corpus_file):
     result = train(tiny_config(corpus_file, tmp_path / "run", epochs=10_000, max_time=1.5), **QUIET)
     assert result.stopped == "time"

@@ -572,11 +572,15 @@ class Trainer:
     def _checkpoint(self) -> None:
         """Write the best weights held back since the last checkpoint, then ``last`` (in that order: a run killed
         in between resumes from the older ``last`` and writes ``best`` again when it gets there)."""
+        self._save_best()
+        self._save("last", with_optimizer=True)
+        self.saved = {"epoch": self.state["epoch"], "at": time.monotonic()}
+
+    def _save_best(self) -> None:
+        """Write the best weights held back since the last checkpoint, if any."""
         if self.best is not None:
             save_checkpoint(self.run.path / "checkpoints" / "best.safetensors", *self.best)
             self.best = None
-        self._save("last", with_optimizer=True)
-        self.saved = {"epoch": self.state["epoch"], "at": time.monotonic()}
 
     def _load_last(self) -> None:
         path = self.run.checkpoint_path("last")
@@ -733,7 +737,13 @@ class Trainer:
                 progress.end_epoch(row, left)
         except KeyboardInterrupt:
             progress.close()
-            self.log(f"\ninterrupted: {self.run.path} holds epoch {self.saved['epoch']}; continue with --resume")
+            best = ""
+            if self.dist.main and self.best is not None:  # a whole epoch's weights: the run has a model to write with
+                best = f" (its best weights so far, of epoch {self.best[1]['epoch']}, are in checkpoint 'best')"
+                self._save_best()
+            self.log(
+                f"\ninterrupted: {self.run.path} holds epoch {self.saved['epoch']}{best}; continue with --resume"
+            )
             raise
         if self.dist.main and state["epoch"] > self.saved["epoch"]:
             self._checkpoint()

@@ -1,4 +1,10 @@
+import argparse
+import importlib.util
+import inspect
 import json
+import os
+import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -154,6 +160,8 @@ def test_demo_scrapes_the_local_site_trains_and_writes(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     assert "wrote 117 poems" in out.stderr and "127.0.0.1" in out.stderr
     assert 'A poem from "love"' in out.stdout
+    # As this user runs neuralda (python -m here): `make demo` has no venv activated, so no `neuralda` on PATH.
+    assert f"Write more: {shlex.quote(sys.executable)} -m neuralda generate " in out.stderr
     poem = out.stdout.split("best checkpoint):", 1)[1].strip()
     # A poem of its own after "love": how long depends on how many epochs a busy machine fits in 9 s (it may end
     # itself after a few words).
@@ -168,3 +176,121 @@ def test_demo_scrapes_the_local_site_trains_and_writes(tmp_path):
     again = cli("demo", "--minutes", "0.1", "-o", tmp_path / "runs" / "demo", "-q")
     assert again.returncode == 0, again.stderr[-2000:]
     assert len((tmp_path / "runs" / "demo-corpus.jsonl").read_text().splitlines()) == 117
+
+
+def option_help(command: str, option: str) -> str:
+    """The help text of ``option`` in ``neuralda COMMAND --help``, on one line."""
+    from neuralda.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    text = sub.choices[command].format_help()
+    block = text[text.index(f"  {option}") :]
+    return " ".join(re.split(r"\n  -", block[2:])[0].split())
+
+
+def shown_default(command: str, option: str) -> str:
+    match = re.search(r"default:? ([^\s,;:)]+)", option_help(command, option))
+    assert match, option_help(command, option)
+    return match.group(1)
+
+
+def test_help_shows_the_code_s_defaults():
+    from neuralda.evaluate import evaluate_run
+    from neuralda.generate import SamplingConfig
+    from neuralda.report import write_report
+    from neuralda.scrape import ScrapeConfig
+    from neuralda.serve import serve
+    from neuralda.train import DEFAULTS, SAVE_EVERY
+
+    def default(function, name):
+        return inspect.signature(function).parameters[name].default
+
+    numbers = [
+        ("generate", "--temperature", SamplingConfig().temperature),
+        ("generate", "--top-p", SamplingConfig().top_p),
+        ("generate", "--top-k", SamplingConfig().top_k),
+        ("generate", "--repetition-penalty", SamplingConfig().repetition_penalty),
+        ("serve", "--port", default(serve, "port")),
+        ("evaluate", "--samples", default(evaluate_run, "samples")),
+        ("compare", "--samples", default(evaluate_run, "samples")),
+        ("report", "--samples", default(write_report, "samples")),
+        ("scrape", "--timeout", ScrapeConfig.timeout),
+        ("scrape", "--delay", ScrapeConfig.delay),
+        ("scrape", "--retries", ScrapeConfig.retries),
+        ("train", "--val-fraction", DEFAULTS["val_fraction"]),
+        ("train", "--seed", DEFAULTS["seed"]),
+        ("train", "--min-count", DEFAULTS["min_count"]),
+    ]
+    for command, option, value in numbers:
+        assert float(shown_default(command, option)) == value, (command, option)
+    assert shown_default("serve", "--host") == default(serve, "host")
+    assert shown_default("train", "--arch") == DEFAULTS["arch"]
+    assert shown_default("train", "--precision") == DEFAULTS["precision"]
+    assert shown_default("train", "--save-every") == f"{SAVE_EVERY:g}s"
+    assert "off" in option_help("generate", "--top-k") and "none" in option_help("generate", "--repetition-penalty")
+    assert ScrapeConfig.max_poems is None and "default: no limit" in option_help("scrape", "--max-poems")
+
+
+@pytest.mark.parametrize("option", ["--epochs", "--patience", "--batch-size", "--seq-len", "--lr", "--dropout",
+                                    "--weight-decay", "--unk-rate", "--save-at"])
+def test_train_help_shows_each_architecture_s_recipe(option):
+    from neuralda.models import RECIPES
+
+    shown = option_help("train", option)
+    for arch, recipe in RECIPES.items():
+        value = getattr(recipe, option[2:].replace("-", "_"))
+        value = (",".join(map(str, value)) or "none") if isinstance(value, tuple) else f"{value:g}"
+        assert f"{arch} {value}" in shown, shown
+
+
+@pytest.fixture
+def script(tmp_path, monkeypatch):
+    """An installed-looking ``bin/neuralda`` script, running, from ``tmp_path``."""
+    path = tmp_path / "bin" / "neuralda"
+    path.parent.mkdir()
+    path.write_text("#!/bin/sh\n")
+    path.chmod(0o755)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", [str(path), "demo"])
+    return path
+
+
+def test_hint_says_neuralda_when_it_is_on_path(script, monkeypatch):
+    from neuralda.cli import _command
+
+    monkeypatch.setenv("PATH", str(script.parent))
+    assert _command() == "neuralda"
+
+
+@pytest.mark.parametrize("path", ["", "other"])
+def test_hint_gives_the_script_s_path_when_path_finds_none_or_another(script, monkeypatch, tmp_path, path):
+    # `make demo` runs .venv/bin/neuralda with the venv not activated.
+    from neuralda.cli import _command
+
+    if path:
+        shutil.copytree(script.parent, tmp_path / path)
+    monkeypatch.setenv("PATH", str(tmp_path / path) if path else "/nonexistent")
+    assert _command() == os.path.join("bin", "neuralda")
+    monkeypatch.chdir(script.parent)
+    assert _command() == os.path.join(".", "neuralda")
+
+
+def test_hint_under_python_m_names_the_interpreter(monkeypatch):
+    from neuralda.cli import _command
+
+    monkeypatch.setattr(sys, "argv", [importlib.util.find_spec("neuralda.__main__").origin])
+    assert _command() == f"{shlex.quote(sys.executable)} -m neuralda"
+
+
+def test_generate_warns_of_an_untrained_checkpoint(tmp_path, tiny_run):
+    from neuralda.run import Run, model_tensors, save_checkpoint
+
+    for checkpoint in ("best", "last"):  # trained
+        out = cli("generate", tiny_run, "--checkpoint", checkpoint, "--n", 1, "--words", 10, "--seed", 1)
+        assert out.returncode == 0 and "warning" not in out.stderr, out.stderr
+    # A run killed before its first epoch was saved: train's own first `last` holds epoch 0.
+    run = Run.open(shutil.copytree(tiny_run, tmp_path / "run"))
+    save_checkpoint(run.checkpoint_path("last"), model_tensors(run.build_model()), {"epoch": 0, "arch": "lstm"})
+    out = cli("generate", run.path, "--checkpoint", "last", "--n", 1, "--words", 10, "--seed", 1)
+    assert out.returncode == 0 and out.stdout.startswith("love"), out.stderr
+    assert out.stderr == "neuralda: warning: checkpoint 'last' holds epoch 0: untrained weights\n"

@@ -5,12 +5,15 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
+import shlex
+import shutil
 import sys
 from pathlib import Path
 
 from . import __version__
 from .errors import NeuraldaError
-from .models import ARCHS
+from .models import ARCHS, RECIPES
 
 DEMO_RUN = Path("runs/demo")
 
@@ -55,6 +58,28 @@ def _duration(text: str) -> float:
 def _interval(text: str) -> float:
     """A duration, or 0 for "every time"."""
     return 0.0 if text.strip() in ("0", "0s") else _duration(text)
+
+
+def _per_arch(name: str) -> str:
+    """Help text for a train option whose default is the recipe's field ``name``, e.g. "lstm 100, gpt 100"."""
+
+    def shown(value) -> str:
+        return (",".join(map(str, value)) or "none") if isinstance(value, tuple) else f"{value:g}"
+
+    return "default per --arch: " + ", ".join(f"{arch} {shown(getattr(r, name))}" for arch, r in RECIPES.items())
+
+
+def _command() -> str:
+    """How this user runs neuralda again, for hints: ``make demo`` runs .venv/bin/neuralda without activating the
+    venv, so a bare ``neuralda`` is not always on PATH."""
+    script = Path(sys.argv[0])
+    if script.stem != "neuralda" or not script.is_file():  # python -m neuralda
+        return f"{shlex.quote(sys.executable)} -m neuralda"
+    found = shutil.which("neuralda")
+    if found and Path(found).resolve() == script.resolve():
+        return "neuralda"
+    rel = os.path.relpath(script)
+    return shlex.quote(rel if os.sep in rel else os.path.join(os.curdir, rel))  # "neuralda" alone would search PATH
 
 
 def _config(cls, args: argparse.Namespace, **given):
@@ -117,12 +142,14 @@ def _print_poems(poems: list[tuple[str, bool]], fmt: str, start: str, seed: int)
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
-    import os
-
     from .generate import Poet, SamplingConfig, write_poems
+    from .run import Run
     from .train import pick_device
 
     poet = Poet.load(args.run, args.checkpoint, device=pick_device(args.device), precision=args.precision)
+    # A run killed before its first epoch keeps a `last` of epoch 0: its poems are word salad, not the model's.
+    if Run.open(args.run).checkpoint_meta(args.checkpoint).get("epoch") == 0:
+        print(f"neuralda: warning: checkpoint {args.checkpoint!r} holds epoch 0: untrained weights", file=sys.stderr)
     seed = int.from_bytes(os.urandom(4), "little") if args.seed is None else args.seed
     sampling = SamplingConfig(args.temperature, args.top_k, args.top_p, args.repetition_penalty)
     poems = write_poems(
@@ -226,7 +253,6 @@ def cmd_serve(args: argparse.Namespace) -> None:
 def cmd_demo(args: argparse.Namespace) -> None:
     """Serve the bundled corpus as a website on 127.0.0.1, scrape it, train on it, and write a poem."""
     import importlib.resources
-    import shutil
     import tempfile
 
     from .corpus import read_corpus
@@ -258,7 +284,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
     model, _ = run.load_model("best")
     poem, _ = write_poems(model, run.vocab, "love", words=80, seed=args.seed)[0]
     print(f"\nA poem from \"love\" ({out}, best checkpoint):\n\n{poem}\n")
-    print(f"Write more: neuralda generate {out} --start \"the sea\" --n 3", file=sys.stderr)
+    print(f"Write more: {_command()} generate {shlex.quote(str(out))} --start \"the sea\" --n 3", file=sys.stderr)
 
 
 # --- the parser ---------------------------------------------------------------------------------------------------
@@ -306,11 +332,18 @@ def build_parser() -> argparse.ArgumentParser:
     who.add_argument("--author-css", metavar="CSS", help="the author on a poem page")
     sc.add_argument("--preset", metavar="NAME", help="selectors for a known site (see --list-presets)")
     sc.add_argument("--list-presets", action="store_true", help="list the known sites and exit")
-    sc.add_argument("--max-poems", type=_positive_int)
-    sc.add_argument("--max-pages", type=_positive_int, help="index pages to visit at most")
-    sc.add_argument("--delay", type=float, default=1.0, help="seconds between requests to a host (default 1)")
-    sc.add_argument("--timeout", type=float, default=30.0, help="seconds before a response is abandoned")
-    sc.add_argument("--retries", type=int, default=3, help="retries on 429, 5xx and timeouts (default 3, at most 10)")
+    sc.add_argument(
+        "--max-poems", type=_positive_int,
+        help="stop once the output holds this many poems of this crawl, earlier runs' included (default: no limit)",
+    )
+    sc.add_argument("--max-pages", type=_positive_int, help="index pages to visit at most (default: no limit)")
+    sc.add_argument("--delay", type=float, default=1.0, help="seconds between requests to a host (default %(default)g)")
+    sc.add_argument(
+        "--timeout", type=float, default=30.0, help="seconds for a whole response before it is retried (default %(default)g)"
+    )
+    sc.add_argument(
+        "--retries", type=int, default=3, help="retries on 429, 5xx and timeouts (default %(default)s, at most 10)"
+    )
     sc.add_argument("--cache", dest="cache_dir", metavar="DIR", help="the HTTP cache (default: the user's cache folder)")
     sc.add_argument("--refresh", action="store_true", help="fetch again what is in the cache")
     sc.add_argument("--user-agent", metavar="TEXT", help=f"default: neuralda/{__version__}")
@@ -321,16 +354,22 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("corpus", nargs="?", help="the corpus (JSONL); not needed with --resume")
     t.add_argument("-o", "--output", required=True, help="the run directory, e.g. runs/neruda")
     t.add_argument("--arch", choices=ARCHS, help="default: lstm (ours)")
-    t.add_argument("--epochs", type=_positive_int)
-    t.add_argument("--save-at", type=_epochs_list, help="also keep these epochs' checkpoints, e.g. 200,400")
-    t.add_argument("--batch-size", type=_positive_int)
-    t.add_argument("--seq-len", type=_positive_int)
-    t.add_argument("--lr", type=float)
-    t.add_argument("--dropout", type=float)
-    t.add_argument("--weight-decay", type=float)
-    t.add_argument("--hidden", type=_positive_int, help="units per layer (default: from the recipe or corpus)")
-    t.add_argument("--layers", type=_positive_int)
-    t.add_argument("--unk-rate", type=float, help="read words seen once as <unk> this often, to learn unknown words")
+    t.add_argument("--epochs", type=_positive_int, help=f"epochs at most ({_per_arch('epochs')})")
+    t.add_argument(
+        "--save-at", type=_epochs_list,
+        help=f"also keep these epochs' checkpoints, e.g. 200,400 ({_per_arch('save_at')})",
+    )
+    t.add_argument("--batch-size", type=_positive_int, help=_per_arch("batch_size"))
+    t.add_argument("--seq-len", type=_positive_int, help=f"words per training window ({_per_arch('seq_len')})")
+    t.add_argument("--lr", type=float, help=f"learning rate ({_per_arch('lr')})")
+    t.add_argument("--dropout", type=float, help=_per_arch("dropout"))
+    t.add_argument("--weight-decay", type=float, help=_per_arch("weight_decay"))
+    t.add_argument("--hidden", type=_positive_int, help="units per layer (default: from --arch and the corpus size)")
+    t.add_argument("--layers", type=_positive_int, help="default: from --arch and the corpus size")
+    t.add_argument(
+        "--unk-rate", type=float,
+        help=f"read words seen once as <unk> this often, to learn unknown words ({_per_arch('unk_rate')})",
+    )
     t.add_argument("--val-fraction", type=float, help="poems held out (default 0.1)")
     t.add_argument(
         "--max-time", type=_interval, metavar="DURATION",
@@ -342,7 +381,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="write the best and last checkpoints this often (default 30s; 0: after every epoch), and at the end",
     )
     t.add_argument(
-        "--patience", type=_whole_number(0), help="stop after K epochs without a better validation loss (0: off)"
+        "--patience", type=_whole_number(0),
+        help=f"stop after K epochs in a row without a 0.01%% gain in validation loss (0: off; {_per_arch('patience')})",
     )
     t.add_argument("--device", help="auto (default; with --resume: the run's), cpu, cuda or mps")
     t.add_argument("--precision", choices=("auto", "fp32", "bf16"), help="default: auto")
@@ -365,10 +405,19 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--start", default="love", help='the first word(s) (default "love")')
     g.add_argument("--words", type=_positive_int, default=120, help="at most this many words (default 120)")
     g.add_argument("--n", type=_positive_int, default=3, help="how many poems (default 3)")
-    g.add_argument("--temperature", type=float, default=0.9, help="1 with --top-p 1: as the seed sampled")
-    g.add_argument("--top-k", type=int, default=0)
-    g.add_argument("--top-p", type=float, default=0.95)
-    g.add_argument("--repetition-penalty", type=float, default=1.0, help="above 1: fewer repeated words (1.2)")
+    # The defaults are SamplingConfig's (a test checks): neuralda.generate imports torch, too slow for --help.
+    g.add_argument(
+        "--temperature", type=float, default=0.9, help="default %(default)g; 1 with --top-p 1: as the seed sampled"
+    )
+    g.add_argument("--top-k", type=int, default=0, help="keep the k likeliest words (default %(default)s: off)")
+    g.add_argument(
+        "--top-p", type=float, default=0.95,
+        help="keep the likeliest words that hold this much probability (default %(default)g; 1: all)",
+    )
+    g.add_argument(
+        "--repetition-penalty", type=float, default=1.0,
+        help="above 1: fewer repeated words, e.g. 1.2 (default %(default)g: none)",
+    )
     g.add_argument("--max-copy", type=int, default=0, metavar="N", help="no run of N words copied from the corpus")
     g.add_argument("--lines", type=int, default=0, help="stop after this many lines (0: no limit)")
     g.add_argument("--form", default="free", choices=("free", "couplet", "tercet", "quatrain"), help="lines per stanza")
@@ -384,11 +433,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     def measure_options(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(
-            "--samples", type=_whole_number(0), default=20, help="poems written for the copying measures (0: none)"
+            "--samples", type=_whole_number(0), default=20,
+            help="poems written for the copying measures (default %(default)s; 0: none)",
         )
         parser.add_argument("--start", default="love", help='their start word(s) (default "love")')
         parser.add_argument("--words", type=_positive_int, default=120, help="words per poem (default 120)")
-        parser.add_argument("--seed", type=int, default=0)
+        parser.add_argument("--seed", type=int, default=0, help="of the poems (default %(default)s)")
         parser.add_argument("--corpus", help="held-out poems (default: each run's validation split)")
 
     ev = sub.add_parser("evaluate", help="held-out perplexity, copying and diversity of a run's checkpoint")
@@ -423,8 +473,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sv = sub.add_parser("serve", help="a web page and JSON API for writing poems with trained runs")
     sv.add_argument("runs", nargs="+", metavar="RUN", help="run directories to serve")
-    sv.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1 (this machine only)")
-    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--host", default="127.0.0.1", help="default %(default)s (this machine only)")
+    sv.add_argument("--port", type=int, default=8000, help="default %(default)s")
     sv.set_defaults(func=cmd_serve)
 
     d = sub.add_parser("demo", help="scrape the bundled demo site on 127.0.0.1, train on it, write a poem")

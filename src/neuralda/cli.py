@@ -143,12 +143,11 @@ def _print_poems(poems: list[tuple[str, bool]], fmt: str, start: str, seed: int)
 
 def cmd_generate(args: argparse.Namespace) -> None:
     from .generate import Poet, SamplingConfig, write_poems
-    from .run import Run
     from .train import pick_device
 
     poet = Poet.load(args.run, args.checkpoint, device=pick_device(args.device), precision=args.precision)
     # A run killed before its first epoch keeps a `last` of epoch 0: its poems are word salad, not the model's.
-    if Run.open(args.run).checkpoint_meta(args.checkpoint).get("epoch") == 0:
+    if poet.epoch == 0:
         print(f"neuralda: warning: checkpoint {args.checkpoint!r} holds epoch 0: untrained weights", file=sys.stderr)
     seed = int.from_bytes(os.urandom(4), "little") if args.seed is None else args.seed
     sampling = SamplingConfig(args.temperature, args.top_k, args.top_p, args.repetition_penalty)

@@ -361,9 +361,11 @@ class Poet:
         name: str = "",
         training_texts: Sequence[str] | Callable[[], Sequence[str]] = (),
         precision: str = "auto",
+        epoch: int | None = None,
     ) -> None:
-        """``training_texts``: the poems the copy guard reads, or what reads them when it is first needed."""
-        self.model, self.vocab, self.name, self.precision = model, vocab, name, precision
+        """``training_texts``: the poems the copy guard reads, or what reads them when it is first needed; ``epoch``:
+        the epochs its weights were trained for (0: untrained), where known."""
+        self.model, self.vocab, self.name, self.precision, self.epoch = model, vocab, name, precision, epoch
         self._training = training_texts
         self._guards: dict[int, CopyGuard] = {}
 
@@ -374,12 +376,14 @@ class Poet:
         from .run import Run
 
         run = Run.open(run_dir)
-        model, _ = run.load_model(checkpoint, device=device)
+        model, meta = run.load_model(checkpoint, device=device)
 
         def texts() -> list[str]:  # read for --max-copy only: a run shared without its data/ writes all the same
             return [p.text for p in run.poems("train")]
 
-        return cls(model, run.vocab, name=f"{run.name}:{checkpoint}", training_texts=texts, precision=precision)
+        return cls(
+            model, run.vocab, f"{run.name}:{checkpoint}", texts, precision=precision, epoch=meta.get("epoch")
+        )
 
     @property
     def training_texts(self) -> Sequence[str]:

@@ -666,7 +666,7 @@ class Trainer:
             state["best_val"], state["best_epoch"] = val_loss, epoch
         # Patience counts the epochs the schedule counts: a gain too small to keep the rate (a vanishing rate makes
         # many) must not keep a run going at a rate of 1e-8 for a third of its epochs.
-        mark = state.get("plateau_val")
+        mark = state["plateau_val"]
         if val_loss is None or mark is None or val_loss < mark * (1 - PLATEAU_THRESHOLD):
             state["plateau_val"], state["bad_epochs"] = val_loss, 0
         else:

@@ -58,6 +58,18 @@ def test_type_a_word_press_write_see_the_poem_in_lines_and_stanzas(page):
     assert "seed" in page.inner_text("#about")
 
 
+def test_quatrains_are_asked_for_and_shown_four_lines_a_stanza(page):
+    page.fill("#start", "love")
+    page.fill("#words", "120")
+    page.select_option("#form", label="quatrains")
+    with page.expect_response("**/api/generate") as answer:
+        page.click("#write-button")
+    assert answer.value.request.post_data_json["form"] == "quatrain"
+    sync_api.expect(page.locator("#stanzas .line").first).to_be_visible()
+    counts = [s.locator(".line").count() for s in page.locator("#stanzas .stanza").all()]
+    assert counts and all(n == 4 for n in counts[:-1]) and counts[-1] <= 4
+
+
 def test_the_page_names_the_model_and_offers_each_checkpoint(page):
     model = page.inner_text("#model")
     assert "tiny" in model and "vocabulary" in model and "held-out perplexity" in model

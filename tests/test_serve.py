@@ -17,7 +17,7 @@ import pytest
 import uvicorn
 
 from neuralda.errors import NeuraldaError
-from neuralda.generate import SamplingConfig, write_poems
+from neuralda.generate import CopyGuard, SamplingConfig, write_poems
 from neuralda.run import Run
 from neuralda.serve import MAX_BODY, Batcher, create_app, listen
 from neuralda.train import TrainConfig, train
@@ -157,6 +157,31 @@ def test_generate_writes_the_poem_write_poems_writes(client, runs):
     assert body["poem"] == expected
 
 
+def test_every_writing_option_of_generate_is_in_the_api(client, runs):
+    """Repetition penalty, lines, form and the copy guard, as `neuralda generate` takes them."""
+    options = {"repetition_penalty": 1.5, "lines": 7, "form": "couplet", "max_copy": 3}
+    run = Run.open(runs[0])
+    model, _ = run.load_model("best")
+    guard = CopyGuard.build(run.training_texts(), run.vocab, 3)
+    for seed in range(4):
+        body = write(client, start="love", words=80, temperature=1.3, seed=seed, **options).json()
+        expected = write_poems(
+            model, run.vocab, "love", 80, 1, SamplingConfig(1.3, 0, 0.95, 1.5), seed, 7, "couplet", guard
+        )[0][0]
+        assert body["poem"] == expected
+        stanzas = body["poem"].split("\n\n")
+        assert all(len(s.split("\n")) == 2 for s in stanzas[:-1]) and body["poem"].count("\n") - len(stanzas) < 7
+
+
+def test_a_run_served_without_its_training_poems_writes_but_cannot_guard(tmp_path, runs):
+    shared = tmp_path / "shared"
+    shutil.copytree(runs[0], shared, ignore=shutil.ignore_patterns("data"))
+    with LiveServer([str(shared)]) as live, httpx.Client(base_url=live.url, timeout=30) as c:
+        assert write(c, words=20, seed=1).status_code == 200
+        r = write(c, words=20, seed=1, max_copy=4)
+        assert r.status_code == 422 and r.json()["detail"].startswith("max_copy:") and "train.jsonl" in r.json()["detail"]
+
+
 def test_run_and_checkpoint_are_chosen_by_name(client):
     a = write(client, seed=3, words=30, run="other", checkpoint="epoch-1").json()
     assert (a["run"], a["checkpoint"]) == ("other", "epoch-1")
@@ -170,7 +195,9 @@ def test_without_a_seed_each_poem_tells_its_seed(client):
 
 
 def test_concurrent_requests_equal_the_same_requests_alone(client):
-    bodies = [{"start": "love", "words": 60, "seed": s, "temperature": 1.2} for s in range(16)]
+    # Only requests that differ in nothing but their seed may share a batch.
+    forms = [{}, {"form": "tercet"}, {"max_copy": 3}, {"lines": 3}, {"repetition_penalty": 2.0}]
+    bodies = [{"start": "love", "words": 60, "seed": s, "temperature": 1.2, **forms[s % 5]} for s in range(16)]
     alone = [write(client, **b).json()["poem"] for b in bodies]
     with ThreadPoolExecutor(16) as pool:
         together = list(pool.map(lambda b: write(client, **b), bodies))
@@ -214,10 +241,10 @@ def test_batcher_writes_waiting_jobs_together_and_answers_each_its_own():
 def test_a_slow_poem_holds_up_no_other_request(client, monkeypatch):
     import neuralda.serve
 
-    def slow_when_cold(model, vocab, start, words, n, sampling, seeds):
+    def slow_when_cold(model, vocab, start, words, n, sampling, seeds, *shape):
         if sampling.temperature == 0.5:
             time.sleep(1.5)
-        return write_poems(model, vocab, start, words, n, sampling, seeds)
+        return write_poems(model, vocab, start, words, n, sampling, seeds, *shape)
 
     monkeypatch.setattr(neuralda.serve, "write_poems", slow_when_cold)
     with ThreadPoolExecutor(2) as pool:
@@ -277,6 +304,14 @@ def test_unknown_start_word_names_close_words(client):
         ({"start": ["love"]}, "start"),
         ({"start": "love " * 50}, "start"),
         ({"temprature": 1.0}, "temprature"),
+        ({"repetition_penalty": 0.5}, "repetition_penalty"),
+        ({"repetition_penalty": 11}, "repetition_penalty"),
+        ({"lines": -1}, "lines"),
+        ({"lines": 101}, "lines"),
+        ({"form": "sonnet"}, "form"),
+        ({"form": 4}, "form"),
+        ({"max_copy": 1}, "max_copy"),
+        ({"max_copy": 13}, "max_copy"),
     ],
 )
 def test_bad_numbers_and_types_are_422_naming_the_field(client, body, field):

@@ -153,7 +153,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
     sampling = SamplingConfig(args.temperature, args.top_k, args.top_p, args.repetition_penalty)
     poems = write_poems(
         poet.model, poet.vocab, args.start, args.words, args.n, sampling, seed, args.lines, args.form,
-        poet.guard(args.max_copy), poet.precision,
+        poet.guards.get(args.max_copy), poet.precision,
     )
     _print_poems(poems, args.format, args.start, seed)
 

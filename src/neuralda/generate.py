@@ -211,6 +211,27 @@ class CopyGuard:
         return self.following.get(tuple(word_ids[len(word_ids) - self.n + 1 :]), [])
 
 
+class CopyGuards:
+    """One run's copy guards, one per run length, each built on first use; the training poems are read then too,
+    so a run shared without its data/ writes all the same, only without a guard."""
+
+    def __init__(self, texts: Sequence[str] | Callable[[], Sequence[str]], vocab: Vocab) -> None:
+        self._texts, self.vocab = texts, vocab
+        self._built: dict[int, CopyGuard] = {}
+        self._lock = threading.Lock()  # the web server writes from several threads
+
+    def get(self, max_copy: int) -> CopyGuard | None:
+        """The guard against runs of ``max_copy`` words (0: none)."""
+        if not max_copy:
+            return None
+        with self._lock:
+            if max_copy not in self._built:
+                if callable(self._texts):
+                    self._texts = self._texts()
+                self._built[max_copy] = CopyGuard.build(self._texts, self.vocab, max_copy)
+            return self._built[max_copy]
+
+
 @dataclass
 class _Draft:
     """One poem being written."""
@@ -366,8 +387,7 @@ class Poet:
         """``training_texts``: the poems the copy guard reads, or what reads them when it is first needed; ``epoch``:
         the epochs its weights were trained for (0: untrained), where known."""
         self.model, self.vocab, self.name, self.precision, self.epoch = model, vocab, name, precision, epoch
-        self._training = training_texts
-        self._guards: dict[int, CopyGuard] = {}
+        self.guards = CopyGuards(training_texts, vocab)
 
     @classmethod
     def load(
@@ -377,28 +397,10 @@ class Poet:
 
         run = Run.open(run_dir)
         model, meta = run.load_model(checkpoint, device=device)
-
-        def texts() -> list[str]:  # read for --max-copy only: a run shared without its data/ writes all the same
-            return [p.text for p in run.poems("train")]
-
         return cls(
-            model, run.vocab, f"{run.name}:{checkpoint}", texts, precision=precision, epoch=meta.get("epoch")
+            model, run.vocab, f"{run.name}:{checkpoint}", run.training_texts, precision=precision,
+            epoch=meta.get("epoch"),
         )
-
-    @property
-    def training_texts(self) -> Sequence[str]:
-        """The training poems, read on first use."""
-        if callable(self._training):
-            self._training = self._training()
-        return self._training
-
-    def guard(self, max_copy: int) -> CopyGuard | None:
-        """The copy guard for runs of ``max_copy`` words (0: none), built on first use."""
-        if not max_copy:
-            return None
-        if max_copy not in self._guards:
-            self._guards[max_copy] = CopyGuard.build(self.training_texts, self.vocab, max_copy)
-        return self._guards[max_copy]
 
     def write_many(
         self,
@@ -418,7 +420,7 @@ class Poet:
         """
         poems = write_poems(
             self.model, self.vocab, start, words, n, SamplingConfig(**sampling), seed, lines, form,
-            self.guard(max_copy), self.precision,
+            self.guards.get(max_copy), self.precision,
         )
         return [p for p, _ in poems]
 

@@ -246,3 +246,7 @@ class Run:
         if split == "val" and path.is_file() and not path.read_bytes().strip():
             return []
         return read_corpus(path)
+
+    def training_texts(self) -> list[str]:
+        """The texts of the training poems (what the copy guard reads)."""
+        return [p.text for p in self.poems("train")]

@@ -15,7 +15,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Hashable, Sequence
+from typing import Callable, Hashable, Literal, Sequence
 
 import torch
 from fastapi import FastAPI, HTTPException, Request
@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from . import __version__
 from .errors import NeuraldaError
-from .generate import MIN_TEMPERATURE, SamplingConfig, write_poems
+from .generate import FORMS, MIN_TEMPERATURE, CopyGuards, SamplingConfig, write_poems
 from .run import Run
 from .tokenizer import is_word, tokenize
 from .train import SAMPLE_START
@@ -35,6 +35,12 @@ MAX_BODY = 16 * 1024  # bytes; a request is a few short fields
 MAX_WORDS = 500
 MAX_START = 200  # characters
 MAX_BATCH = 32  # poems written in one pass
+MAX_LINES = 100
+MAX_PENALTY = 10.0
+# Each length asked for builds an index of the training poems' word runs, kept while the server runs.
+MAX_COPY = 12
+
+Form = Literal[tuple(FORMS)]  # type: ignore[valid-type]
 
 
 class GenerateRequest(BaseModel):
@@ -50,6 +56,14 @@ class GenerateRequest(BaseModel):
     )
     top_k: int = Field(0, ge=0, description="keep the k likeliest tokens (0: all); at most the vocabulary size")
     top_p: float = Field(SamplingConfig.top_p, gt=0, le=1, description="keep the smallest set of tokens whose probability reaches p")
+    repetition_penalty: float = Field(
+        SamplingConfig.repetition_penalty, ge=1, le=MAX_PENALTY, description="above 1: words the poem has are less likely"
+    )
+    lines: int = Field(0, ge=0, le=MAX_LINES, description="at most this many lines (0: no limit)")
+    form: Form = Field("free", description="lines per stanza: couplet 2, tercet 3, quatrain 4, free as the model likes")
+    max_copy: int = Field(
+        0, ge=0, le=MAX_COPY, description="no run of this many words copied from the training poems (0: no guard; else 2 or more)"
+    )
     seed: int | None = Field(None, ge=0, lt=2**63, description="the same seed writes the same poem; none: random")
     run: str | None = Field(None, max_length=200, description="a served run's name (default: the first)")
     checkpoint: str | None = Field(None, max_length=200, description="best, last or epoch-N (default: best)")
@@ -95,6 +109,10 @@ class ServedRun:
     info: RunInfo
     models: dict[str, torch.nn.Module] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    guards: CopyGuards = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.guards = CopyGuards(self.run.training_texts, self.run.vocab)
 
     def model(self, checkpoint: str) -> torch.nn.Module:
         """The model of ``checkpoint``, loaded on first use; concurrent first uses load it once."""
@@ -308,18 +326,28 @@ def create_app(run_dirs: list[str]) -> FastAPI:
             raise HTTPException(404, f"run {name!r} has no checkpoint {checkpoint!r}; choose one of: {', '.join(have)}")
         if req.top_k > s.info.vocab_size:
             raise HTTPException(422, f"top_k: at most the vocabulary size, {s.info.vocab_size} (0 keeps every token)")
+        if req.max_copy == 1:
+            raise HTTPException(422, "max_copy: 0 (no guard) or at least 2 words")
         try:
             model = s.model(checkpoint)
         except NeuraldaError as e:
             raise HTTPException(500, str(e)) from None
+        try:
+            guard = s.guards.get(req.max_copy)
+        except NeuraldaError as e:  # a run shared without data/ writes, but cannot be guarded
+            raise HTTPException(422, f"max_copy: this run's training poems cannot be read ({e})") from None
         seed = int.from_bytes(os.urandom(4), "little") if req.seed is None else req.seed
-        sampling = SamplingConfig(temperature=req.temperature, top_k=req.top_k, top_p=req.top_p)
+        sampling = SamplingConfig(req.temperature, req.top_k, req.top_p, req.repetition_penalty)
         started = time.perf_counter()
+        # Requests that differ only in their seed are written together.
+        key = (name, checkpoint, *req.model_dump(exclude={"seed", "run", "checkpoint"}).values())
         try:
             poem, ended = batcher.submit(
-                (name, checkpoint, req.start, req.words, req.temperature, req.top_k, req.top_p),
+                key,
                 seed,
-                lambda seeds: write_poems(model, s.run.vocab, req.start, req.words, len(seeds), sampling, seeds),
+                lambda seeds: write_poems(
+                    model, s.run.vocab, req.start, req.words, len(seeds), sampling, seeds, req.lines, req.form, guard
+                ),
             )
         except NeuraldaError as e:  # a start word the model does not know: the message names close ones
             raise HTTPException(422, str(e)) from None

@@ -89,6 +89,7 @@ async function write(event) {
         words: Number($("words").value),
         temperature: Number($("temperature").value),
         top_p: Number($("top_p").value),
+        form: $("form").value,
         run: run.name,
         checkpoint: checkpoint.name,
       }),

@@ -120,6 +120,12 @@ def shrink_vocab(run) -> None:
     (run / "vocab.json").write_text(json.dumps(vocab))
 
 
+def drop_a_special(run) -> None:
+    vocab = json.loads((run / "vocab.json").read_text())
+    vocab["tokens"] = [t for t in vocab["tokens"] if t != "<poembreak>"] + ["filler"]  # as many tokens as weights
+    (run / "vocab.json").write_text(json.dumps(vocab))
+
+
 def future_format(run) -> None:
     config = json.loads((run / "config.json").read_text())
     (run / "config.json").write_text(json.dumps({**config, "format_version": 99}))
@@ -131,6 +137,7 @@ def future_format(run) -> None:
         (damage_data, "damaged checkpoint (its bytes do not match the checksum"),
         (shrink_vocab, "the weights do not match the model"),
         (future_format, "written by a newer neuralda (format 99)"),
+        (drop_a_special, "not a neuralda vocabulary (no <poembreak> token)"),
     ],
 )
 def test_files_a_user_did_not_make_are_one_line_and_exit_2(tiny_run, tmp_path, capsys, damage, message):

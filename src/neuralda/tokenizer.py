@@ -241,4 +241,7 @@ class Vocab:
             raise NeuraldaError(f"{path}: not a neuralda vocabulary ({e})") from None
         if any(not isinstance(t, str) for t in vocab.itos) or len(vocab.stoi) != len(vocab.itos):
             raise NeuraldaError(f"{path}: not a neuralda vocabulary (tokens must be distinct strings)")
+        missing = [s for s in SPECIALS if s not in vocab.stoi]
+        if missing:
+            raise NeuraldaError(f"{path}: not a neuralda vocabulary (no {', '.join(missing)} token)")
         return vocab

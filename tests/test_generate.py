@@ -16,6 +16,7 @@ from neuralda.generate import (
     sample_next,
     write_poems,
 )
+from neuralda.run import Run
 from neuralda.tokenizer import POEM_END, UNK, Vocab
 
 WORDS = ["love", "sea", "salt", "night", ",", "."]
@@ -337,6 +338,17 @@ def test_lines_and_form(tiny_run):
         stanzas = poem.split("\n\n")
         assert all(len(s.split("\n")) == 4 for s in stanzas[:-1])
         assert len(stanzas[-1].split("\n")) <= 4
+
+
+@pytest.mark.parametrize("form, per_stanza", [("couplet", 2), ("tercet", 3), ("quatrain", 4)])
+def test_a_poem_in_a_form_ends_with_a_whole_stanza(tiny_run, form, per_stanza):
+    run = Run.open(tiny_run)
+    model, _ = run.load_model("best")
+    poems = write_poems(model, run.vocab, "love", 400, 24, SamplingConfig(temperature=1.2), 0, form=form)
+    ended = [poem for poem, ended in poems if ended]
+    assert len(ended) >= 12  # the model ends most of them itself, long before 400 words
+    for poem in ended:
+        assert all(len(stanza.split("\n")) == per_stanza for stanza in poem.split("\n\n")), poem
 
 
 def test_the_start_counts_towards_the_limits(tiny_run):

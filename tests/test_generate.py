@@ -142,6 +142,17 @@ def test_a_start_pasted_with_invisible_marks_is_the_word_the_model_knows():
     assert pasted == typed and pasted.startswith("love sea-salt")
 
 
+def test_a_start_mark_spaced_otherwise_is_the_mark_the_model_knows():
+    from neuralda.generate import start_tokens
+    from neuralda.tokenizer import tokenize
+
+    v = Vocab.build([tokenize("love, the sea -- the sea", end=False)])
+    assert start_tokens("love ,", v) == ["love", ","]
+    assert start_tokens("love--sea", v) == ["love", " -- ", "sea"]
+    with pytest.raises(NeuraldaError, match="start word '!'"):
+        start_tokens("love!", v)
+
+
 def test_sampling_follows_the_model_probabilities():
     probs = torch.tensor([0.5, 0.3, 0.2, 0.0])
     gens = [torch.Generator().manual_seed(i) for i in range(4000)]

@@ -149,15 +149,21 @@ def poem_generators(seed: int | Sequence[int], n: int) -> list[torch.Generator]:
 
 def start_tokens(start: str, vocab: Vocab) -> list[str]:
     """The start words as tokens, cleaned as the corpus was (a soft hyphen or U+2011 typed or pasted in a word would
-    make it unknown); a word the model does not know is an error naming the closest ones it does."""
+    make it unknown); a mark spaced otherwise than in the corpus ("love ," or "love—sea") is read as the model knows
+    it; a word the model does not know is an error naming the closest ones it does."""
     tokens = tokenize(normalize_text(start), keep_case=vocab.keep_case, end=False)
+    known = []
     for t in tokens:
-        if t not in vocab or t == vocab.itos[vocab.unk]:
-            known = [w for w in vocab.itos if is_word(w)]
-            close = difflib.get_close_matches(t, known, n=5, cutoff=0.6)
+        bare = t.strip(" ")
+        spellings = [t] if is_word(t) else [t, bare, f" {bare}", f"{bare} ", f" {bare} "]
+        spelling = next((s for s in spellings if s in vocab and s != vocab.itos[vocab.unk]), None)
+        if spelling is None:
+            words = [w for w in vocab.itos if is_word(w)]
+            close = difflib.get_close_matches(t, words, n=5, cutoff=0.6)
             hint = f"; close words it knows: {', '.join(close)}" if close else ""
             raise NeuraldaError(f"the model does not know the start word {t!r}{hint}")
-    return tokens
+        known.append(spelling)
+    return known
 
 
 _cpu_steps: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> (weights' versions, dtype, steps)

@@ -46,8 +46,8 @@ def test_train_then_generate_end_to_end(tmp_path, corpus_file):
     assert [p["seed"] for p in poems] == [3, 4] and all(p["poem"].startswith("the sea") for p in poems)
     again = cli("generate", run, "--start", "the sea", "--n", 2, "--seed", 3, "--words", 20, "--format", "json")
     assert json.loads(again.stdout) == poems
-    md = cli("generate", run, "--n", 1, "--seed", 1, "--words", 30, "--format", "markdown")
-    assert md.returncode == 0 and md.stdout.startswith("### love")
+    md = cli("generate", run, "--start", "love\nthe sea", "--n", 1, "--seed", 1, "--words", 30, "--format", "markdown")
+    assert md.returncode == 0 and md.stdout.startswith("### love the sea (seed 1)\n\nlove  \nthe sea")
     summary = cli("summary", run)
     assert summary.returncode == 0 and "Total params" in summary.stdout
 

@@ -373,3 +373,10 @@ def test_the_start_counts_towards_the_limits(tiny_run):
         couplets = poet.write(start="love\nthe sea", words=60, form="couplet", seed=seed).split("\n\n")
         assert all(len(s.split("\n")) == 2 for s in couplets[:-1]), couplets
         assert "\n\n\n" not in poet.write(start="love\n", words=30, seed=seed)
+
+
+def test_a_numpy_seed_is_a_seed(tiny_run):
+    import numpy as np
+
+    poet = Poet.load(tiny_run)
+    assert poet.write(start="love", words=20, seed=np.int64(3)) == poet.write(start="love", words=20, seed=3)

@@ -6,7 +6,7 @@ import torch
 from conftest import tiny_config
 from neuralda.errors import NeuraldaError
 from neuralda.evaluate import token_nll
-from neuralda.generate import write_poems
+from neuralda.generate import write_poems, writing_steps
 from neuralda.models import build_model, default_size, recipe, summary_table
 from neuralda.models.gpt import GPT, GPTConfig
 from neuralda.run import Run
@@ -29,6 +29,14 @@ def test_the_cache_gives_the_logits_of_one_call_on_text_longer_than_the_block():
             parts.append(logits)
         assert torch.allclose(torch.cat(parts, 1), whole, atol=1e-5), step
         assert all(k.shape == v.shape == (2, 2, 7, 16) for k, v in state)  # the block's 7 past positions
+
+
+def test_writing_in_bf16_by_name_computes_in_bf16():
+    """``--precision bf16`` is autocast for a model without packed steps; ``auto`` keeps its float32."""
+    model, x = tiny_gpt(), torch.randint(0, 40, (3, 1))
+    cpu = torch.device("cpu")
+    assert writing_steps(model, cpu, "bf16")(x, None)[0].dtype == torch.bfloat16
+    assert writing_steps(model, cpu, "auto")(x, None)[0].dtype == torch.float32
 
 
 def test_each_layer_looks_back_block_size_minus_one_tokens():

@@ -136,7 +136,8 @@ def _print_poems(poems: list[tuple[str, bool]], fmt: str, start: str, seed: int)
     elif fmt == "markdown":
         for i, (poem, _) in enumerate(poems):
             # Two trailing spaces keep each line break in Markdown; a blank line keeps each stanza.
-            print(f"### {start or 'Poem'} (seed {seed + i})\n\n" + "\n".join(ln + "  " if ln else "" for ln in poem.split("\n")) + "\n")
+            title = " ".join(start.split()) or "Poem"  # a heading is one line
+            print(f"### {title} (seed {seed + i})\n\n" + "\n".join(ln + "  " if ln else "" for ln in poem.split("\n")) + "\n")
     else:
         print("\n\n* * *\n\n".join(p for p, _ in poems))
 
@@ -417,7 +418,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--repetition-penalty", type=float, default=1.0,
         help="above 1: fewer repeated words, e.g. 1.2 (default %(default)g: none)",
     )
-    g.add_argument("--max-copy", type=int, default=0, metavar="N", help="no run of N words copied from the corpus")
+    g.add_argument("--max-copy", type=int, default=0, metavar="N", help="no run of N words copied from the training poems")
     g.add_argument("--lines", type=int, default=0, help="stop after this many lines (0: no limit)")
     g.add_argument("--form", default="free", choices=("free", "couplet", "tercet", "quatrain"), help="lines per stanza")
     g.add_argument("--checkpoint", default="best", help="best (default), last or epoch-N")
@@ -426,7 +427,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--device", default="cpu", help="cpu (default), auto, cuda or mps")
     g.add_argument(
         "--precision", default="auto", choices=("auto", "fp32", "bf16"),
-        help="auto: bfloat16 weights for an LSTM on a CPU with bf16 units (twice as fast there), else float32",
+        help="auto: bfloat16 weights for an LSTM on a CPU with bf16 units (twice as fast there), else float32; "
+             "bf16: bfloat16 for any model",
     )
     g.set_defaults(func=cmd_generate)
 

@@ -8,7 +8,9 @@ of poems is the same as writing them one by one with the same seeds.
 from __future__ import annotations
 
 import difflib
+import functools
 import math
+import numbers
 import os
 import threading
 import weakref
@@ -172,13 +174,15 @@ _cpu_steps_lock = threading.Lock()  # the web server writes from several threads
 
 def writing_steps(model, device: torch.device, precision: str = "auto"):
     """What writes one token at a time: for an LSTM on the CPU, its packed steps (``LSTMSteps``) in bfloat16 where
-    ``precision`` resolves to bf16 (``auto``: CPUs with bf16 units), else in float32; otherwise the model itself.
-    Built once per set of weights."""
+    ``precision`` resolves to bf16 (``auto``: CPUs with bf16 units), else in float32; otherwise the model itself,
+    under bf16 autocast where ``precision`` is "bf16" by name. Built once per set of weights."""
     from .models.lstm import LSTMSteps, StackedLSTM
     from .train import pick_precision
 
     dtype = torch.bfloat16 if pick_precision(precision, device.type) == "bf16" else torch.float32
     if device.type != "cpu" or not isinstance(model, StackedLSTM):
+        if precision == "bf16":  # asked for by name: autocast (auto keeps float32 where bf16 was not measured)
+            return functools.partial(_autocast_step, model, device.type)
         return model
     versions = tuple(p._version for p in model.parameters())  # a model still training changes in place
     with _cpu_steps_lock:
@@ -186,6 +190,11 @@ def writing_steps(model, device: torch.device, precision: str = "auto"):
         if cached is None or cached[:2] != (versions, dtype):
             cached = _cpu_steps[model] = versions, dtype, LSTMSteps(model, dtype)
         return cached[2]
+
+
+def _autocast_step(model, device_type: str, x: torch.Tensor, state):
+    with torch.autocast(device_type, dtype=torch.bfloat16):
+        return model(x, state)
 
 
 class CopyGuard:
@@ -298,7 +307,7 @@ def write_poems(
     if form not in FORMS:
         raise NeuraldaError(f"unknown form {form!r}; choose one of {', '.join(FORMS)}")
     seed = int.from_bytes(os.urandom(4), "little") if seed is None else seed
-    seeds = range(seed, seed + n) if isinstance(seed, int) else list(seed)
+    seeds = range(int(seed), int(seed) + n) if isinstance(seed, numbers.Integral) else list(seed)
     if len(seeds) != n:
         raise NeuraldaError(f"{len(seeds)} seeds for {n} poems")
     prime = start_tokens(start, vocab)

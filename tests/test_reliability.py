@@ -151,3 +151,28 @@ def test_files_a_user_did_not_make_are_one_line_and_exit_2(tiny_run, tmp_path, c
     assert main(["generate", str(run), "--seed", "1", "--words", "5"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("neuralda: error:") and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_run_whose_log_reader_goes_away_stops_as_on_ctrl_c_keeping_its_best(tmp_path, corpus_file):
+    """`neuralda train ... 2>&1 | head -3`: the run stops as on Ctrl-C, with the exit status of a closed pipe."""
+    out = tmp_path / "run"
+    # Not quiet: a line each epoch; the best weights are held back between checkpoints.
+    args = ["--epochs", "200", "--patience", "0", "--hidden", "32", "--layers", "1", "--batch-size", "8"]
+    proc = subprocess.Popen([sys.executable, "-m", "neuralda", "train", str(corpus_file), "-o", str(out), *args],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    for line in proc.stderr:
+        if line.startswith("epoch 2/"):
+            break
+    proc.stderr.close()
+    assert proc.wait(timeout=120) == 141
+    run = Run.open(out)
+    assert run.checkpoint_meta("best")["epoch"] >= 2 and len(run.metrics()) < 200
+
+
+def test_a_poem_reader_that_goes_away_is_no_error(tiny_run):
+    """`neuralda generate ... | head -2` got what it asked for."""
+    proc = subprocess.Popen([sys.executable, "-m", "neuralda", "generate", str(tiny_run), "--n", "500"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.readline()
+    proc.stdout.close()
+    assert proc.wait(timeout=120) == 0 and proc.stderr.read() == b""

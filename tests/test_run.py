@@ -43,6 +43,18 @@ def test_a_model_setting_of_the_wrong_type_is_a_one_line_error(run_copy, capsys,
     assert f"{run_copy / 'config.json'}: " in err and key in err
 
 
+@pytest.mark.parametrize(
+    "key, value",
+    [("lr", "0.001"), ("patience", None), ("unk_rate", None), ("save_at", None), ("save_at", [2.5]), ("seed", "0"),
+     ("batch_size", 2.5), ("seq_len", 1e9), ("max_time", "10m"), ("save_every", "30s"), ("device", 5),
+     ("stateful", 1), ("optimizer", "sgd"), ("schedule", "cosine")],
+)
+def test_a_training_setting_of_the_wrong_type_is_a_one_line_error_on_resume(run_copy, capsys, key, value):
+    edit_config(run_copy, **{key: value})
+    err = one_line_error(capsys, "train", "-o", run_copy, "--resume", "--epochs", 5, "-q")
+    assert f"{run_copy / 'config.json'}: {key} should be " in err
+
+
 @pytest.mark.parametrize("version", ["1", 1.5, True, None])
 def test_a_format_version_that_is_not_a_whole_number_is_not_a_run_configuration(run_copy, capsys, version):
     edit_config(run_copy, format_version=version)

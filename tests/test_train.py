@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -108,6 +109,26 @@ def test_resume_given_the_corpus_starts_a_run_killed_before_its_config_was_writt
     (tmp_path / "other").mkdir()
     with pytest.raises(NeuraldaError, match="no config.json"):  # without the corpus there is nothing to start
         train(tiny_config("", tmp_path / "other", epochs=1), resume=True, **QUIET)
+
+
+@pytest.mark.parametrize("lost", ["checkpoints/last.safetensors", "config.json"])
+def test_a_run_that_trained_is_never_trained_again_from_nothing(tmp_path, corpus_file, lost):
+    """Without ``last`` (or config.json) a resume would start over onto the run's best checkpoint and metrics."""
+    out = tmp_path / "run"
+    train(tiny_config(corpus_file, out, epochs=2, save_at=(1,)), **QUIET)
+    (out / lost).unlink()
+    kept = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    with pytest.raises(NeuraldaError, match="cannot be resumed"):
+        train(tiny_config(corpus_file, out, epochs=3), resume=True, **QUIET)
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == kept
+
+
+def test_a_run_resumes_from_another_folder_given_the_same_corpus(tmp_path, corpus_file, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    train(tiny_config(corpus_file.name, Path("run"), epochs=1), **QUIET)
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert train(tiny_config("../" + corpus_file.name, Path("../run"), epochs=2), resume=True, **QUIET).epochs == 2
 
 
 def samples(run_dir):
@@ -316,6 +337,15 @@ def test_parse_duration(text, seconds):
 def test_parse_duration_errors(text):
     with pytest.raises(NeuraldaError):
         parse_duration(text)
+
+
+@pytest.mark.parametrize("text", ["0", "0s", "0m", "0.0", "00"])
+def test_a_duration_that_may_be_0_takes_any_spelling_of_it(text):
+    assert parse_duration(text, zero=True) == 0
+    with pytest.raises(NeuraldaError, match="above 0"):
+        parse_duration(text)
+    with pytest.raises(NeuraldaError, match="0 or more"):
+        parse_duration("-1" + text, zero=True)
 
 
 def test_damaged_checkpoint_is_a_clear_error(tmp_path, corpus_file):

@@ -46,18 +46,18 @@ def _epochs_list(text: str) -> tuple[int, ...]:
     return values
 
 
-def _duration(text: str) -> float:
+def _duration(text: str, zero: bool = False) -> float:
     from .train import parse_duration
 
     try:
-        return parse_duration(text)
+        return parse_duration(text, zero)
     except NeuraldaError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _interval(text: str) -> float:
-    """A duration, or 0 for "every time"."""
-    return 0.0 if text.strip() in ("0", "0s") else _duration(text)
+    """A duration, or 0 (no limit, or every time)."""
+    return _duration(text, zero=True)
 
 
 def _per_arch(name: str) -> str:
@@ -268,7 +268,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
     corpus_out = out.parent / f"{out.name}-corpus.jsonl"
     if (out / "config.json").exists():
         previous = json.loads((out / "config.json").read_text(encoding="utf-8"))
-        if previous.get("corpus") != str(corpus_out):
+        if Path(str(previous.get("corpus"))).resolve() != corpus_out.resolve():
             raise NeuraldaError(f"{out} holds a run that is not the demo's; choose another -o")
         shutil.rmtree(out)
     corpus_out.unlink(missing_ok=True)  # the demo's own output from an earlier run
@@ -496,8 +496,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
-    except BrokenPipeError:  # `neuralda generate ... | head`
-        return 0
+    except BrokenPipeError:  # the reader went away: `generate ... | head` has what it asked for; a job was stopped
+        return 141 if args.func in (cmd_train, cmd_demo, cmd_scrape) else 0  # 128 + SIGPIPE, as a shell reports it
     except OSError as e:  # the machine's doing (a full disk, no permission), not a bug: one line too
         from .files import why_not_written
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import re
+import reprlib
 import sys
 import time
+import typing
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Callable, TypeVar
@@ -19,7 +22,7 @@ from .errors import NeuraldaError
 from .evaluate import autocast, perplexity, token_nll
 from .files import append_line, atomic_write, write_json
 from .generate import write_poems
-from .models import build_model, default_size, recipe
+from .models import Recipe, build_model, default_size, recipe
 from .run import (
     FORMAT_VERSION,
     Run,
@@ -92,6 +95,7 @@ class TrainConfig:
         out["hidden"] = out["hidden"] or hidden
         out["layers"] = out["layers"] or layers
         out["save_at"] = sorted(set(out["save_at"]))
+        out["corpus"] = str(Path(self.corpus).resolve())  # a resume from another folder names the same file
         out.pop("progress")
         out.update(format_version=FORMAT_VERSION, neuralda_version=__version__, train_tokens=train_tokens)
         check_settings(out)
@@ -113,6 +117,47 @@ def check_settings(c: dict) -> None:
         raise NeuraldaError(f"--unk-rate must be in [0, 1], got {c['unk_rate']}")
     if not c["patience"] >= 0:
         raise NeuraldaError(f"--patience must be 0 (no early stop) or more, got {c['patience']}")
+
+
+# config.json's training settings that are not a recipe's, as JSON types (a recipe's have the Recipe's annotations).
+RUN_SETTING_TYPES = {"val_fraction": float, "max_time": float | None, "save_every": float | None, "device": str,
+                     "precision": str, "seed": int, "min_count": int, "keep_case": bool}
+SETTING_CHOICES = {"optimizer": ("adam", "adamw"), "schedule": ("none", "plateau")}
+
+
+def check_setting_types(c: dict, path: Path) -> None:
+    """One-line errors for a training setting of ``path`` (config.json) that is missing, of the wrong type or an
+    unknown name: a hand-edited file (the model's settings are checked by ``Run.open``)."""
+    for key, hint in {**typing.get_type_hints(Recipe), **RUN_SETTING_TYPES}.items():
+        if key not in c:
+            raise NeuraldaError(f"{path}: not a neuralda run configuration (missing {key})")
+        if not _fits(c[key], hint):
+            raise NeuraldaError(f"{path}: {key} should be {_describe(hint)}, not {reprlib.repr(c[key])}")
+    for key, choices in SETTING_CHOICES.items():
+        if c[key] not in choices:
+            raise NeuraldaError(f"{path}: {key} should be one of {', '.join(choices)}, not {reprlib.repr(c[key])}")
+
+
+def _fits(value: object, hint: object) -> bool:
+    """Whether a JSON value is of type ``hint``: int (not a bool), float (any number), str, bool, ``X | None`` or
+    ``tuple[int, ...]`` (a list)."""
+    args = typing.get_args(hint)
+    if type(None) in args:
+        return value is None or _fits(value, next(a for a in args if a is not type(None)))
+    if typing.get_origin(hint) is tuple:
+        return isinstance(value, list) and all(_fits(v, args[0]) for v in value)
+    if hint in (int, float):
+        return isinstance(value, (int, float) if hint is float else int) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
+def _describe(hint: object) -> str:
+    args = typing.get_args(hint)
+    if type(None) in args:
+        return _describe(next(a for a in args if a is not type(None))) + " or null"
+    if typing.get_origin(hint) is tuple:
+        return "a list of whole numbers"
+    return {int: "a whole number", float: "a number", str: "a string", bool: "true or false"}[hint]
 
 
 def check_unchanged(cfg: TrainConfig, run: Run) -> None:
@@ -167,15 +212,15 @@ def pick_precision(name: str, device: str, arch: str = "lstm") -> str:
     return "fp32"
 
 
-def parse_duration(text: str) -> float:
-    """``90s``, ``10m``, ``1h`` or plain seconds, as seconds."""
+def parse_duration(text: str, zero: bool = False) -> float:
+    """``90s``, ``10m``, ``1h`` or plain seconds, as seconds; above 0 (``zero``: or 0)."""
     units = {"s": 1, "m": 60, "h": 3600}
     try:
         value = float(text[:-1]) * units[text[-1]] if text and text[-1] in units else float(text)
     except ValueError:
         raise NeuraldaError(f"not a duration: {text!r} (use 90s, 10m, 1h or seconds)") from None
-    if not value > 0:
-        raise NeuraldaError(f"a duration must be above 0, got {text!r}")
+    if not (value > 0 or zero and value == 0):
+        raise NeuraldaError(f"a duration must be {'0 or more' if zero else 'above 0'}, got {text!r}")
     return value
 
 
@@ -384,6 +429,12 @@ def _prepare(cfg: TrainConfig, restart: bool = False) -> Run:
     foreign = _foreign_files(out)
     if foreign:  # train would replace a user's files of the same names (-o . replaced a data/train.jsonl)
         raise NeuraldaError(f"{out} holds files that are not a run's ({', '.join(foreign[:3])}); choose another -o")
+    trained = [n for n in ("checkpoints", "metrics.jsonl", "samples.jsonl") if (out / n).exists()]
+    if restart and trained:  # written only after config.json: this run trained, and lost its config.json
+        raise NeuraldaError(
+            f"{out} holds {', '.join(trained)} but no config.json; it cannot be resumed without it (restore it, "
+            "or choose another -o)"
+        )
     if not restart and out.is_dir() and any(out.iterdir()):  # a data/train.jsonl can be the user's own too
         raise NeuraldaError(
             f"{out} is not empty and holds no run (no config.json); choose another -o, or add --resume to start "
@@ -400,6 +451,16 @@ def _prepare(cfg: TrainConfig, restart: bool = False) -> Run:
     vocab.save(out / "vocab.json")
     write_json(out / "config.json", config)  # written last: a run directory with config.json is complete
     return Run.open(out)
+
+
+def _check_resumable(run: Run) -> None:
+    """A run that trained has ``last`` (the optimizer and how far it got): without it, resuming would train again
+    from nothing over its checkpoints and metrics."""
+    if "last" not in run.checkpoints() and (run.checkpoints() or run.metrics()):
+        raise NeuraldaError(
+            f"{run.path} cannot be resumed: checkpoints/last.safetensors is missing (it holds the optimizer and the "
+            "epoch reached); its other checkpoints still write and evaluate"
+        )
 
 
 def _foreign_files(out: Path) -> list[str]:
@@ -497,12 +558,14 @@ class Trainer:
             resume = False
         if resume:
             self.run = Run.open(cfg.output)
+            _check_resumable(self.run)
             check_unchanged(cfg, self.run)
             for key in RESUMABLE:
                 value = getattr(cfg, key)
                 if value is not None:
                     self.run.config[key] = sorted(set(value)) if key == "save_at" else value
             self.run.config["compile"] = cfg.compile
+            check_setting_types(self.run.config, self.run.path / "config.json")
             check_settings(self.run.config)
         device = pick_device(self.run.config["device"] if resume else cfg.device or DEFAULTS["device"])
         if self.dist.world > 1 and device.startswith("cuda"):
@@ -735,15 +798,16 @@ class Trainer:
                 if c["max_time"]:
                     left = min(left, c["max_time"] - (time.monotonic() - self.started))
                 progress.end_epoch(row, left)
-        except KeyboardInterrupt:
-            progress.close()
+        except (KeyboardInterrupt, BrokenPipeError):  # Ctrl-C, or the log's reader went away (`2>&1 | head`)
             best = ""
             if self.dist.main and self.best is not None:  # a whole epoch's weights: the run has a model to write with
                 best = f" (its best weights so far, of epoch {self.best[1]['epoch']}, are in checkpoint 'best')"
                 self._save_best()
-            self.log(
-                f"\ninterrupted: {self.run.path} holds epoch {self.saved['epoch']}{best}; continue with --resume"
-            )
+            with contextlib.suppress(BrokenPipeError):
+                progress.close()
+                self.log(
+                    f"\ninterrupted: {self.run.path} holds epoch {self.saved['epoch']}{best}; continue with --resume"
+                )
             raise
         if self.dist.main and state["epoch"] > self.saved["epoch"]:
             self._checkpoint()

@@ -18,6 +18,7 @@ import hashlib
 import json
 import re
 import reprlib
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ from .tokenizer import Vocab
 FORMAT_VERSION = 1
 _META_KEY = "neuralda"
 _CHECKPOINT_NAME = re.compile(r"(best|last|epoch-\d+)\Z")
-_MODEL_KEYS = ("arch", "hidden", "layers", "dropout")  # what every command reads to build the model
+_MODEL_KEYS = {"arch": str, "hidden": int, "layers": int, "dropout": float}  # what every command reads to build the model
 
 
 def _digest(tensors: dict[str, Any]) -> str:
@@ -145,17 +146,49 @@ def _whole(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def check_types(config: dict, types: dict[str, Any], config_path: Path) -> None:
+    """One-line errors for a key of ``types`` that ``config`` (an edited or foreign config.json) lacks or holds with
+    another JSON type: int (a whole number, not true), float (any number), str, bool, ``X | None``, or
+    ``tuple[int, ...]`` (a list)."""
+    missing = [key for key in types if key not in config]
+    if missing:
+        raise NeuraldaError(f"{config_path}: not a neuralda run configuration (missing {', '.join(missing)})")
+    for key, hint in types.items():
+        if not _fits(config[key], hint):
+            raise NeuraldaError(f"{config_path}: {key} should be {_describe(hint)}, not {reprlib.repr(config[key])}")
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    args = typing.get_args(hint)
+    if type(None) in args:
+        return value is None or _fits(value, next(a for a in args if a is not type(None)))
+    if typing.get_origin(hint) is tuple:
+        return isinstance(value, list) and all(_fits(v, args[0]) for v in value)
+    if hint is int:
+        return _whole(value)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
+def _describe(hint: Any) -> str:
+    args = typing.get_args(hint)
+    if type(None) in args:
+        return _describe(next(a for a in args if a is not type(None))) + " or null"
+    if typing.get_origin(hint) is tuple:
+        return "a list of whole numbers"
+    return {int: "a whole number", float: "a number", str: "a string", bool: "true or false"}[hint]
+
+
 def _check_model_keys(config: dict, config_path: Path) -> None:
-    """A one-line error for a model setting of the wrong type (an edited or foreign config.json)."""
-    dropout = config["dropout"]
-    checks = (
-        ("arch", isinstance(config["arch"], str), "a name"),
-        ("hidden", _whole(config["hidden"]) and config["hidden"] >= 1, "a whole number of at least 1"),
-        ("layers", _whole(config["layers"]) and config["layers"] >= 1, "a whole number of at least 1"),
-        ("dropout", isinstance(dropout, (int, float)) and not isinstance(dropout, bool) and 0 <= dropout < 1,
-         "a number from 0 up to (not including) 1"),
+    """One-line errors for a model setting that is missing, of the wrong type or out of range."""
+    check_types(config, _MODEL_KEYS, config_path)
+    ranges = (
+        ("hidden", config["hidden"] >= 1, "a whole number of at least 1"),
+        ("layers", config["layers"] >= 1, "a whole number of at least 1"),
+        ("dropout", 0 <= config["dropout"] < 1, "a number from 0 up to (not including) 1"),
     )
-    for key, ok, expected in checks:
+    for key, ok, expected in ranges:
         if not ok:
             raise NeuraldaError(f"{config_path}: {key} should be {expected}, not {reprlib.repr(config[key])}")
 
@@ -187,9 +220,6 @@ class Run:
             raise NeuraldaError(f"{config_path}: not a neuralda run configuration (format_version {reprlib.repr(version)})")
         if version > FORMAT_VERSION:
             raise NeuraldaError(f"{path}: written by a newer neuralda (format {version}); upgrade neuralda to read it")
-        missing = [key for key in _MODEL_KEYS if key not in config]
-        if missing:
-            raise NeuraldaError(f"{config_path}: not a neuralda run configuration (missing {', '.join(missing)})")
         _check_model_keys(config, config_path)
         return cls(path, config, Vocab.load(path / "vocab.json"))
 

@@ -26,6 +26,7 @@ from .models import Recipe, build_model, default_size, recipe
 from .run import (
     FORMAT_VERSION,
     Run,
+    check_types,
     load_model_tensors,
     model_tensors,
     read_checkpoint,
@@ -127,37 +128,11 @@ SETTING_CHOICES = {"optimizer": ("adam", "adamw"), "schedule": ("none", "plateau
 
 def check_setting_types(c: dict, path: Path) -> None:
     """One-line errors for a training setting of ``path`` (config.json) that is missing, of the wrong type or an
-    unknown name: a hand-edited file (the model's settings are checked by ``Run.open``)."""
-    for key, hint in {**typing.get_type_hints(Recipe), **RUN_SETTING_TYPES}.items():
-        if key not in c:
-            raise NeuraldaError(f"{path}: not a neuralda run configuration (missing {key})")
-        if not _fits(c[key], hint):
-            raise NeuraldaError(f"{path}: {key} should be {_describe(hint)}, not {reprlib.repr(c[key])}")
+    unknown name: a hand-edited file (``Run.open`` checks the model's settings)."""
+    check_types(c, {**typing.get_type_hints(Recipe), **RUN_SETTING_TYPES}, path)
     for key, choices in SETTING_CHOICES.items():
         if c[key] not in choices:
             raise NeuraldaError(f"{path}: {key} should be one of {', '.join(choices)}, not {reprlib.repr(c[key])}")
-
-
-def _fits(value: object, hint: object) -> bool:
-    """Whether a JSON value is of type ``hint``: int (not a bool), float (any number), str, bool, ``X | None`` or
-    ``tuple[int, ...]`` (a list)."""
-    args = typing.get_args(hint)
-    if type(None) in args:
-        return value is None or _fits(value, next(a for a in args if a is not type(None)))
-    if typing.get_origin(hint) is tuple:
-        return isinstance(value, list) and all(_fits(v, args[0]) for v in value)
-    if hint in (int, float):
-        return isinstance(value, (int, float) if hint is float else int) and not isinstance(value, bool)
-    return isinstance(value, hint)
-
-
-def _describe(hint: object) -> str:
-    args = typing.get_args(hint)
-    if type(None) in args:
-        return _describe(next(a for a in args if a is not type(None))) + " or null"
-    if typing.get_origin(hint) is tuple:
-        return "a list of whole numbers"
-    return {int: "a whole number", float: "a number", str: "a string", bool: "true or false"}[hint]
 
 
 def check_unchanged(cfg: TrainConfig, run: Run) -> None:

@@ -364,6 +364,15 @@ def test_legacy_encodings_are_read(text, encoding):
     assert decode_bytes(text.encode(encoding), "f.txt") == text
 
 
+@pytest.mark.parametrize("sign", ["´", "½", "§", "×", "¢", "±", "®", "÷", "™"])
+def test_a_western_sign_among_ascii_keeps_a_file_cp1252(sign):
+    """A Spanish keyboard's ´ (or ½, §...) in one line sent a Latin-1 file to charset_normalizer, which read its ñ
+    as cp1250's ń, or the whole text as Japanese. (A "£" or "¼" is a letter in cp1250: Polish text has them.)"""
+    text = f"El tren de las 11{sign}30\nno para en este pueblo;\nlos niños le saludan,\ny la señora Inés\ncierra los ojos."
+    assert decode_bytes(text.encode("cp1252"), "f.txt") == text
+    assert decode_bytes(f"{sign} medio kilo de pan\n".encode("cp1252"), "f.txt") == f"{sign} medio kilo de pan\n"
+
+
 # Too short for charset_normalizer, which guessed UTF-16 ("뽑痩㼊"), Big5 ("匜") and Urdu ("Olﻠ, olﻠ").
 @pytest.mark.parametrize("line", ["¿Qué?\n", "Él\n", "Déjà vu\n", "Olé, olé\n"])
 @pytest.mark.parametrize("before", ["", "uno\ndos\n"], ids=["alone", "after UTF-8 lines"])

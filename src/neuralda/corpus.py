@@ -26,6 +26,14 @@ _HYPHENS = str.maketrans("\u2010\u2011", "--")
 _SURROGATE = re.compile(r"[\ud800-\udfff]")  # half a UTF-16 pair, from a JSON "\ud800" escape: U+FFFD, as ftfy does
 _NOT_ASCII = re.compile(r"[^\x00-\x7f]")
 _CP1252_MARKS = set("\xa0¡¿«»“”‘’–—…°ºª·•©€")  # not letters, but at home in Western European text
+# Another sign among ASCII, as Western European text has one ("11´30", "½ kilo", "§ 3"): one whose byte is a sign
+# in cp1250 and cp1257 too ("£" is their "Ł", "³" Polish "ł"), and alone, where a multi-byte encoding read as cp1252
+# puts signs next to other non-ASCII characters ("‚±‚ñ").
+_LONE_SIGNS = frozenset(
+    c for c in (bytes([b]).decode("cp1252", "ignore") for b in range(0x80, 0x100))
+    if c and not c.isalpha() and not any(c.encode("cp1252").decode(e, "ignore").isalpha() for e in ("cp1250", "cp1257"))
+)
+_LONE_NON_ASCII = re.compile(r"(?<![^\x00-\x7f])[^\x00-\x7f](?![^\x00-\x7f])")
 # Cyrillic, Greek or Hebrew read as cp1252 make whole words of accented letters; Western European words rarely hold
 # three in a row.
 _ACCENTED_RUN = re.compile(r"[^\W\d_a-zA-Z]{3}")
@@ -158,16 +166,18 @@ def _legacy_encoding(data: bytes) -> str | None:
 
 
 def _reads_as_cp1252(data: bytes) -> bool:
-    """Whether ``data`` is Western European text in cp1252: no stray symbols, and under a quarter of its letters
-    accented or, as in a line too short to count on that ("¿Qué?", "Él"), never three accented in a row."""
+    """Whether ``data`` is Western European text in cp1252: other signs than its usual marks only among ASCII, and
+    under a quarter of its letters accented or, as in a line too short to count on that ("¿Qué?", "Él"), never three
+    accented in a row."""
     try:
         text = data.decode("cp1252")
     except UnicodeDecodeError:  # a byte cp1252 leaves undefined
         return False
-    non_ascii = _NOT_ASCII.findall(text)
-    if not all(c.isalpha() or c in _CP1252_MARKS for c in non_ascii):
+    lone = {m.start() for m in _LONE_NON_ASCII.finditer(text)}
+    non_ascii = list(_NOT_ASCII.finditer(text))
+    if not all(m[0].isalpha() or m[0] in _CP1252_MARKS or m[0] in _LONE_SIGNS and m.start() in lone for m in non_ascii):
         return False
-    accented = sum(map(str.isalpha, non_ascii))
+    accented = sum(m[0].isalpha() for m in non_ascii)
     return accented * 4 < sum(map(str.isalpha, text)) or not _ACCENTED_RUN.search(text)
 
 

@@ -90,8 +90,16 @@ def test_unusual_spacing_is_carried_by_the_marks_not_the_words():
     assert [t for t in tokens if t.strip() != t and is_word(t.strip())] == []
 
 
+def test_spanish_guillemets_are_plain_marks_and_french_spacing_is_carried():
+    """«¿Sí?» needs no spacing tokens (they taught a model to write "y¿niños" and "de¡antes"); « la vie » keeps its
+    spaces in the marks."""
+    assert tokenize("decía «¿Sí?» y ‹no›", end=False) == ["decía", "«", "¿", "sí", "?", "»", "y", "‹", "no", "›"]
+    assert tokenize("c'est « la vie »", end=False) == ["c'est", "« ", "la", "vie", " »"]
+    assert detokenize(["decía", "«", "quién", "»", "."]) == "decía «quién»."
+
+
 # Text from every Unicode category, with the marks, quotes and breaks the spacing rules look at made common.
-_MARKS = st.sampled_from(" \n\r'’\"_-—.,;:!?()“”‘¿¡…")
+_MARKS = st.sampled_from(" \n\r'’\"_-—.,;:!?()“”‘¿¡…«»‹›")
 _POEM_TEXT = st.text(st.one_of(st.characters(codec="utf-8"), _MARKS), max_size=80)
 
 

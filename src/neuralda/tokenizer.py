@@ -50,8 +50,8 @@ _TOKEN = re.compile(rf"(?P<word>{_WORD})|(?P<dash>{_DASH})|(?P<mark>\S)")
 _IS_WORD = re.compile(rf"{_WORD}\Z")
 _IS_DASH = re.compile(rf"(?:{_DASH})\Z")
 
-_CLOSE = frozenset(".,;:!?)]}%…”")  # no space before
-_OPEN = frozenset("([{“‘¿¡")  # no space after
+_CLOSE = frozenset(".,;:!?)]}%…”»›")  # no space before
+_OPEN = frozenset("([{“‘¿¡«‹")  # no space after
 _APOSTROPHES = frozenset("'’")
 _TOGGLES = frozenset('"_')  # the same mark opens and closes
 # Elisions written apart from their word in old texts: 't is, I 've, 'tis, o 'er.

@@ -294,3 +294,21 @@ def test_generate_warns_of_an_untrained_checkpoint(tmp_path, tiny_run):
     out = cli("generate", run.path, "--checkpoint", "last", "--n", 1, "--words", 10, "--seed", 1)
     assert out.returncode == 0 and out.stdout.startswith("love"), out.stderr
     assert out.stderr == "neuralda: warning: checkpoint 'last' holds epoch 0: untrained weights\n"
+
+
+def test_a_model_without_love_writes_measures_and_reports_from_anywhere(tmp_path, capsys):
+    """Every command's default start is "love" only where the model knows it (a Spanish poet's model does not)."""
+    from neuralda.cli import main
+
+    lines = ["la luna cae sobre el agua", "¿dónde duerme el viento?", "el pan y la sal de la mañana", "¡ay, mi niña!"]
+    rows = [{"text": "\n".join(lines[i % 4 :] + lines[: i % 4])} for i in range(30)]
+    (tmp_path / "es.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    run = tmp_path / "es"
+    args = ["--epochs", "1", "--hidden", "16", "--layers", "1", "--batch-size", "8", "-q"]
+    assert main(["train", str(tmp_path / "es.jsonl"), "-o", str(run), *args]) == 0
+    capsys.readouterr()
+    assert main(["generate", str(run), "--seed", "1", "--words", "8", "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["start"] == ""
+    assert main(["evaluate", str(run), "--samples", "2", "--words", "8"]) == 0
+    assert main(["report", str(run), "-o", str(tmp_path / "post.md"), "--samples", "2", "--words", "8"]) == 0
+    assert "Poems begin where the model likes." in (tmp_path / "post.md").read_text()

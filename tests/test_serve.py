@@ -182,6 +182,19 @@ def test_a_run_served_without_its_training_poems_writes_but_cannot_guard(tmp_pat
         assert r.status_code == 422 and r.json()["detail"].startswith("max_copy:") and "train.jsonl" in r.json()["detail"]
 
 
+def test_without_a_start_a_model_that_lacks_love_begins_anywhere(tmp_path):
+    corpus = tmp_path / "no-love.jsonl"
+    corpus.write_text("".join(json.dumps({"text": "\n".join(LINES[i % 8 :][:4])}) + "\n" for i in range(30)))
+    cfg = TrainConfig(corpus=str(corpus), output=str(tmp_path / "run"), epochs=1, hidden=16, layers=1, batch_size=8,
+                      device="cpu", progress=False)
+    run = Run.open(train(cfg, log=lambda _: None).run)
+    with LiveServer([str(run.path)]) as live, httpx.Client(base_url=live.url, timeout=30) as c:
+        r = write(c, words=12, seed=4)
+        assert r.status_code == 200, r.text
+    model, _ = run.load_model("best")
+    assert "love" not in run.vocab and r.json()["poem"] == write_poems(model, run.vocab, "", 12, 1, seed=4)[0][0]
+
+
 def test_run_and_checkpoint_are_chosen_by_name(client):
     a = write(client, seed=3, words=30, run="other", checkpoint="epoch-1").json()
     assert (a["run"], a["checkpoint"]) == ("other", "epoch-1")

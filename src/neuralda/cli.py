@@ -143,7 +143,7 @@ def _print_poems(poems: list[tuple[str, bool]], fmt: str, start: str, seed: int)
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
-    from .generate import Poet, SamplingConfig, write_poems
+    from .generate import Poet, SamplingConfig, default_start, write_poems
     from .train import pick_device
 
     poet = Poet.load(args.run, args.checkpoint, device=pick_device(args.device), precision=args.precision)
@@ -152,11 +152,12 @@ def cmd_generate(args: argparse.Namespace) -> None:
         print(f"neuralda: warning: checkpoint {args.checkpoint!r} holds epoch 0: untrained weights", file=sys.stderr)
     seed = int.from_bytes(os.urandom(4), "little") if args.seed is None else args.seed
     sampling = SamplingConfig(args.temperature, args.top_k, args.top_p, args.repetition_penalty)
+    start = default_start(poet.vocab) if args.start is None else args.start
     poems = write_poems(
-        poet.model, poet.vocab, args.start, args.words, args.n, sampling, seed, args.lines, args.form,
+        poet.model, poet.vocab, start, args.words, args.n, sampling, seed, args.lines, args.form,
         poet.guards.get(args.max_copy), poet.precision,
     )
-    _print_poems(poems, args.format, args.start, seed)
+    _print_poems(poems, args.format, start, seed)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -282,7 +283,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
     train(cfg, resume=out.exists())
     run = Run.open(out)
     model, _ = run.load_model("best")
-    poem, _ = write_poems(model, run.vocab, "love", words=80, seed=args.seed)[0]
+    poem, _ = write_poems(model, run.vocab, words=80, seed=args.seed)[0]
     print(f"\nA poem from \"love\" ({out}, best checkpoint):\n\n{poem}\n")
     print(f"Write more: {_command()} generate {shlex.quote(str(out))} --start \"the sea\" --n 3", file=sys.stderr)
 
@@ -402,7 +403,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = sub.add_parser("generate", help="write poems with a trained run")
     g.add_argument("run", help="a run directory")
-    g.add_argument("--start", default="love", help='the first word(s) (default "love")')
+    g.add_argument("--start", help='the first word(s) (default: "love" where the model knows it, else anywhere)')
     g.add_argument("--words", type=_positive_int, default=120, help="at most this many words (default 120)")
     g.add_argument("--n", type=_positive_int, default=3, help="how many poems (default 3)")
     # The defaults are SamplingConfig's (a test checks): neuralda.generate imports torch, too slow for --help.
@@ -437,7 +438,9 @@ def build_parser() -> argparse.ArgumentParser:
             "--samples", type=_whole_number(0), default=20,
             help="poems written for the copying measures (default %(default)s; 0: none)",
         )
-        parser.add_argument("--start", default="love", help='their start word(s) (default "love")')
+        parser.add_argument(
+            "--start", help='their start word(s) (default: "love" where the model knows it, else anywhere)'
+        )
         parser.add_argument("--words", type=_positive_int, default=120, help="words per poem (default 120)")
         parser.add_argument("--seed", type=int, default=0, help="of the poems (default %(default)s)")
         parser.add_argument("--corpus", help="held-out poems (default: each run's validation split)")

@@ -231,7 +231,7 @@ def evaluate_run(
     checkpoint: str = "best",
     corpus: str | Path | None = None,
     samples: int = 20,
-    start: str = "love",
+    start: str | None = None,
     words: int = 120,
     seed: int = 0,
     sampling: SamplingConfig | None = None,

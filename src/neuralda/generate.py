@@ -26,6 +26,7 @@ from .tokenizer import LINE, POEM_END, STANZA, Vocab, detokenize, is_word, token
 
 
 MIN_TEMPERATURE = 1e-6
+DEFAULT_START = "love"  # the seed's blog wrote every poem from it
 FORMS = {"free": 0, "couplet": 2, "tercet": 3, "quatrain": 4}  # lines per stanza (0: as the model likes)
 # Poems written at once: what a step holds grows with them (scores, masks: ~100 KB a poem at 5,437 words), and
 # past a few dozen rows a CPU step costs as much per poem; a poem is the same in any batch.
@@ -147,6 +148,12 @@ def poem_generators(seed: int | Sequence[int], n: int) -> list[torch.Generator]:
     if len(seeds) != n:
         raise NeuraldaError(f"{len(seeds)} seeds for {n} poems")
     return [torch.Generator().manual_seed(s % 2**63) for s in seeds]
+
+
+def default_start(vocab: Vocab) -> str:
+    """``DEFAULT_START`` where the model knows it, else "": the poem begins where the model likes (a Spanish poet's
+    model has no "love")."""
+    return DEFAULT_START if DEFAULT_START in vocab else ""
 
 
 def start_tokens(start: str, vocab: Vocab) -> list[str]:
@@ -283,7 +290,7 @@ class _Draft:
 def write_poems(
     model,
     vocab: Vocab,
-    start: str = "love",
+    start: str | None = None,
     words: int = 120,
     n: int = 1,
     sampling: SamplingConfig | None = None,
@@ -293,7 +300,8 @@ def write_poems(
     guard: CopyGuard | None = None,
     precision: str = "auto",
 ) -> list[tuple[str, bool]]:
-    """``n`` poems written at once (``WRITE_BATCH`` at a time) from ``start``: (poem text, whether it ended by itself).
+    """``n`` poems written at once (``WRITE_BATCH`` at a time) from ``start`` (none: ``default_start``): (poem text,
+    whether it ended by itself).
 
     Poem ``i`` draws from seed ``seed + i`` (or ``seed[i]`` for a list; none: a random seed). A poem stops at
     ``<poembreak>``, after ``words`` words or after ``lines`` lines (0: no limit); ``form`` sets the lines per
@@ -310,7 +318,7 @@ def write_poems(
     seeds = range(int(seed), int(seed) + n) if isinstance(seed, numbers.Integral) else list(seed)
     if len(seeds) != n:
         raise NeuraldaError(f"{len(seeds)} seeds for {n} poems")
-    prime = start_tokens(start, vocab)
+    prime = start_tokens(default_start(vocab) if start is None else start, vocab)
     batches = (seeds[i : i + WRITE_BATCH] for i in range(0, n, WRITE_BATCH))
     return [
         poem
@@ -422,7 +430,7 @@ class Poet:
     def write_many(
         self,
         n: int,
-        start: str = "love",
+        start: str | None = None,
         words: int = 120,
         seed: int | None = None,
         lines: int = 0,
@@ -441,6 +449,7 @@ class Poet:
         )
         return [p for p, _ in poems]
 
-    def write(self, start: str = "love", words: int = 120, seed: int | None = None, **options) -> str:
-        """One poem from ``start``, as a string (options as for ``write_many``)."""
+    def write(self, start: str | None = None, words: int = 120, seed: int | None = None, **options) -> str:
+        """One poem from ``start`` (none: "love" where the model knows it, else anywhere), as a string (options as for
+        ``write_many``)."""
         return self.write_many(1, start, words, seed, **options)[0]

@@ -18,7 +18,7 @@ from urllib.parse import quote
 from .errors import NeuraldaError
 from .evaluate import evaluate_run
 from .files import atomic_write
-from .generate import SamplingConfig, write_poems
+from .generate import SamplingConfig, default_start, write_poems
 from .models import summary_table
 from .run import Run, printable
 
@@ -179,7 +179,7 @@ def _table_rows(entries: list[Entry]) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
-def markdown(runs: list[Run], entries: list[Entry], title: str, plot_name: str | None, start: str) -> str:
+def markdown(runs: list[Run], entries: list[Entry], title: str, plot_name: str | None, beginning: str) -> str:
     header, rows = _table_rows(entries)
     out = [f"# {title}", ""]
     if plot_name:
@@ -189,7 +189,7 @@ def markdown(runs: list[Run], entries: list[Entry], title: str, plot_name: str |
     out += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     out += ["| " + " | ".join(r) + " |" for r in rows]
     out += ["", f'Held-out perplexity on poems the model never saw (lower is better); copies: the share of the '
-            f'written poems\' word runs found verbatim in the training poems. Poems are written from "{start}".', ""]
+            f"written poems' word runs found verbatim in the training poems. {beginning}", ""]
     for run in runs:
         out += [f"## {run.name}", ""]
         out += [_details("Model summary", "<pre>\n" + html.escape(summary_table(run.build_model(), run.name), quote=False) + "\n</pre>"), ""]
@@ -198,7 +198,7 @@ def markdown(runs: list[Run], entries: list[Entry], title: str, plot_name: str |
     return "\n".join(out)
 
 
-def html_page(runs: list[Run], entries: list[Entry], title: str, plot_png: bytes | None, start: str) -> str:
+def html_page(runs: list[Run], entries: list[Entry], title: str, plot_png: bytes | None, beginning: str) -> str:
     """The report as one self-contained page (the plot inline as a data URL)."""
     header, rows = _table_rows(entries)
     table = "<table><thead><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr></thead><tbody>"
@@ -238,10 +238,19 @@ pre {{ font-size: 12px; overflow-x: auto; }}
 {image}
 {table}
 <p class="note">Held-out perplexity on poems the model never saw (lower is better); copies: the share of the written
-poems' word runs found verbatim in the training poems. Poems are written from "{html.escape(start)}".</p>
+poems' word runs found verbatim in the training poems. {html.escape(beginning)}</p>
 {"".join(sections)}
 </body></html>
 """
+
+
+def _beginning(runs: list[Run], start: str | None) -> str:
+    """How the report's poems begin, as a sentence (``start`` none: "love", or anywhere for a model without it)."""
+    starts = {default_start(run.vocab) if start is None else start for run in runs}
+    if starts == {""}:
+        return "Poems begin where the model likes."
+    word = next(s for s in starts if s)
+    return f'Poems begin with "{word}"' + (" (where a model does not know it, where the model likes)." if "" in starts else ".")
 
 
 def _check_file_name(given: str | Path, example: str) -> None:
@@ -282,7 +291,7 @@ def write_report(
     run_dirs: list[str],
     output: str | Path,
     html_path: str | Path | None = None,
-    start: str = "love",
+    start: str | None = None,
     seed: int = 0,
     title: str = "Teaching a computer to write poems",
     samples: int = 20,
@@ -299,8 +308,9 @@ def write_report(
     title = printable(title)
     plot_png = plot_perplexity(runs)
     # Everything is made before anything is written: a failure leaves no plot without its report.
-    text = markdown(runs, entries, title, plot.name if plot_png else None, start) + "\n"
-    page = html_page(runs, entries, title, plot_png, start) if html_path else None
+    beginning = _beginning(runs, start)
+    text = markdown(runs, entries, title, plot.name if plot_png else None, beginning) + "\n"
+    page = html_page(runs, entries, title, plot_png, beginning) if html_path else None
     if plot_png:
         atomic_write(plot, plot_png)
     atomic_write(output, text)

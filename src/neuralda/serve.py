@@ -26,10 +26,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from . import __version__
 from .errors import NeuraldaError
-from .generate import FORMS, MIN_TEMPERATURE, CopyGuards, SamplingConfig, write_poems
+from .generate import FORMS, MIN_TEMPERATURE, CopyGuards, SamplingConfig, default_start, write_poems
 from .run import Run
 from .tokenizer import is_word, tokenize
-from .train import SAMPLE_START
 
 MAX_BODY = 16 * 1024  # bytes; a request is a few short fields
 MAX_WORDS = 500
@@ -49,7 +48,9 @@ class GenerateRequest(BaseModel):
     # strict: "5" is not a number and true is not 1; extra: a misspelt field is named, not ignored.
     model_config = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False)
 
-    start: str = Field(SAMPLE_START, max_length=MAX_START, description="the first word(s); empty: begin anywhere")
+    start: str | None = Field(
+        None, max_length=MAX_START, description='the first word(s); empty: begin anywhere; none: "love" if the model knows it, else anywhere'
+    )
     words: int = Field(120, ge=1, le=MAX_WORDS, description="at most this many words")
     temperature: float = Field(
         SamplingConfig.temperature, ge=MIN_TEMPERATURE, le=5, description="below 1: safer words; above 1: wilder ones"
@@ -148,7 +149,7 @@ def open_served(path: str) -> ServedRun:
         hidden=run.config["hidden"],
         layers=run.config["layers"],
         vocab_size=len(run.vocab),
-        start=SAMPLE_START if SAMPLE_START in run.vocab else (words[0] if words else ""),
+        start=default_start(run.vocab) or (words[0] if words else ""),
         default_checkpoint="best" if "best" in names else names[-1],
         checkpoints=checkpoints,
     )

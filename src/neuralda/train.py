@@ -21,7 +21,7 @@ from .corpus import read_corpus, split_poems, write_corpus
 from .errors import NeuraldaError
 from .evaluate import autocast, perplexity, token_nll
 from .files import append_line, atomic_write, write_json
-from .generate import write_poems
+from .generate import default_start, write_poems
 from .models import Recipe, build_model, default_size, recipe
 from .run import (
     FORMAT_VERSION,
@@ -35,7 +35,6 @@ from .run import (
 )
 from .tokenizer import POEM_END, Vocab, tokenize
 
-SAMPLE_START = "love"  # the seed's blog writes every sample from "love"
 SAMPLE_SEED = 0
 # Options that may change when a run is resumed; everything else comes from its config.json.
 # An epoch gains when its held-out loss is 0.01% below the last gain's (ReduceLROnPlateau's own rule and default): the
@@ -815,7 +814,7 @@ def _json_number(value: float) -> float | None:
 
 def _write_sample(run: Run, model, epoch: int, checkpoint: str | None = None) -> None:
     """A poem from "love" (or from a poem break when the corpus lacks the word), for the report."""
-    start = SAMPLE_START if SAMPLE_START in run.vocab else ""
+    start = default_start(run.vocab)
     poem, _ = write_poems(model, run.vocab, start, words=80, n=1, seed=SAMPLE_SEED)[0]
     model.train()
     row = {"epoch": epoch, "checkpoint": checkpoint or f"epoch-{epoch}", "start": start, "seed": SAMPLE_SEED, "poem": poem}

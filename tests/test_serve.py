@@ -251,6 +251,27 @@ def test_batcher_writes_waiting_jobs_together_and_answers_each_its_own():
     assert batcher.waiting == {}
 
 
+def test_a_transformer_writes_each_request_alone(tmp_path, monkeypatch):
+    """Its cached step rounds a batch of 32 otherwise than one row (1e-6), which changed 2 of 32 poems."""
+    import neuralda.serve
+
+    cfg = TrainConfig(corpus=str(tiny_corpus(tmp_path / "c.jsonl")), output=str(tmp_path / "gpt"), arch="gpt", epochs=1,
+                      hidden=32, layers=1, batch_size=8, seq_len=16, device="cpu", progress=False)
+    run = train(cfg, log=lambda _: None).run
+    sizes = []
+
+    def recorded(model, vocab, start, words, n, *rest):
+        sizes.append(n)
+        time.sleep(0.2)  # the requests that come meanwhile would join the next batch
+        return write_poems(model, vocab, start, words, n, *rest)
+
+    monkeypatch.setattr(neuralda.serve, "write_poems", recorded)
+    with LiveServer([str(run)]) as live, httpx.Client(base_url=live.url, timeout=60) as c:
+        with ThreadPoolExecutor(6) as pool:
+            answers = list(pool.map(lambda seed: write(c, words=20, seed=seed), range(6)))
+    assert [r.status_code for r in answers] == [200] * 6 and sizes == [1] * 6
+
+
 def test_a_slow_poem_holds_up_no_other_request(client, monkeypatch):
     import neuralda.serve
 

@@ -199,6 +199,14 @@ def writing_steps(model, device: torch.device, precision: str = "auto"):
         return cached[2]
 
 
+def batch_invariant(model, device: torch.device, precision: str = "auto") -> bool:
+    """Whether a poem written in a batch is bit for bit the one written alone: checked for an LSTM's packed steps on
+    the CPU (``LSTMSteps``); a transformer's cached step, or a GPU's products, may round a batch otherwise."""
+    from .models.lstm import LSTMSteps
+
+    return isinstance(writing_steps(model, device, precision), LSTMSteps)
+
+
 def _autocast_step(model, device_type: str, x: torch.Tensor, state):
     with torch.autocast(device_type, dtype=torch.bfloat16):
         return model(x, state)

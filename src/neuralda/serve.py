@@ -4,7 +4,8 @@ The page (``static/``) is plain HTML, CSS and JavaScript. Each model is loaded o
 read after that. Requests that arrive while poems like theirs are being written (same model, start, length and
 sampling) are written together in the next batched pass (``Batcher``): writing is a Python loop over tokens that
 holds the GIL, so side-by-side passes would only take turns. Each poem draws from its own seed, so a poem is the
-same whatever it was batched with. Only the runs and checkpoints named at start can be asked for: a request names
+same whatever it was batched with; a model whose batches are not checked to round each poem as alone (the
+transformer) writes each request alone. Only the runs and checkpoints named at start can be asked for: a request names
 them, never a path.
 """
 
@@ -26,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from . import __version__
 from .errors import NeuraldaError
-from .generate import FORMS, MIN_TEMPERATURE, CopyGuards, SamplingConfig, default_start, write_poems
+from .generate import FORMS, MIN_TEMPERATURE, CopyGuards, SamplingConfig, batch_invariant, default_start, write_poems
 from .run import Run
 from .tokenizer import is_word, tokenize
 
@@ -340,8 +341,10 @@ def create_app(run_dirs: list[str]) -> FastAPI:
         seed = int.from_bytes(os.urandom(4), "little") if req.seed is None else req.seed
         sampling = SamplingConfig(req.temperature, req.top_k, req.top_p, req.repetition_penalty)
         started = time.perf_counter()
-        # Requests that differ only in their seed are written together.
+        # Requests that differ only in their seed are written together, where a batch writes each poem as alone.
         key = (name, checkpoint, *req.model_dump(exclude={"seed", "run", "checkpoint"}).values())
+        if not batch_invariant(model, torch.device("cpu")):
+            key = (*key, object())  # a batch might round this model's poems otherwise: written alone
         try:
             poem, ended = batcher.submit(
                 key,

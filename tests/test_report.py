@@ -220,3 +220,26 @@ def test_a_run_with_saved_epochs_reports_its_best_model_too(tmp_path, corpus_fil
     assert report_checkpoints(Run.open(tmp_path / "run")) == ["epoch-1", "best"]
     entries = write_report([str(tmp_path / "run")], tmp_path / "post.md", samples=1, words=8)
     assert [e.label for e in entries] == ["After 1 training epoch", f"Best checkpoint (after {result.best_epoch} epochs)"]
+
+
+def test_run_names_are_shown_as_written_in_markdown_and_the_plot(tiny_run, tmp_path):
+    """"$" was mathtext to the plot (a traceback after all the evaluating), "_draft" was left out of its legend, and
+    "|", "*", "<b>" split or restyled the Markdown."""
+    import shutil
+
+    names = ["x$\\q$", "_draft", "poet|with*stars_<b>&amp;"]
+    runs = [shutil.copytree(tiny_run, tmp_path / name) for name in names]
+    out = tmp_path / "post.md"
+    write_report([str(r) for r in runs], out, samples=1, words=8)
+    text = out.read_text()
+    rows = [re.split(r"(?<!\\)\|", ln.strip())[1:-1] for ln in text.splitlines() if ln.startswith("| ")]
+    assert {len(r) for r in rows} == {11}  # run, checkpoint and nine measures in every row
+    assert "## poet\\|with\\*stars\\_&lt;b&gt;&amp;amp;" in text and "<b>" not in text
+    assert "## \\_draft" in text
+
+
+def test_a_run_given_as_dot_is_named_after_its_folder(tiny_run, monkeypatch):
+    from neuralda.run import Run
+
+    monkeypatch.chdir(tiny_run)
+    assert Run.open(".").name == tiny_run.name

@@ -11,6 +11,7 @@ import base64
 import html
 import io
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
@@ -91,24 +92,28 @@ def plot_perplexity(runs: list[Run]) -> bytes | None:
     import matplotlib.ticker
 
     fig, ax = plt.subplots(figsize=(8, 4.5), dpi=120)
+    # A name is shown as written: "$" is not math, and a label matplotlib would hide ("_draft") gets a zero-width space.
+    names = ["\u200b" * n.startswith("_") + n.replace("$", r"\$") for n in (run.name for run in runs)]
     plotted = False  # any perplexity drawn: a log scale of none raises (axvline's 0..1 are axes fractions, not data)
-    for i, (run, rows) in enumerate(zip(runs, rows_of)):
+    for i, (run, name, rows) in enumerate(zip(runs, names, rows_of)):
         if not rows:
             continue
         color = f"C{i}"
         epochs = [r["epoch"] for r in rows]
         train = [_finite(r.get("train_ppl")) for r in rows]
-        ax.plot(epochs, train, color=color, linestyle="--", linewidth=1.2, label=f"{run.name}: training (dropout on)")
+        # Small markers: an epoch between gaps, or a run of one epoch, still shows.
+        ax.plot(epochs, train, color=color, linestyle="--", linewidth=1.2, marker=".", markersize=4,
+                label=f"{name}: training (dropout on)")
         val_rows = [r for r in rows if not math.isnan(_finite(r.get("val_ppl")))]
         val = [(r["epoch"], _finite(r["val_ppl"])) for r in val_rows]
         plotted = plotted or bool(val) or any(not math.isnan(t) for t in train)
         if val:
-            ax.plot(*zip(*val), color=color, linewidth=2, label=f"{run.name}: held out")
+            ax.plot(*zip(*val), color=color, linewidth=2, marker=".", markersize=5, label=f"{name}: held out")
             # The trainer's own best (the last epoch it marked), which a tie in rounded perplexities could hide.
             marked = [v for v, r in zip(val, val_rows) if r.get("best") is True]
             best = marked[-1] if marked else min(val, key=lambda v: v[1])
             ax.scatter([best[0]], [best[1]], color=color, marker="*", s=160, zorder=3, edgecolor="black",
-                       label=f"{run.name}: best, epoch {best[0]} ({best[1]:.0f})")
+                       label=f"{name}: best, epoch {best[0]} ({best[1]:.0f})")
         for checkpoint in run.checkpoints():
             if checkpoint.startswith("epoch-"):
                 ax.axvline(int(checkpoint[6:]), color=color, linestyle=":", linewidth=1)
@@ -179,19 +184,28 @@ def _table_rows(entries: list[Entry]) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
+_MARKDOWN_MARKS = re.compile(r"([\\`*_\[\]|])")
+
+
+def _md(text: str) -> str:
+    """``text`` shown as written in Markdown: HTML and the marks that would make emphasis, links, code or table
+    cells of it ("poet|a*b*" would split a row and italicise) are escaped."""
+    return _MARKDOWN_MARKS.sub(r"\\\1", html.escape(text, quote=False))
+
+
 def markdown(runs: list[Run], entries: list[Entry], title: str, plot_name: str | None, beginning: str) -> str:
     header, rows = _table_rows(entries)
-    out = [f"# {title}", ""]
+    out = [f"# {_md(title)}", ""]
     if plot_name:
         # Percent-encoded: a space ends a bare link; a byte that is not UTF-8 is kept as that byte (%FF).
         link = quote(plot_name, errors="surrogateescape")
         out += [f"![Training and held-out perplexity per epoch]({link})", ""]
     out += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    out += ["| " + " | ".join(r) + " |" for r in rows]
+    out += ["| " + " | ".join(map(_md, r)) + " |" for r in rows]
     out += ["", f'Held-out perplexity on poems the model never saw (lower is better); copies: the share of the '
-            f"written poems' word runs found verbatim in the training poems. {beginning}", ""]
+            f"written poems' word runs found verbatim in the training poems. {_md(beginning)}", ""]
     for run in runs:
-        out += [f"## {run.name}", ""]
+        out += [f"## {_md(run.name)}", ""]
         out += [_details("Model summary", "<pre>\n" + html.escape(summary_table(run.build_model(), run.name), quote=False) + "\n</pre>"), ""]
         for e in (e for e in entries if e.run is run):
             out += [_details(e.label, _poem_html(e.poem)), ""]

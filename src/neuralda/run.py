@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import re
 import reprlib
 import typing
@@ -225,8 +226,8 @@ class Run:
 
     @property
     def name(self) -> str:
-        """The folder's name, printable (see ``printable``)."""
-        return printable(self.path.name)
+        """The folder's name, printable (see ``printable``); "." is named after the folder it stands for."""
+        return printable(Path(os.path.abspath(self.path)).name)
 
     def checkpoints(self) -> list[str]:
         """Saved checkpoint names: best, last, epoch-N (in epoch order)."""

@@ -58,6 +58,15 @@ def test_type_a_word_press_write_see_the_poem_in_lines_and_stanzas(page):
     assert "seed" in page.inner_text("#about")
 
 
+def test_the_keyboard_keeps_its_place_on_the_write_button(page):
+    page.focus("#write-button")
+    for _ in range(2):  # the second Enter writes again: the button still has the focus
+        with page.expect_response("**/api/generate"):
+            page.keyboard.press("Enter")
+        sync_api.expect(page.locator("#write-button")).to_be_enabled()
+    assert page.evaluate("document.activeElement.id") == "write-button"
+
+
 def test_quatrains_are_asked_for_and_shown_four_lines_a_stanza(page):
     page.fill("#start", "love")
     page.fill("#words", "120")

@@ -77,6 +77,7 @@ async function write(event) {
   event.preventDefault();
   const { run, checkpoint } = chosen();
   const button = $("write-button");
+  const focused = document.activeElement === button; // a disabled button loses the focus: the keyboard's place
   button.disabled = true;
   button.textContent = "Writing…";
   document.querySelector("main").classList.add("busy");
@@ -104,6 +105,7 @@ async function write(event) {
   } finally {
     button.disabled = false;
     button.textContent = "Write";
+    if (focused) button.focus();
     document.querySelector("main").classList.remove("busy");
   }
 }

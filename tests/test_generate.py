@@ -380,3 +380,13 @@ def test_a_numpy_seed_is_a_seed(tiny_run):
 
     poet = Poet.load(tiny_run)
     assert poet.write(start="love", words=20, seed=np.int64(3)) == poet.write(start="love", words=20, seed=3)
+
+
+def test_a_few_copy_guards_are_kept(tiny_run):
+    """Each length asked for builds an index of the training poems; the server keeps the last three, not all."""
+    poet = Poet.load(tiny_run)
+    first = poet.guards.get(2)
+    for n in (3, 4, 5, 6):
+        poet.guards.get(n)
+    assert len(poet.guards._built) == 3 and poet.guards.get(2) is not first
+    assert poet.guards.get(2).following == first.following

@@ -361,6 +361,15 @@ def test_bodies_that_are_not_a_json_object_say_what_to_send(client):
     assert r.status_code == 422 and "JSON object" in r.json()["detail"]
 
 
+@pytest.mark.parametrize(
+    "body", [b'{"seed": ' + b"1" * 5000 + b"}", b"[" * 8000 + b"]" * 8000, '{"start": "niño"}'.encode("latin-1")],
+    ids=["a number of 5,000 digits", "nested 8,000 deep", "latin-1"],
+)
+def test_bodies_json_cannot_read_say_what_a_body_must_be(client, body):
+    r = client.post("/api/generate", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 422 and "UTF-8" in r.json()["detail"]
+
+
 def test_oversized_bodies_are_413(client):
     big = {"start": "love", "padding": "x" * MAX_BODY}
     assert write(client, **big).status_code == 413

@@ -243,7 +243,10 @@ class CopyGuard:
 
 class CopyGuards:
     """One run's copy guards, one per run length, each built on first use; the training poems are read then too,
-    so a run shared without its data/ writes all the same, only without a guard."""
+    so a run shared without its data/ writes all the same, only without a guard. The ``KEPT`` used last are kept (a
+    guard of the six corpora takes 16-80 MB)."""
+
+    KEPT = 3
 
     def __init__(self, texts: Sequence[str] | Callable[[], Sequence[str]], vocab: Vocab) -> None:
         self._texts, self.vocab = texts, vocab
@@ -255,11 +258,15 @@ class CopyGuards:
         if not max_copy:
             return None
         with self._lock:
-            if max_copy not in self._built:
+            guard = self._built.pop(max_copy, None)
+            if guard is None:
                 if callable(self._texts):
                     self._texts = self._texts()
-                self._built[max_copy] = CopyGuard.build(self._texts, self.vocab, max_copy)
-            return self._built[max_copy]
+                guard = CopyGuard.build(self._texts, self.vocab, max_copy)
+            self._built[max_copy] = guard  # the newest last
+            while len(self._built) > self.KEPT:
+                del self._built[next(iter(self._built))]
+            return guard
 
 
 @dataclass

@@ -20,10 +20,12 @@ from typing import Callable, Hashable, Literal, Sequence
 
 import torch
 from fastapi import FastAPI, HTTPException, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import __version__
 from .errors import NeuraldaError
@@ -41,6 +43,10 @@ MAX_PENALTY = 10.0
 MAX_COPY = 12
 
 Form = Literal[tuple(FORMS)]  # type: ignore[valid-type]
+UNREADABLE_BODY = (
+    "the body could not be read as JSON (it must be UTF-8, with numbers of at most a few thousand digits and no "
+    'deep nesting); send a JSON object such as {"start": "love", "words": 80}'
+)
 
 
 class GenerateRequest(BaseModel):
@@ -304,6 +310,12 @@ def create_app(run_dirs: list[str]) -> FastAPI:
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         return JSONResponse({"detail": "; ".join(_problem(e) for e in exc.errors())}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400:  # FastAPI's "There was an error parsing the body": say what a body must be
+            return JSONResponse({"detail": UNREADABLE_BODY}, status_code=422)
+        return await http_exception_handler(request, exc)
 
     @app.get("/api/models", response_model=Models)
     async def models() -> Models:  # on the event loop: it never waits for a thread busy writing

@@ -169,6 +169,7 @@ def test_lines_stanzas_inline_tags_and_what_never_reaches_the_poem(site, tmp_pat
       <script>document.write("tracking pixel")</script><style>.poem { color: red }</style>
       <noscript>Please enable JavaScript</noscript><!-- editor: fix line two -->
       <div class="ad-slot">Buy two kettles, get one free</div><ins class="adsbygoogle">Ad text</ins>
+      <div class="publicidad">Hoteles en Soria desde 39 €</div><aside id="werbung-box">Jetzt kaufen</aside>
       <form action="/subscribe"><label>Email</label><input name="e"><button>Subscribe</button></form>
       <p>Steam<br>climbs<br>the  cold  glass.</p>
       <div>A third block is a third stanza.</div>
@@ -215,6 +216,9 @@ CAFE = "The café’s lamp — “still lit” — at naïve noon"
             id="meta-http-equiv",
         ),
         pytest.param("text/html", f"<p>{CAFE}</p>".encode(), id="no-charset-utf8"),
+        # A page that says UTF-8 and is not: read as if it named nothing (it put U+FFFD for every accent).
+        pytest.param("text/html", f"<meta charset='utf-8'><p>{CAFE}</p>".encode("cp1252"), id="meta-utf8-lies"),
+        pytest.param("text/html; charset=utf-8", f"<p>{CAFE}</p>".encode("cp1252"), id="header-utf8-lies"),
         pytest.param("text/html", f"<p>{CAFE}</p>".encode("cp1252"), id="no-charset-cp1252"),
         pytest.param(None, f"<p>{CAFE}</p>".encode("cp1252"), id="no-content-type-cp1252"),
         # A page labelled Latin-1 is read as windows-1252, as browsers do: 0x92 is a curly quote, not a control.
@@ -508,7 +512,7 @@ def test_a_pager_that_loops_back_is_detected(site, tmp_path):
     site.index("/", ["/poems/0"], next_href="/page/2")
     site.index("/page/2", ["/poems/1"], next_href="/#top")  # back to the first page
     for i in range(2):
-        site.poem(f"/poems/{i}", f"P{i}", "a line")
+        site.poem(f"/poems/{i}", f"P{i}", f"line {i}")
     summary = scrape(config(site, tmp_path))
     assert summary.poems_written == 2
     assert site.paths().count("/") == 1 and site.paths().count("/page/2") == 1
@@ -658,11 +662,40 @@ def test_second_run_fetches_no_poem_page_and_refresh_refetches(site, tmp_path):
     site.hits.clear()
     second = scrape(config(site, tmp_path, output=str(tmp_path / "again.jsonl")))
     assert not [p for p in site.paths() if p.startswith("/poems/")]
-    assert second.poems_written == 3 and second.cache_hits == 4 and second.pages_fetched == 0
+    # The index page comes from the site each time: it may list poems added since.
+    assert second.poems_written == 3 and second.cache_hits == 3 and second.pages_fetched == 1
     assert records(tmp_path, "again.jsonl") == records(tmp_path)
     site.hits.clear()
     scrape(config(site, tmp_path, output=str(tmp_path / "fresh.jsonl"), refresh=True))
     assert sorted(p for p in site.paths() if p.startswith("/poems/")) == ["/poems/0", "/poems/1", "/poems/2"]
+
+
+def test_a_rerun_finds_the_poems_added_to_the_index_since(site, tmp_path):
+    small_site(site, 2)
+    scrape(config(site, tmp_path))
+    small_site(site, 3)  # the site grew; its index page sits in the cache from the first run
+    again = scrape(config(site, tmp_path))
+    assert again.poems_written == 1 and again.already_present == 2
+    assert [r["title"] for r in records(tmp_path)] == ["Poem 0", "Poem 1", "Poem 2"]
+
+
+def test_a_poem_linked_twice_or_through_a_redirect_is_written_once(site, tmp_path):
+    small_site(site, 2)
+    site.page("/old-name", "", status=301, headers={"Location": "/poems/1"})
+    for path, same in (("/poems/0?ref=home", "/poems/0"), ("/poems/1?utm_source=mail", "/poems/1")):
+        site.routes[path] = site.routes[same]  # the site ignores its tracking parameters
+    site.index("/", ["/poems/0", "/poems/0?ref=home", "/old-name", "/poems/1", "/poems/1?utm_source=mail"])
+    summary = scrape(config(site, tmp_path))
+    assert summary.poems_written == 2 and summary.already_present == 3
+    assert [r["url"] for r in records(tmp_path)] == [f"{site.base}/poems/0", f"{site.base}/poems/1"]
+    assert scrape(config(site, tmp_path)).poems_written == 0  # and again: nothing new
+
+
+def test_a_wrong_body_selector_stops_after_a_few_pages(site, tmp_path):
+    small_site(site, 30)
+    with pytest.raises(NeuraldaError, match=r"--body 'div.poesia' matched nothing on 10 poem page.*check --body"):
+        scrape(config(site, tmp_path, body="div.poesia"))
+    assert len([p for p in site.paths() if p.startswith("/poems/")]) == 10
 
 
 def test_interrupted_run_resumes_without_duplicates(site, tmp_path):
@@ -735,8 +768,7 @@ def test_max_pages_limits_the_index_pages(site, tmp_path):
 def test_an_index_of_ten_thousand_links_stops_at_max_poems(site, tmp_path):
     links = [f"/poems/{i}" for i in range(10_000)]
     site.index("/", links)
-    page = (200, {"Content-Type": HTML}, poem_page("One of many", "a line").encode())
-    site.routes.update(dict.fromkeys(links, page))
+    site.routes.update({link: (200, {"Content-Type": HTML}, poem_page("One of many", link).encode()) for link in links})
     start = time.monotonic()
     summary = scrape(config(site, tmp_path, max_poems=5))
     assert time.monotonic() - start < 3.0  # parsing the index is the work; fetching all would take 10,000 delays
@@ -747,7 +779,7 @@ def test_an_index_of_ten_thousand_links_stops_at_max_poems(site, tmp_path):
 def test_a_pager_ten_thousand_pages_long_stops_at_max_pages(site, tmp_path):
     for i in range(10_000):
         site.index(f"/page/{i}", [f"/poems/{i}"], next_href=f"/page/{i + 1}")
-        site.poem(f"/poems/{i}", f"P{i}", "a line")
+        site.poem(f"/poems/{i}", f"P{i}", f"line {i}")
     summary = scrape(config(site, tmp_path, start="/page/0", max_pages=3))
     assert summary.poems_written == 3
     assert site.paths() == ["/robots.txt", "/page/0", "/poems/0", "/page/1", "/poems/1", "/page/2", "/poems/2"]

@@ -25,6 +25,9 @@ if TYPE_CHECKING:
     from bs4 import BeautifulSoup
 
 __all__ = ["ScrapeConfig", "ScrapeSummary", "apply_preset", "list_presets", "scrape"]
+# Poem pages in a row that --body matches nothing on, before any poem was written, that stop a scrape: a wrong
+# selector is said after a few requests, not after the whole site.
+BODY_MISSES = 10
 
 
 @dataclass
@@ -120,18 +123,18 @@ def _corpus_record(line: bytes) -> dict | None:
     return record if isinstance(record, dict) and isinstance(record.get("text"), str) else None
 
 
-def _urls_in_output(path: Path) -> set[str]:
-    """URLs of the poems an earlier run wrote to ``path``, so this run adds only the missing ones.
+def _written(path: Path) -> tuple[set[str], set[str]]:
+    """URLs and texts of the poems an earlier run wrote to ``path``, so this run adds only the missing ones.
 
     A file that is not a corpus is an error and stays as it was; only a torn last record is cut off.
     """
     if not path.exists():
-        return set()
+        return set(), set()
     if path.is_dir():
         raise NeuraldaError(f"{path}: is a folder; -o wants a .jsonl file")
     data = path.read_bytes()
     lines = data.split(b"\n")  # the last is b"" when the file ends with a newline
-    urls = set()
+    urls, texts = set(), set()
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
@@ -148,7 +151,8 @@ def _urls_in_output(path: Path) -> set[str]:
             append_line(path, "")  # a complete last line without its newline: end it, so the next one starts fresh
         if record.get("url"):
             urls.add(normalize_url(str(record["url"])) or str(record["url"]))
-    return urls
+        texts.add(record["text"])
+    return urls, texts
 
 
 class _Progress:
@@ -183,7 +187,8 @@ class _Crawl:
     config: ScrapeConfig
     fetcher: Fetcher
     output: Path
-    done: set[str]
+    done: set[str]  # URLs written, as asked for and as redirected to
+    texts: set[str]  # poems written: the same poem linked as "a.html?ref=home" or under a redirect is written once
     progress: _Progress
     summary: ScrapeSummary
     index_pages: int = 0
@@ -193,15 +198,17 @@ class _Crawl:
     pages_without_links: list[str] = field(default_factory=list)
     off_host_links: list[str] = field(default_factory=list)
     pages_without_body: list[str] = field(default_factory=list)
+    misses_in_a_row: int = 0  # poem pages --body matched nothing on, since the last it matched
 
     def full(self) -> bool:
         limit = self.config.max_poems
         return limit is not None and self.summary.poems_written + self.summary.already_present >= limit
 
-    def fetch(self, url: str, is_start: bool = False) -> tuple[BeautifulSoup, Page] | None:
-        """The page at ``url``, parsed and as fetched, or None after recording why not."""
+    def fetch(self, url: str, is_start: bool = False, fresh: bool = False) -> tuple[BeautifulSoup, Page] | None:
+        """The page at ``url``, parsed and as fetched (``fresh``: not from the cache), or None after recording why
+        not."""
         try:
-            page = self.fetcher.fetch(url)
+            page = self.fetcher.fetch(url, fresh)
         except FetchError as e:
             if e.robots:
                 self.summary.robots_skipped += 1
@@ -225,7 +232,8 @@ class _Crawl:
                 self.poem_urls.add(url)
                 self.summary.already_present += 1
                 return
-            fetched = self.fetch(url, is_start)
+            # An index page comes from the site each time: the same command again finds the poems added since.
+            fetched = self.fetch(url, is_start, fresh=self.config.links is not None)
             if fetched is None:
                 return
             soup, page = fetched
@@ -276,10 +284,19 @@ class _Crawl:
         if fetched is None:
             return
         soup, page = fetched
+        final = normalize_url(page.url) or url  # where a redirect led
         text = select_poem(soup, self.config.body)
         if not text:
             self.pages_without_body.append(url)
             self.summary.failures.append((url, f"--body {self.config.body!r} matched no text"))
+            self.misses_in_a_row += 1
+            if self.misses_in_a_row >= BODY_MISSES and not self.summary.poems_written:
+                raise NeuraldaError(f"no poem written: {self.why_nothing()} (stopped: check --body)")
+            return
+        self.misses_in_a_row = 0
+        if final in self.done or text in self.texts:
+            self.done.add(url)
+            self.summary.already_present += 1
             return
         title = select_line(soup, self.config.title) if self.config.title else ""
         if self.config.author is not None:
@@ -287,10 +304,11 @@ class _Crawl:
         else:
             author = select_line(soup, self.config.author_css) if self.config.author_css else ""
         poem = Poem(
-            title=title or text.split("\n", 1)[0], author=author, text=text, url=url, fetched_at=page.fetched_at or None
+            title=title or text.split("\n", 1)[0], author=author, text=text, url=final, fetched_at=page.fetched_at or None
         )
         append_line(self.output, json.dumps(poem.to_dict(), ensure_ascii=False))
-        self.done.add(url)
+        self.done.update((url, final))
+        self.texts.add(text)
         self.summary.poems_written += 1
 
     def why_nothing(self) -> str:
@@ -342,7 +360,7 @@ def scrape(config: ScrapeConfig) -> ScrapeSummary:
     )
     summary = ScrapeSummary(output=str(output))
     progress = _Progress(config.progress, config.max_poems)
-    crawl = _Crawl(config, fetcher, output, _urls_in_output(output), progress, summary)
+    crawl = _Crawl(config, fetcher, output, *_written(output), progress, summary)
     try:
         for start in dict.fromkeys(normalize_url(u) for u in config.start_urls):
             if crawl.full():

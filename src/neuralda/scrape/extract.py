@@ -12,7 +12,7 @@ import ftfy.bad_codecs  # noqa: F401  registers "sloppy-windows-1252", the windo
 import soupsieve
 from bs4 import BeautifulSoup, MarkupResemblesLocatorWarning, NavigableString, Tag
 
-from ..corpus import normalize_text
+from ..corpus import decode_bytes, normalize_text
 from ..errors import NeuraldaError
 
 BLOCK_TAGS = frozenset(
@@ -25,7 +25,10 @@ DROPPED_TAGS = frozenset(
     " audio video nav aside footer head title meta link".split()
 )
 # Class or id words that mark advertising boxes (Google's <ins class="adsbygoogle">, "ad-slot", "sponsored" ...).
-AD_WORDS = frozenset("ad ads adsbygoogle advert adverts advertisement advertising sponsor sponsored promo".split())
+AD_WORDS = frozenset(
+    "ad ads adsbygoogle advert adverts advertisement advertising sponsor sponsored promo"
+    " publicidad publicidade pubblicita publicite publicité anuncio anuncios patrocinado patrocinio werbung reklame".split()
+)
 
 _BOMS = ((codecs.BOM_UTF8, "utf-8"), (codecs.BOM_UTF16_LE, "utf-16-le"), (codecs.BOM_UTF16_BE, "utf-16-be"))
 _HEADER_CHARSET = re.compile(r"""charset\s*=\s*["']?\s*([^\s;"']+)""", re.I)
@@ -57,22 +60,12 @@ def _codec(label: str, from_meta: bool = False) -> str | None:
 
 
 def _detect(data: bytes) -> str:
-    """Decode a page that names no charset: UTF-8 when it is valid, else charset_normalizer's best guess."""
+    """Decode a page that names no charset, or claims UTF-8 and is not: as a text file is read (UTF-8 line by line,
+    the other lines in the legacy encoding that reads them: ``corpus.decode_bytes``)."""
     try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        pass
-    from charset_normalizer import from_bytes
-
-    results = from_bytes(data)
-    best = results.best()
-    if best is None:
+        return decode_bytes(data, "the page")
+    except NeuraldaError:  # "binary": NUL bytes everywhere; the text there is still worth a look
         return data.decode("utf-8", errors="replace")
-    # Short Western pages score the same in several code pages; windows-1252 is what an unlabelled one most likely is.
-    for match in results:
-        if match.encoding == "cp1252" and match.chaos <= best.chaos and match.coherence >= best.coherence:
-            return str(match)
-    return str(best)
 
 
 def decode_html(data: bytes, content_type: str = "") -> str:
@@ -86,7 +79,7 @@ def decode_html(data: bytes, content_type: str = "") -> str:
     if codec is None:
         found_meta = _META_CHARSET.search(data[:4096])
         codec = _codec(found_meta.group(1).decode("ascii"), from_meta=True) if found_meta else None
-    if codec is None:
+    if codec is None or codec == "utf-8":  # detection reads UTF-8 as such, and a page mislabelled UTF-8 as it is
         return _detect(data)
     return data.decode(codec, errors="replace").lstrip("\ufeff")
 

@@ -387,9 +387,10 @@ class Fetcher:
             except OSError as e:
                 raise NeuraldaError(f"cannot create the HTTP cache folder {self.cache_dir}: {e.strerror}") from None
 
-    def fetch(self, url: str) -> Page:
-        """The page at normalised ``url``, from the cache when there; FetchError when it cannot be had."""
-        if self.cache_dir is not None and not self.refresh:
+    def fetch(self, url: str, fresh: bool = False) -> Page:
+        """The page at normalised ``url``, from the cache when there (``fresh``: from the site, as an index page
+        that may list new poems); FetchError when it cannot be had."""
+        if self.cache_dir is not None and not (self.refresh or fresh):
             page = read_cached(self.cache_dir, url)
             if page is not None:
                 self.cache_hits += 1

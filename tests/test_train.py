@@ -131,6 +131,19 @@ def test_a_run_resumes_from_another_folder_given_the_same_corpus(tmp_path, corpu
     assert train(tiny_config("../" + corpus_file.name, Path("../run"), epochs=2), resume=True, **QUIET).epochs == 2
 
 
+def test_a_resume_refuses_epochs_and_saves_behind_it(tmp_path, corpus_file):
+    out = tmp_path / "run"
+    train(tiny_config(corpus_file, out, epochs=3, save_at=(2,)), **QUIET)
+    config = (out / "config.json").read_text()
+    with pytest.raises(NeuraldaError, match="--epochs 2: .* has trained 3 epochs already"):
+        train(tiny_config("", out, epochs=2), resume=True, **QUIET)
+    with pytest.raises(NeuraldaError, match="--save-at 1,3: .* did not keep those weights"):
+        train(tiny_config("", out, epochs=5, save_at=(1, 2, 3, 5)), resume=True, **QUIET)
+    assert (out / "config.json").read_text() == config  # nothing recorded that did not happen
+    train(tiny_config("", out, epochs=4, save_at=(2, 4)), resume=True, **QUIET)  # epoch 2 is kept: the same again
+    assert {"epoch-2", "epoch-4"} <= set(Run.open(out).checkpoints())
+
+
 def samples(run_dir):
     return [json.loads(line) for line in (run_dir / "samples.jsonl").read_text().splitlines()]
 

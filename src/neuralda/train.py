@@ -437,6 +437,20 @@ def _check_resumable(run: Run) -> None:
         )
 
 
+def _check_ahead(cfg: TrainConfig, run: Run) -> None:
+    """``--epochs`` and new ``--save-at`` epochs given to a resume lie ahead of the epoch the run reached: epochs
+    trained are not trained again, and weights not kept then cannot be saved now."""
+    reached = run.checkpoint_meta("last").get("epoch", 0) if "last" in run.checkpoints() else 0
+    if cfg.epochs is not None and cfg.epochs < reached:
+        raise NeuraldaError(f"--epochs {cfg.epochs}: {run.path} has trained {reached} epochs already; give {reached} or more")
+    missed = [e for e in cfg.save_at or () if e <= reached and f"epoch-{e}" not in run.checkpoints()]
+    if missed:
+        raise NeuraldaError(
+            f"--save-at {','.join(map(str, missed))}: {run.path} is past epoch {missed[-1]} (it has trained {reached}) "
+            "and did not keep those weights; save epochs after it"
+        )
+
+
 def _foreign_files(out: Path) -> list[str]:
     """What ``out`` holds besides ``RUN_FILES`` and the temporary files of their atomic writes."""
     if not out.is_dir():
@@ -534,6 +548,7 @@ class Trainer:
             self.run = Run.open(cfg.output)
             _check_resumable(self.run)
             check_unchanged(cfg, self.run)
+            _check_ahead(cfg, self.run)
             for key in RESUMABLE:
                 value = getattr(cfg, key)
                 if value is not None:

@@ -124,3 +124,17 @@ def test_on_a_phone_nothing_is_wider_than_the_screen(browser, server):  # noqa: 
     sync_api.expect(page.locator("#stanzas .line").first).to_be_visible()
     assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
     context.close()
+
+
+def test_the_report_page_shows_every_column_of_its_table(browser, tiny_run, tmp_path):
+    """Headers that never wrapped hid the last three columns of a two-run table past the page's measure."""
+    import shutil
+
+    from neuralda.report import write_report
+
+    copies = [shutil.copytree(tiny_run, tmp_path / name) for name in ("seed-recipe-run", "thoutt-recipe-run")]
+    write_report([str(r) for r in copies], tmp_path / "post.md", tmp_path / "post.html", samples=1, words=8)
+    page = browser.new_page(viewport={"width": 1100, "height": 900})
+    page.goto((tmp_path / "post.html").as_uri())
+    assert page.evaluate("(t => t.scrollWidth <= t.clientWidth)(document.querySelector('table'))")
+    page.close()

@@ -184,6 +184,7 @@ def _table_rows(entries: list[Entry]) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
+NBH = "\u2011"  # a non-breaking hyphen
 _MARKDOWN_MARKS = re.compile(r"([\\`*_\[\]|])")
 
 
@@ -215,7 +216,9 @@ def markdown(runs: list[Run], entries: list[Entry], title: str, plot_name: str |
 def html_page(runs: list[Run], entries: list[Entry], title: str, plot_png: bytes | None, beginning: str) -> str:
     """The report as one self-contained page (the plot inline as a data URL)."""
     header, rows = _table_rows(entries)
-    table = "<table><thead><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr></thead><tbody>"
+    # Non-breaking hyphens: a header wraps at its spaces ("held-out / ppl"), never into "held- / out".
+    table = "<table><thead><tr>" + "".join(f"<th>{html.escape(h.replace('-', NBH))}</th>" for h in header)
+    table += "</tr></thead><tbody>"
     table += "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
     table += "</tbody></table>"
     image = (
@@ -238,9 +241,12 @@ body {{ max-width: 46rem; margin: 2rem auto; padding: 0 1rem; font: 17px/1.6 Geo
        color: #2b2118; background: #fbf7f0; }}
 h1, h2 {{ font-weight: normal; letter-spacing: .01em; }}
 img {{ max-width: 100%; height: auto; border: 1px solid #e4d9c6; background: white; }}
-table {{ border-collapse: collapse; font: 13px/1.4 system-ui, sans-serif; width: 100%; overflow-x: auto;
+table {{ border-collapse: collapse; font: 12.5px/1.4 system-ui, sans-serif; width: 100%; overflow-x: auto;
         display: block; }}
-th, td {{ padding: .3rem .5rem; border-bottom: 1px solid #e4d9c6; text-align: right; white-space: nowrap; }}
+th, td {{ padding: .25rem .3rem; border-bottom: 1px solid #e4d9c6; text-align: right; white-space: nowrap; }}
+/* Headers wrap at their spaces and a long run name anywhere: every column fits the page's measure. */
+th {{ white-space: normal; vertical-align: bottom; }}
+td:first-child {{ white-space: normal; overflow-wrap: anywhere; min-width: 5rem; }}
 th:first-child, td:first-child, th:nth-child(2), td:nth-child(2) {{ text-align: left; }}
 details {{ margin: .8rem 0; padding: .4rem .8rem; border-left: 3px solid #b5651d; background: white; }}
 summary {{ cursor: pointer; font-style: italic; }}

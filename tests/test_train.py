@@ -1,4 +1,5 @@
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -404,3 +405,15 @@ def test_unk_rate_reads_words_seen_once_as_unknown(tmp_path):
     assert bool((changed <= once).all())  # only words seen once
     assert 0 < int(changed.sum()) < int(once.sum())
     assert bool((first[changed] == trainer.run.vocab.unk).all())
+
+
+def test_the_logged_held_out_perplexity_is_the_one_evaluate_measures(tmp_path, corpus_file):
+    """Training in bf16, validation still reads the held-out poems in float32: the plot and the report's table agree."""
+    from neuralda.evaluate import evaluate_run
+
+    out = tmp_path / "run"
+    train(tiny_config(corpus_file, out, epochs=2, precision="bf16"), **QUIET)
+    run = Run.open(out)
+    assert {r["precision"] for r in run.metrics()} == {"bf16"}
+    logged = run.checkpoint_meta("best")["val_loss"]  # unrounded
+    assert math.log(evaluate_run(out, "best", samples=0)["perplexity"]) == pytest.approx(logged, rel=1e-9)

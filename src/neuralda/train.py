@@ -708,7 +708,7 @@ class Trainer:
             )
         val_loss, val_start = None, time.monotonic()
         if self.val_ids.numel() > 1:
-            nll, count = token_nll(self.model, self.val_ids, self.precision)
+            nll, count = token_nll(self.model, self.val_ids)  # float32, as evaluate measures: one number per model
             val_loss = self.dist.agree(nll / count, self.device)
         val_seconds = time.monotonic() - val_start
         state["epoch"], state["last_val"] = epoch, val_loss

@@ -270,7 +270,8 @@ def _beginning(runs: list[Run], start: str | None) -> str:
     if starts == {""}:
         return "Poems begin where the model likes."
     word = next(s for s in starts if s)
-    return f'Poems begin with "{word}"' + (" (where a model does not know it, where the model likes)." if "" in starts else ".")
+    unknown = ", or where the model likes in a run whose model does not know the word" if "" in starts else ""
+    return f'Poems begin with "{word}"{unknown}.'
 
 
 def _check_file_name(given: str | Path, example: str) -> None:

@@ -430,7 +430,8 @@ def _prepare(cfg: TrainConfig, restart: bool = False) -> Run:
 def _check_resumable(run: Run) -> None:
     """A run that trained has ``last`` (the optimizer and how far it got): without it, resuming would train again
     from nothing over its checkpoints and metrics."""
-    if "last" not in run.checkpoints() and (run.checkpoints() or run.metrics()):
+    saved = run.checkpoints()
+    if "last" not in saved and (saved or run.metrics()):
         raise NeuraldaError(
             f"{run.path} cannot be resumed: checkpoints/last.safetensors is missing (it holds the optimizer and the "
             "epoch reached); its other checkpoints still write and evaluate"
@@ -440,10 +441,11 @@ def _check_resumable(run: Run) -> None:
 def _check_ahead(cfg: TrainConfig, run: Run) -> None:
     """``--epochs`` and new ``--save-at`` epochs given to a resume lie ahead of the epoch the run reached: epochs
     trained are not trained again, and weights not kept then cannot be saved now."""
-    reached = run.checkpoint_meta("last").get("epoch", 0) if "last" in run.checkpoints() else 0
+    saved = run.checkpoints()
+    reached = run.checkpoint_meta("last").get("epoch", 0) if "last" in saved else 0
     if cfg.epochs is not None and cfg.epochs < reached:
         raise NeuraldaError(f"--epochs {cfg.epochs}: {run.path} has trained {reached} epochs already; give {reached} or more")
-    missed = [e for e in cfg.save_at or () if e <= reached and f"epoch-{e}" not in run.checkpoints()]
+    missed = [e for e in cfg.save_at or () if e <= reached and f"epoch-{e}" not in saved]
     if missed:
         raise NeuraldaError(
             f"--save-at {','.join(map(str, missed))}: {run.path} is past epoch {missed[-1]} (it has trained {reached}) "

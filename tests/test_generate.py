@@ -1,4 +1,5 @@
 import math
+import shutil
 
 import pytest
 import torch
@@ -7,7 +8,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from neuralda import Poet
-from neuralda.errors import NeuraldaError
+from neuralda.errors import NeuraldaError, NeuraldaWarning
 from neuralda.generate import (
     MIN_TEMPERATURE,
     SamplingConfig,
@@ -324,7 +325,6 @@ def test_repetition_penalty_makes_repeats_rarer():
 
 def test_a_run_without_its_data_writes_but_cannot_guard(tiny_run, tmp_path):
     """Checkpoint, config and vocabulary are enough to write; the copy guard needs the training poems."""
-    import shutil
 
     shared = tmp_path / "shared"
     shutil.copytree(tiny_run, shared, ignore=shutil.ignore_patterns("data"))
@@ -390,3 +390,39 @@ def test_a_few_copy_guards_are_kept(tiny_run):
         poet.guards.get(n)
     assert len(poet.guards._built) == 3 and poet.guards.get(2) is not first
     assert poet.guards.get(2).following == first.following
+
+
+def test_a_library_user_gets_one_line_errors(tiny_run):
+    """From Python as from the command line, a wrong value or type is a NeuraldaError naming it, before any work."""
+    with pytest.raises(NeuraldaError, match="unknown device 'gpu'"):
+        Poet.load(tiny_run, device="gpu")
+    with pytest.raises(NeuraldaError, match="unknown precision 'fp16'"):
+        Poet.load(tiny_run, precision="fp16")
+    poet = Poet.load(tiny_run, device="auto" if not torch.cuda.is_available() else "cpu")
+    assert repr(poet).startswith("Poet(") and "epoch=" in repr(poet)
+    for options, named in [
+        ({"seed": "1"}, "seed"), ({"seed": 1.5}, "seed"), ({"seed": [1, "2"]}, "each seed"),
+        ({"temperature": "0.9"}, "temperature"), ({"top_p": None}, "top_p"), ({"top_k": 2.5}, "top_k"),
+        ({"repetition_penalty": [1.2]}, "repetition_penalty"), ({"words": 2.5}, "words"), ({"words": "50"}, "words"),
+        ({"lines": True}, "lines"), ({"max_copy": 4.0}, "max_copy"), ({"start": 5}, "start"),
+    ]:
+        with pytest.raises(NeuraldaError, match=f"^{named} must be"):
+            poet.write(**options)
+    assert poet.write_many(2, start="love", words=12, seed=[4, 9]) == [
+        poet.write(start="love", words=12, seed=s) for s in (4, 9)
+    ]
+
+
+def test_an_untrained_checkpoint_warns(tmp_path, tiny_run):
+    from neuralda.run import model_tensors, save_checkpoint
+
+    run = Run.open(shutil.copytree(tiny_run, tmp_path / "run"))
+    save_checkpoint(run.checkpoint_path("last"), model_tensors(run.build_model()), {"epoch": 0, "arch": "lstm"})
+    with pytest.warns(NeuraldaWarning, match="'last' holds epoch 0: untrained weights"):
+        Poet.load(run.path, "last")
+
+
+def test_poet_is_listed_in_the_package():
+    import neuralda
+
+    assert "Poet" in dir(neuralda) and "Poet" in neuralda.__all__

@@ -13,6 +13,10 @@ if TYPE_CHECKING:
     from .generate import Poet
 
 
+def __dir__() -> list[str]:
+    return sorted({*globals(), "Poet"})  # so completion and help() offer the lazily imported Poet
+
+
 def __getattr__(name: str):
     # Poet pulls in torch; import it only when asked so `neuralda --help` stays fast.
     if name == "Poet":

@@ -9,10 +9,12 @@ import os
 import shlex
 import shutil
 import sys
+import warnings
 from pathlib import Path
+from typing import Callable
 
 from . import __version__
-from .errors import NeuraldaError
+from .errors import NeuraldaError, NeuraldaWarning
 from .models import ARCHS, RECIPES
 
 DEMO_RUN = Path("runs/demo")
@@ -144,12 +146,8 @@ def _print_poems(poems: list[tuple[str, bool]], fmt: str, start: str, seed: int)
 
 def cmd_generate(args: argparse.Namespace) -> None:
     from .generate import Poet, SamplingConfig, default_start, write_poems
-    from .train import pick_device
 
-    poet = Poet.load(args.run, args.checkpoint, device=pick_device(args.device), precision=args.precision)
-    # A run killed before its first epoch keeps a `last` of epoch 0: its poems are word salad, not the model's.
-    if poet.epoch == 0:
-        print(f"neuralda: warning: checkpoint {args.checkpoint!r} holds epoch 0: untrained weights", file=sys.stderr)
+    poet = Poet.load(args.run, args.checkpoint, device=args.device, precision=args.precision)
     seed = int.from_bytes(os.urandom(4), "little") if args.seed is None else args.seed
     sampling = SamplingConfig(args.temperature, args.top_k, args.top_p, args.repetition_penalty)
     start = default_start(poet.vocab) if args.start is None else args.start
@@ -490,10 +488,24 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _one_line_warnings(show: Callable) -> Callable:
+    """``warnings.showwarning`` that prints neuralda's own warnings as one line, as errors are."""
+
+    def showwarning(message, category, *rest, **kwargs) -> None:
+        if issubclass(category, NeuraldaWarning):
+            print(f"neuralda: warning: {message}", file=sys.stderr)
+        else:
+            show(message, category, *rest, **kwargs)
+
+    return showwarning
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        args.func(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _one_line_warnings(warnings.showwarning)
+            args.func(args)
     except NeuraldaError as e:
         print(f"neuralda: error: {e}", file=sys.stderr)
         return 2

@@ -13,6 +13,7 @@ import math
 import numbers
 import os
 import threading
+import warnings
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +22,7 @@ from typing import Callable, Iterable, Sequence
 import torch
 
 from .corpus import normalize_text
-from .errors import NeuraldaError
+from .errors import NeuraldaError, NeuraldaWarning
 from .tokenizer import LINE, POEM_END, STANZA, Vocab, detokenize, is_word, tokenize
 
 
@@ -45,6 +46,9 @@ class SamplingConfig:
     repetition_penalty: float = 1.0  # CTRL's penalty (Keskar et al. 2019) on words the poem already has (1: none)
 
     def check(self) -> None:
+        for name in ("temperature", "top_p", "repetition_penalty"):
+            _check_type(name, getattr(self, name), numbers.Real)
+        _check_type("top_k", self.top_k, numbers.Integral)
         if not MIN_TEMPERATURE <= self.temperature < math.inf:  # below it, float32 scores turn into 0/0
             raise NeuraldaError(
                 f"--temperature must be a finite number of at least {MIN_TEMPERATURE}, got {self.temperature}"
@@ -55,6 +59,13 @@ class SamplingConfig:
             raise NeuraldaError(f"--top-p must be in (0, 1], got {self.top_p}")
         if not self.repetition_penalty >= 1:
             raise NeuraldaError(f"--repetition-penalty must be 1 or more, got {self.repetition_penalty}")
+
+
+def _check_type(name: str, value: object, kind: type) -> None:
+    """A one-line error unless ``value`` is a ``kind`` (numbers.Real or numbers.Integral; numpy's count, bool not)."""
+    if isinstance(value, bool) or not isinstance(value, kind):
+        what = "a whole number" if kind is numbers.Integral else "a number"
+        raise NeuraldaError(f"{name} must be {what}, got {value!r}")
 
 
 def filter_logits(logits: torch.Tensor, cfg: SamplingConfig, seen: torch.Tensor | None = None) -> torch.Tensor:
@@ -255,6 +266,7 @@ class CopyGuards:
 
     def get(self, max_copy: int) -> CopyGuard | None:
         """The guard against runs of ``max_copy`` words (0: none)."""
+        _check_type("max_copy", max_copy, numbers.Integral)
         if not max_copy:
             return None
         with self._lock:
@@ -325,12 +337,23 @@ def write_poems(
     """
     sampling = sampling or SamplingConfig()
     sampling.check()
+    for name, value in (("words", words), ("n", n), ("lines", lines)):
+        _check_type(name, value, numbers.Integral)
     if words < 1 or n < 1 or lines < 0:
         raise NeuraldaError("--words and --n must be at least 1, --lines 0 or more")
+    if start is not None and not isinstance(start, str):
+        raise NeuraldaError(f"start must be text, got {start!r}")
     if form not in FORMS:
         raise NeuraldaError(f"unknown form {form!r}; choose one of {', '.join(FORMS)}")
     seed = int.from_bytes(os.urandom(4), "little") if seed is None else seed
-    seeds = range(int(seed), int(seed) + n) if isinstance(seed, numbers.Integral) else list(seed)
+    if isinstance(seed, numbers.Integral) and not isinstance(seed, bool):
+        seeds = range(int(seed), int(seed) + n)
+    elif isinstance(seed, Iterable) and not isinstance(seed, (str, bytes)):
+        for s in seed:
+            _check_type("each seed", s, numbers.Integral)
+        seeds = [int(s) for s in seed]
+    else:
+        raise NeuraldaError(f"seed must be a whole number or a list of them, got {seed!r}")
     if len(seeds) != n:
         raise NeuraldaError(f"{len(seeds)} seeds for {n} poems")
     prime = start_tokens(default_start(vocab) if start is None else start, vocab)
@@ -359,7 +382,7 @@ def _write_batch(
     generators = poem_generators(seeds, n)
     device = next(model.parameters()).device
     model.eval()
-    word_mask = [is_word(t) for t in vocab.itos]
+    word_mask = vocab.word_mask
     prime_ids = vocab.encode(prime)
     drafts = [_Draft() for _ in range(n)]
     for d in drafts:  # the start is kept whole; its words and lines count towards the limits
@@ -433,38 +456,57 @@ class Poet:
     def load(
         cls, run_dir: str | Path, checkpoint: str = "best", device: str = "cpu", precision: str = "auto"
     ) -> "Poet":
+        """The model of ``checkpoint`` (best, last or epoch-N) of a run directory, on ``device`` (cpu, auto, cuda,
+        mps); ``precision`` (auto, fp32, bf16) as in ``writing_steps``. Warns (``NeuraldaWarning``) when the weights
+        are untrained: a run killed before its first epoch keeps a ``last`` of epoch 0, whose poems are word salad."""
         from .run import Run
+        from .train import pick_device, pick_precision
 
+        device = pick_device(device)
+        pick_precision(precision, device)  # a wrong name is an error now, not at the first poem
         run = Run.open(run_dir)
         model, meta = run.load_model(checkpoint, device=device)
+        if meta.get("epoch") == 0:
+            warnings.warn(f"checkpoint {checkpoint!r} holds epoch 0: untrained weights", NeuraldaWarning, stacklevel=2)
         return cls(
             model, run.vocab, f"{run.name}:{checkpoint}", run.training_texts, precision=precision,
             epoch=meta.get("epoch"),
         )
+
+    def __repr__(self) -> str:
+        return f"Poet({self.name or 'unnamed'!r}, epoch={self.epoch}, vocabulary={len(self.vocab):,} tokens)"
 
     def write_many(
         self,
         n: int,
         start: str | None = None,
         words: int = 120,
-        seed: int | None = None,
+        seed: int | Sequence[int] | None = None,
+        *,
+        temperature: float = SamplingConfig.temperature,
+        top_k: int = SamplingConfig.top_k,
+        top_p: float = SamplingConfig.top_p,
+        repetition_penalty: float = SamplingConfig.repetition_penalty,
         lines: int = 0,
         form: str = "free",
         max_copy: int = 0,
-        **sampling,
     ) -> list[str]:
-        """``n`` poems written in one batched pass; poem ``i`` is the one ``write`` gives with ``seed + i``.
+        """``n`` poems written in one batched pass; poem ``i`` is the one ``write`` gives with ``seed + i`` (or
+        ``seed[i]`` for a list; none: a random seed).
 
-        ``sampling``: temperature, top_k, top_p, repetition_penalty; ``max_copy``: no run of that many words is
-        copied from the training poems (0: no guard).
+        ``start``: the first words (none: "love" where the model knows it, else anywhere); ``words``: at most that
+        many; ``temperature``, ``top_k``, ``top_p``, ``repetition_penalty``: how each word is drawn
+        (``SamplingConfig``); ``lines``: at most that many (0: any); ``form``: free, couplet, tercet or quatrain;
+        ``max_copy``: no run of that many words is copied from the training poems (0: no guard).
         """
+        sampling = SamplingConfig(temperature, top_k, top_p, repetition_penalty)
         poems = write_poems(
-            self.model, self.vocab, start, words, n, SamplingConfig(**sampling), seed, lines, form,
-            self.guards.get(max_copy), self.precision,
+            self.model, self.vocab, start, words, n, sampling, seed, lines, form, self.guards.get(max_copy),
+            self.precision,
         )
         return [p for p, _ in poems]
 
     def write(self, start: str | None = None, words: int = 120, seed: int | None = None, **options) -> str:
-        """One poem from ``start`` (none: "love" where the model knows it, else anywhere), as a string (options as for
-        ``write_many``)."""
+        """One poem, as a string; ``options``: temperature, top_k, top_p, repetition_penalty, lines, form, max_copy,
+        as for ``write_many``."""
         return self.write_many(1, start, words, seed, **options)[0]

@@ -8,6 +8,7 @@ space (" --", " -- ", " ,"), so ``detokenize(tokenize(text)) == text`` for any n
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import unicodedata
@@ -205,6 +206,11 @@ class Vocab:
 
     def __contains__(self, token: str) -> bool:
         return token in self.stoi
+
+    @functools.cached_property
+    def word_mask(self) -> list[bool]:
+        """Whether each token id is a word (not a mark or a break)."""
+        return [is_word(t) for t in self.itos]
 
     @classmethod
     def build(cls, token_lists: Iterable[Iterable[str]], min_count: int = 1, keep_case: bool = False) -> "Vocab":

@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+TORCH_INDEX ?=  # e.g. https://download.pytorch.org/whl/cpu where torch 2.13.0 is not on disk
 
 .PHONY: setup demo test bench browser clean
 
@@ -11,7 +12,7 @@ setup: $(STAMP)
 # torch==2.13.0 first: it is the CPU wheel on disk; any other torch request downloads a multi-GB CUDA build.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(PY) -m pip install -q -e '.[test]'
 	touch $(STAMP)
 

@@ -4,12 +4,25 @@ from __future__ import annotations
 
 import json
 import random
+import socket
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_CORPORA = ROOT.parent / "shared" / "corpora"
+
+@pytest.fixture(autouse=True)
+def loopback_only(monkeypatch):
+    """Fail any test whose process opens a connection beyond this machine (the scraper's, httpx's)."""
+    real = socket.create_connection
+
+    def guarded(address, *args, **kwargs):
+        assert address[0] in ("127.0.0.1", "localhost"), f"tried to reach {address[0]}"
+        return real(address, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "create_connection", guarded)
+
 
 # Original lines, recombined into poems: enough structure for a tiny model to learn something.
 LINES = [

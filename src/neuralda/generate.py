@@ -2,7 +2,8 @@
 
 The start words are read once; then each step feeds only the newest token and carries the recurrent state (the
 seed re-ran the whole growing sequence at every step). Each poem draws from its own random generator, so a batch
-of poems is the same as writing them one by one with the same seeds.
+of poems is the same as writing them one by one with the same seeds, bit for bit where the model's step is
+(``batch_invariant``: an LSTM on the CPU); a GPU's or a transformer's products may round a rare word otherwise.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ MIN_TEMPERATURE = 1e-6
 DEFAULT_START = "love"  # the seed's blog wrote every poem from it
 FORMS = {"free": 0, "couplet": 2, "tercet": 3, "quatrain": 4}  # lines per stanza (0: as the model likes)
 # Poems written at once: what a step holds grows with them (scores, masks: ~100 KB a poem at 5,437 words), and
-# past a few dozen rows a CPU step costs as much per poem; a poem is the same in any batch.
+# past a few dozen rows a CPU step costs as much per poem; a poem is the same in any batch (see above).
 WRITE_BATCH = 256
 
 
@@ -197,8 +198,9 @@ def writing_steps(model, device: torch.device, precision: str = "auto"):
     from .models.lstm import LSTMSteps, StackedLSTM
     from .train import pick_precision
 
-    dtype = torch.bfloat16 if pick_precision(precision, device.type) == "bf16" else torch.float32
-    if device.type != "cpu" or not isinstance(model, StackedLSTM):
+    arch = "lstm" if isinstance(model, StackedLSTM) else "gpt"
+    dtype = torch.bfloat16 if pick_precision(precision, device.type, arch) == "bf16" else torch.float32
+    if device.type != "cpu" or arch != "lstm":
         if precision == "bf16":  # asked for by name: autocast (auto keeps float32 where bf16 was not measured)
             return functools.partial(_autocast_step, model, device.type)
         return model
@@ -463,8 +465,8 @@ class Poet:
         from .train import pick_device, pick_precision
 
         device = pick_device(device)
-        pick_precision(precision, device)  # a wrong name is an error now, not at the first poem
         run = Run.open(run_dir)
+        pick_precision(precision, device, run.config["arch"])  # a wrong one is an error now, not at the first poem
         model, meta = run.load_model(checkpoint, device=device)
         if meta.get("epoch") == 0:
             warnings.warn(f"checkpoint {checkpoint!r} holds epoch 0: untrained weights", NeuraldaWarning, stacklevel=2)

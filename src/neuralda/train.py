@@ -174,9 +174,16 @@ def pick_device(name: str) -> str:
 
 def pick_precision(name: str, device: str, arch: str = "lstm") -> str:
     """``auto``: bf16 autocast on CPUs with bf16 matrix units (measured ~1.8x faster for the seed's LSTM) and for
-    the transformer on GPUs; float32 for LSTMs on GPUs (cuDNN's LSTM gained nothing from bf16 on an H200)."""
+    the transformer on GPUs; float32 for LSTMs on GPUs, where autocast would run cuDNN's LSTM in float16 (as it did,
+    gaining nothing, when bf16 was measured on an H200): bf16 by name is an error there."""
     if name not in ("auto", "fp32", "bf16"):
         raise NeuraldaError(f"unknown precision {name!r}; choose auto, fp32 or bf16")
+    if name == "bf16" and device.startswith("cuda") and arch != "gpt":
+        # aten/src/ATen/cudnn/AutocastRNN.cpp casts a cuDNN LSTM to float16 whatever autocast's dtype, and float16
+        # gradients without loss scaling underflow.
+        raise NeuraldaError(
+            "--precision bf16 on CUDA: autocast runs cuDNN's LSTM in float16, not bfloat16; use fp32 (auto) there"
+        )
     if name != "auto":
         return name
     if device == "cpu" and torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported():

@@ -6,9 +6,11 @@
 #   bash bench/gpu_checks.sh            # there: run(command=..., carry=[".whl", ".device"], timeout_s=540)
 #   DEVICE=cpu EPOCHS=1 bash bench/gpu_checks.sh   # here: a dry run of the script itself
 #
-# On the GPU it times the seed's full recipe (400 epochs, validation and the checkpoints at 200 and 400 included;
-# target: under 60 s), then bench/train_speed.py for seed, lstm and gpt and bench/generate_speed.py on CUDA. Every
-# result is a JSON line on stdout and in $OUT/results/, with the seed run's metrics in $OUT/seed400_metrics.jsonl.
+# On the GPU it checks that cuDNN holds each LSTM's weights in one flat buffer, times the seed's full recipe (400
+# epochs, validation and the checkpoints at 200 and 400 included; target: under 60 s), then runs bench/train_speed.py
+# for seed, lstm and gpt and bench/generate_speed.py on CUDA. Every result is a JSON line on stdout and in
+# $OUT/results/, with the seed run's metrics in $OUT/seed400_metrics.jsonl. Each step has its own time limit; one
+# that fails or runs out says so ("FAILED step rc=N") and the next one runs: there is one GPU run to spend.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,6 +19,7 @@ if [ "${1:-}" = prepare ]; then
         grep -qxF "$ignored" .git/info/exclude || echo "$ignored" >>.git/info/exclude
     done
     # The image has torch, numpy, safetensors, tqdm, lxml and matplotlib; training also reads text through ftfy.
+    rm -rf .whl  # one version of each: two would stop the install there
     python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
         --platform manylinux2014_x86_64 -d .whl ftfy wcwidth
     mkdir -p .device
@@ -31,22 +34,51 @@ export PYTHONPATH="/tmp/site:$PWD/src" PYTHONUNBUFFERED=1 NEURALDA_BENCH_RESULTS
 mkdir -p "$NEURALDA_BENCH_RESULTS"
 DEVICE="${DEVICE:-cuda}" EPOCHS="${EPOCHS:-400}"
 python3 -c "import torch; print('torch', torch.__version__, torch.cuda.is_available() and torch.cuda.get_device_name())"
+set +e  # from here on a step's failure is reported and the next step runs
 
-start=$(date +%s.%N)
+step() {  # step NAME SECONDS COMMAND...: the command under a time limit; a failure is one line, not the end
+    local name=$1 limit=$2
+    shift 2
+    timeout "$limit" "$@"
+    local rc=$?
+    [ "$rc" = 0 ] || echo "FAILED $name rc=$rc$([ "$rc" = 124 ] && echo " (over ${limit}s)")"
+}
+
+# cuDNN copies an LSTM's weights at every call (and warns) unless they lie in one flat buffer; the seed's layers keep
+# Keras' one bias per gate, the second cuDNN bias being a zero buffer (SingleBiasLSTM).
+step cudnn_flat 60 python3 -c '
+import json, sys, warnings
+import torch
+from neuralda.models import build_model
+device = sys.argv[1]
+model = build_model("seed", 9566, 512, 3, 0.3).to(device)
+lstms = [m for m in model.modules() if isinstance(m, torch.nn.LSTM)]
+flat = [len({w.untyped_storage().data_ptr() for w in m._flat_weights}) == 1 for m in lstms]
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    logits, _ = model(torch.randint(0, 9566, (8, 30), device=device))
+    logits.float().mean().backward()
+print(json.dumps({"bench": "cudnn_flat", "device": device, "lstms": len(lstms), "flat": flat,
+                  "warnings": sorted({str(w.message)[:120] for w in caught})}))
+' "$DEVICE"
+
 rm -rf /tmp/seed400
-python3 -m neuralda train .device/corpus.jsonl --arch seed --epochs "$EPOCHS" --device "$DEVICE" -o /tmp/seed400 -q
+start=$(date +%s.%N)
+step seed400 240 python3 -m neuralda train .device/corpus.jsonl --arch seed --epochs "$EPOCHS" --device "$DEVICE" \
+    -o /tmp/seed400 -q
 end=$(date +%s.%N)
 cp /tmp/seed400/metrics.jsonl "${OUT:-/tmp/out}/seed400_metrics.jsonl"
-python3 - "$start" "$end" <<'EOF' | tee -a "$NEURALDA_BENCH_RESULTS/seed400.jsonl"
+python3 -c '
 import json, sys
 rows = [json.loads(line) for line in open("/tmp/seed400/metrics.jsonl")]
 best = min(rows, key=lambda r: r["val_ppl"])
-print(json.dumps({"bench": "seed400", "wall_s": round(float(sys.argv[2]) - float(sys.argv[1]), 1), "epochs": len(rows),
+print(json.dumps({"bench": "seed400", "wall_s": round(float(sys.argv[2]) - float(sys.argv[1]), 1),
+                  "epochs": len(rows), "epoch_seconds": round(sum(r["seconds"] for r in rows), 1),
                   "best_epoch": best["epoch"], "best_val_ppl": best["val_ppl"],
                   "val_ppl_at": {r["epoch"]: r["val_ppl"] for r in rows if r["epoch"] in (50, 100, 200, 400)}}))
-EOF
+' "$start" "$end" | tee -a "$NEURALDA_BENCH_RESULTS/seed400.jsonl"
 
 for arch in seed lstm gpt; do
-    python3 bench/train_speed.py --arch "$arch" --device "$DEVICE" --corpus .device/corpus.jsonl
+    step "train_speed $arch" 70 python3 bench/train_speed.py --arch "$arch" --device "$DEVICE" --corpus .device/corpus.jsonl
 done
-python3 bench/generate_speed.py --device "$DEVICE"
+step generate_speed 60 python3 bench/generate_speed.py --device "$DEVICE"

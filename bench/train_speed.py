@@ -60,20 +60,21 @@ def _train_once(cfg: dict, result) -> None:
     train(TrainConfig(**cfg), log=lambda s: None)
     # VmHWM starts afresh at exec; ru_maxrss would carry the parent's peak from the fork.
     status = Path("/proc/self/status").read_text()
-    result.put(int(next(ln.split()[1] for ln in status.splitlines() if ln.startswith("VmHWM:"))) / 1024)
+    peaks = [int(ln.split()[1]) / 1024 for ln in status.splitlines() if ln.startswith("VmHWM:")]
+    result.put(peaks[0] if peaks else None)  # some sandboxes' /proc leaves it out
 
 
-def ours_peak_rss_mb(cfg: dict) -> float:
-    """Peak resident memory of `neuralda train` alone: one epoch in a fresh process of its own (Linux)."""
+def ours_peak_rss_mb(cfg: dict) -> float | None:
+    """Peak resident memory of `neuralda train` alone: one epoch in a fresh process of its own (Linux); None where
+    it failed or could not tell (the child's error is on stderr)."""
     import multiprocessing
 
     ctx = multiprocessing.get_context("spawn")
     result = ctx.Queue()
     child = ctx.Process(target=_train_once, args=(cfg, result))
     child.start()
-    peak = result.get()
-    child.join()
-    return peak
+    child.join()  # before reading: a child that failed never answers (one number cannot fill the queue's pipe)
+    return result.get(timeout=10) if child.exitcode == 0 else None
 
 
 def main() -> None:
@@ -121,7 +122,7 @@ def main() -> None:
             "batch_size": c["batch_size"], "seq_len": c["seq_len"], "train_tokens": c["train_tokens"],
             "bare_tokens_per_s": max(bare), "ours_tokens_per_s": max(ours), "ratio": max(ours) / max(bare),
             "bare_rounds": bare, "ours_rounds": ours, "peak_rss_mb": round(peak_rss_mb()),
-            "ours_alone_peak_rss_mb": round(ours_rss), "validation_share": round(max(val_shares), 3), **check,
+            "ours_alone_peak_rss_mb": ours_rss and round(ours_rss), "validation_share": round(max(val_shares), 3), **check,
         },
     )
 

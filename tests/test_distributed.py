@@ -40,6 +40,25 @@ def test_two_gloo_processes_match_one(tmp_path, corpus_file, batch):
     assert len((two / "metrics.jsonl").read_text().splitlines()) == 2
 
 
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="this torch has no torch.distributed")
+def test_an_error_only_rank_zero_finds_is_one_line(tmp_path, corpus_file):
+    """Rank 0 alone prepares the run directory; an existing run there is its one line, not rank 1's broken
+    collective's traceback, and the job fails."""
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text("{}")
+    ddp = [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "neuralda", "train", str(corpus_file), "-o", str(run), *ARGS]
+    out = subprocess.run(ddp, capture_output=True, text=True, timeout=180)
+    assert out.returncode != 0
+    assert out.stderr.count("neuralda: error:") == 1 and "already holds a run" in out.stderr, out.stderr[-2000:]
+    assert "[rank1]" not in out.stderr and "Connection closed" not in out.stderr, out.stderr[-2000:]
+    # An error every rank finds is said once too.
+    out = subprocess.run([*ddp[: -len(ARGS) - 1], str(tmp_path / "new"), *ARGS, "--device", "tpu"],
+                         capture_output=True, text=True, timeout=180)
+    assert out.returncode != 0 and out.stderr.count("neuralda: error: unknown device 'tpu'") == 1, out.stderr[-2000:]
+
+
 def _agree_on_rank(rank: int, port: int, results) -> None:
     import os
 

@@ -176,3 +176,21 @@ def test_a_poem_reader_that_goes_away_is_no_error(tiny_run):
     proc.stdout.readline()
     proc.stdout.close()
     assert proc.wait(timeout=120) == 0 and proc.stderr.read() == b""
+
+
+def test_sigterm_stops_a_run_as_ctrl_c_does_keeping_its_best(tmp_path, corpus_file):
+    """A scheduler's time limit, `timeout` or torchrun stopping its workers send SIGTERM: the best weights held in
+    memory are written and the run can be resumed, as after Ctrl-C."""
+    out = tmp_path / "run"
+    args = ["--epochs", "200", "--patience", "0", "--hidden", "32", "--layers", "1", "--batch-size", "8"]
+    proc = subprocess.Popen([sys.executable, "-m", "neuralda", "train", str(corpus_file), "-o", str(out), *args],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    for line in proc.stderr:
+        if line.startswith("epoch 2/"):
+            break
+    proc.send_signal(signal.SIGTERM)
+    rest = proc.stderr.read()
+    assert proc.wait(timeout=120) == 130
+    assert "interrupted:" in rest and "continue with --resume" in rest and "Traceback" not in rest
+    run = Run.open(out)
+    assert run.checkpoint_meta("best")["epoch"] >= 2 and len(run.metrics()) < 200

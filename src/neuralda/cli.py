@@ -507,7 +507,8 @@ def main(argv: list[str] | None = None) -> int:
             warnings.showwarning = _one_line_warnings(warnings.showwarning)
             args.func(args)
     except NeuraldaError as e:
-        print(f"neuralda: error: {e}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # under torchrun, every rank has it (see train.Dist.on_main): say it once
+            print(f"neuralda: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

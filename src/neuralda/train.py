@@ -7,7 +7,9 @@ import json
 import math
 import re
 import reprlib
+import signal
 import sys
+import threading
 import time
 import typing
 from dataclasses import asdict, dataclass, fields, replace
@@ -490,7 +492,7 @@ class TrainResult:
     best_epoch: int
     best_val_ppl: float | None
     stopped: str  # "epochs" | "patience" | "time"
-    loop_seconds: float  # wall time of the epochs run, validation and checkpoints included
+    loop_seconds: float  # wall time of the epochs run, validation, checkpoints and the last sample included
     tokens_trained: int
 
 
@@ -525,6 +527,25 @@ class Dist:
     def barrier(self) -> None:
         if self.world > 1:
             torch.distributed.barrier()
+
+    def on_main(self, work: Callable[[], None]) -> None:
+        """``work`` (writing the run directory) on rank 0 alone, the others waiting for it; where it fails with a
+        NeuraldaError or OSError (an existing run, a full disk), every rank raises, so the job ends with rank 0's one
+        line instead of the other ranks' broken collectives."""
+        if self.world == 1:
+            return work()
+        failure: list[str | None] = [None]
+        error = None
+        if self.main:
+            try:
+                work()
+            except (NeuraldaError, OSError) as e:
+                error, failure[0] = e, str(e)
+        torch.distributed.broadcast_object_list(failure, 0)
+        if error is not None:
+            raise error
+        if failure[0] is not None:
+            raise NeuraldaError(failure[0])  # not shown: rank 0 says it (cli.main)
 
     def sum(self, value: torch.Tensor) -> torch.Tensor:
         if self.world > 1:
@@ -567,17 +588,21 @@ class Trainer:
             check_settings(self.run.config)
         device = pick_device(self.run.config["device"] if resume else cfg.device or DEFAULTS["device"])
         if self.dist.world > 1 and device.startswith("cuda"):
+            if self.dist.local_rank >= torch.cuda.device_count():
+                raise NeuraldaError(
+                    f"{self.dist.local_rank + 1} or more processes on a machine with {torch.cuda.device_count()} "
+                    f"GPUs; start at most --nproc_per_node {torch.cuda.device_count()}"
+                )
             device = f"cuda:{self.dist.local_rank}"
             torch.cuda.set_device(device)
+        if self.dist.world > 1 and device == "mps":
+            raise NeuraldaError("several processes on Apple's MPS: gloo cannot add MPS tensors; train in one process")
         self.dist.init(device)
         self.dist.barrier()  # every process has looked before the first one writes
         if resume:
-            if self.dist.main:
-                write_json(self.run.path / "config.json", self.run.config)
+            self.dist.on_main(lambda: write_json(self.run.path / "config.json", self.run.config))
         else:
-            if self.dist.main:
-                _prepare(cfg, restart)
-            self.dist.barrier()
+            self.dist.on_main(lambda: _prepare(cfg, restart))
             self.run = Run.open(cfg.output)
         c = self.c = self.run.config
         self.device = device
@@ -699,7 +724,7 @@ class Trainer:
                 tokens += y.numel()
             now = time.monotonic()
             if progress.tty and now - last_report > 1.0:  # a host sync, so only once a second
-                progress.step(done, float(total) / tokens, tokens / (now - t0))
+                progress.step(done, float(total) / tokens, tokens * self.dist.world / (now - t0))  # the job's, about
                 last_report = now
         summed = self.dist.sum(torch.stack([total, torch.tensor(float(tokens), device=self.device)]))
         return float(summed[0]) / max(float(summed[1]), 1.0), int(summed[1]), time.monotonic() - t0
@@ -750,20 +775,32 @@ class Trainer:
             "val_seconds": round(val_seconds, 3),
             "best": is_best,
         }
-        if self.dist.main:
-            if is_best:  # held in memory until the next checkpoint: writing 64 MB a time costs GPU runs most
-                self.best = {k: v.detach().clone() for k, v in model_tensors(self.model).items()}, self._meta()
-            if epoch in c["save_at"]:
-                self._save(f"epoch-{epoch}")
-                _write_sample(self.run, self.model, epoch)
-            row["seconds"] = round(time.monotonic() - t0, 3)
-            append_line(self.run.path / "metrics.jsonl", json.dumps(row))
-            # After the metrics: a run killed in between redoes the epochs since the last checkpoint.
-            if epoch in c["save_at"] or time.monotonic() - self.saved["at"] >= self.save_every:
-                self._checkpoint()
+        self.dist.on_main(lambda: self._record(row, t0))
         return row
 
+    def _record(self, row: dict, t0: float) -> None:
+        """Rank 0's part of an epoch's end: hold the best weights, save the epoch if asked, log, checkpoint."""
+        epoch, save_at = row["epoch"], self.c["save_at"]
+        if row["best"]:  # held in memory until the next checkpoint: writing 64 MB a time costs GPU runs most
+            self.best = {k: v.detach().clone() for k, v in model_tensors(self.model).items()}, self._meta()
+        if epoch in save_at:
+            self._save(f"epoch-{epoch}")
+            _write_sample(self.run, self.model, epoch)
+        row["seconds"] = round(time.monotonic() - t0, 3)
+        append_line(self.run.path / "metrics.jsonl", json.dumps(row))
+        # After the metrics: a run killed in between redoes the epochs since the last checkpoint.
+        if epoch in save_at or time.monotonic() - self.saved["at"] >= self.save_every:
+            self._checkpoint()
+
     # --- the loop ------------------------------------------------------------------------------------------------
+
+    def _finish(self) -> None:
+        """Rank 0's part of a run's end: the last checkpoint and the sample of "last" (also when no epoch was left
+        to train: resuming dropped the sample, see _truncate_epochs)."""
+        if self.state["epoch"] > self.saved["epoch"]:
+            self._checkpoint()
+        if self.state["epoch"] not in self.c["save_at"]:
+            _write_sample(self.run, self.model, self.state["epoch"], checkpoint="last")
 
     def fit(self) -> TrainResult:
         c, state = self.c, self.state
@@ -807,18 +844,13 @@ class Trainer:
                     f"\ninterrupted: {self.run.path} holds epoch {self.saved['epoch']}{best}; continue with --resume"
                 )
             raise
-        if self.dist.main and state["epoch"] > self.saved["epoch"]:
-            self._checkpoint()
+        self.dist.on_main(self._finish)
         loop_seconds = time.monotonic() - loop_start
-        # Also when no epoch was left to train: resuming dropped the sample of "last" (_truncate_epochs).
-        if self.dist.main and state["epoch"] not in c["save_at"]:
-            _write_sample(self.run, self.model, state["epoch"], checkpoint="last")
         best_ppl = None if state["best_val"] is None else perplexity(state["best_val"], 1)
         self.log(
             f"done after {state['epoch']} epochs ({stopped}); best epoch {state['best_epoch']}"
             + (f", val ppl {best_ppl:.1f}" if best_ppl is not None else "")
         )
-        self.dist.barrier()
         return TrainResult(self.run.path, state["epoch"], state["best_epoch"], best_ppl, stopped, loop_seconds, tokens_trained)
 
 
@@ -828,7 +860,30 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] | N
     Under ``torchrun`` each process trains on its slice of every batch and rank 0 alone writes the run directory.
     """
     log = log or (lambda s: print(s, file=sys.stderr, flush=True))
-    return Trainer(cfg, resume, log).fit()
+    with _sigterm_as_interrupt():
+        result = Trainer(cfg, resume, log).fit()
+    if torch.distributed.is_initialized():  # else a process may abort at exit ("terminate called without ...")
+        torch.distributed.barrier()  # the others have what rank 0 sent them before the connections close
+        torch.distributed.destroy_process_group()
+    return result
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM (a scheduler's time limit, `timeout`, torchrun stopping its workers) stops training as Ctrl-C does,
+    writing the best weights held in memory; only the main thread can take signals."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _json_number(value: float) -> float | None:

@@ -152,6 +152,31 @@ def test_import_jsonl_any_objects_with_text_and_cp1252_text(tmp_path):
     assert [p.text for p in poems] == ["one", "two", "la canción del río\ny el mar"]
 
 
+_SAVED_PAGE = (
+    '<!DOCTYPE html><html><head><meta charset="windows-1252"><title>Oda al mar | Poemas</title>'
+    "<script>var lines = 'not a poem';</script></head><body><nav><a href='/'>Inicio</a></nav><h1>Oda al mar</h1>"
+    "<div class='poem'><p>Aquí en la isla<br>el mar y cuánto mar</p><p>se sale de sí mismo</p></div>"
+    "<footer>© 2024</footer></body></html>"
+).encode("cp1252")
+
+
+@pytest.mark.parametrize("name", ["oda.html", "oda.txt"])  # known by its name, or by its first tag
+def test_import_a_saved_web_page_as_one_poem(tmp_path, name):
+    """A page saved from a browser is read as the scraper reads a poem page: its charset, <br> lines and <p>
+    stanzas; no navigation, script, footer or heading in the text."""
+    page = tmp_path / name
+    page.write_bytes(_SAVED_PAGE)
+    [poem] = import_files([page], author="Pablo Neruda")
+    assert (poem.title, poem.author, poem.url) == ("Oda al mar", "Pablo Neruda", name)
+    assert poem.text == "Aquí en la isla\nel mar y cuánto mar\n\nse sale de sí mismo"
+    [chosen] = import_files([page], title_css="title", body_css="div.poem p:first-child")
+    assert (chosen.title, chosen.text) == ("Oda al mar | Poemas", "Aquí en la isla\nel mar y cuánto mar")
+    with pytest.raises(NeuraldaError, match="--body"):
+        import_files([page], body_css="div[")
+    with pytest.raises(NeuraldaError, match="no poems found"):
+        import_files([page], body_css="div.missing")
+
+
 def test_import_unknown_format(tmp_path):
     with pytest.raises(NeuraldaError, match="unknown format"):
         import_files([tmp_path / "x"], fmt="pdf")

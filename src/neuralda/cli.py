@@ -102,9 +102,9 @@ def cmd_corpus_import(args: argparse.Namespace) -> None:
         raise NeuraldaError(f"{args.output} is a directory; give a file in it, like {Path(args.output) / 'corpus.jsonl'}")
     if Path(args.output).exists() and not args.force:
         raise NeuraldaError(f"{args.output} already exists; choose another -o, or add --force to replace it")
-    poems = import_files(args.files, args.format, args.author)
+    poems = import_files(args.files, args.format, args.author, args.title, args.body)
     write_corpus(args.output, poems)
-    print(f"wrote {len(poems)} poems to {args.output}", file=sys.stderr)
+    print(f"wrote {len(poems)} poem{'' if len(poems) == 1 else 's'} to {args.output}", file=sys.stderr)
 
 
 def cmd_corpus_stats(args: argparse.Namespace) -> None:
@@ -310,7 +310,10 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("files", nargs="+", metavar="FILE")
     imp.add_argument("-o", "--output", required=True, help="the corpus to write (JSONL)")
     imp.add_argument("--author", help="the author of every poem")
-    imp.add_argument("--format", default="auto", choices=("auto", "jsonl", "text", "gutenberg"))
+    imp.add_argument("--format", default="auto", choices=("auto", "jsonl", "text", "gutenberg", "html"),
+                     help="auto (default): JSON, HTML (by its name or its first tag), Project Gutenberg, else text")
+    imp.add_argument("--title", metavar="CSS", help="HTML: the title (default: the h1, else the page's <title>)")
+    imp.add_argument("--body", metavar="CSS", help="HTML: the poem (default: the page's body less navigation)")
     imp.add_argument("--force", action="store_true", help="replace the output if it exists (it is read first)")
     imp.set_defaults(func=cmd_corpus_import)
     stats = csub.add_parser("stats", help="poems, lines, words, tokens, vocabulary")

@@ -14,7 +14,7 @@ from typing import Any, Iterable
 from .errors import NeuraldaError
 from .files import atomic_write
 
-FORMATS = ("auto", "jsonl", "text", "gutenberg")
+FORMATS = ("auto", "jsonl", "text", "gutenberg", "html")
 
 _BLANK_RUN = re.compile(r"\n{3,}")
 # C0 controls but tab, line feed, form feed and carriage return; DEL; the C1 controls ftfy could not read as cp1252.
@@ -41,6 +41,8 @@ _MOJIBAKE_PASSES = 8  # Hypothesis found no text that needs more than 3; this bo
 # Two or more blank lines; a line of any whitespace (a no-break space, a form feed) is blank, as cleaning makes it.
 _POEM_SEPARATOR = re.compile(r"\n(?:[^\S\n]*\n){2,}")
 _JSON_START = re.compile(r"\s*(?:\{|\[\s*\{)")  # a JSONL line, or a JSON array of objects; not "[Sin título]"
+_HTML_START = re.compile(r"\s*(?:<!doctype\s+html|<html)", re.I)  # a page saved from a browser
+_HTML_SUFFIXES = (".html", ".htm", ".xhtml")
 _GUTENBERG_START = re.compile(r"^\*{3}\s*START OF (?:THE|THIS) PROJECT GUTENBERG.*$", re.M | re.I)
 # Files from before about 2002 have no START line: their licence ends "*END*THE SMALL PRINT! FOR PUBLIC DOMAIN ...".
 _GUTENBERG_OLD_START = re.compile(r"^[^\S\n]*\*END\*?[^\S\n]*THE SMALL PRINT.*$", re.M | re.I)
@@ -275,23 +277,54 @@ def _strip_gutenberg(text: str, name: str) -> str:
     return _GUTENBERG_CREDIT.sub("", body[: footer.start()] if footer else body, count=1)
 
 
-def _detect_format(text: str) -> str:
+def _detect_format(text: str, path: str | Path) -> str:
     if _JSON_START.match(text):
         return "jsonl"
+    if Path(path).suffix.lower() in _HTML_SUFFIXES or _HTML_START.match(text):
+        return "html"
     return "gutenberg" if _gutenberg_start(text) else "text"
 
 
-def import_files(paths: Iterable[str | Path], fmt: str = "auto", author: str | None = None) -> list[Poem]:
-    """Read JSONL, plain-text (poems apart by two or more blank lines) or Project Gutenberg files as poems."""
+def _html_poem(data: bytes, name: str, author: str, title_css: str | None, body_css: str | None) -> list[Poem]:
+    """A saved web page as one poem, read as the scraper reads a poem page: ``body_css`` (default: the page's body,
+    less navigation, scripts, forms and the title) for the poem, ``title_css`` (default: its h1, else its <title>)."""
+    from .scrape.extract import element_text, parse_html, select_poem
+
+    soup = parse_html(data)
+    heading = soup.select_one(title_css) if title_css else soup.select_one("h1") or soup.select_one("title")
+    title = " ".join(element_text(heading).split()) if heading is not None else ""
+    if heading is not None and not body_css:
+        heading.decompose()  # a heading is not the first line of the poem
+    text = select_poem(soup, body_css or "body")
+    return [Poem(title=title, author=author, text=text, url=name)] if text else []
+
+
+def import_files(
+    paths: Iterable[str | Path],
+    fmt: str = "auto",
+    author: str | None = None,
+    title_css: str | None = None,
+    body_css: str | None = None,
+) -> list[Poem]:
+    """Read JSONL, plain-text (poems apart by two or more blank lines), Project Gutenberg or HTML files (one poem a
+    page; ``title_css`` and ``body_css`` select its parts) as poems."""
     if fmt not in FORMATS:
         raise NeuraldaError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    from .scrape.extract import check_selector
+
+    for option, css in (("title", title_css), ("body", body_css)):
+        if css:
+            check_selector(option, css)
     author = _clean_field(author) if author else None
     poems: list[Poem] = []
     for path in paths:
         name = str(path)
-        text = decode_bytes(_read_bytes(path), name)
-        kind = _detect_format(text) if fmt == "auto" else fmt
-        if kind == "jsonl":
+        data = _read_bytes(path)
+        text = decode_bytes(data, name)
+        kind = _detect_format(text, path) if fmt == "auto" else fmt
+        if kind == "html":
+            found = _html_poem(data, _clean_field(Path(path).name), author or "", title_css, body_css)
+        elif kind == "jsonl":
             found = read_corpus(path)
             if author:
                 for p in found:

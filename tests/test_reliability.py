@@ -153,8 +153,11 @@ def test_files_a_user_did_not_make_are_one_line_and_exit_2(tiny_run, tmp_path, c
     assert err.startswith("neuralda: error:") and message in err and len(err.strip().splitlines()) == 1
 
 
-def test_a_run_whose_log_reader_goes_away_stops_as_on_ctrl_c_keeping_its_best(tmp_path, corpus_file):
-    """`neuralda train ... 2>&1 | head -3`: the run stops as on Ctrl-C, with the exit status of a closed pipe."""
+@pytest.mark.parametrize("stop, status", [("close the log", 141), ("SIGTERM", 130)])
+def test_a_run_stopped_midway_keeps_its_best(tmp_path, corpus_file, stop, status):
+    """`neuralda train ... 2>&1 | head -3` (the log's reader goes away: the exit status of a closed pipe), or SIGTERM
+    (a scheduler's time limit, `timeout`, torchrun stopping its workers): the run stops as on Ctrl-C, writing the
+    best weights held in memory, and can be resumed."""
     out = tmp_path / "run"
     # Not quiet: a line each epoch; the best weights are held back between checkpoints.
     args = ["--epochs", "200", "--patience", "0", "--hidden", "32", "--layers", "1", "--batch-size", "8"]
@@ -163,8 +166,13 @@ def test_a_run_whose_log_reader_goes_away_stops_as_on_ctrl_c_keeping_its_best(tm
     for line in proc.stderr:
         if line.startswith("epoch 2/"):
             break
-    proc.stderr.close()
-    assert proc.wait(timeout=120) == 141
+    if stop == "SIGTERM":
+        proc.send_signal(signal.SIGTERM)
+        rest = proc.stderr.read()
+        assert "interrupted:" in rest and "continue with --resume" in rest and "Traceback" not in rest
+    else:
+        proc.stderr.close()
+    assert proc.wait(timeout=120) == status
     run = Run.open(out)
     assert run.checkpoint_meta("best")["epoch"] >= 2 and len(run.metrics()) < 200
 
@@ -176,21 +184,3 @@ def test_a_poem_reader_that_goes_away_is_no_error(tiny_run):
     proc.stdout.readline()
     proc.stdout.close()
     assert proc.wait(timeout=120) == 0 and proc.stderr.read() == b""
-
-
-def test_sigterm_stops_a_run_as_ctrl_c_does_keeping_its_best(tmp_path, corpus_file):
-    """A scheduler's time limit, `timeout` or torchrun stopping its workers send SIGTERM: the best weights held in
-    memory are written and the run can be resumed, as after Ctrl-C."""
-    out = tmp_path / "run"
-    args = ["--epochs", "200", "--patience", "0", "--hidden", "32", "--layers", "1", "--batch-size", "8"]
-    proc = subprocess.Popen([sys.executable, "-m", "neuralda", "train", str(corpus_file), "-o", str(out), *args],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    for line in proc.stderr:
-        if line.startswith("epoch 2/"):
-            break
-    proc.send_signal(signal.SIGTERM)
-    rest = proc.stderr.read()
-    assert proc.wait(timeout=120) == 130
-    assert "interrupted:" in rest and "continue with --resume" in rest and "Traceback" not in rest
-    run = Run.open(out)
-    assert run.checkpoint_meta("best")["epoch"] >= 2 and len(run.metrics()) < 200

@@ -408,7 +408,7 @@ def test_a_library_user_gets_one_line_errors(tiny_run):
     ]:
         with pytest.raises(NeuraldaError, match=f"^{named} must be"):
             poet.write(**options)
-    assert poet.write_many(2, start="love", words=12, seed=[4, 9]) == [
+    assert poet.write_many(2, start="love", words=12, seed=(s for s in (4, 9))) == [
         poet.write(start="love", words=12, seed=s) for s in (4, 9)
     ]
 

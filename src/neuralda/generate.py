@@ -153,13 +153,26 @@ def _least_in_nucleus(probs: torch.Tensor, p: float) -> torch.Tensor:
     return ranked.masked_fill((before > 0) & (before >= p * mass[:, -1:]), torch.inf).amin(-1, keepdim=True)
 
 
-def poem_generators(seed: int | Sequence[int], n: int) -> list[torch.Generator]:
-    """One generator per poem: poem ``i`` of a call with ``seed`` draws from seed ``seed + i``, so it is the poem
-    ``seed + i`` writes alone; a list gives each poem its own seed."""
-    seeds = [seed + i for i in range(n)] if isinstance(seed, int) else list(seed)
+def poem_seeds(seed: int | Iterable[int] | None, n: int) -> list[int]:
+    """The seeds of ``n`` poems: ``seed + i`` for poem ``i`` (none: a random first seed), or a list's own."""
+    if seed is None:
+        seed = int.from_bytes(os.urandom(4), "little")
+    if isinstance(seed, numbers.Integral) and not isinstance(seed, bool):
+        return list(range(int(seed), int(seed) + n))
+    if not isinstance(seed, Iterable) or isinstance(seed, (str, bytes)):
+        raise NeuraldaError(f"seed must be a whole number or a list of them, got {seed!r}")
+    seeds = list(seed)
+    for s in seeds:
+        _check_type("each seed", s, numbers.Integral)
     if len(seeds) != n:
         raise NeuraldaError(f"{len(seeds)} seeds for {n} poems")
-    return [torch.Generator().manual_seed(s % 2**63) for s in seeds]
+    return [int(s) for s in seeds]
+
+
+def poem_generators(seed: int | Iterable[int], n: int) -> list[torch.Generator]:
+    """One generator per poem: poem ``i`` of a call with ``seed`` draws from seed ``seed + i``, so it is the poem
+    ``seed + i`` writes alone; a list gives each poem its own seed."""
+    return [torch.Generator().manual_seed(s % 2**63) for s in poem_seeds(seed, n)]
 
 
 def default_start(vocab: Vocab) -> str:
@@ -323,7 +336,7 @@ def write_poems(
     words: int = 120,
     n: int = 1,
     sampling: SamplingConfig | None = None,
-    seed: int | Sequence[int] | None = None,
+    seed: int | Iterable[int] | None = None,
     lines: int = 0,
     form: str = "free",
     guard: CopyGuard | None = None,
@@ -347,17 +360,7 @@ def write_poems(
         raise NeuraldaError(f"start must be text, got {start!r}")
     if form not in FORMS:
         raise NeuraldaError(f"unknown form {form!r}; choose one of {', '.join(FORMS)}")
-    seed = int.from_bytes(os.urandom(4), "little") if seed is None else seed
-    if isinstance(seed, numbers.Integral) and not isinstance(seed, bool):
-        seeds = range(int(seed), int(seed) + n)
-    elif isinstance(seed, Iterable) and not isinstance(seed, (str, bytes)):
-        for s in seed:
-            _check_type("each seed", s, numbers.Integral)
-        seeds = [int(s) for s in seed]
-    else:
-        raise NeuraldaError(f"seed must be a whole number or a list of them, got {seed!r}")
-    if len(seeds) != n:
-        raise NeuraldaError(f"{len(seeds)} seeds for {n} poems")
+    seeds = poem_seeds(seed, n)
     prime = start_tokens(default_start(vocab) if start is None else start, vocab)
     batches = (seeds[i : i + WRITE_BATCH] for i in range(0, n, WRITE_BATCH))
     return [
@@ -483,7 +486,7 @@ class Poet:
         n: int,
         start: str | None = None,
         words: int = 120,
-        seed: int | Sequence[int] | None = None,
+        seed: int | Iterable[int] | None = None,
         *,
         temperature: float = SamplingConfig.temperature,
         top_k: int = SamplingConfig.top_k,

@@ -69,12 +69,13 @@ class Poem:
     fetched_at: str | None = None
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Poem":
+    def from_dict(cls, d: dict, clean: bool = True) -> "Poem":
+        """A poem from a corpus record; ``clean=False`` takes its text as it is (a file this project wrote)."""
         fetched_at = d.get("fetched_at")
         return cls(
             title=_clean_field(d.get("title") or ""),
             author=_clean_field(d.get("author") or ""),
-            text=normalize_text(str(d["text"])),
+            text=normalize_text(str(d["text"])) if clean else str(d["text"]),
             url=_clean_field(d.get("url") or d.get("source") or ""),
             fetched_at=None if fetched_at is None else _clean_field(fetched_at),
         )
@@ -199,9 +200,10 @@ def _read_bytes(path: str | Path) -> bytes:
     return path.read_bytes()
 
 
-def read_corpus(path: str | Path) -> list[Poem]:
+def read_corpus(path: str | Path, clean: bool = True) -> list[Poem]:
     """Read a JSONL corpus (one object with a "text" field per line), or one JSON array of such objects (an export);
-    bad lines are errors that name the line."""
+    bad lines are errors that name the line. ``clean=False``: the texts are already clean (a run's own data/, which
+    ftfy would take 2 s to check again at a million tokens)."""
     path = Path(path)
     text = decode_bytes(_read_bytes(path), str(path))
     if text.strip() and not _JSON_START.match(text.lstrip("\ufeff")):  # poems as plain text, not yet a corpus
@@ -213,7 +215,7 @@ def read_corpus(path: str | Path) -> list[Poem]:
     for where, obj in _json_records(text, str(path)):
         if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
             raise NeuraldaError(f'{where}: expected an object with a "text" string')
-        poem = Poem.from_dict(obj)
+        poem = Poem.from_dict(obj, clean)
         if poem.text:
             poems.append(poem)
     if not poems:

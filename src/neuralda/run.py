@@ -276,7 +276,7 @@ class Run:
         # Bytes: read_corpus decodes the file, and says what is wrong with one it cannot read.
         if split == "val" and path.is_file() and not path.read_bytes().strip():
             return []
-        return read_corpus(path)
+        return read_corpus(path, clean=False)  # train wrote them cleaned
 
     def training_texts(self) -> list[str]:
         """The texts of the training poems (what the copy guard reads)."""

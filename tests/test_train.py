@@ -1,5 +1,6 @@
 import json
 import math
+import time
 from pathlib import Path
 
 import pytest
@@ -296,6 +297,19 @@ def test_max_time_stops_cleanly(tmp_path, corpus_file):
     result = train(tiny_config(corpus_file, tmp_path / "run", epochs=10_000, max_time=1.5), **QUIET)
     assert result.stopped == "time"
     assert Run.open(tmp_path / "run").checkpoints()[:2] == ["best", "last"]
+
+
+def test_max_time_ends_an_epoch_longer_than_the_budget(tmp_path, corpus_file):
+    """A corpus whose first epoch outlasts --max-time (ten times ours took 9 minutes an epoch) stops at the budget
+    with a model: the epoch is cut there, validated and saved."""
+    out = tmp_path / "run"
+    cfg = tiny_config(corpus_file, out, epochs=3, batch_size=1, seq_len=4, hidden=128, max_time=1.0)
+    started = time.monotonic()
+    result = train(cfg, **QUIET)
+    assert result.stopped == "time" and result.epochs == 1 and time.monotonic() - started < 20
+    [row] = metrics(out)
+    assert 0 < result.tokens_trained < Run.open(out).config["train_tokens"] and row["val_ppl"] > 0
+    assert Run.open(out).checkpoint_meta("best")["epoch"] == 1
 
 
 def test_no_validation_split(tmp_path, corpus_file):

@@ -723,6 +723,9 @@ class Trainer:
                 total += loss.detach() / weight  # summed on the device: no host sync per step
                 tokens += y.numel()
             now = time.monotonic()
+            # An epoch longer than the budget (a big corpus's first) ends at it, then validates and saves as any.
+            if c["max_time"] and self.dist.agree(now - self.started > c["max_time"], self.device):
+                break
             if progress.tty and now - last_report > 1.0:  # a host sync, so only once a second
                 progress.step(done, float(total) / tokens, tokens * self.dist.world / (now - t0))  # the job's, about
                 last_report = now

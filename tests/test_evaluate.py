@@ -56,6 +56,25 @@ def test_a_uniform_model_has_perplexity_v_on_every_token():
     assert math.exp(nll / count) == pytest.approx(37, rel=1e-5)  # float32 softmax
 
 
+def test_a_big_vocabulary_is_read_in_shorter_chunks():
+    """The scores of a chunk grow with the vocabulary: past EVAL_LOGITS they are read a shorter chunk at a time,
+    to the same perplexity."""
+    chunks = []
+
+    class Probe(Uniform):
+        def forward(self, x, state=None):
+            chunks.append(x.size(1))
+            return super().forward(x, state)
+
+    ids = torch.randint(0, 50, (4000,))
+    token_nll(Probe(50), ids)
+    assert max(chunks) == 128
+    chunks.clear()
+    nll, count = token_nll(Probe(100_000), ids)
+    assert 8 <= max(chunks) < 128 and 16 * max(chunks) * 100_000 <= (1 << 24)
+    assert math.exp(nll / count) == pytest.approx(100_000, rel=1e-4)
+
+
 def test_held_out_loss_is_read_without_tf32():
     """Training turns TF32 on for a GPU's speed; the held-out loss it logs is measured in full float32, as
     ``evaluate`` measures it, and the training's flags are back afterwards."""

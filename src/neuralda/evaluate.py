@@ -27,6 +27,8 @@ from .tokenizer import POEM_END, Vocab, detokenize, is_word, tokenize
 
 EVAL_STREAMS = 16  # held-out text is read as 16 parallel streams, the state carried along each
 EVAL_CHUNK = 128
+EVAL_LOGITS = 1 << 24  # scores one chunk may hold (64 MB of float32; cross-entropy makes two more): a big
+# vocabulary is read in shorter chunks (16 x 128 x 28,500 words took evaluate to 692 MB)
 EVAL_WARMUP = 128  # tokens each stream reads before the ones it scores
 COPY_LENGTHS = (4, 6, 8)  # word runs checked against the training poems
 _SEPARATOR = -1  # between poems in the n-gram index: no word run crosses it
@@ -70,6 +72,7 @@ def token_nll(model, ids: torch.Tensor, precision: str = "fp32") -> tuple[float,
     step = -(-n // streams)
     parts = [(max(0, a - EVAL_WARMUP), a, min(a + step, n)) for a in range(0, n, step)]  # read from, scored from, to
     length = max(end - read for read, _, end in parts)
+    chunk = max(8, min(EVAL_CHUNK, EVAL_LOGITS // (len(parts) * model.vocab_size)))
     x = ids.new_zeros(len(parts), length)
     y = ids.new_full((len(parts), length), -100)  # -100: cross_entropy's ignore_index
     for row, (read, scored, end) in enumerate(parts):
@@ -81,9 +84,9 @@ def token_nll(model, ids: torch.Tensor, precision: str = "fp32") -> tuple[float,
     sums = []
     state = None
     with autocast(str(device), precision), _full_float32(precision):
-        for i in range(0, length, EVAL_CHUNK):
-            xb = x[:, i : i + EVAL_CHUNK].to(device, non_blocking=True)
-            yb = y[:, i : i + EVAL_CHUNK].to(device, non_blocking=True)
+        for i in range(0, length, chunk):
+            xb = x[:, i : i + chunk].to(device, non_blocking=True)
+            yb = y[:, i : i + chunk].to(device, non_blocking=True)
             logits, state = model(xb, state)
             sums.append(F.cross_entropy(logits.float().flatten(0, 1), yb.flatten(), reduction="sum"))
     model.train(was_training)

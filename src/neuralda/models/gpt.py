@@ -165,6 +165,10 @@ class GPT(nn.Module):
                 # GPT-2 (Radford et al. 2019): residual projections scaled by 1/sqrt(2 * layers), one per sublayer.
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
 
+    @property
+    def vocab_size(self) -> int:
+        return self.cfg.vocab_size
+
     def features(self, x: Tensor, state: KVCache | None = None) -> tuple[Tensor, KVCache]:
         """What the output layer reads ``(B, T, n_embd)``, and the next state."""
         T = x.size(1)

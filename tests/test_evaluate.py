@@ -1,5 +1,6 @@
 import math
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -215,6 +216,22 @@ def test_compare_evaluates_each_spec(tiny_run):
     rows = compare_rows([f"{tiny_run}:epoch-2", str(tiny_run)], samples=2, words=10)
     assert [(r["checkpoint"], r["epoch"]) for r in rows][0] == ("epoch-2", 2)
     assert rows[1]["checkpoint"] == "best"
+
+
+def test_compare_reads_each_runs_poems_once_in_the_order_asked(tiny_run, tmp_path, monkeypatch):
+    """Several checkpoints of a run share its held-out text and its index of training poems (at a million tokens,
+    5 s a checkpoint); the rows come in the order the specs were given, runs interleaved."""
+    other = shutil.copytree(tiny_run, tmp_path / "other")
+    reads = []
+    real = Run.poems
+    monkeypatch.setattr(Run, "poems", lambda run, split: reads.append((run.path.name, split)) or real(run, split))
+    specs = [f"{tiny_run}:epoch-2", f"{other}:last", f"{tiny_run}:best", f"{tiny_run}:last"]
+    rows = compare_rows(specs, samples=2, words=10)
+    assert [(Path(r["run"]).name, r["checkpoint"]) for r in rows] == [
+        (tiny_run.name, "epoch-2"), ("other", "last"), (tiny_run.name, "best"), (tiny_run.name, "last")
+    ]
+    assert sorted(reads) == sorted((name, split) for name in (tiny_run.name, "other") for split in ("train", "val"))
+    assert rows[3] == evaluate_run(str(tiny_run), "last", samples=2, words=10)
 
 
 def test_compare_prints_an_aligned_table():

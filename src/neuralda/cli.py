@@ -510,7 +510,7 @@ def main(argv: list[str] | None = None) -> int:
             warnings.showwarning = _one_line_warnings(warnings.showwarning)
             args.func(args)
     except NeuraldaError as e:
-        if os.environ.get("RANK", "0") == "0":  # under torchrun, every rank has it (see train.Dist.on_main): say it once
+        if os.environ.get("RANK", "0") == "0":  # under torchrun every rank has it (train.Dist.on_main): said once
             print(f"neuralda: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

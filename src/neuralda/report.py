@@ -17,7 +17,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from .errors import NeuraldaError
-from .evaluate import evaluate_run
+from .evaluate import measure_checkpoints
 from .files import atomic_write
 from .generate import SamplingConfig, default_start, write_poems
 from .models import summary_table
@@ -69,9 +69,9 @@ def collect(
         raise NeuraldaError("two runs have the same folder name; report runs whose folders have different names")
     entries = []
     for run_dir, run in zip(run_dirs, runs):
-        for checkpoint in report_checkpoints(run):
-            measures = evaluate_run(run_dir, checkpoint, corpus, samples, start, words, seed)
-            model, meta = run.load_model(checkpoint)
+        checkpoints = report_checkpoints(run)
+        measured = measure_checkpoints(run_dir, checkpoints, corpus, samples, start, words, seed)
+        for checkpoint, (measures, model, meta) in zip(checkpoints, measured):
             poem, _ = write_poems(model, run.vocab, start, words, 1, SamplingConfig(), seed)[0]
             epoch = meta.get("epoch")
             entries.append(Entry(run, checkpoint, epoch, _label(checkpoint, epoch), poem, measures))

@@ -37,6 +37,13 @@ def test_normalize_repairs_mojibake_and_keeps_curly_quotes():
     assert normalize_text("“already fine” — isn’t it") == "“already fine” — isn’t it"
 
 
+def test_normalize_keeps_full_width_marks():
+    """ftfy would turn a Chinese poem's "，！（）" into ",!()"; spaces of any width are single plain ones, as in any
+    line."""
+    assert normalize_text("床前明月光，疑是地上霜！") == "床前明月光，疑是地上霜！"
+    assert normalize_text("古池や\u3000蛙飛び込む\u3000水の音（芭蕉）") == "古池や 蛙飛び込む 水の音（芭蕉）"
+
+
 def test_normalize_nfc():
     assert normalize_text("cafe\u0301") == "caf\u00e9"
 
@@ -175,6 +182,19 @@ def test_import_a_saved_web_page_as_one_poem(tmp_path, name):
         import_files([page], body_css="div[")
     with pytest.raises(NeuraldaError, match="no poems found"):
         import_files([page], body_css="div.missing")
+
+
+def test_an_empty_json_export_has_no_poems(tmp_path):
+    path = tmp_path / "export.json"
+    path.write_text("[]\n")
+    with pytest.raises(NeuraldaError, match="no poems"):
+        import_files([path])
+
+
+def test_a_validation_split_of_every_poem_says_how_much_is_possible():
+    poems = [Poem("", "", f"poem {i}") for i in range(30)]
+    with pytest.raises(NeuraldaError, match="would hold out all 30 poems; use at most 0.97"):
+        split_poems(poems, 0.99, 0)
 
 
 def test_import_unknown_format(tmp_path):

@@ -433,6 +433,12 @@ def test_the_logged_held_out_perplexity_is_the_one_evaluate_measures(tmp_path, c
     assert math.log(evaluate_run(out, "best", samples=0)["perplexity"]) == pytest.approx(logged, rel=1e-9)
 
 
+def test_a_min_count_that_leaves_no_word_is_an_error(tmp_path, corpus_file):
+    with pytest.raises(NeuraldaError, match="--min-count 100000 leaves no word"):
+        train(tiny_config(corpus_file, tmp_path / "run", min_count=100_000), **QUIET)
+    assert not (tmp_path / "run").exists()
+
+
 def test_bf16_on_a_gpu_is_for_the_transformer_only():
     """Autocast casts a cuDNN LSTM to float16 whatever dtype it is given: asking for bf16 there is refused, not run
     in float16 without loss scaling."""

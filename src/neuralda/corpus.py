@@ -40,7 +40,7 @@ _ACCENTED_RUN = re.compile(r"[^\W\d_a-zA-Z]{3}")
 _MOJIBAKE_PASSES = 8  # Hypothesis found no text that needs more than 3; this bounds a pathological one
 # Two or more blank lines; a line of any whitespace (a no-break space, a form feed) is blank, as cleaning makes it.
 _POEM_SEPARATOR = re.compile(r"\n(?:[^\S\n]*\n){2,}")
-_JSON_START = re.compile(r"\s*(?:\{|\[\s*\{)")  # a JSONL line, or a JSON array of objects; not "[Sin título]"
+_JSON_START = re.compile(r"\s*(?:\{|\[\s*[{\]])")  # a JSONL line or a JSON array of objects (or []); not "[Sí]"
 _HTML_START = re.compile(r"\s*(?:<!doctype\s+html|<html)", re.I)  # a page saved from a browser
 _HTML_SUFFIXES = (".html", ".htm", ".xhtml")
 _GUTENBERG_START = re.compile(r"^\*{3}\s*START OF (?:THE|THIS) PROJECT GUTENBERG.*$", re.M | re.I)
@@ -93,10 +93,13 @@ def normalize_text(text: str) -> str:
     """
     import ftfy  # imported here: it is only needed when text is cleaned
 
-    # ftfy repairs UTF-8 read as cp1252 (the seed's "skyâ€™s"); keep curly quotes and leave entities to the parser.
+    # ftfy repairs UTF-8 read as cp1252 (the seed's "skyâ€™s"); keep curly quotes, leave entities to the parser and
+    # full-width marks as they are (a Chinese poem's "，！" would become ",!").
     # A repair or a tidied line can uncover another repair ("Ã\t©" -> "Ã ©" -> "à ©"): repeat until nothing changes.
     for _ in range(_MOJIBAKE_PASSES):
-        cleaned = _tidy(ftfy.fix_text(text, uncurl_quotes=False, unescape_html=False, normalization="NFC"))
+        cleaned = _tidy(
+            ftfy.fix_text(text, uncurl_quotes=False, unescape_html=False, fix_character_width=False, normalization="NFC")
+        )
         if cleaned == text:
             break
         text = cleaned
@@ -356,6 +359,11 @@ def split_poems(poems: list[Poem], val_fraction: float, seed: int) -> tuple[list
     copies: dict[str, list[int]] = {}  # in the shuffled order of each text's first copy
     for i in order:
         copies.setdefault(poems[i].text, []).append(i)
+    if n_val >= len(poems) and len(copies) > 1:
+        raise NeuraldaError(
+            f"--val-fraction {val_fraction} would hold out all {len(poems)} poems; use at most "
+            f"{(len(poems) - 1) / len(poems):.2g}, or 0 for no validation split"
+        )
     if n_val >= len(poems) or (n_val and len(copies) == 1):
         different = "" if len(copies) == len(poems) else f" ({len(copies)} different)"
         raise NeuraldaError(

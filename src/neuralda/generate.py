@@ -412,8 +412,8 @@ def _write_batch(
                 banned = [*banned, line, stanza]
             elif per_stanza:  # a stanza break only after the form's lines, and a line break never then
                 banned = [*banned, line if d.stanza_lines + 1 >= per_stanza else stanza]
-            if per_stanza and 0 < d.stanza_lines + (d.line_tokens > 0) < per_stanza:
-                banned = [*banned, end]  # the poem ends with a whole stanza
+            if (per_stanza and 0 < d.stanza_lines + (d.line_tokens > 0) < per_stanza) or not d.tokens:
+                banned = [*banned, end]  # the poem ends with a whole stanza, and is never empty
             rows += [i] * len(banned)
             cols += banned
         blocked.zero_()

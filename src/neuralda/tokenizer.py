@@ -100,11 +100,14 @@ def tokenize(text: str, keep_case: bool = False, end: bool = True) -> list[str]:
     return tokens
 
 
-def _closes_later(tokens: Sequence[str], i: int) -> bool:
-    """Whether a later ' on this line ends a quotation (it is followed by no word)."""
-    return any(
-        tokens[j] == "'" and (j + 1 == len(tokens) or not is_word(tokens[j + 1])) for j in range(i + 1, len(tokens))
-    )
+def _closers_from(tokens: Sequence[str]) -> list[bool]:
+    """For each position ``j`` of a line (and its end), whether a ' at ``j`` or later ends a quotation (it is
+    followed by no word); one pass from the end, not a scan per apostrophe (a 50,000-word line of "an' a' the"
+    took 16 s)."""
+    found = [False] * (len(tokens) + 1)
+    for j in range(len(tokens) - 1, -1, -1):
+        found[j] = found[j + 1] or (tokens[j] == "'" and (j + 1 == len(tokens) or not is_word(tokens[j + 1])))
+    return found
 
 
 def _possessive_end(word: str) -> bool:
@@ -120,6 +123,7 @@ def _spacing(tokens: Sequence[str], quotes: dict[str, bool]) -> list[bool]:
     """Whether people put a space before each token of a line (never before the first): none before closing marks,
     none after opening ones, quotes by where they stand, dashes joined. ``quotes`` tracks open quotes across lines."""
     spaces = []
+    closers: list[bool] | None = None  # made when an apostrophe needs it
     glue_next = True  # no space before the first token of a line
     for i, tok in enumerate(tokens):
         nxt = tokens[i + 1] if i + 1 < len(tokens) else ""
@@ -146,7 +150,7 @@ def _spacing(tokens: Sequence[str], quotes: dict[str, bool]) -> list[bool]:
                 glue = True  # a closing quote, or a possessive: lovers’
                 quotes["'"] = False
             elif (is_word(nxt) or nxt in _APOSTROPHES) and (
-                _closes_later(tokens, i) or not _possessive_end(tokens[i - 1])
+                (closers := closers or _closers_from(tokens))[i + 1] or not _possessive_end(tokens[i - 1])
             ):
                 glue_next = True  # an opening quote
                 quotes["'"] = True

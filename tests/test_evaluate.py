@@ -234,6 +234,14 @@ def test_compare_reads_each_runs_poems_once_in_the_order_asked(tiny_run, tmp_pat
     assert rows[3] == evaluate_run(str(tiny_run), "last", samples=2, words=10)
 
 
+def test_a_diverged_runs_perplexity_is_written_short():
+    from neuralda.evaluate import format_ppl
+
+    assert [format_ppl(x) for x in (66.5349, 999_999.94, 2.93e111, math.inf)] == ["66.5", "999999.9", "2.93e+111", "inf"]
+    table = format_compare([{"run": "r", "checkpoint": "best", "perplexity": 2.93e111, "perplexity_per_word": 1e300}])
+    assert "2.93e+111" in table and "1e+300" in table and max(map(len, table.splitlines())) < 120
+
+
 def test_compare_prints_an_aligned_table():
     row = dict(
         run="runs/seed", checkpoint="epoch-200", epoch=200, perplexity=1012.345, perplexity_per_word=3021.5,

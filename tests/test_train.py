@@ -303,7 +303,7 @@ def test_max_time_ends_an_epoch_longer_than_the_budget(tmp_path, corpus_file):
     """A corpus whose first epoch outlasts --max-time (ten times ours took 9 minutes an epoch) stops at the budget
     with a model: the epoch is cut there, validated and saved."""
     out = tmp_path / "run"
-    cfg = tiny_config(corpus_file, out, epochs=3, batch_size=1, seq_len=4, hidden=128, max_time=1.0)
+    cfg = tiny_config(corpus_file, out, epochs=3, batch_size=1, seq_len=2, hidden=256, max_time=0.5)
     started = time.monotonic()
     result = train(cfg, **QUIET)
     assert result.stopped == "time" and result.epochs == 1 and time.monotonic() - started < 20

@@ -93,6 +93,12 @@ def token_nll(model, ids: torch.Tensor, precision: str = "fp32") -> tuple[float,
     return float(torch.stack(sums).cpu().double().sum()), n  # float64 on the CPU: Apple's MPS has none
 
 
+def format_ppl(value: float) -> str:
+    """A perplexity to read: one decimal, or four digits and a power of ten past a million (a run that diverged
+    reached 10^111, 112 digits in the log and the tables)."""
+    return f"{value:.1f}" if value < 1e6 else f"{value:.4g}"
+
+
 def perplexity(nll: float, count: int) -> float:
     """exp(mean NLL), or inf when nothing was scored or it overflows."""
     if count == 0:
@@ -314,19 +320,19 @@ def compare_rows(specs: Sequence[str], **options) -> list[dict]:
     return [next(rows[run]) for run, _ in parsed]
 
 
-_COLUMNS = (  # header, key, format
-    ("epoch", "epoch", "{}"),
-    ("ppl", "perplexity", "{:.1f}"),
-    ("ppl/word", "perplexity_per_word", "{:.1f}"),
-    ("bits/char", "bits_per_char", "{:.3f}"),
-    ("oov", "oov_rate", "{:.1%}"),
-    ("copy4", "copied_4gram_share", "{:.1%}"),
-    ("copy6", "copied_6gram_share", "{:.1%}"),
-    ("copy8", "copied_8gram_share", "{:.1%}"),
-    ("longest", "longest_copy", "{}"),
-    ("distinct1", "distinct_1", "{:.3f}"),
-    ("distinct2", "distinct_2", "{:.3f}"),
-    ("ended", "ended_share", "{:.0%}"),
+_COLUMNS = (  # header, key, how the value is written
+    ("epoch", "epoch", "{}".format),
+    ("ppl", "perplexity", format_ppl),
+    ("ppl/word", "perplexity_per_word", format_ppl),
+    ("bits/char", "bits_per_char", "{:.3f}".format),
+    ("oov", "oov_rate", "{:.1%}".format),
+    ("copy4", "copied_4gram_share", "{:.1%}".format),
+    ("copy6", "copied_6gram_share", "{:.1%}".format),
+    ("copy8", "copied_8gram_share", "{:.1%}".format),
+    ("longest", "longest_copy", "{}".format),
+    ("distinct1", "distinct_1", "{:.3f}".format),
+    ("distinct2", "distinct_2", "{:.3f}".format),
+    ("ended", "ended_share", "{:.0%}".format),
 )
 
 
@@ -335,7 +341,7 @@ def format_compare(rows: Sequence[dict]) -> str:
     table = [["run"] + [header for header, _, _ in _COLUMNS]]
     for row in rows:
         cells = [f"{row['run']}:{row['checkpoint']}"]
-        cells += ["-" if row.get(key) is None else fmt.format(row[key]) for _, key, fmt in _COLUMNS]
+        cells += ["-" if row.get(key) is None else write(row[key]) for _, key, write in _COLUMNS]
         table.append(cells)
     widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
     return "\n".join(

@@ -17,7 +17,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from .errors import NeuraldaError
-from .evaluate import measure_checkpoints
+from .evaluate import format_ppl, measure_checkpoints
 from .files import atomic_write
 from .generate import SamplingConfig, default_start, write_poems
 from .models import summary_table
@@ -162,23 +162,23 @@ def _details(summary: str, body: str) -> str:
     return f"<details>\n<summary>{html.escape(summary)}</summary>\n\n{body}\n\n</details>"
 
 
-_TABLE = (  # header, key, format
-    ("epoch", "epoch", "{}"),
-    ("held-out ppl", "perplexity", "{:.1f}"),
-    ("ppl per word", "perplexity_per_word", "{:.1f}"),
-    ("bits/char", "bits_per_char", "{:.2f}"),
-    ("4-word copies", "copied_4gram_share", "{:.1%}"),
-    ("6-word copies", "copied_6gram_share", "{:.1%}"),
-    ("8-word copies", "copied_8gram_share", "{:.1%}"),
-    ("longest copy", "longest_copy", "{}"),
-    ("distinct-2", "distinct_2", "{:.3f}"),
+_TABLE = (  # header, key, how the value is written
+    ("epoch", "epoch", "{}".format),
+    ("held-out ppl", "perplexity", format_ppl),
+    ("ppl per word", "perplexity_per_word", format_ppl),
+    ("bits/char", "bits_per_char", "{:.2f}".format),
+    ("4-word copies", "copied_4gram_share", "{:.1%}".format),
+    ("6-word copies", "copied_6gram_share", "{:.1%}".format),
+    ("8-word copies", "copied_8gram_share", "{:.1%}".format),
+    ("longest copy", "longest_copy", "{}".format),
+    ("distinct-2", "distinct_2", "{:.3f}".format),
 )
 
 
 def _table_rows(entries: list[Entry]) -> tuple[list[str], list[list[str]]]:
     header = ["run", "checkpoint"] + [h for h, _, _ in _TABLE]
     rows = [
-        [e.run.name, e.checkpoint] + ["-" if e.measures.get(k) is None else f.format(e.measures[k]) for _, k, f in _TABLE]
+        [e.run.name, e.checkpoint] + ["-" if e.measures.get(k) is None else write(e.measures[k]) for _, k, write in _TABLE]
         for e in entries
     ]
     return header, rows

@@ -21,7 +21,7 @@ import torch
 from . import __version__
 from .corpus import read_corpus, split_poems, write_corpus
 from .errors import NeuraldaError
-from .evaluate import autocast, perplexity, token_nll
+from .evaluate import autocast, format_ppl, perplexity, token_nll
 from .files import append_line, atomic_write, write_json
 from .generate import default_start, write_poems
 from .models import Recipe, build_model, default_size, recipe
@@ -388,7 +388,7 @@ class Progress:
     def end_epoch(self, row: dict, left: float) -> None:
         self.close()
         if self.enabled:
-            val = f"val ppl {row['val_ppl']:.1f}" if row["val_ppl"] is not None else "no validation"
+            val = f"val ppl {format_ppl(row['val_ppl'])}" if row["val_ppl"] is not None else "no validation"
             star = " *" if row["best"] else ""
             print(
                 f"epoch {row['epoch']}/{self.epochs}  train loss {row['train_loss']:.3f}  {val}{star}  "
@@ -854,7 +854,7 @@ class Trainer:
         best_ppl = None if state["best_val"] is None else perplexity(state["best_val"], 1)
         self.log(
             f"done after {state['epoch']} epochs ({stopped}); best epoch {state['best_epoch']}"
-            + (f", val ppl {best_ppl:.1f}" if best_ppl is not None else "")
+            + (f", val ppl {format_ppl(best_ppl)}" if best_ppl is not None else "")
         )
         return TrainResult(self.run.path, state["epoch"], state["best_epoch"], best_ppl, stopped, loop_seconds, tokens_trained)
 

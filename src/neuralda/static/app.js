@@ -20,7 +20,8 @@ function describe() {
   if (checkpoint.val_ppl != null) {
     const epochs = checkpoint.epoch === 1 ? "epoch" : "epochs";
     const when = checkpoint.epoch != null ? ` after ${checkpoint.epoch} ${epochs}` : "";
-    parts.push(`held-out perplexity ${checkpoint.val_ppl.toFixed(1)}${when}`);
+    const ppl = checkpoint.val_ppl < 1e6 ? checkpoint.val_ppl.toFixed(1) : checkpoint.val_ppl.toPrecision(4);
+    parts.push(`held-out perplexity ${ppl}${when}`);
   }
   $("model").textContent = parts.join(" · ");
   $("start").placeholder = run.start || "";

@@ -526,7 +526,10 @@ def main(argv: list[str] | None = None) -> int:
     except (MemoryError, RuntimeError) as e:  # too large for this machine; torch says so (CPU, CUDA, MPS) in words
         if isinstance(e, RuntimeError) and not any(s in str(e) for s in ("out of memory", "can't allocate memory")):
             raise
-        print("neuralda: error: out of memory; try a smaller model (--hidden, --layers), --batch-size or --n", file=sys.stderr)
+        print(
+            "neuralda: error: out of memory; try a smaller model (--hidden, --layers), --batch-size, --seq-len or --n",
+            file=sys.stderr,
+        )
         return 2
     return 0
 

@@ -90,6 +90,17 @@ def test_unusual_spacing_is_carried_by_the_marks_not_the_words():
     assert [t for t in tokens if t.strip() != t and is_word(t.strip())] == []
 
 
+def test_chinese_and_japanese_characters_are_tokens_of_their_own():
+    """Scripts without spaces between words: each character is a token and no space is written beside one (a whole
+    line was one word, so a model could only replay its training lines, joined by spaces)."""
+    assert tokenize("床前明月光，疑是地上霜。", end=False) == [*"床前明月光", "，", *"疑是地上霜", "。"]
+    assert detokenize([*"举头望明月", "，", *"低头思故乡", "。"]) == "举头望明月，低头思故乡。"
+    assert tokenize("古池や 蛙", end=False) == ["古", "池", "や", " 蛙"]  # a space the poet put is kept
+    assert all(is_word(c) for c in "月やア") and not is_word("，")
+    for text in ("「静かさや」と言う", "the sea 海 is wide", "漢abc", "love, 愛 and sea"):
+        assert detokenize(tokenize(text)) == text
+
+
 def test_spanish_guillemets_are_plain_marks_and_french_spacing_is_carried():
     """«¿Sí?» needs no spacing tokens (they taught a model to write "y¿niños" and "de¡antes"); « la vie » keeps its
     spaces in the marks."""
@@ -98,8 +109,9 @@ def test_spanish_guillemets_are_plain_marks_and_french_spacing_is_carried():
     assert detokenize(["decía", "«", "quién", "»", "."]) == "decía «quién»."
 
 
-# Text from every Unicode category, with the marks, quotes and breaks the spacing rules look at made common.
-_MARKS = st.sampled_from(" \n\r'’\"_-—.,;:!?()“”‘¿¡…«»‹›")
+# Text from every Unicode category, with the marks, quotes, breaks and characters (Chinese, kana) the spacing rules
+# look at made common.
+_MARKS = st.sampled_from(" \n\r'’\"_-—.,;:!?()“”‘¿¡…«»‹›月やア，。「」（）")
 _POEM_TEXT = st.text(st.one_of(st.characters(codec="utf-8"), _MARKS), max_size=80)
 
 

@@ -45,15 +45,22 @@ def _marks() -> str:
 # A word: letters and digits, with apostrophes or hyphens only inside (don't, sky’s, earth-star, in-laws); the
 # combining marks after a letter are part of it (Bengali and Hindi vowel signs, the dot of a lower-cased "İ"), and
 # so are the zero-width (non-)joiners that Persian and Indic scripts write inside words.
-_ALNUM = rf"[^\W_](?:[^\W_]|[{_marks()}\u200c\u200d])*"
+# Chinese characters and Japanese kana are each a token of their own: those scripts write no spaces between words,
+# so a run of them would be a whole line (a model could only replay its training lines), and no space is written
+# between them or beside them.
+_IDEOGRAPHS = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003134f"
+_MARKS = _marks()
+_ALNUM = rf"[^\W_{_IDEOGRAPHS}](?:[^\W_{_IDEOGRAPHS}]|[{_MARKS}\u200c\u200d])*"
 _WORD = rf"{_ALNUM}(?:['’\-]{_ALNUM})*"
+_IDEOGRAPH = rf"[{_IDEOGRAPHS}][{_MARKS}]*"
 _DASH = r"-+|[—–―]"
-_TOKEN = re.compile(rf"(?P<word>{_WORD})|(?P<dash>{_DASH})|(?P<mark>\S)")
-_IS_WORD = re.compile(rf"{_WORD}\Z")
+_TOKEN = re.compile(rf"(?P<word>{_WORD})|(?P<ideograph>{_IDEOGRAPH})|(?P<dash>{_DASH})|(?P<mark>\S)")
+_IS_WORD = re.compile(rf"(?:{_WORD}|{_IDEOGRAPH})\Z")
+_IS_IDEOGRAPH = re.compile(rf"{_IDEOGRAPH}\Z")
 _IS_DASH = re.compile(rf"(?:{_DASH})\Z")
 
-_CLOSE = frozenset(".,;:!?)]}%…”»›")  # no space before
-_OPEN = frozenset("([{“‘¿¡«‹")  # no space after
+_CLOSE = frozenset(".,;:!?)]}%…”»›，。、；：！？）」』】〉》")  # no space before
+_OPEN = frozenset("([{“‘¿¡«‹（「『【〈《")  # no space after
 _APOSTROPHES = frozenset("'’")
 _TOGGLES = frozenset('"_')  # the same mark opens and closes
 # Elisions written apart from their word in old texts: 't is, I 've, 'tis, o 'er.
@@ -75,8 +82,8 @@ def _line_tokens(line: str, quotes: dict[str, bool]) -> list[str]:
     usual = _spacing(tokens, quotes)
     for i in range(1, len(tokens)):
         if (matches[i].start() > matches[i - 1].end()) != usual[i]:
-            if is_word(tokens[i]):  # then the token before is not one: two words always have a space between
-                tokens[i - 1] += " "
+            if is_word(tokens[i]) and not _IS_IDEOGRAPH.match(tokens[i]):
+                tokens[i - 1] += " "  # a mark or a character before it: two words always have a space between
             else:
                 tokens[i] = " " + tokens[i]
     return tokens
@@ -158,6 +165,8 @@ def _spacing(tokens: Sequence[str], quotes: dict[str, bool]) -> list[bool]:
                 glue = True  # a possessive: lovers' eyes, th' imagination
         elif _IS_DASH.match(tok):
             glue = glue_next = True  # a dash joins both sides unless the poet spaced it
+        if _IS_IDEOGRAPH.match(tok) or (i and _IS_IDEOGRAPH.match(tokens[i - 1])):
+            glue = True
         spaces.append(not glue)
     return spaces
 

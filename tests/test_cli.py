@@ -195,7 +195,7 @@ def shown_default(command: str, option: str) -> str:
 
 
 def test_help_shows_the_code_s_defaults():
-    from neuralda.evaluate import evaluate_run
+    from neuralda.evaluate import measure_checkpoints
     from neuralda.generate import SamplingConfig
     from neuralda.report import write_report
     from neuralda.scrape import ScrapeConfig
@@ -211,8 +211,8 @@ def test_help_shows_the_code_s_defaults():
         ("generate", "--top-k", SamplingConfig().top_k),
         ("generate", "--repetition-penalty", SamplingConfig().repetition_penalty),
         ("serve", "--port", default(serve, "port")),
-        ("evaluate", "--samples", default(evaluate_run, "samples")),
-        ("compare", "--samples", default(evaluate_run, "samples")),
+        ("evaluate", "--samples", default(measure_checkpoints, "samples")),
+        ("compare", "--samples", default(measure_checkpoints, "samples")),
         ("report", "--samples", default(write_report, "samples")),
         ("scrape", "--timeout", ScrapeConfig.timeout),
         ("scrape", "--delay", ScrapeConfig.delay),

@@ -76,7 +76,7 @@ def test_compare_and_report_measure_on_another_corpus(tiny_run, tmp_path):
     out = cli("report", tiny_run, "-o", tmp_path / "r.md", "--corpus", corpus, "--samples", 1, "--words", 5)
     assert out.returncode == 0, out.stderr
     cells = next(ln for ln in (tmp_path / "r.md").read_text().splitlines() if "| epoch-4 |" in ln)
-    assert f"| {evaluate_run(tiny_run, 'epoch-4', corpus, samples=0)['perplexity']:.1f} |" in cells
+    assert f"| {evaluate_run(tiny_run, 'epoch-4', corpus=corpus, samples=0)['perplexity']:.1f} |" in cells
 
 
 def test_json_output_has_no_infinity():

@@ -161,7 +161,10 @@ def cmd_generate(args: argparse.Namespace) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from .evaluate import evaluate_run
 
-    row = evaluate_run(args.run, args.checkpoint, args.corpus, args.samples, args.start, args.words, args.seed)
+    row = evaluate_run(
+        args.run, args.checkpoint, corpus=args.corpus, samples=args.samples, start=args.start, words=args.words,
+        seed=args.seed,
+    )
     if args.json:
         print(_json(row))
         return

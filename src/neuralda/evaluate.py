@@ -250,23 +250,6 @@ def sample_measures(poems: Sequence[tuple[str, bool]], index: NgramIndex, keep_c
 # --- runs ---------------------------------------------------------------------------------------------------------
 
 
-def evaluate_run(
-    run_dir: str | Path,
-    checkpoint: str = "best",
-    corpus: str | Path | None = None,
-    samples: int = 20,
-    start: str | None = None,
-    words: int = 120,
-    seed: int = 0,
-    sampling: SamplingConfig | None = None,
-    device: str = "cpu",
-) -> dict:
-    """Every measure of one checkpoint, as one flat dict: held-out poems (the run's own, or ``corpus`` read with
-    the run's vocabulary), then ``samples`` poems written from ``start`` with ``seed`` (0: none)."""
-    row, _, _ = next(measure_checkpoints(run_dir, [checkpoint], corpus, samples, start, words, seed, sampling, device))
-    return row
-
-
 def measure_checkpoints(
     run_dir: str | Path,
     checkpoints: Sequence[str],
@@ -299,6 +282,14 @@ def measure_checkpoints(
             index = NgramIndex.from_poems(run.poems("train") if poems else [], run.vocab.keep_case)
         row.update(sample_measures(poems, index, run.vocab.keep_case))
         yield row, model, meta
+
+
+def evaluate_run(run_dir: str | Path, checkpoint: str = "best", **options) -> dict:
+    """Every measure of one checkpoint, as one flat dict: held-out poems (the run's own, or ``corpus`` read with
+    the run's vocabulary), then ``samples`` poems written from ``start`` with ``seed`` (0: none); ``options`` as
+    for ``measure_checkpoints``."""
+    row, _, _ = next(measure_checkpoints(run_dir, [checkpoint], **options))
+    return row
 
 
 def parse_spec(spec: str) -> tuple[str, str]:

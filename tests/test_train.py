@@ -309,6 +309,7 @@ def test_max_time_ends_an_epoch_longer_than_the_budget(tmp_path, corpus_file):
     assert result.stopped == "time" and result.epochs == 1 and time.monotonic() - started < 20
     [row] = metrics(out)
     assert 0 < result.tokens_trained < Run.open(out).config["train_tokens"] and row["val_ppl"] > 0
+    assert row["cut"] and 0 < row["step"] < result.tokens_trained  # batches of one row: the batches done
     assert Run.open(out).checkpoint_meta("best")["epoch"] == 1
 
 
@@ -437,6 +438,14 @@ def test_a_min_count_that_leaves_no_word_is_an_error(tmp_path, corpus_file):
     with pytest.raises(NeuraldaError, match="--min-count 100000 leaves no word"):
         train(tiny_config(corpus_file, tmp_path / "run", min_count=100_000), **QUIET)
     assert not (tmp_path / "run").exists()
+
+
+def test_the_precision_can_change_on_resume(tmp_path, corpus_file):
+    """A run trained in bf16 on a CPU resumes in float32 (on a GPU an LSTM must): checkpoints are float32 either way."""
+    out = tmp_path / "run"
+    train(tiny_config(corpus_file, out, epochs=1, precision="bf16"), **QUIET)
+    train(tiny_config("", out, epochs=2, precision="fp32"), resume=True, **QUIET)
+    assert [r["precision"] for r in metrics(out)] == ["bf16", "fp32"]
 
 
 def test_bf16_on_a_gpu_is_for_the_transformer_only():

@@ -513,7 +513,8 @@ def main(argv: list[str] | None = None) -> int:
             warnings.showwarning = _one_line_warnings(warnings.showwarning)
             args.func(args)
     except NeuraldaError as e:
-        if os.environ.get("RANK", "0") == "0":  # under torchrun every rank has it (train.Dist.on_main): said once
+        # Under torchrun every process has it (the same checks, or rank 0's error passed on by Dist.on_main).
+        if os.environ.get("RANK", "0") == "0" or os.environ.get("WORLD_SIZE", "1") == "1":
             print(f"neuralda: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

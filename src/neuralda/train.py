@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
+import os
 import re
 import reprlib
 import signal
@@ -42,7 +44,7 @@ SAMPLE_SEED = 0
 # An epoch gains when its held-out loss is 0.01% below the last gain's (ReduceLROnPlateau's own rule and default): the
 # schedule halves the rate after each epoch that does not, and patience stops after that many in a row.
 PLATEAU_THRESHOLD = 1e-4
-RESUMABLE = ("epochs", "max_time", "patience", "device", "save_at", "save_every")
+RESUMABLE = ("epochs", "max_time", "patience", "device", "precision", "save_at", "save_every")
 # What an option left at None means in a new run (resuming, it keeps the run's value).
 DEFAULTS = {"arch": "lstm", "val_fraction": 0.1, "device": "auto", "precision": "auto", "seed": 0, "min_count": 1,
             "keep_case": False}
@@ -390,8 +392,9 @@ class Progress:
         if self.enabled:
             val = f"val ppl {format_ppl(row['val_ppl'])}" if row["val_ppl"] is not None else "no validation"
             star = " *" if row["best"] else ""
+            cut = "  (cut short at --max-time)" if row["cut"] else ""
             print(
-                f"epoch {row['epoch']}/{self.epochs}  train loss {row['train_loss']:.3f}  {val}{star}  "
+                f"epoch {row['epoch']}/{self.epochs}{cut}  train loss {row['train_loss']:.3f}  {val}{star}  "
                 f"{row['tokens_per_s']:,.0f} tok/s  {row['seconds']:.1f}s  ~{_human(left)} left",
                 file=sys.stderr,
                 flush=True,
@@ -512,8 +515,6 @@ class Dist:
 
     @classmethod
     def from_env(cls) -> "Dist":
-        import os
-
         world = int(os.environ.get("WORLD_SIZE", "1"))
         if world == 1:
             return cls()
@@ -523,9 +524,19 @@ class Dist:
     def main(self) -> bool:
         return self.rank == 0
 
+    created: bool = False  # this process group is ours to close (a caller's own is left open)
+
     def init(self, device: str) -> None:
         if self.world > 1 and not torch.distributed.is_initialized():
             torch.distributed.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+            self.created = True
+
+    def close(self) -> None:
+        """Close the process group this process opened, once every process has got what rank 0 sent it (without
+        it, 2 of 6 gloo runs aborted at exit: "terminate called without an active exception")."""
+        if self.created:
+            torch.distributed.barrier()
+            torch.distributed.destroy_process_group()
 
     def barrier(self) -> None:
         if self.world > 1:
@@ -591,10 +602,11 @@ class Trainer:
             check_settings(self.run.config)
         device = pick_device(self.run.config["device"] if resume else cfg.device or DEFAULTS["device"])
         if self.dist.world > 1 and device.startswith("cuda"):
-            if self.dist.local_rank >= torch.cuda.device_count():
+            per_machine = int(os.environ.get("LOCAL_WORLD_SIZE", self.dist.local_rank + 1))  # every rank sees it
+            if per_machine > torch.cuda.device_count():
                 raise NeuraldaError(
-                    f"{self.dist.local_rank + 1} or more processes on a machine with {torch.cuda.device_count()} "
-                    f"GPUs; start at most --nproc_per_node {torch.cuda.device_count()}"
+                    f"{per_machine} processes on a machine with {torch.cuda.device_count()} GPUs; start at most "
+                    f"--nproc_per_node {torch.cuda.device_count()}"
                 )
             device = f"cuda:{self.dist.local_rank}"
             torch.cuda.set_device(device)
@@ -637,10 +649,11 @@ class Trainer:
         }
         if resume and "last" in self.run.checkpoints():
             self._load_last()
-        elif self.dist.main:
+        else:
             if resume:  # killed before its first checkpoint: nothing was trained yet
                 self.log(f"{self.run.path} has no checkpoint yet: starting from the beginning")
-            self._save("last", with_optimizer=True)  # epoch 0: a run killed in its first epoch can resume too
+            # Epoch 0: a run killed in its first epoch can resume too.
+            self.dist.on_main(lambda: self._save("last", with_optimizer=True))
         self.saved = {"epoch": self.state["epoch"], "at": time.monotonic()}  # the last checkpoint on disk
         self.best: tuple[dict, dict] | None = None  # the best weights and meta not yet on disk
         self.save_every = SAVE_EVERY if c.get("save_every") is None else c["save_every"]
@@ -681,9 +694,8 @@ class Trainer:
         load_optimizer(self.optimizer, optim, meta["param_groups"])
         self.scheduler.load_state_dict(meta["scheduler"])
         self.state.update(meta["trainer"])
-        if self.dist.main:
-            for name in ("metrics.jsonl", "samples.jsonl"):
-                _truncate_epochs(self.run.path / name, self.state["epoch"])
+        for name in ("metrics.jsonl", "samples.jsonl"):
+            self.dist.on_main(functools.partial(_truncate_epochs, self.run.path / name, self.state["epoch"]))
         self.log(f"resuming {self.run.path} after epoch {self.state['epoch']}")
 
     # --- one epoch -----------------------------------------------------------------------------------------------
@@ -699,8 +711,8 @@ class Trainer:
         drop = self.rare & (torch.rand(self.train_ids.shape, generator=g) < rate).to(self.train_ids.device)
         return self.train_ids.masked_fill(drop, self.run.vocab.unk)
 
-    def _train_epoch(self, epoch: int, progress: Progress) -> tuple[float, int, float]:
-        """Train one epoch: (mean loss, tokens, seconds)."""
+    def _train_epoch(self, epoch: int, progress: Progress) -> tuple[float, int, float, int, bool]:
+        """Train one epoch: (mean loss, tokens, seconds, batches, whether the time budget cut it short)."""
         c, model = self.c, self.trained
         # Dropout masks from a seed per epoch and rank: a resumed run draws what an uninterrupted one would.
         torch.manual_seed(torch_seed(c["seed"] * 1_000_003 + epoch * 7_919 + self.dist.rank))
@@ -710,6 +722,7 @@ class Trainer:
         hidden = None
         t0 = last_report = time.monotonic()
         ids = self._epoch_ids(epoch)
+        done, cut = 0, False
         for done, (x, y, reset, weight) in enumerate(batches(ids, c, epoch, self.dist.rank, self.dist.world), 1):
             with autocast(self.device, self.precision):
                 loss, hidden = model(x, y, None if reset else hidden, weight)
@@ -726,16 +739,21 @@ class Trainer:
                 total += loss.detach() / weight  # summed on the device: no host sync per step
                 tokens += y.numel()
             now = time.monotonic()
-            # An epoch longer than the budget (a big corpus's first) ends at it, then validates and saves as any.
-            if c["max_time"] and self.dist.agree(now - self.started > c["max_time"], self.device):
+            # An epoch longer than the budget (a big corpus's first) ends at it, then validates and saves as any;
+            # several processes agree on it every 8 batches, not at a host sync each.
+            out_of_time = c["max_time"] and (self.dist.world == 1 or done % 8 == 0)
+            if out_of_time and self.dist.agree(now - self.started > c["max_time"], self.device):
+                cut = True
                 break
             if progress.tty and now - last_report > 1.0:  # a host sync, so only once a second
                 progress.step(done, float(total) / tokens, tokens * self.dist.world / (now - t0))  # the job's, about
                 last_report = now
         summed = self.dist.sum(torch.stack([total, torch.tensor(float(tokens), device=self.device)]))
-        return float(summed[0]) / max(float(summed[1]), 1.0), int(summed[1]), time.monotonic() - t0
+        return float(summed[0]) / max(float(summed[1]), 1.0), int(summed[1]), time.monotonic() - t0, done, cut
 
-    def _end_epoch(self, epoch: int, train_loss: float, tokens: int, train_seconds: float, t0: float) -> dict:
+    def _end_epoch(
+        self, epoch: int, train_loss: float, tokens: int, train_seconds: float, t0: float, batches: int, cut: bool
+    ) -> dict:
         """Validate, schedule, save and log after an epoch; returns its metrics row."""
         c, state = self.c, self.state
         if not math.isfinite(train_loss):
@@ -752,7 +770,7 @@ class Trainer:
             val_loss = self.dist.agree(nll / count, self.device)
         val_seconds = time.monotonic() - val_start
         state["epoch"], state["last_val"] = epoch, val_loss
-        state["step"] += batch_count(self.train_ids.numel(), c)
+        state["step"] += batches
         is_best = val_loss is None or state["best_val"] is None or val_loss < state["best_val"]
         if is_best:
             state["best_val"], state["best_epoch"] = val_loss, epoch
@@ -780,6 +798,7 @@ class Trainer:
             "seconds": 0.0,
             "val_seconds": round(val_seconds, 3),
             "best": is_best,
+            "cut": cut,  # by --max-time, part way through: a resume starts the next epoch
         }
         self.dist.on_main(lambda: self._record(row, t0))
         return row
@@ -831,9 +850,9 @@ class Trainer:
                 epoch = state["epoch"] + 1
                 t0 = time.monotonic()
                 progress.start_epoch(epoch)
-                loss, tokens, seconds = self._train_epoch(epoch, progress)
+                loss, tokens, seconds, done, cut = self._train_epoch(epoch, progress)
                 tokens_trained += tokens
-                row = self._end_epoch(epoch, loss, tokens, seconds, t0)
+                row = self._end_epoch(epoch, loss, tokens, seconds, t0, done, cut)
                 epoch_seconds.append(time.monotonic() - t0)
                 left = (c["epochs"] - epoch) * (sum(epoch_seconds) / len(epoch_seconds))
                 if c["max_time"]:
@@ -867,18 +886,18 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] | N
     """
     log = log or (lambda s: print(s, file=sys.stderr, flush=True))
     with _sigterm_as_interrupt():
-        result = Trainer(cfg, resume, log).fit()
-    if torch.distributed.is_initialized():  # else a process may abort at exit ("terminate called without ...")
-        torch.distributed.barrier()  # the others have what rank 0 sent them before the connections close
-        torch.distributed.destroy_process_group()
+        trainer = Trainer(cfg, resume, log)
+        result = trainer.fit()
+    trainer.dist.close()
     return result
 
 
 @contextlib.contextmanager
 def _sigterm_as_interrupt():
-    """SIGTERM (a scheduler's time limit, `timeout`, torchrun stopping its workers) stops training as Ctrl-C does,
-    writing the best weights held in memory; only the main thread can take signals."""
-    if threading.current_thread() is not threading.main_thread():
+    """SIGTERM (a scheduler's time limit, `timeout`) stops training as Ctrl-C does, writing the best weights held in
+    memory. Not under torchrun: a worker waiting in a collective for a dead one takes a Python handler only when
+    the wait ends (37 s, where the default handler stops it at once); only the main thread can take signals."""
+    if threading.current_thread() is not threading.main_thread() or Dist.from_env().world > 1:
         yield
         return
 

@@ -64,7 +64,7 @@ print(json.dumps({"bench": "cudnn_flat", "device": device, "lstms": len(lstms), 
 
 rm -rf /tmp/seed400
 start=$(date +%s.%N)
-step seed400 240 python3 -m neuralda train .device/corpus.jsonl --arch seed --epochs "$EPOCHS" --device "$DEVICE" \
+step seed400 210 python3 -m neuralda train .device/corpus.jsonl --arch seed --epochs "$EPOCHS" --device "$DEVICE" \
     -o /tmp/seed400 -q
 end=$(date +%s.%N)
 cp /tmp/seed400/metrics.jsonl "${OUT:-/tmp/out}/seed400_metrics.jsonl"
@@ -79,6 +79,6 @@ print(json.dumps({"bench": "seed400", "wall_s": round(float(sys.argv[2]) - float
 ' "$start" "$end" | tee -a "$NEURALDA_BENCH_RESULTS/seed400.jsonl"
 
 for arch in seed lstm gpt; do
-    step "train_speed $arch" 70 python3 bench/train_speed.py --arch "$arch" --device "$DEVICE" --corpus .device/corpus.jsonl
+    step "train_speed $arch" 60 python3 bench/train_speed.py --arch "$arch" --device "$DEVICE" --corpus .device/corpus.jsonl
 done
 step generate_speed 60 python3 bench/generate_speed.py --device "$DEVICE"

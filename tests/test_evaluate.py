@@ -76,26 +76,22 @@ def test_a_big_vocabulary_is_read_in_shorter_chunks():
     assert math.exp(nll / count) == pytest.approx(100_000, rel=1e-4)
 
 
-def test_held_out_loss_is_read_without_tf32():
+def test_held_out_loss_on_a_gpu_is_read_without_tf32():
     """Training turns TF32 on for a GPU's speed; the held-out loss it logs is measured in full float32, as
-    ``evaluate`` measures it, and the training's flags are back afterwards."""
+    ``evaluate`` measures it, and the training's flags are back afterwards. Elsewhere the flags are not touched."""
+    from neuralda.evaluate import _full_float32
+
     tf32 = torch.backends.cuda.matmul, torch.backends.cudnn
     before = [flags.allow_tf32 for flags in tf32]
-    seen = []
-
-    class Probe(Uniform):
-        def forward(self, x, state=None):
-            seen.append([flags.allow_tf32 for flags in tf32])
-            return super().forward(x, state)
-
     try:
         for flags in tf32:
             flags.allow_tf32 = True
-        token_nll(Probe(5), torch.randint(0, 5, (300,)))
-        assert seen and all(s == [False, False] for s in seen)
+        with _full_float32("fp32", torch.device("cuda")):
+            assert [flags.allow_tf32 for flags in tf32] == [False, False]
         assert [flags.allow_tf32 for flags in tf32] == [True, True]
-        token_nll(Probe(5), torch.randint(0, 5, (300,)), "bf16")  # a speed's measure, not the one evaluate gives
-        assert seen[-1] == [True, True]
+        for precision, device in (("bf16", "cuda"), ("fp32", "cpu")):  # a speed's measure; a CPU has no TF32
+            with _full_float32(precision, torch.device(device)):
+                assert [flags.allow_tf32 for flags in tf32] == [True, True]
     finally:
         for flags, value in zip(tf32, before):
             flags.allow_tf32 = value

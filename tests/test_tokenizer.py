@@ -96,7 +96,7 @@ def test_chinese_and_japanese_characters_are_tokens_of_their_own():
     assert tokenize("床前明月光，疑是地上霜。", end=False) == [*"床前明月光", "，", *"疑是地上霜", "。"]
     assert detokenize([*"举头望明月", "，", *"低头思故乡", "。"]) == "举头望明月，低头思故乡。"
     assert tokenize("古池や 蛙", end=False) == ["古", "池", "や", " 蛙"]  # a space the poet put is kept
-    assert all(is_word(c) for c in "月やア") and not is_word("，")
+    assert all(is_word(c) for c in ["月", "や", "ア", " 蛙", "爱 "]) and not any(map(is_word, "，・"))
     for text in ("「静かさや」と言う", "the sea 海 is wide", "漢abc", "love, 愛 and sea"):
         assert detokenize(tokenize(text)) == text
 

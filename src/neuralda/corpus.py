@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import codecs
 import json
+import math
 import random
 import re
 import unicodedata
@@ -298,8 +299,9 @@ def _html_poem(data: bytes, name: str, author: str, title_css: str | None, body_
     soup = parse_html(data)
     heading = soup.select_one(title_css) if title_css else soup.select_one("h1") or soup.select_one("title")
     title = " ".join(element_text(heading).split()) if heading is not None else ""
-    if heading is not None and not body_css:
-        heading.decompose()  # a heading is not the first line of the poem
+    if not body_css:  # the heading is not the poem's first line, nor is the site's banner
+        for part in ([heading] if heading is not None else []) + soup.select("header, [role=banner]"):
+            part.decompose()
     text = select_poem(soup, body_css or "body")
     return [Poem(title=title, author=author, text=text, url=name)] if text else []
 
@@ -362,7 +364,7 @@ def split_poems(poems: list[Poem], val_fraction: float, seed: int) -> tuple[list
     if n_val >= len(poems) and len(copies) > 1:
         raise NeuraldaError(
             f"--val-fraction {val_fraction} would hold out all {len(poems)} poems; use at most "
-            f"{(len(poems) - 1) / len(poems):.2g}, or 0 for no validation split"
+            f"{math.floor((len(poems) - 1) / len(poems) * 1000) / 1000:g}, or 0 for no validation split"
         )
     if n_val >= len(poems) or (n_val and len(copies) == 1):
         different = "" if len(copies) == len(poems) else f" ({len(copies)} different)"

@@ -42,10 +42,11 @@ def autocast(device: str, precision: str):
 
 
 @contextlib.contextmanager
-def _full_float32(precision: str):
+def _full_float32(precision: str, device: torch.device):
     """float32 products without TF32, which training turns on for speed on a GPU (10-bit mantissas), so that a
-    held-out loss measured during training is the one ``evaluate`` measures; nothing changes on a CPU."""
-    if precision != "fp32":
+    held-out loss measured during training is the one ``evaluate`` measures; the flags are left alone elsewhere
+    (reading them raises where a program set TF32 through torch's newer fp32_precision)."""
+    if precision != "fp32" or device.type != "cuda":
         yield
         return
     flags = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
@@ -83,7 +84,7 @@ def token_nll(model, ids: torch.Tensor, precision: str = "fp32") -> tuple[float,
     model.eval()
     sums = []
     state = None
-    with autocast(str(device), precision), _full_float32(precision):
+    with autocast(str(device), precision), _full_float32(precision, device):
         for i in range(0, length, chunk):
             xb = x[:, i : i + chunk].to(device, non_blocking=True)
             yb = y[:, i : i + chunk].to(device, non_blocking=True)
@@ -303,12 +304,16 @@ def parse_spec(spec: str) -> tuple[str, str]:
 def compare_rows(specs: Sequence[str], **options) -> list[dict]:
     """``evaluate_run`` of each ``RUN[:CHECKPOINT]`` spec, in order; ``options`` go to every call. The checkpoints
     of one run are measured together (``measure_checkpoints``)."""
-    parsed = [parse_spec(spec) for spec in specs]
-    by_run: dict[str, list[str]] = {}
-    for run, checkpoint in parsed:
-        by_run.setdefault(run, []).append(checkpoint)
-    rows = {run: (row for row, _, _ in measure_checkpoints(run, kept, **options)) for run, kept in by_run.items()}
-    return [next(rows[run]) for run, _ in parsed]
+    by_run: dict[str, list[tuple[int, str]]] = {}  # a run's checkpoints and where their rows go
+    for i, spec in enumerate(specs):
+        run, checkpoint = parse_spec(spec)
+        by_run.setdefault(run, []).append((i, checkpoint))
+    rows: list[dict] = [{}] * len(specs)
+    for run, wanted in by_run.items():  # one run at a time: its models and index are let go before the next
+        measured = measure_checkpoints(run, [checkpoint for _, checkpoint in wanted], **options)
+        for (i, _), (row, _, _) in zip(wanted, measured):
+            rows[i] = row
+    return rows
 
 
 _COLUMNS = (  # header, key, how the value is written

@@ -48,14 +48,14 @@ def _marks() -> str:
 # Chinese characters and Japanese kana are each a token of their own: those scripts write no spaces between words,
 # so a run of them would be a whole line (a model could only replay its training lines), and no space is written
 # between them or beside them.
-_IDEOGRAPHS = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003134f"
+_IDEOGRAPHS = "\u3040-\u30fa\u30fc-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003134f"
 _MARKS = _marks()
 _ALNUM = rf"[^\W_{_IDEOGRAPHS}](?:[^\W_{_IDEOGRAPHS}]|[{_MARKS}\u200c\u200d])*"
 _WORD = rf"{_ALNUM}(?:['’\-]{_ALNUM})*"
 _IDEOGRAPH = rf"[{_IDEOGRAPHS}][{_MARKS}]*"
 _DASH = r"-+|[—–―]"
 _TOKEN = re.compile(rf"(?P<word>{_WORD})|(?P<ideograph>{_IDEOGRAPH})|(?P<dash>{_DASH})|(?P<mark>\S)")
-_IS_WORD = re.compile(rf"(?:{_WORD}|{_IDEOGRAPH})\Z")
+_IS_WORD = re.compile(rf"(?:{_WORD}| ?{_IDEOGRAPH} ?)\Z")  # a character keeps a space the poet put beside it
 _IS_IDEOGRAPH = re.compile(rf"{_IDEOGRAPH}\Z")
 _IS_DASH = re.compile(rf"(?:{_DASH})\Z")
 
@@ -76,7 +76,8 @@ def is_word(token: str) -> bool:
 def _line_tokens(line: str, quotes: dict[str, bool]) -> list[str]:
     """One line's tokens; where the poet spaced two tokens otherwise than people usually do (``_spacing``), a space
     on the non-word side of the gap says so: " --" (a space before), "-- " (after), " -- " (both), " ." (a space
-    before a full stop). Words never carry one, so the round trip is lossless for any text."""
+    before a full stop). Words never carry one (a Chinese or Japanese character can: "古池や 蛙" has " 蛙"), so
+    the round trip is lossless for any text."""
     matches = list(_TOKEN.finditer(line))
     tokens = [m.group() for m in matches]
     usual = _spacing(tokens, quotes)

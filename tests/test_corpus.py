@@ -168,12 +168,14 @@ _SAVED_PAGE = (
 ).encode("cp1252")
 
 
-@pytest.mark.parametrize("name", ["oda.html", "oda.txt"])  # known by its name, or by its first tag
-def test_import_a_saved_web_page_as_one_poem(tmp_path, name):
+@pytest.mark.parametrize(
+    "name, before", [("oda.html", b""), ("oda.txt", b""), ("oda", b"<!-- saved from url=x -->\n")], ids=["html", "txt", "comment"]
+)
+def test_import_a_saved_web_page_as_one_poem(tmp_path, name, before):  # known by its name, or by its first tag
     """A page saved from a browser is read as the scraper reads a poem page: its charset, <br> lines and <p>
     stanzas; no banner, navigation, script, footer or heading in the text."""
     page = tmp_path / name
-    page.write_bytes(_SAVED_PAGE)
+    page.write_bytes(before + _SAVED_PAGE)
     [poem] = import_files([page], author="Pablo Neruda")
     assert (poem.title, poem.author, poem.url) == ("Oda al mar", "Pablo Neruda", name)
     assert poem.text == "Aquí en la isla\nel mar y cuánto mar\n\nse sale de sí mismo"

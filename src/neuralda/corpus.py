@@ -42,7 +42,8 @@ _MOJIBAKE_PASSES = 8  # Hypothesis found no text that needs more than 3; this bo
 # Two or more blank lines; a line of any whitespace (a no-break space, a form feed) is blank, as cleaning makes it.
 _POEM_SEPARATOR = re.compile(r"\n(?:[^\S\n]*\n){2,}")
 _JSON_START = re.compile(r"\s*(?:\{|\[\s*[{\]])")  # a JSONL line or a JSON array of objects (or []); not "[Sí]"
-_HTML_START = re.compile(r"\s*(?:<!doctype\s+html|<html)", re.I)  # a page saved from a browser
+# A page saved from a browser (some put "<!-- saved from url=... -->" first).
+_HTML_START = re.compile(r"\s*(?:<!--.*?-->\s*)*(?:<!doctype\s+html|<html)", re.I | re.S)
 _HTML_SUFFIXES = (".html", ".htm", ".xhtml")
 _GUTENBERG_START = re.compile(r"^\*{3}\s*START OF (?:THE|THIS) PROJECT GUTENBERG.*$", re.M | re.I)
 # Files from before about 2002 have no START line: their licence ends "*END*THE SMALL PRINT! FOR PUBLIC DOMAIN ...".

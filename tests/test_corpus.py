@@ -169,7 +169,9 @@ _SAVED_PAGE = (
 
 
 @pytest.mark.parametrize(
-    "name, before", [("oda.html", b""), ("oda.txt", b""), ("oda", b"<!-- saved from url=x -->\n")], ids=["html", "txt", "comment"]
+    "name, before",
+    [("oda.html", b""), ("oda.txt", b""), ("oda", b"<!-- saved from url=x -->\n")],
+    ids=["html", "txt", "comment"],
 )
 def test_import_a_saved_web_page_as_one_poem(tmp_path, name, before):  # known by its name, or by its first tag
     """A page saved from a browser is read as the scraper reads a poem page: its charset, <br> lines and <p>

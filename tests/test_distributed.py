@@ -1,5 +1,6 @@
 """Data-parallel training with torchrun: 2 gloo processes on the CPU match one process with the same global batch."""
 
+import json
 import shutil
 import subprocess
 import sys
@@ -36,8 +37,10 @@ def test_two_gloo_processes_match_one(tmp_path, corpus_file, batch):
     assert a.keys() == b.keys()
     for key in a:
         assert torch.allclose(a[key], b[key], atol=1e-5), key
-    # Only rank 0 wrote the metrics: each epoch once.
-    assert len((two / "metrics.jsonl").read_text().splitlines()) == 2
+    # Only rank 0 wrote the metrics: each epoch once; the held-out loss, read half by each process, is one's.
+    rows = [[json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()] for run in (one, two)]
+    assert len(rows[1]) == 2
+    assert [r["val_loss"] for r in rows[1]] == pytest.approx([r["val_loss"] for r in rows[0]], abs=2e-5)
 
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="this torch has no torch.distributed")

@@ -57,6 +57,19 @@ def test_a_uniform_model_has_perplexity_v_on_every_token():
     assert math.exp(nll / count) == pytest.approx(37, rel=1e-5)  # float32 softmax
 
 
+def test_processes_sharing_the_streams_score_the_whole_text(tiny_run):
+    """Under torchrun each process reads its share of the held-out streams; together they score what one does."""
+    run = Run.open(tiny_run)
+    model, _ = run.load_model("best")
+    ids = torch.tensor(run.vocab.encode_poems(run.training_texts()))
+    whole = token_nll(model, ids)
+    for processes in (2, 3, 20):  # 20: more processes than streams, some with none
+        shares = [token_nll(model, ids, share=(rank, processes)) for rank in range(processes)]
+        assert sum(count for _, count in shares) == whole[1]
+        assert sum(nll for nll, _ in shares) == pytest.approx(whole[0], rel=1e-6)
+    assert token_nll(model, ids, share=(0, 2))[1] < whole[1]
+
+
 def test_a_big_vocabulary_is_read_in_shorter_chunks():
     """The scores of a chunk grow with the vocabulary: past EVAL_LOGITS they are read a shorter chunk at a time,
     to the same perplexity."""

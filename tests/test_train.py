@@ -259,7 +259,7 @@ def test_gains_too_small_to_keep_the_rate_count_towards_patience(tmp_path, corpu
 
     losses = iter([5.0, 4.0, 3.99999, 3.99998, 3.99997, 3.99996, 3.99995])  # per token, after each epoch
 
-    def scripted(model, ids, precision="fp32"):
+    def scripted(model, ids, precision="fp32", share=(0, 1)):
         return next(losses) * (ids.numel() - 1), ids.numel() - 1
 
     monkeypatch.setattr(training, "token_nll", scripted)
@@ -275,11 +275,11 @@ def test_ctrl_c_keeps_the_best_weights_of_the_epochs_it_finished(tmp_path, corpu
 
     scored, calls = training.token_nll, []
 
-    def interrupted_in_epoch_3(model, ids, precision="fp32"):
+    def interrupted_in_epoch_3(model, ids, precision="fp32", share=(0, 1)):
         calls.append(1)
         if len(calls) == 3:
             raise KeyboardInterrupt
-        return scored(model, ids, precision)
+        return scored(model, ids, precision, share)
 
     monkeypatch.setattr(training, "token_nll", interrupted_in_epoch_3)
     lines = []

@@ -58,8 +58,12 @@ def _full_float32(precision: str, device: torch.device):
 
 
 @torch.no_grad()
-def token_nll(model, ids: torch.Tensor, precision: str = "fp32") -> tuple[float, int]:
-    """Summed negative log-likelihood (nats) of ``ids[1:]`` given what precedes them, and how many were scored (all).
+def token_nll(
+    model, ids: torch.Tensor, precision: str = "fp32", share: tuple[int, int] = (0, 1)
+) -> tuple[float, int]:
+    """Summed negative log-likelihood (nats) of ``ids[1:]`` given what precedes them, and how many were scored (all;
+    with ``share`` = (rank, processes), those of every processes-th stream from rank: summed over the processes of a
+    torchrun job, they are the whole text's).
 
     The text is cut into up to ``EVAL_STREAMS`` parallel streams read in chunks with the recurrent state carried, so
     every model is measured the way it writes: one long context, not windows. Each stream first reads, unscored, the
@@ -72,6 +76,9 @@ def token_nll(model, ids: torch.Tensor, precision: str = "fp32") -> tuple[float,
     streams = max(1, min(EVAL_STREAMS, n // EVAL_CHUNK))
     step = -(-n // streams)
     parts = [(max(0, a - EVAL_WARMUP), a, min(a + step, n)) for a in range(0, n, step)]  # read from, scored from, to
+    parts = parts[share[0] :: share[1]]
+    if not parts:
+        return 0.0, 0
     length = max(end - read for read, _, end in parts)
     chunk = max(8, min(EVAL_CHUNK, EVAL_LOGITS // (len(parts) * model.vocab_size)))
     x = ids.new_zeros(len(parts), length)
@@ -91,7 +98,8 @@ def token_nll(model, ids: torch.Tensor, precision: str = "fp32") -> tuple[float,
             logits, state = model(xb, state)
             sums.append(F.cross_entropy(logits.float().flatten(0, 1), yb.flatten(), reduction="sum"))
     model.train(was_training)
-    return float(torch.stack(sums).cpu().double().sum()), n  # float64 on the CPU: Apple's MPS has none
+    scored = sum(end - start for _, start, end in parts)
+    return float(torch.stack(sums).cpu().double().sum()), scored  # float64 on the CPU: Apple's MPS has none
 
 
 def format_ppl(value: float) -> str:

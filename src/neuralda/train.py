@@ -766,7 +766,10 @@ class Trainer:
             )
         val_loss, val_start = None, time.monotonic()
         if self.val_ids.numel() > 1:
-            nll, count = token_nll(self.model, self.val_ids)  # float32, as evaluate measures: one number per model
+            # float32, as evaluate measures: one number per model; each process reads its share of the streams
+            nll, count = token_nll(self.model, self.val_ids, share=(self.dist.rank, self.dist.world))
+            if self.dist.world > 1:
+                nll, count = self.dist.sum(torch.tensor([nll, count], dtype=torch.float64, device=self.device)).tolist()
             val_loss = self.dist.agree(nll / count, self.device)
         val_seconds = time.monotonic() - val_start
         state["epoch"], state["last_val"] = epoch, val_loss

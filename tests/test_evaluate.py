@@ -160,6 +160,8 @@ def test_no_poems_measure_nothing_rather_than_zero():
     assert all(m[k] is None for k in m if k != "samples")
     short = sample_measures([("Copper rivers", True)], index())
     assert short["copied_4gram_share"] is None and short["distinct_1"] == 1.0 and short["ended_share"] == 1.0
+    marks = sample_measures([("!", True), ("…", True)], index())  # poems of marks only: no word to copy
+    assert marks["longest_copy"] is None and marks["distinct_1"] is None
 
 
 def test_copied_runs_are_counted_but_not_across_poems():

@@ -248,7 +248,7 @@ def sample_measures(poems: Sequence[tuple[str, bool]], index: NgramIndex, keep_c
     with nothing to measure (no poems, or none long enough) is None, shown as "-", not as a misleading 0."""
     words = [poem_words(text, keep_case) for text, _ in poems]
     row: dict = {f"copied_{n}gram_share": copied_share(words, index, n) for n in COPY_LENGTHS}
-    row["longest_copy"] = max((index.longest_copy(w) for w in words), default=None)
+    row["longest_copy"] = max((index.longest_copy(w) for w in words if w), default=None)
     row["distinct_1"] = distinct_n(words, 1)
     row["distinct_2"] = distinct_n(words, 2)
     row["ended_share"] = sum(ended for _, ended in poems) / len(poems) if poems else None

@@ -512,6 +512,7 @@ class Dist:
     rank: int = 0
     world: int = 1
     local_rank: int = 0
+    created: bool = False  # this process group is ours to close (a caller's own is left open)
 
     @classmethod
     def from_env(cls) -> "Dist":
@@ -523,8 +524,6 @@ class Dist:
     @property
     def main(self) -> bool:
         return self.rank == 0
-
-    created: bool = False  # this process group is ours to close (a caller's own is left open)
 
     def init(self, device: str) -> None:
         if self.world > 1 and not torch.distributed.is_initialized():

@@ -138,3 +138,10 @@ def test_the_report_page_shows_every_column_of_its_table(browser, tiny_run, tmp_
     page.goto((tmp_path / "post.html").as_uri())
     assert page.evaluate("(t => t.scrollWidth <= t.clientWidth)(document.querySelector('table'))")
     page.close()
+
+
+def test_the_page_writes_perplexities_as_the_tables_do(page):
+    from neuralda.evaluate import format_ppl
+
+    for value in (1.0, 127.25, 127.75, 0.35, 127.66, 999999.94, 1e6, 1234567.0, 2.93e111, 1.5e300):
+        assert page.evaluate(f"formatPpl({value!r})") == format_ppl(value)

@@ -11,6 +11,14 @@ function chosen() {
   return { run: info, checkpoint: info.checkpoints.find((c) => c.name === checkpoint) };
 }
 
+// As the tables write it (Python's format_ppl): one decimal, or four digits and a power of ten past a million.
+function formatPpl(value) {
+  // A tie rounds to the even digit in Python, up in toFixed: of the ties one decimal can meet, only x.25 differs.
+  if (value < 1e6) return value % 1 === 0.25 ? `${Math.trunc(value)}.2` : value.toFixed(1);
+  const [digits, power] = value.toPrecision(4).split("e");
+  return `${digits.replace(/\.?0+$/, "")}e${power[0]}${power.slice(1).padStart(2, "0")}`;
+}
+
 function describe() {
   const { run, checkpoint } = chosen();
   const parts = [
@@ -20,8 +28,7 @@ function describe() {
   if (checkpoint.val_ppl != null) {
     const epochs = checkpoint.epoch === 1 ? "epoch" : "epochs";
     const when = checkpoint.epoch != null ? ` after ${checkpoint.epoch} ${epochs}` : "";
-    const ppl = checkpoint.val_ppl < 1e6 ? checkpoint.val_ppl.toFixed(1) : checkpoint.val_ppl.toPrecision(4);
-    parts.push(`held-out perplexity ${ppl}${when}`);
+    parts.push(`held-out perplexity ${formatPpl(checkpoint.val_ppl)}${when}`);
   }
   $("model").textContent = parts.join(" · ");
   $("start").placeholder = run.start || "";

@@ -145,3 +145,22 @@ def test_the_page_writes_perplexities_as_the_tables_do(page):
 
     for value in (1.0, 127.25, 127.75, 0.35, 127.66, 999999.94, 1e6, 1234567.0, 2.93e111, 1.5e300):
         assert page.evaluate(f"formatPpl({value!r})") == format_ppl(value)
+
+
+def test_the_report_table_fits_a_desktop_page_with_an_early_checkpoints_numbers(browser, tiny_run, tmp_path):
+    """An early epoch's five-digit perplexity per word pushed the last column, distinct-2, past the page's measure."""
+    import shutil
+
+    from neuralda.report import Entry, html_page
+    from neuralda.run import Run
+
+    runs = [Run.open(shutil.copytree(tiny_run, tmp_path / name)) for name in ("seed", "neruda")]
+    measures = dict(perplexity=1664.8, perplexity_per_word=22246.4, bits_per_char=2.83, copied_4gram_share=0.0,
+                    copied_6gram_share=0.0, copied_8gram_share=0.0, longest_copy=2, distinct_2=1.0)
+    entries = [Entry(run, f"epoch-{e}", e, f"After {e} training epochs", "love", dict(measures, epoch=e))
+               for run in runs for e in (200, 400)]
+    (tmp_path / "post.html").write_text(html_page(runs, entries, "t", None, ""))
+    page = browser.new_page(viewport={"width": 1280, "height": 800})
+    page.goto((tmp_path / "post.html").as_uri())
+    assert page.evaluate("(t => t.scrollWidth <= t.clientWidth)(document.querySelector('table'))")
+    page.close()

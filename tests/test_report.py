@@ -243,3 +243,41 @@ def test_a_run_given_as_dot_is_named_after_its_folder(tiny_run, monkeypatch):
 
     monkeypatch.chdir(tiny_run)
     assert Run.open(".").name == tiny_run.name
+
+
+def test_a_plot_of_400_epochs_keeps_its_line_styles_and_readable_ticks(tiny_run, tmp_path, monkeypatch):
+    """Markers at each of 400 epochs made the dashed training line solid like the held-out one, and labelling every
+    2..9 of four decades piled the y-axis labels on one another (the seed's 400 epochs, memorising)."""
+    import shutil
+
+    import matplotlib.pyplot as plt
+
+    from neuralda.report import plot_perplexity
+    from neuralda.run import Run
+
+    run = shutil.copytree(tiny_run, tmp_path / "seed")
+    rows = [{"epoch": e, "train_ppl": 2000 * math.exp(-e / 40) + 1.3, "val_ppl": 500 + 4 * e, "best": e == 1}
+            for e in range(1, 401)]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    figures = []
+    monkeypatch.setattr(plt, "close", lambda fig=None: figures.append(fig))
+    plot_perplexity([Run.open(run)])
+    ax = figures[0].axes[0]
+    training = next(line for line in ax.get_lines() if line.get_linestyle() == "--")
+    assert training.get_marker() in (None, "None", "", " ")
+    figures[0].canvas.draw()
+    labels = [t.get_text() for t in ax.yaxis.get_ticklabels(minor=True) + ax.yaxis.get_ticklabels() if t.get_text()]
+    assert len(labels) <= 8, labels
+
+
+def test_a_run_whose_last_epoch_was_its_best_is_reported_once(tmp_path, corpus_file):
+    """Without saved epochs the report showed "best" and "last": the same weights, row and poem twice."""
+    from conftest import tiny_config
+
+    from neuralda.report import report_checkpoints
+    from neuralda.run import Run
+    from neuralda.train import train
+
+    result = train(tiny_config(corpus_file, tmp_path / "run", epochs=2, save_at=()), log=lambda s: None)
+    assert result.best_epoch == 2  # the loss still falls: the last epoch is the best
+    assert report_checkpoints(Run.open(tmp_path / "run")) == ["best"]

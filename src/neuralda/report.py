@@ -44,7 +44,10 @@ def report_checkpoints(run: Run) -> list[str]:
     names = run.checkpoints()
     saved = {int(c[6:]): c for c in names if c.startswith("epoch-")}
     if not saved:
-        return [c for c in ("best", "last") if c in names]
+        shown = [c for c in ("best", "last") if c in names]
+        if len(shown) == 2 and run.checkpoint_meta("best").get("epoch") == run.checkpoint_meta("last").get("epoch"):
+            shown = ["best"]  # the last epoch was the best: the same weights would write the same poem twice
+        return shown
     best_epoch = run.checkpoint_meta("best").get("epoch") if "best" in names else None
     if isinstance(best_epoch, int) and best_epoch not in saved:  # a run's best model belongs in its report
         saved[best_epoch] = "best"
@@ -78,6 +81,17 @@ def collect(
     return runs, entries
 
 
+def _plain_log(**options):
+    """A log axis's labels as plain numbers ("1,000"), where matplotlib's LogFormatter chooses to label."""
+    import matplotlib.ticker
+
+    class PlainLog(matplotlib.ticker.LogFormatter):
+        def __call__(self, x: float, pos: int | None = None) -> str:
+            return (f"{x:,.0f}" if x >= 1 else f"{x:g}") if super().__call__(x, pos) else ""
+
+    return PlainLog(**options)
+
+
 def plot_perplexity(runs: list[Run]) -> bytes | None:
     """Training and validation perplexity per epoch for every run on one log-scale chart, as PNG bytes (None when
     no run has recorded an epoch: its metrics.jsonl is missing or empty)."""
@@ -101,14 +115,16 @@ def plot_perplexity(runs: list[Run]) -> bytes | None:
         color = f"C{i}"
         epochs = [r["epoch"] for r in rows]
         train = [_finite(r.get("train_ppl")) for r in rows]
-        # Small markers: an epoch between gaps, or a run of one epoch, still shows.
-        ax.plot(epochs, train, color=color, linestyle="--", linewidth=1.2, marker=".", markersize=4,
+        # Small markers: an epoch between gaps, or a run of one epoch, still shows; over the seed's 400 epochs they
+        # would touch and draw the dashed training line solid, as the held-out one.
+        marker = "." if len(rows) <= 60 else None
+        ax.plot(epochs, train, color=color, linestyle="--", linewidth=1.2, marker=marker, markersize=4,
                 label=f"{name}: training (dropout on)")
         val_rows = [r for r in rows if not math.isnan(_finite(r.get("val_ppl")))]
         val = [(r["epoch"], _finite(r["val_ppl"])) for r in val_rows]
         plotted = plotted or bool(val) or any(not math.isnan(t) for t in train)
         if val:
-            ax.plot(*zip(*val), color=color, linewidth=2, marker=".", markersize=5, label=f"{name}: held out")
+            ax.plot(*zip(*val), color=color, linewidth=2, marker=marker, markersize=5, label=f"{name}: held out")
             # The trainer's own best (the last epoch it marked), which a tie in rounded perplexities could hide.
             marked = [v for v, r in zip(val, val_rows) if r.get("best") is True]
             best = marked[-1] if marked else min(val, key=lambda v: v[1])
@@ -119,9 +135,10 @@ def plot_perplexity(runs: list[Run]) -> bytes | None:
                 ax.axvline(int(checkpoint[6:]), color=color, linestyle=":", linewidth=1)
     if plotted:
         ax.set_yscale("log")
-    plain = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:,.0f}")  # 1,000 rather than 10^3
-    ax.yaxis.set_major_formatter(plain)
-    ax.yaxis.set_minor_formatter(plain)
+        # 1,000 rather than 10^3; the 2..9 between powers of ten are labelled only where the axis spans few
+        # decades (matplotlib's thresholds): over four, as the seed's memorising reaches, they piled on each other.
+        ax.yaxis.set_major_formatter(_plain_log(labelOnlyBase=False))
+        ax.yaxis.set_minor_formatter(_plain_log(labelOnlyBase=False, minor_thresholds=(1.5, 0.75)))
     ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel("perplexity (log scale)")
@@ -243,15 +260,15 @@ h1, h2 {{ font-weight: normal; letter-spacing: .01em; }}
 img {{ max-width: 100%; height: auto; border: 1px solid #e4d9c6; background: white; }}
 table {{ border-collapse: collapse; font: 12.5px/1.4 system-ui, sans-serif; width: 100%; overflow-x: auto;
         display: block; }}
-th, td {{ padding: .25rem .3rem; border-bottom: 1px solid #e4d9c6; text-align: right; white-space: nowrap; }}
+th, td {{ padding: .25rem .2rem; border-bottom: 1px solid #e4d9c6; text-align: right; white-space: nowrap; }}
 /* Headers wrap at their spaces and a long run name anywhere: every column fits the page's measure. */
 th {{ white-space: normal; vertical-align: bottom; }}
-td:first-child {{ white-space: normal; overflow-wrap: anywhere; min-width: 5rem; }}
+td:first-child {{ white-space: normal; overflow-wrap: anywhere; min-width: 4rem; }}
 th:first-child, td:first-child, th:nth-child(2), td:nth-child(2) {{ text-align: left; }}
 details {{ margin: .8rem 0; padding: .4rem .8rem; border-left: 3px solid #b5651d; background: white; }}
 summary {{ cursor: pointer; font-style: italic; }}
 pre {{ font-size: 12px; overflow-x: auto; }}
-.poem p {{ margin: .9rem 0; }}
+.poem p {{ margin: .9rem 0; overflow-wrap: anywhere; }}
 .note {{ font-size: 14px; color: #6b5a48; }}
 </style></head><body>
 <h1>{html.escape(title)}</h1>

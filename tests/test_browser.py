@@ -154,12 +154,12 @@ def test_the_report_table_fits_a_desktop_page_with_an_early_checkpoints_numbers(
     from neuralda.report import Entry, html_page
     from neuralda.run import Run
 
-    runs = [Run.open(shutil.copytree(tiny_run, tmp_path / name)) for name in ("seed", "neruda")]
+    opened = [Run.open(shutil.copytree(tiny_run, tmp_path / name)) for name in ("seed", "neruda")]
     measures = dict(perplexity=1664.8, perplexity_per_word=22246.4, bits_per_char=2.83, copied_4gram_share=0.0,
                     copied_6gram_share=0.0, copied_8gram_share=0.0, longest_copy=2, distinct_2=1.0)
     entries = [Entry(run, f"epoch-{e}", e, f"After {e} training epochs", "love", dict(measures, epoch=e))
-               for run in runs for e in (200, 400)]
-    (tmp_path / "post.html").write_text(html_page(runs, entries, "t", None, ""))
+               for run in opened for e in (200, 400)]
+    (tmp_path / "post.html").write_text(html_page(opened, entries, "t", None, ""))
     page = browser.new_page(viewport={"width": 1280, "height": 800})
     page.goto((tmp_path / "post.html").as_uri())
     assert page.evaluate("(t => t.scrollWidth <= t.clientWidth)(document.querySelector('table'))")

@@ -50,6 +50,18 @@ def test_keras_forget_bias_is_one():
     assert torch.all(total[8:16] == 2) and torch.all(total[:8] == 0) and torch.all(total[16:] == 0)
 
 
+def test_thoutt_lstm_kernels_are_one_glorot_matrix_as_in_tf1():
+    """BasicLSTMCell (TF 1.0) draws [input, h] -> 4 * units as one glorot-uniform matrix: no orthogonal kernel."""
+    import math
+
+    torch.manual_seed(0)
+    lstm = ThouttLSTM(100, embed=64, hidden=64, layers=2).lstms[1]
+    limit = math.sqrt(6 / (64 + 64 + 4 * 64))
+    for w in (lstm.weight_ih_l0, lstm.weight_hh_l0):
+        assert w.abs().max() <= limit and w.std() > 0.9 * limit / math.sqrt(3)
+    assert torch.all(lstm.bias_ih_l0[64:128] == 1) and torch.all(lstm.bias_ih_l0[:64] == 0)
+
+
 def test_our_lstm_ties_embedding_and_output():
     model = PoetLSTM(100, hidden=16, layers=2)
     assert model.decoder.weight is model.embedding.weight
@@ -75,6 +87,7 @@ def test_recipes_reproduce_the_published_setups():
     seed, thoutt = recipe("seed"), recipe("thoutt")
     assert (seed.batch_size, seed.seq_len, seed.lr, seed.dropout, seed.stateful) == (512, 30, 1e-3, 0.3, False)
     assert (thoutt.batch_size, thoutt.seq_len, thoutt.clip_value, thoutt.stateful) == (512, 30, 1.0, True)
+    assert thoutt.carry_state  # as the brief has it; --no-carry-state as got-book-6's code ran
     assert seed.patience == 0 and thoutt.patience == 0 and recipe("lstm").patience > 0
     assert seed.save_at == (200, 400)
 

@@ -6,6 +6,7 @@ can carry state across batches and generation can feed one token at a time.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -60,6 +61,19 @@ def _keras_lstm_init(lstm: nn.LSTM, forget_bias: float = 1.0) -> None:
             nn.init.zeros_(p)
             with torch.no_grad():
                 p[h : 2 * h] = forget_bias
+
+
+def _tf1_basic_lstm_init(lstm: nn.LSTM) -> None:
+    """TF 1.0's BasicLSTMCell: one "weights" matrix over [input, h] -> 4 * units with get_variable's default
+    (glorot-uniform over fan_in = input + units, fan_out = 4 * units; no orthogonal recurrent kernel), "biases" at 0
+    and forget_bias=1.0 added at run time (the same as a forget-gate bias starting at 1)."""
+    h = lstm.hidden_size
+    limit = math.sqrt(6 / (lstm.input_size + h + 4 * h))
+    with torch.no_grad():
+        lstm.weight_ih_l0.uniform_(-limit, limit)
+        lstm.weight_hh_l0.uniform_(-limit, limit)
+        lstm.bias_ih_l0.zero_()
+        lstm.bias_ih_l0[h : 2 * h] = 1.0
 
 
 def _count(module: nn.Module) -> int:
@@ -208,7 +222,7 @@ class ThouttLSTM(StackedLSTM):
         self.drop = nn.Dropout(dropout)
         nn.init.xavier_uniform_(self.embedding.weight)  # embed_sequence's default (glorot) initializer
         for lstm in self.lstms:
-            _keras_lstm_init(lstm)  # glorot kernels; forget_bias=1.0 as BasicLSTMCell adds it
+            _tf1_basic_lstm_init(lstm)
         nn.init.xavier_uniform_(self.decoder.weight)  # fully_connected's xavier init
         nn.init.zeros_(self.decoder.bias)
 

@@ -328,13 +328,35 @@ def test_seed_recipe_trains_on_shuffled_windows(tmp_path, corpus_file):
 
 def test_stateful_batches_are_parallel_streams():
     ids = torch.arange(41)
-    cfg = {"batch_size": 4, "seq_len": 3, "stateful": True, "seed": 0}
+    cfg = {"batch_size": 4, "seq_len": 3, "stateful": True, "carry_state": True, "seed": 0}
     got = list(batches(ids, cfg, 1))
     x0, y0, reset0, _ = got[0]
     assert reset0 and x0.tolist() == [[0, 1, 2], [10, 11, 12], [20, 21, 22], [30, 31, 32]]
     assert torch.equal(y0, x0 + 1)
     x1, _, reset1, _ = got[1]
     assert not reset1 and x1[:, 0].tolist() == [3, 13, 23, 33]
+    # got-book-6's code read its streams so, but every batch from zeros (its dynamic_rnn never read the fed state)
+    uncarried = list(batches(ids, {**cfg, "carry_state": False}, 1))
+    assert all(reset for *_, reset, _ in uncarried)
+    assert [x.tolist() for x, *_ in uncarried] == [x.tolist() for x, *_ in got]
+
+
+def test_no_carry_state_is_recorded_and_refused_where_there_is_no_state_to_carry(tmp_path, corpus_file):
+    train(tiny_config(corpus_file, tmp_path / "t", arch="thoutt", epochs=1, carry_state=False), **QUIET)
+    assert Run.open(tmp_path / "t").config["carry_state"] is False
+    with pytest.raises(NeuraldaError, match="--no-carry-state: seed reads shuffled windows"):
+        train(tiny_config(corpus_file, tmp_path / "s", arch="seed", epochs=1, carry_state=False), **QUIET)
+    assert not (tmp_path / "s" / "config.json").exists()
+
+
+def test_a_run_made_before_carry_state_resumes_carrying_it(tmp_path, corpus_file):
+    out = tmp_path / "old"
+    train(tiny_config(corpus_file, out, epochs=1), **QUIET)
+    config = json.loads((out / "config.json").read_text())
+    del config["carry_state"]
+    (out / "config.json").write_text(json.dumps(config))
+    assert train(tiny_config("", out, epochs=2), resume=True, **QUIET).epochs == 2
+    assert Run.open(out).config["carry_state"] is True
 
 
 def test_window_batches_cover_each_window_once():

@@ -375,6 +375,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--unk-rate", type=float,
         help=f"read words seen once as <unk> this often, to learn unknown words ({_per_arch('unk_rate')})",
     )
+    t.add_argument(
+        "--carry-state", action=argparse.BooleanOptionalAction, default=None,
+        help="carry the LSTM state from batch to batch along the streams (thoutt, lstm; default: yes); "
+        "--no-carry-state starts each batch from zeros, as got-book-6's code did",
+    )
     t.add_argument("--val-fraction", type=float, help="poems held out (default 0.1)")
     t.add_argument(
         "--max-time", type=_interval, metavar="DURATION",

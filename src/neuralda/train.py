@@ -26,7 +26,7 @@ from .errors import NeuraldaError
 from .evaluate import autocast, format_ppl, perplexity, token_nll
 from .files import append_line, atomic_write, write_json
 from .generate import default_start, write_poems
-from .models import Recipe, build_model, default_size, recipe
+from .models import RECIPES, Recipe, build_model, default_size, recipe
 from .run import (
     FORMAT_VERSION,
     Run,
@@ -73,6 +73,7 @@ class TrainConfig:
     layers: int | None = None
     patience: int | None = None
     unk_rate: float | None = None
+    carry_state: bool | None = None
     val_fraction: float | None = None
     max_time: float | None = None  # seconds (0: no limit)
     save_every: float | None = None  # seconds between checkpoints (None: SAVE_EVERY; 0: after every epoch)
@@ -91,6 +92,12 @@ class TrainConfig:
     def resolved(self, train_tokens: int) -> dict:
         """The full configuration: given values, then the recipe's, then sizes from the corpus."""
         r = recipe(self.arch)
+        if self.carry_state is not None and not r.stateful:
+            flag = "--carry-state" if self.carry_state else "--no-carry-state"
+            raise NeuraldaError(
+                f"{flag}: {self.arch} reads shuffled windows, each from a zero state; it applies to the recipes that "
+                f"read parallel streams ({', '.join(a for a, each in RECIPES.items() if each.stateful)})"
+            )
         out = asdict(self)
         for f in fields(r):
             if out.get(f.name) is None:
@@ -240,7 +247,7 @@ def _global_batches(ids: torch.Tensor, cfg: dict, epoch: int):
         x = ids[: streams * span].view(streams, span)
         y = ids[1 : streams * span + 1].view(streams, span)
         for i in range(0, span, length):
-            yield x[:, i : i + length], y[:, i : i + length], i == 0
+            yield x[:, i : i + length], y[:, i : i + length], i == 0 or not cfg["carry_state"]
         return
     windows = max(1, n // length)
     length = min(length, n)
@@ -597,6 +604,7 @@ class Trainer:
                 if value is not None:
                     self.run.config[key] = sorted(set(value)) if key == "save_at" else value
             self.run.config["compile"] = cfg.compile
+            self.run.config.setdefault("carry_state", True)  # runs made before the setting carried their state
             check_setting_types(self.run.config, self.run.path / "config.json")
             check_settings(self.run.config)
         device = pick_device(self.run.config["device"] if resume else cfg.device or DEFAULTS["device"])

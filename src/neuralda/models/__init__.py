@@ -21,7 +21,8 @@ class Recipe:
     clip_value: float | None = None  # clip each gradient element to +-value (got-book-6)
     clip_norm: float | None = None  # clip the global gradient norm
     schedule: str = "none"  # none | plateau (halve the rate when validation stops improving)
-    stateful: bool = False  # carry the recurrent state from batch to batch along parallel streams
+    stateful: bool = False  # read the corpus as batch_size parallel streams, in order, seq_len words a batch
+    carry_state: bool = True  # with stateful: each batch starts from the state the one before ended in
     patience: int = 0  # stop after this many epochs without a better validation loss (0: never)
     unk_rate: float = 0.0  # each epoch, read each word seen once in training as <unk> with this probability
     save_at: tuple[int, ...] = field(default_factory=tuple)
@@ -30,7 +31,9 @@ class Recipe:
 RECIPES: dict[str, Recipe] = {
     # The seed: Keras model.fit on shuffled windows of 30 words, batches of 512, Adam 1e-3, 400 epochs.
     "seed": Recipe(epochs=400, batch_size=512, seq_len=30, lr=1e-3, dropout=0.3, save_at=(200, 400)),
-    # got-book-6: the same sizes, 512 streams of 30 words carried statefully, gradients clipped to +-1.
+    # got-book-6: the same sizes, 512 streams of 30 words carried statefully, gradients clipped to +-1. Its own
+    # training loop fed each batch's final state to `initial_state`, a tensor its tf.nn.dynamic_rnn never read (it
+    # was given only dtype=, so it made its own zeros): `--no-carry-state` trains as that code did.
     "thoutt": Recipe(
         epochs=400, batch_size=512, seq_len=30, lr=1e-3, dropout=0.3, clip_value=1.0, stateful=True, save_at=(200, 400)
     ),

@@ -153,3 +153,14 @@ def test_vocab_load_errors(tmp_path):
 def test_is_word():
     assert is_word("don't") and is_word("earth-star") and is_word("1918")
     assert not is_word(",") and not is_word(LINE) and not is_word(" --")
+
+
+def test_written_tokens_never_merge_into_a_word_the_model_did_not_write():
+    """A model may write a spacing-marked mark where the corpus never had it: "way", " '", "after" must not read
+    back as the one word "way'after" (nor "way", "-", "after" as "way-after")."""
+    from neuralda.tokenizer import detokenize, is_word, tokenize
+
+    for mark in (" '", "'", "’", "-"):
+        seq = ["way", mark, "after"]
+        words = [t for t in tokenize(detokenize(seq), end=False) if is_word(t)]
+        assert words == ["way", "after"], (mark, detokenize(seq))

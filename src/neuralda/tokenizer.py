@@ -55,6 +55,7 @@ _WORD = rf"{_ALNUM}(?:['’\-]{_ALNUM})*"
 _IDEOGRAPH = rf"[{_IDEOGRAPHS}][{_MARKS}]*"
 _DASH = r"-+|[—–―]"
 _TOKEN = re.compile(rf"(?P<word>{_WORD})|(?P<ideograph>{_IDEOGRAPH})|(?P<dash>{_DASH})|(?P<mark>\S)")
+_WORD_RE = re.compile(_WORD)
 _IS_WORD = re.compile(rf"(?:{_WORD}| ?{_IDEOGRAPH} ?)\Z")  # a character keeps a space the poet put beside it
 _IS_IDEOGRAPH = re.compile(rf"{_IDEOGRAPH}\Z")
 _IS_DASH = re.compile(rf"(?:{_DASH})\Z")
@@ -177,10 +178,15 @@ def _join_line(tokens: Sequence[str], quotes: dict[str, bool]) -> str:
     marks = [t.strip(" ") or t for t in tokens]
     usual = _spacing(marks, quotes)
     out: list[str] = []
+    glued = False  # the mark before was written against its own predecessor
     for i, mark in enumerate(marks):
-        if i and usual[i] != (tokens[i].startswith(" ") or tokens[i - 1].endswith(" ")):
-            out.append(" ")
-        out.append(mark)
+        spaced = i > 0 and usual[i] != (tokens[i].startswith(" ") or tokens[i - 1].endswith(" "))
+        # A model may write a mark where the corpus never had it: "way", " '", "after" glued would read back as the
+        # one word "way'after". tokenize never gives a word glued so (it reads one word there): the space is lossless.
+        if i > 1 and not spaced and glued and _WORD_RE.fullmatch(marks[i - 2] + marks[i - 1] + mark):
+            spaced = True
+        out.append(" " * spaced + mark)
+        glued = i > 0 and not spaced
     return "".join(out)
 
 

@@ -413,7 +413,10 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser("generate", help="write poems with a trained run")
     g.add_argument("run", help="a run directory")
     g.add_argument("--start", help='the first word(s) (default: "love" where the model knows it, else anywhere)')
-    g.add_argument("--words", type=_positive_int, default=120, help="at most this many words, the start's among them (a longer start is kept whole; default 120)")
+    g.add_argument(
+        "--words", type=_positive_int, default=120,
+        help="at most this many words, the start's among them (a longer start is kept whole; default 120)",
+    )
     g.add_argument("--n", type=_positive_int, default=3, help="how many poems (default 3)")
     # The defaults are SamplingConfig's (a test checks): neuralda.generate imports torch, too slow for --help.
     g.add_argument(

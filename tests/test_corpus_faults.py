@@ -6,6 +6,8 @@ Each either works or ends in one ``neuralda: error: ...`` line and exit code 2; 
 import json
 import os
 import random
+import stat
+import threading
 
 import pytest
 
@@ -165,6 +167,18 @@ def test_a_file_name_that_is_not_utf8_imports(capsys, tmp_path):
     assert (poem.text, poem.url) == ("Poema\nverso", "poemas_ni\ufffdo.txt")
 
 
+def test_a_corpus_and_a_run_whose_names_are_not_utf8_train_and_write(capsys, tmp_path):
+    # config.json records both paths: their stray bytes (lone surrogates) could not be written as UTF-8, a traceback
+    # that left a run directory without its config.json.
+    corpus = tmp_path / os.fsdecode(b"poemas_ni\xf1o.jsonl")
+    corpus.write_text("".join(json.dumps({"text": f"{line}\nand {i}"}) + "\n" for i, line in enumerate(LINES)))
+    out = tmp_path / os.fsdecode(b"runs_ni\xf1o")
+    code, _, err = run(capsys, "train", corpus, "-o", out, *TINY_TRAIN)
+    assert code == 0, err
+    code, poems, err = run(capsys, "generate", out, "--n", "1", "--words", "5", "--seed", "1")
+    assert code == 0 and poems, err
+
+
 def test_a_failed_import_leaves_the_existing_corpus_as_it_was(capsys, tmp_path):
     corpus = tmp_path / "corpus.jsonl"
     corpus.write_text('{"text": "my poem"}\n', encoding="utf-8")
@@ -198,3 +212,19 @@ def test_import_force_onto_a_symlink_replaces_the_file_it_points_to(capsys, tmp_
     assert run(capsys, "corpus", "import", src, "-o", link, "--force")[0] == 0
     assert link.is_symlink() and [p.text for p in read_corpus(target)] == ["a new poem"]
     assert [f.name for f in target.parent.iterdir()] == ["neruda.jsonl"]  # no temporary file left behind
+
+
+def test_import_force_onto_a_fifo_writes_into_it_and_keeps_it(capsys, tmp_path):
+    # -o /dev/null --force as root renamed a regular file over the device: /dev/null was gone for everyone.
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    got = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()), daemon=True)
+    reader.start()
+    src = tmp_path / "new.txt"
+    src.write_text("a new poem\n", encoding="utf-8")
+    assert run(capsys, "corpus", "import", src, "-o", fifo, "--force")[0] == 0
+    reader.join(5)
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+    assert got and json.loads(got[0])["text"] == "a new poem"
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["new.txt", "pipe"]

@@ -731,6 +731,8 @@ def test_a_last_record_without_its_newline_is_kept_and_ended(site, tmp_path):
         pytest.param(b'{"text": "a poem"}\nnotes after it', 2, id="record-then-notes"),
         pytest.param(b'my notes\n{"title": "looks torn', 1, id="notes-then-brace"),
         pytest.param(b'{"text": "a poem"}\n[1, 2]\n', 2, id="json-but-no-poem"),
+        pytest.param(b'{"poems": [{"text": "a poem"}], "by": "me"}', 1, id="one-line-json-export"),
+        pytest.param(b'{"text": "a poem"}\n{"title": "a draft", "text": null}', 2, id="last-object-without-text"),
     ],
 )
 def test_an_output_that_is_not_a_corpus_is_an_error_and_left_as_it_was(site, tmp_path, content, line):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,14 @@ def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:
     payload = data.encode("utf-8") if isinstance(data, str) else data
     tmp = ""
     try:
+        try:
+            special = not stat.S_ISREG(os.stat(path).st_mode)
+        except FileNotFoundError:
+            special = False
+        if special:  # /dev/null, /dev/stdout, a FIFO: write into it; a rename would replace the device itself
+            with open(path, "wb") as f:
+                f.write(payload)
+            return
         real.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{real.name}.", suffix=".tmp", dir=real.parent)
         with os.fdopen(fd, "wb") as f:
@@ -54,7 +63,12 @@ def why_not_written(path: str | os.PathLike, error: OSError) -> str:
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     """Atomically write ``obj`` as pretty, UTF-8 JSON."""
-    atomic_write(path, json.dumps(obj, ensure_ascii=False, indent=2) + "\n")
+    text = json.dumps(obj, ensure_ascii=False, indent=2)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a path that is not UTF-8 (a lone surrogate): its \\udcXX escape reads back the same
+        text = json.dumps(obj, indent=2)
+    atomic_write(path, text + "\n")
 
 
 def append_line(path: str | os.PathLike, line: str) -> None:

@@ -115,11 +115,9 @@ def _check_config(config: ScrapeConfig) -> None:
 
 
 def _corpus_record(line: bytes) -> dict | None:
-    """The poem record on one JSONL line (an object with a "text" string), or None when it is not one."""
-    try:
-        record = json.loads(line.decode("utf-8", errors="replace"))
-    except ValueError:
-        return None
+    """The poem record on one JSONL line (an object with a "text" string), None when the line is JSON but no
+    poem; ValueError when it is not JSON."""
+    record = json.loads(line.decode("utf-8", errors="replace"))
     return record if isinstance(record, dict) and isinstance(record.get("text"), str) else None
 
 
@@ -138,13 +136,16 @@ def _written(path: Path) -> tuple[set[str], set[str]]:
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
-        record = _corpus_record(line)
         last = number == len(lines)
-        if record is None and last and line.startswith(b"{"):
-            # Every line before it is a record, so this is what a run killed mid-write leaves: drop it, its poem is
-            # fetched again. Anything else is the user's and is never cut.
-            os.truncate(path, len(data) - len(line))
-            break
+        try:
+            record = _corpus_record(line)
+        except ValueError:
+            record = None
+            if last and line.startswith(b"{"):
+                # Every line before it is a record, so this is what a run killed mid-write leaves: drop it, its poem
+                # is fetched again. Anything else (whole JSON too: a one-line export) is the user's and never cut.
+                os.truncate(path, len(data) - len(line))
+                break
         if record is None:
             raise NeuraldaError(f"{path}:{number}: not a corpus line (JSONL); write to another -o file")
         if last:

@@ -312,3 +312,21 @@ def test_a_model_without_love_writes_measures_and_reports_from_anywhere(tmp_path
     assert main(["evaluate", str(run), "--samples", "2", "--words", "8"]) == 0
     assert main(["report", str(run), "-o", str(tmp_path / "post.md"), "--samples", "2", "--words", "8"]) == 0
     assert "Poems begin where the model likes." in (tmp_path / "post.md").read_text()
+
+
+def test_an_output_encoding_without_the_poems_letters_is_one_line(tmp_path):
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text('{"text": "café über niño"}\n', encoding="utf-8")
+    env = {**os.environ, "PYTHONIOENCODING": "ascii"}
+    out = subprocess.run(
+        [sys.executable, "-m", "neuralda", "corpus", "stats", str(corpus)], capture_output=True, text=True, env=env
+    )
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert out.stderr.startswith("neuralda: error: ") and out.stderr.count("\n") == 1 and "PYTHONIOENCODING" in out.stderr
+@pytest.mark.parametrize("args", [("generate", "run", "--n"), ("evaluate", "run", "--samples")])
+def test_a_count_too_big_for_the_machine_is_one_line(args, capsys):
+    from neuralda.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main([*args, "99999999999999999999"])
+    assert exit_.value.code == 2 and "must be at most" in capsys.readouterr().err

@@ -457,3 +457,15 @@ def test_poet_is_listed_in_the_package():
     import neuralda
 
     assert "Poet" in dir(neuralda) and "Poet" in neuralda.__all__
+
+
+def test_a_copy_guard_longer_than_the_corpus_is_built_at_once():
+    # --max-copy 1000000000000 hashed 10^12 - 1 positions of no run at all (a hang); 10^20 overflowed (a traceback).
+    import numpy as np
+
+    from neuralda.generate import CopyGuard
+
+    words = np.array([1, 2, 3, -1, 4, 5], dtype=np.int64)
+    for n in (7, 10**20, 10**12):
+        guard = CopyGuard.from_words(words, n)
+        assert guard.blocked([1, 2, 3]) == []

@@ -135,6 +135,16 @@ def test_report_outputs_that_cannot_be_files_are_one_line_errors(tiny_run, tmp_p
     assert not any((tmp_path / "somedir").iterdir())
 
 
+@pytest.mark.parametrize("option", ["-o", "--html"])
+def test_a_symlink_loop_as_an_output_is_no_traceback(tiny_run, tmp_path, monkeypatch, capsys, option):
+    (tmp_path / "loop").symlink_to("loop")  # Path.resolve raised RuntimeError ("Symlink loop"), uncaught
+    args = ("-o", "post.md", "--html", "loop") if option == "--html" else ("-o", "loop")
+    monkeypatch.chdir(tmp_path)
+    code = main(["report", str(tiny_run), *args, "--samples", "0"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("neuralda: error: ") and err.count("\n") == 1, err
+
+
 def test_report_refuses_runs_it_could_not_tell_apart(tiny_run, tmp_path):
     import shutil
 

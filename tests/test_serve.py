@@ -447,6 +447,13 @@ def test_a_port_out_of_range_is_a_one_line_error(port):
         listen("127.0.0.1", port)
 
 
+@pytest.mark.parametrize("host", ["", " "])
+def test_an_empty_host_is_an_error_not_every_interface(host):
+    # bind(("", port)) listens on 0.0.0.0: `--host "$HOST"` with HOST unset opened the server to the network.
+    with pytest.raises(NeuraldaError, match="--host is empty"):
+        listen(host, 0).close()
+
+
 def test_serve_on_a_port_out_of_range_exits_2_with_one_line(runs):
     out = subprocess.run([sys.executable, "-m", "neuralda", "serve", str(runs[0]), "--port", "99999"],
                          capture_output=True, text=True, timeout=60)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import codecs
 import json
 import math
 import os
@@ -21,7 +22,8 @@ DEMO_RUN = Path("runs/demo")
 
 
 def _whole_number(minimum: int):
-    """An argparse type: a whole number of at least ``minimum``."""
+    """An argparse type: a whole number of at least ``minimum`` (and at most sys.maxsize: a count of poems or
+    words beyond it overflows a C integer, a traceback)."""
 
     def parse(text: str) -> int:
         try:
@@ -30,6 +32,8 @@ def _whole_number(minimum: int):
             raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
         if value < minimum:
             raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        if value > sys.maxsize:
+            raise argparse.ArgumentTypeError(f"must be at most {sys.maxsize}, got {value}")
         return value
 
     return parse
@@ -527,6 +531,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except UnicodeEncodeError as e:  # stdout cannot hold a poem's letters (PYTHONIOENCODING=ascii, a Windows pipe)
+        out = codecs.lookup(getattr(sys.stdout, "encoding", None) or "utf-8").name
+        if out == "utf-8" or out != codecs.lookup(e.encoding).name:  # not the output's doing: a bug
+            raise
+        print(
+            f"neuralda: error: the output's encoding ({out}) cannot write {e.object[e.start:e.end]!r}; "
+            "set PYTHONIOENCODING=utf-8",
+            file=sys.stderr,
+        )
+        return 2
     except BrokenPipeError:  # the reader went away: `generate ... | head` has what it asked for; a job was stopped
         return 141 if args.func in (cmd_train, cmd_demo, cmd_scrape) else 0  # 128 + SIGPIPE, as a shell reports it
     except OSError as e:  # the machine's doing (a full disk, no permission), not a bug: one line too

@@ -289,6 +289,8 @@ class CopyGuard:
         """The guard of ``training_words``."""
         if n < 2:
             raise NeuraldaError(f"--max-copy must be at least 2 words, got {n}")
+        if n > len(words):  # no run that long to block; hashing n - 1 words a run would loop n times for nothing
+            return cls(n, np.zeros(0, dtype=np.uint64), np.zeros(0, dtype=np.int32))
         starts = np.arange(max(len(words) - n + 1, 0))
         poem_ends = np.concatenate([[0], np.cumsum(words < 0)])
         starts = starts[poem_ends[starts + n] == poem_ends[starts]]  # runs within one poem

@@ -11,6 +11,7 @@ import base64
 import html
 import io
 import math
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -313,7 +314,7 @@ def report_paths(output: str | Path, html_path: str | Path | None, force: bool) 
     plot = output.with_name(output.stem + PLOT_SUFFIX)
     page = Path(html_path) if html_path else None
     paths = [p for p in (output, plot, page) if p]
-    if len({p.resolve() for p in paths}) < len(paths):
+    if len({os.path.realpath(p) for p in paths}) < len(paths):  # Path.resolve: RuntimeError on a symlink loop
         raise NeuraldaError(f"-o {output} and --html {page} would write the same file (the plot is {plot})")
     existing = [str(p) for p in paths if p.exists()]
     if existing and not force:

@@ -380,6 +380,8 @@ def listen(host: str, port: int) -> socket.socket:
     """A socket listening on ``host:port`` (port 0: any free one); a port out of range or in use is a one-line error."""
     if not 0 <= port <= 65535:
         raise NeuraldaError(f"port {port} does not exist; choose a --port from 0 to 65535 (0: any free one)")
+    if not host.strip():  # bind("") is every interface: an unset $HOST would open the server to the network
+        raise NeuraldaError("--host is empty; give 127.0.0.1 (this machine only) or 0.0.0.0 (every interface)")
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets that say they are TCP, and without it every
     # small response waits ~40 ms for a delayed ACK.
@@ -387,9 +389,10 @@ def listen(host: str, port: int) -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
-    except OSError as e:
+    except (OSError, UnicodeError, TypeError) as e:  # TypeError: a host name that is not UTF-8
         sock.close()
-        raise NeuraldaError(f"cannot listen on {host}:{port} ({e.strerror}); choose another --port or --host") from None
+        why = e.strerror if isinstance(e, OSError) else "not a host name"
+        raise NeuraldaError(f"cannot listen on {host}:{port} ({why}); choose another --port or --host") from None
     sock.listen(128)
     return sock
 

@@ -150,7 +150,8 @@ def check_unchanged(cfg: TrainConfig, run: Run) -> None:
     can change (the run's split, vocabulary, model and optimizer were made with the others)."""
     given, was = [], []
     recorded = run.config
-    if cfg.corpus and Path(cfg.corpus).resolve() != Path(recorded.get("corpus", "")).resolve():
+    # realpath, not Path.resolve: a symlink loop is RuntimeError there (Python 3.11), a traceback.
+    if cfg.corpus and os.path.realpath(cfg.corpus) != os.path.realpath(str(recorded.get("corpus", ""))):
         given.append("the corpus")
         was.append(f"the corpus {recorded.get('corpus')}")
     for f in fields(cfg):

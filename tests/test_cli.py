@@ -178,6 +178,15 @@ def test_demo_scrapes_the_local_site_trains_and_writes(tmp_path):
     assert len((tmp_path / "runs" / "demo-corpus.jsonl").read_text().splitlines()) == 117
 
 
+def test_demo_never_replaces_a_corpus_of_the_user_s_named_as_its_own(tmp_path):
+    mine = tmp_path / "neruda-corpus.jsonl"
+    mine.write_text('{"text": "my poem", "url": "https://example.org/poem"}\n{"text": "another"}\n')
+    before = mine.read_bytes()
+    out = cli("demo", "--minutes", "0.1", "-o", tmp_path / "neruda", "-q", timeout=60)
+    assert out.returncode == 2 and out.stderr.count("\n") == 1 and "did not scrape" in out.stderr, out.stderr
+    assert mine.read_bytes() == before and not (tmp_path / "neruda").exists()
+
+
 def option_help(command: str, option: str) -> str:
     """The help text of ``option`` in ``neuralda COMMAND --help``, on one line."""
     from neuralda.cli import build_parser

@@ -256,6 +256,26 @@ def cmd_serve(args: argparse.Namespace) -> None:
     serve(args.runs, host=args.host, port=args.port)
 
 
+def _scraped_from_this_machine(path: Path) -> bool:
+    """Whether every poem in ``path`` came from a site on 127.0.0.1, as the demo's do (a last line a killed scrape
+    tore is skipped): a corpus of the user's with the demo's file name is never replaced."""
+    from urllib.parse import urlsplit
+
+    lines = path.read_bytes().split(b"\n")
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            if number == len(lines):
+                continue
+            return False
+        if not isinstance(record, dict) or urlsplit(str(record.get("url"))).hostname != "127.0.0.1":
+            return False
+    return True
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     """Serve the bundled corpus as a website on 127.0.0.1, scrape it, train on it, and write a poem."""
     import importlib.resources
@@ -277,6 +297,8 @@ def cmd_demo(args: argparse.Namespace) -> None:
         if Path(str(previous.get("corpus"))).resolve() != corpus_out.resolve():
             raise NeuraldaError(f"{out} holds a run that is not the demo's; choose another -o")
         shutil.rmtree(out)
+    if corpus_out.exists() and not _scraped_from_this_machine(corpus_out):
+        raise NeuraldaError(f"{corpus_out} holds poems the demo did not scrape; choose another -o")
     corpus_out.unlink(missing_ok=True)  # the demo's own output from an earlier run
     poems = read_corpus(importlib.resources.files("neuralda") / "demo" / "poems.jsonl")
     with tempfile.TemporaryDirectory() as cache, serve_poems(poems) as site:

@@ -154,6 +154,17 @@ def test_a_start_mark_spaced_otherwise_is_the_mark_the_model_knows():
         start_tokens("love!", v)
 
 
+def test_an_unknown_start_word_typed_without_its_accent_names_the_accented_one_first():
+    from neuralda.generate import start_tokens
+    from neuralda.tokenizer import tokenize
+
+    v = Vocab.build([tokenize("amor mío, te miro y mido el mito, mi mismo río; tú", end=False)])
+    with pytest.raises(NeuraldaError, match="close words it knows: mío"):
+        start_tokens("mio", v)
+    with pytest.raises(NeuraldaError, match="close words it knows: tú"):
+        start_tokens("tu", v)
+
+
 def test_sampling_follows_the_model_probabilities():
     probs = torch.tensor([0.5, 0.3, 0.2, 0.0])
     gens = [torch.Generator().manual_seed(i) for i in range(4000)]

@@ -14,6 +14,7 @@ import math
 import numbers
 import os
 import threading
+import unicodedata
 import warnings
 import weakref
 from dataclasses import dataclass, field
@@ -182,6 +183,11 @@ def default_start(vocab: Vocab) -> str:
     return DEFAULT_START if DEFAULT_START in vocab else ""
 
 
+def _folded(word: str) -> str:
+    """``word`` without case or accents: how a keyboard without them types it."""
+    return "".join(c for c in unicodedata.normalize("NFD", word.casefold()) if not unicodedata.combining(c))
+
+
 def start_tokens(start: str, vocab: Vocab) -> list[str]:
     """The start words as tokens, cleaned as the corpus was (a soft hyphen or U+2011 typed or pasted in a word would
     make it unknown); a mark spaced otherwise than in the corpus ("love ," or "love—sea") is read as the model knows
@@ -194,7 +200,10 @@ def start_tokens(start: str, vocab: Vocab) -> list[str]:
         spelling = next((s for s in spellings if s in vocab and s != vocab.itos[vocab.unk]), None)
         if spelling is None:
             words = [w for w in vocab.itos if is_word(w)]
-            close = difflib.get_close_matches(t, words, n=5, cutoff=0.6)
+            # The same word but for accents or case first ("tu" -> "tú", "mio" -> "mío"): difflib ranks "mito",
+            # "miro", "mido", "mi" and "mismo" above "mío", and gives nothing for a two-letter word.
+            same = [w for w in words if _folded(w) == _folded(t)]
+            close = (same + [w for w in difflib.get_close_matches(t, words, n=5, cutoff=0.6) if w not in same])[:5]
             hint = f"; close words it knows: {', '.join(close)}" if close else ""
             raise NeuraldaError(f"the model does not know the start word {t!r}{hint}")
         known.append(spelling)

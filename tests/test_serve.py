@@ -116,6 +116,17 @@ def write(client: httpx.Client, **body) -> httpx.Response:
     return client.post("/api/generate", json=body)
 
 
+def test_a_poet_without_love_begins_anywhere_not_with_its_commonest_word(runs, tmp_path):
+    """A Spanish poet's page offered "el" (its commonest word), and every poem from an empty box began with it."""
+    from neuralda.serve import open_served
+
+    run = shutil.copytree(runs[0], tmp_path / "poeta")
+    vocab = json.loads((run / "vocab.json").read_text(encoding="utf-8"))
+    vocab["tokens"] = ["amor" if t == "love" else t for t in vocab["tokens"]]
+    (run / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
+    assert open_served(str(run)).info.start == ""
+
+
 def test_models_lists_runs_checkpoints_and_perplexity(client, runs):
     r = client.get("/api/models")
     assert r.status_code == 200

@@ -100,7 +100,7 @@ class RunInfo(BaseModel):
     hidden: int
     layers: int
     vocab_size: int
-    start: str = Field(description="a start word the model knows")
+    start: str = Field(description='a start word the model knows ("love"), or "": its poems begin anywhere')
     default_checkpoint: str
     checkpoints: list[CheckpointInfo]
 
@@ -149,14 +149,13 @@ def open_served(path: str) -> ServedRun:
     if not checkpoints:
         raise NeuraldaError(f"{run.path}: no checkpoints yet; train it first with `neuralda train`")
     names = [c.name for c in checkpoints]
-    words = [w for w in run.vocab.itos if is_word(w)]
     info = RunInfo(
         name=run.name,
         arch=run.config["arch"],
         hidden=run.config["hidden"],
         layers=run.config["layers"],
         vocab_size=len(run.vocab),
-        start=default_start(run.vocab) or (words[0] if words else ""),
+        start=default_start(run.vocab),
         default_checkpoint="best" if "best" in names else names[-1],
         checkpoints=checkpoints,
     )

@@ -31,7 +31,7 @@ function describe() {
     parts.push(`held-out perplexity ${formatPpl(checkpoint.val_ppl)}${when}`);
   }
   $("model").textContent = parts.join(" · ");
-  $("start").placeholder = run.start || "";
+  $("start").placeholder = run.start || "any word"; // a Spanish poet's model has no "love": it begins anywhere
 }
 
 async function loadModels() {
@@ -94,7 +94,7 @@ async function write(event) {
       method: "POST",
       headers: { "Content-Type": "application/json" },
       body: JSON.stringify({
-        start: $("start").value.trim() || $("start").placeholder, // an empty box begins with the word it shows
+        start: $("start").value.trim() || run.start, // an empty box begins with the word it shows, or anywhere
         words: Number($("words").value),
         temperature: Number($("temperature").value),
         top_p: Number($("top_p").value),

@@ -94,6 +94,9 @@ def test_summary_counts_a_model_too_large_to_build():
     assert out.returncode == 0, out.stderr
     total = int(out.stdout.split("Total params: ")[1].split()[0].replace(",", ""))
     assert total > 10**7 * hidden + 8 * hidden**2  # the embedding and the LSTM's weights at least
+    # Past 2^63 numbers in one matrix even shapes cannot be held: one line, not torch's traceback.
+    out = cli("summary", "--arch", "seed", "--vocab", 2**63 - 1)
+    assert out.returncode == 2 and out.stderr.count("\n") == 1 and "overflowed" in out.stderr, out.stderr
 
 
 def test_out_of_memory_is_one_line_and_exit_2(tmp_path, corpus_file):

@@ -227,7 +227,11 @@ def cmd_summary(args: argparse.Namespace) -> None:
             model, title = run.build_model(), f"{run.name} ({run.config['arch']})"
         else:
             hidden, layers = default_size(args.arch, 100_000)
-            model, title = build_model(args.arch, args.vocab, args.hidden or hidden, args.layers or layers, 0.0), args.arch
+            try:
+                model = build_model(args.arch, args.vocab, args.hidden or hidden, args.layers or layers, 0.0)
+            except RuntimeError as e:  # on the meta device only a size fails: a matrix past 2^63 numbers
+                raise NeuraldaError(f"--vocab {args.vocab} and --hidden {args.hidden or hidden}: {e}") from None
+            title = args.arch
     print(summary_table(model, title))
 
 

@@ -265,3 +265,11 @@ def test_compare_prints_an_aligned_table():
         "runs/seed:epoch-200    200  1012.3    3021.5      2.718  1.2%  50.0%  25.0%  12.5%       31      0.410      0.800    35%",  # noqa: E501
         "runs/ours:best          13   219.0    3021.5      2.718  1.2%  50.0%  25.0%  12.5%        -      0.410      0.800    35%",  # noqa: E501
     ]
+
+
+def test_a_character_is_one_word_whatever_its_spacing():
+    """Each Chinese character and kana is a word; a space beside it (kept in its token) makes no other word."""
+    idx = NgramIndex(poem_words(t) for t in ["古池や 蛙飛び込む 水の音"])
+    m = sample_measures([("古池や蛙飛び込む水の音", True)], idx)
+    assert m["copied_4gram_share"] == 1.0 and m["longest_copy"] == 11
+    assert distinct_n([poem_words("蛙 蛙 蛙蛙")], 1) == 0.25

@@ -68,7 +68,10 @@ def token_nll(
     The text is cut into up to ``EVAL_STREAMS`` parallel streams read in chunks with the recurrent state carried, so
     every model is measured the way it writes: one long context, not windows. Each stream first reads, unscored, the
     ``EVAL_WARMUP`` tokens before its part: a state starting from zeros mid-text cost a small held-out set 5% of its
-    perplexity against reading it as one stream. Streams are padded at their ends; padding is never scored.
+    perplexity against reading it as one stream; after the warm-up it is 0.04-0.06% above (Keats 98.970 against
+    98.930, the demo model 68.031 against 67.989: an LSTM remembers further back than 128 tokens; 512 would bring it
+    within 0.005%, at 1.2-2x the validation time).
+    Streams are padded at their ends; padding is never scored.
     """
     n = ids.numel() - 1
     if n < 1:
@@ -157,8 +160,9 @@ def heldout_measures(model, text: HeldoutText) -> dict:
 
 
 def poem_words(text: str, keep_case: bool = False) -> list[str]:
-    """The words of a poem, without punctuation or breaks."""
-    return [t for t in tokenize(text, keep_case=keep_case, end=False) if is_word(t)]
+    """The words of a poem, without punctuation or breaks; a Chinese or Japanese character is the same word whether
+    or not the poet put a space beside it (its token keeps that space: " 蛙")."""
+    return [t.strip(" ") for t in tokenize(text, keep_case=keep_case, end=False) if is_word(t)]
 
 
 def ngrams(words: Sequence[str], n: int) -> list[tuple[str, ...]]:

@@ -293,6 +293,31 @@ def test_ctrl_c_keeps_the_best_weights_of_the_epochs_it_finished(tmp_path, corpu
     assert train(tiny_config(corpus_file, tmp_path / "run", epochs=5), resume=True, **QUIET).epochs == 5
 
 
+def test_a_resume_that_stops_before_the_interrupted_best_keeps_a_best_of_its_own(tmp_path, corpus_file, monkeypatch):
+    """Ctrl-C writes the best weights held in memory, from epochs after 'last'; a resume that stops before them
+    (fewer --epochs, a shorter --patience) must not be left with a 'best' from epochs its metrics do not have."""
+    import neuralda.train as training
+
+    scored, calls = training.token_nll, []
+
+    def interrupted_in_epoch_5(model, ids, precision="fp32", share=(0, 1)):
+        calls.append(1)
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+        return scored(model, ids, precision, share)
+
+    monkeypatch.setattr(training, "token_nll", interrupted_in_epoch_5)
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_config(corpus_file, out, epochs=8, save_at=(2,)), **QUIET)
+    run = Run.open(out)
+    assert run.checkpoint_meta("last")["epoch"] == 2 and run.checkpoint_meta("best")["epoch"] in (3, 4)
+    monkeypatch.setattr(training, "token_nll", scored)
+    assert train(tiny_config("", out, epochs=2), resume=True, **QUIET).epochs == 2  # nothing left to train
+    best = [r["epoch"] for r in run.metrics() if r["best"]][-1]
+    assert run.checkpoint_meta("best")["epoch"] == best <= 2
+
+
 def test_max_time_stops_cleanly(tmp_path, corpus_file):
     result = train(tiny_config(corpus_file, tmp_path / "run", epochs=10_000, max_time=1.5), **QUIET)
     assert result.stopped == "time"

@@ -491,6 +491,19 @@ def _stream(run: Run, split: str) -> torch.Tensor:
     return torch.tensor([run.vocab.stoi[POEM_END]] + run.vocab.encode_poems(p.text for p in poems), dtype=torch.long)
 
 
+BEST_AT_LAST = ".best-at-last.safetensors"  # 'best' as of checkpoint 'last', kept aside by an interrupted run
+
+
+def _swap_best(checkpoints: Path, back: bool) -> None:
+    """An interrupted run writes the best weights it held, of epochs after 'last', and keeps its older 'best' (the
+    best up to 'last') aside; a resume puts that back, since it trains again from 'last' and may stop before those
+    epochs (fewer --epochs, a shorter --patience): its 'best' must be one of its own epochs."""
+    best, aside = checkpoints / "best.safetensors", checkpoints / BEST_AT_LAST
+    source, target = (aside, best) if back else (best, aside)
+    if source.exists():
+        os.replace(source, target)
+
+
 def _truncate_epochs(path: Path, epoch: int) -> None:
     """Keep each epoch once: drop lines written after the checkpoint a resumed run starts from, and the sample of
     the ``last`` checkpoint, which the resumed run writes anew when it ends."""
@@ -702,6 +715,7 @@ class Trainer:
         load_optimizer(self.optimizer, optim, meta["param_groups"])
         self.scheduler.load_state_dict(meta["scheduler"])
         self.state.update(meta["trainer"])
+        self.dist.on_main(functools.partial(_swap_best, self.run.path / "checkpoints", back=True))
         for name in ("metrics.jsonl", "samples.jsonl"):
             self.dist.on_main(functools.partial(_truncate_epochs, self.run.path / name, self.state["epoch"]))
         self.log(f"resuming {self.run.path} after epoch {self.state['epoch']}")
@@ -873,6 +887,7 @@ class Trainer:
             best = ""
             if self.dist.main and self.best is not None:  # a whole epoch's weights: the run has a model to write with
                 best = f" (its best weights so far, of epoch {self.best[1]['epoch']}, are in checkpoint 'best')"
+                _swap_best(self.run.path / "checkpoints", back=False)
                 self._save_best()
             with contextlib.suppress(BrokenPipeError):
                 progress.close()

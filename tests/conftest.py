@@ -22,6 +22,17 @@ def loopback_only(monkeypatch):
         return real(address, *args, **kwargs)
 
     monkeypatch.setattr(socket, "create_connection", guarded)
+    # Every TCP/UDP connect goes through socket.socket.connect/connect_ex (create_connection, asyncio, anyio,
+    # a bare socket): guarding only create_connection let any other path reach the network unnoticed.
+    for name in ("connect", "connect_ex"):
+        real_connect = getattr(socket.socket, name)
+
+        def guarded_connect(self, address, _real=real_connect):
+            if self.family in (socket.AF_INET, socket.AF_INET6):
+                assert address[0] in ("127.0.0.1", "localhost", "::1"), f"tried to reach {address[0]}"
+            return _real(self, address)
+
+        monkeypatch.setattr(socket.socket, name, guarded_connect)
 
 
 # Original lines, recombined into poems: enough structure for a tiny model to learn something.

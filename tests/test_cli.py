@@ -190,6 +190,18 @@ def test_demo_never_replaces_a_corpus_of_the_user_s_named_as_its_own(tmp_path):
     assert mine.read_bytes() == before and not (tmp_path / "neruda").exists()
 
 
+@pytest.mark.parametrize("mine", ["vocab.json", "data/train.jsonl"])
+def test_demo_never_replaces_files_of_the_user_s_in_its_run_folder(tmp_path, mine):
+    # A folder without config.json: the demo resumes a run of its own killed early, never takes over a user's files.
+    path = tmp_path / "neruda" / mine
+    path.parent.mkdir(parents=True)
+    path.write_text('{"text": "my own", "url": "https://example.org/poem"}\n')
+    before = path.read_bytes()
+    out = cli("demo", "--minutes", "0.1", "-o", tmp_path / "neruda", "-q", timeout=60)
+    assert out.returncode == 2 and out.stderr.count("\n") == 1 and "not the demo's run" in out.stderr, out.stderr
+    assert path.read_bytes() == before
+
+
 def option_help(command: str, option: str) -> str:
     """The help text of ``option`` in ``neuralda COMMAND --help``, on one line."""
     from neuralda.cli import build_parser

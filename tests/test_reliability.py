@@ -38,10 +38,11 @@ def test_sigkill_ten_times_then_resume(tmp_path, corpus_file):
         run.load_model(name)  # every checkpoint loads
 
 
-def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, corpus_file):
+@pytest.mark.parametrize("save_every", ["0", "3600"])  # 3600: epochs trained after the last checkpoint are cut
+def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, corpus_file, save_every):
     out = tmp_path / "run"
     args = ["--epochs", "5", "--hidden", "32", "--layers", "1", "--lr", "1e30", "--precision", "fp32", "-q",
-            "--save-every", "0"]
+            "--save-every", save_every]
     result = subprocess.run([sys.executable, "-m", "neuralda", "train", str(corpus_file), "-o", str(out), *args],
                             capture_output=True, text=True)
     assert result.returncode == 2 and "the training loss became nan" in result.stderr
@@ -50,7 +51,7 @@ def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, c
     epochs = [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     run = Run.open(out)
     _, meta = run.load_model("last")
-    assert meta["epoch"] == epochs[-1] < 5  # the checkpoint of the last epoch that ended with a number
+    assert epochs == list(range(1, meta["epoch"] + 1)) and meta["epoch"] < 5  # cut back to the checkpoint
     assert f"the checkpoints of epoch {meta['epoch']} are kept" in result.stderr
 
 
@@ -114,6 +115,17 @@ def damage_data(run) -> None:
     best.write_bytes(bytes(raw))
 
 
+def damage_header(run) -> None:
+    """Flip one bit of a number in the JSON header of the last checkpoint (the learning rate a resume would use):
+    the header stays valid JSON, so only a checksum over it can tell."""
+    last = run / "checkpoints" / "last.safetensors"
+    raw = bytearray(last.read_bytes())
+    at = raw.index(b'\\"lr\\": ') + len(b'\\"lr\\": ')
+    at += next(i for i, c in enumerate(raw[at:at + 30]) if chr(c) in "123456789")  # a digit other than 0
+    raw[at] ^= 1  # '1' <-> '0', '2' <-> '3', ...: still a number
+    last.write_bytes(bytes(raw))
+
+
 def shrink_vocab(run) -> None:
     vocab = json.loads((run / "vocab.json").read_text())
     vocab["tokens"] = vocab["tokens"][:-3]
@@ -135,6 +147,7 @@ def future_format(run) -> None:
     "damage, message",
     [
         (damage_data, "damaged checkpoint (its bytes do not match the checksum"),
+        (damage_header, "damaged checkpoint (its header does not match the checksum"),
         (shrink_vocab, "the weights do not match the model"),
         (future_format, "written by a newer neuralda (format 99)"),
         (drop_a_special, "not a neuralda vocabulary (no <poembreak> token)"),
@@ -148,7 +161,10 @@ def test_files_a_user_did_not_make_are_one_line_and_exit_2(tiny_run, tmp_path, c
     assert main(["generate", str(run), "--seed", "1", "--words", "5"]) == 0
     capsys.readouterr()
     damage(run)
-    assert main(["generate", str(run), "--seed", "1", "--words", "5"]) == 2
+    command = ["generate", str(run), "--seed", "1", "--words", "5"]
+    if damage is damage_header:  # only 'last' and 'epoch-N' carry the learning rate; resume reads 'last'
+        command += ["--checkpoint", "last"]
+    assert main(command) == 2
     err = capsys.readouterr().err
     assert err.startswith("neuralda: error:") and message in err and len(err.strip().splitlines()) == 1
 

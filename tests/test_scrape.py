@@ -514,6 +514,20 @@ def test_off_host_link_is_not_followed(site, tmp_path):
     assert all(h.host == f"127.0.0.1:{port}" for h in site.hits)
 
 
+def test_a_redirect_to_another_host_is_not_followed(site, tmp_path):
+    # "localhost:PORT" is this test server under another host name: what the scraper must not go to.
+    port = site.base.rsplit(":", 1)[1]
+    small_site(site, 2)
+    site.index("/", ["/poems/0", "/moved"])
+    site.routes["/moved"] = (301, {"Location": f"http://localhost:{port}/poems/1"}, b"")
+    summary = scrape(config(site, tmp_path))
+    assert summary.poems_written == 1
+    assert [reason for url, reason in summary.failures if url.endswith("/moved")] == [
+        f"redirects to another host (http://localhost:{port}/poems/1); not followed"
+    ]
+    assert all(h.host == f"127.0.0.1:{port}" for h in site.hits)
+
+
 def test_duplicate_links_fetch_the_poem_once(site, tmp_path):
     small_site(site, 2)
     site.index("/", ["/poems/0", "/poems/0#stanza-2", "./poems/0", f"{site.base}/poems/0", "/poems/1"])

@@ -301,6 +301,13 @@ def cmd_demo(args: argparse.Namespace) -> None:
         if Path(str(previous.get("corpus"))).resolve() != corpus_out.resolve():
             raise NeuraldaError(f"{out} holds a run that is not the demo's; choose another -o")
         shutil.rmtree(out)
+    elif out.is_dir() and any(out.iterdir()):
+        # Training resumes what a demo killed before its config.json left there: only the demo's own split (poems
+        # scraped from 127.0.0.1) may be taken over; a vocab.json or data/*.jsonl of the user's is never replaced.
+        split = [p for p in (out / "data" / "train.jsonl", out / "data" / "val.jsonl") if p.exists()]
+        orphan_vocab = (out / "vocab.json").exists() and not split  # _prepare writes the split before it
+        if orphan_vocab or not all(map(_scraped_from_this_machine, split)):
+            raise NeuraldaError(f"{out} holds files that are not the demo's run; choose another -o")
     if corpus_out.exists() and not _scraped_from_this_machine(corpus_out):
         raise NeuraldaError(f"{corpus_out} holds poems the demo did not scrape; choose another -o")
     corpus_out.unlink(missing_ok=True)  # the demo's own output from an earlier run

@@ -45,12 +45,20 @@ def _digest(tensors: dict[str, Any]) -> str:
     return h.hexdigest()
 
 
+def _meta_digest(meta: dict) -> str:
+    """SHA-256 of the header's own values (epoch, learning rates, trainer state), the checksums left out: a flipped
+    bit there ("lr": 0.001 read as 0.003) is as silent as one in the weights."""
+    rest = {k: v for k, v in meta.items() if k not in ("sha256", "meta_sha256")}
+    return hashlib.sha256(json.dumps(rest, sort_keys=True).encode()).hexdigest()
+
+
 def save_checkpoint(path: Path, tensors: dict[str, Any], meta: dict) -> None:
-    """Atomically write ``tensors`` (name -> tensor) and a JSON ``meta`` header with their checksum."""
+    """Atomically write ``tensors`` (name -> tensor) and a JSON ``meta`` header with their checksums."""
     from safetensors.torch import save
 
     data = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-    atomic_write(path, save(data, metadata={_META_KEY: json.dumps({**meta, "sha256": _digest(data)})}))
+    meta = {**meta, "sha256": _digest(data), "meta_sha256": _meta_digest(meta)}
+    atomic_write(path, save(data, metadata={_META_KEY: json.dumps(meta)}))
 
 
 def read_checkpoint(path: Path) -> tuple[dict[str, Any], dict]:
@@ -64,6 +72,8 @@ def read_checkpoint(path: Path) -> tuple[dict[str, Any], dict]:
     # Checkpoints written before the checksum have none: they are read as they are.
     if "sha256" in meta and meta["sha256"] != _digest(tensors):
         raise NeuraldaError(f"{path}: damaged checkpoint (its bytes do not match the checksum saved with it)")
+    if "meta_sha256" in meta and meta["meta_sha256"] != _meta_digest(meta):
+        raise NeuraldaError(f"{path}: damaged checkpoint (its header does not match the checksum saved with it)")
     return tensors, meta
 
 

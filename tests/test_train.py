@@ -270,49 +270,40 @@ def test_gains_too_small_to_keep_the_rate_count_towards_patience(tmp_path, corpu
     assert [r["lr"] for r in metrics(tmp_path / "run")] == [0.01, 0.01, 0.01, 0.005]
 
 
-def test_ctrl_c_keeps_the_best_weights_of_the_epochs_it_finished(tmp_path, corpus_file, monkeypatch):
+def train_until_ctrl_c(cfg, epoch: int, monkeypatch, log=lambda s: None) -> None:
+    """Train ``cfg`` until Ctrl-C while ``epoch`` validates (its weights trained, not yet held as the best)."""
     import neuralda.train as training
 
     scored, calls = training.token_nll, []
 
-    def interrupted_in_epoch_3(model, ids, precision="fp32", share=(0, 1)):
+    def interrupted(model, ids, precision="fp32", share=(0, 1)):
         calls.append(1)
-        if len(calls) == 3:
+        if len(calls) == epoch:
             raise KeyboardInterrupt
         return scored(model, ids, precision, share)
 
-    monkeypatch.setattr(training, "token_nll", interrupted_in_epoch_3)
+    with monkeypatch.context() as m, pytest.raises(KeyboardInterrupt):
+        m.setattr(training, "token_nll", interrupted)
+        train(cfg, log=log)
+
+
+def test_ctrl_c_keeps_the_best_weights_of_the_epochs_it_finished(tmp_path, corpus_file, monkeypatch):
     lines = []
-    with pytest.raises(KeyboardInterrupt):
-        train(tiny_config(corpus_file, tmp_path / "run", epochs=5), log=lines.append)  # saves every 30 s: not yet
+    train_until_ctrl_c(tiny_config(corpus_file, tmp_path / "run", epochs=5), 3, monkeypatch, lines.append)
     run = Run.open(tmp_path / "run")
-    assert run.checkpoint_meta("last")["epoch"] == 0
+    assert run.checkpoint_meta("last")["epoch"] == 0  # checkpoints every 30 s: not yet
     assert run.checkpoint_meta("best")["epoch"] in (1, 2)  # the model that `generate` writes with
     assert "best weights so far" in lines[-1]
-    monkeypatch.setattr(training, "token_nll", scored)
     assert train(tiny_config(corpus_file, tmp_path / "run", epochs=5), resume=True, **QUIET).epochs == 5
 
 
 def test_a_resume_that_stops_before_the_interrupted_best_keeps_a_best_of_its_own(tmp_path, corpus_file, monkeypatch):
     """Ctrl-C writes the best weights held in memory, from epochs after 'last'; a resume that stops before them
     (fewer --epochs, a shorter --patience) must not be left with a 'best' from epochs its metrics do not have."""
-    import neuralda.train as training
-
-    scored, calls = training.token_nll, []
-
-    def interrupted_in_epoch_5(model, ids, precision="fp32", share=(0, 1)):
-        calls.append(1)
-        if len(calls) == 5:
-            raise KeyboardInterrupt
-        return scored(model, ids, precision, share)
-
-    monkeypatch.setattr(training, "token_nll", interrupted_in_epoch_5)
     out = tmp_path / "run"
-    with pytest.raises(KeyboardInterrupt):
-        train(tiny_config(corpus_file, out, epochs=8, save_at=(2,)), **QUIET)
+    train_until_ctrl_c(tiny_config(corpus_file, out, epochs=8, save_at=(2,)), 5, monkeypatch)
     run = Run.open(out)
     assert run.checkpoint_meta("last")["epoch"] == 2 and run.checkpoint_meta("best")["epoch"] in (3, 4)
-    monkeypatch.setattr(training, "token_nll", scored)
     assert train(tiny_config("", out, epochs=2), resume=True, **QUIET).epochs == 2  # nothing left to train
     best = [r["epoch"] for r in run.metrics() if r["best"]][-1]
     assert run.checkpoint_meta("best")["epoch"] == best <= 2

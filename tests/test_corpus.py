@@ -498,3 +498,49 @@ def test_a_poem_in_square_brackets_is_still_plain_text(tmp_path):
     path = tmp_path / "poems.txt"
     path.write_text("[Sin título]\nla noche\n", encoding="utf-8")
     assert [p.text for p in import_files([path])] == ["[Sin título]\nla noche"]
+
+
+def test_two_blank_lines_inside_a_poem_are_one_stanza_break():
+    """A poem's text never keeps two blank lines in a row (they would make an empty line token)."""
+    assert normalize_text("first\n\n\nsecond\n \n\n \nthird") == "first\n\nsecond\n\nthird"
+
+
+def test_a_file_a_few_percent_nul_is_binary():
+    """More than 1% NUL bytes is a binary file, not a text with a few stray NULs to drop."""
+    with pytest.raises(NeuraldaError, match="binary"):
+        decode_bytes(b"the sea and the salt\n" * 5 + b"\x00" * 5, "f.txt")
+
+
+def test_plain_text_poems_are_titled_by_their_first_line(tmp_path):
+    """A plain-text poem's title is its first line, up to 80 characters."""
+    path = tmp_path / "poems.txt"
+    long = "a very long first line that goes on and on about the sea, the salt, the stone and the night wind"
+    path.write_text(f"The Song of the Salt Wind\nline\n\n\n{long}\nline\n", encoding="utf-8")
+    assert [p.title for p in import_files([path])] == ["The Song of the Salt Wind", long[:80].rstrip()]
+
+
+def test_a_saved_page_without_a_doctype_is_known_by_its_name(tmp_path):
+    """A .html file that starts with a plain tag is still a web page: its tags never reach the poem."""
+    page = tmp_path / "poem.html"
+    page.write_text("<div>the sea at night<br>the salt wind</div>", encoding="utf-8")
+    assert [p.text for p in import_files([page])] == ["the sea at night\nthe salt wind"]
+
+
+def test_author_replaces_the_author_of_imported_jsonl(tmp_path):
+    """--author applies to JSONL records too, not only to text files."""
+    jsonl = write_jsonl(tmp_path / "a.jsonl", [{"text": "one", "author": "Someone"}, {"text": "two"}])
+    assert {p.author for p in import_files([jsonl], author="Pablo Neruda")} == {"Pablo Neruda"}
+
+
+def test_a_file_with_old_mac_line_ends_splits_into_poems(tmp_path):
+    """Lines ending in a lone CR (classic Mac OS) are lines: two blank ones still part poems."""
+    path = tmp_path / "poems.txt"
+    path.write_bytes(b"First poem\rline two\r\r\rSecond poem\r")
+    assert [p.text for p in import_files([path])] == ["First poem\nline two", "Second poem"]
+
+
+def test_stats_vocabulary_counts_every_distinct_token_and_lines_skip_stanza_breaks():
+    """vocabulary: distinct tokens (marks and breaks too); distinct_words: words only; a stanza break is no line."""
+    s = corpus_stats([Poem("", "", "Love the sea,\nlove the salt.")])
+    assert s["vocabulary"] == 8 and s["distinct_words"] == 4
+    assert corpus_stats([Poem("", "", "sea\nsalt\n\nstone")])["lines"] == 3

@@ -273,3 +273,56 @@ def test_a_character_is_one_word_whatever_its_spacing():
     m = sample_measures([("古池や蛙飛び込む水の音", True)], idx)
     assert m["copied_4gram_share"] == 1.0 and m["longest_copy"] == 11
     assert distinct_n([poem_words("蛙 蛙 蛙蛙")], 1) == 0.25
+
+
+def test_a_large_perplexity_is_kept_and_only_an_overflow_is_inf():
+    """A diverged run's perplexity (10^111 was seen) is reported as the number it is; only past float range is inf."""
+    from neuralda.evaluate import perplexity
+
+    assert perplexity(256.0, 1) == pytest.approx(math.exp(256.0))
+    assert perplexity(2 * 701.0, 2) == math.inf and perplexity(1.0, 0) == math.inf
+
+
+def test_longest_copy_counts_a_copy_at_the_very_end():
+    """A poem whose only copied word is its last still has a longest copy of 1."""
+    assert index().longest_copy(["copper", "quiet", "stone"]) == 1
+
+
+def test_copied_share_and_distinct_n_count_every_occurrence_across_poems():
+    """A run copied twice counts twice; distinct-n pools the poems (two identical poems are half distinct)."""
+    run4 = ["by", "the", "sea", "the"]
+    assert copied_share([run4, run4], index(), 4) == 1.0
+    assert copied_share([run4 + ["copper", "quiet", "hill", "tonight"]] * 2, index(), 4) == pytest.approx(2 / 10)
+    assert distinct_n([["a", "b"], ["a", "b"]], 1) == pytest.approx(0.5)
+    assert distinct_n([["a", "b", "c"], ["a", "b", "d"]], 2) == pytest.approx(3 / 4)
+
+
+def test_the_copy_index_keeps_case_for_a_keep_case_run():
+    """A --keep-case run's poems are matched with their case against training poems read with theirs."""
+    idx = NgramIndex.from_poems([Poem("", "", "Love the Sea and the Salt")], keep_case=True)
+    assert idx.contains(["Love", "the", "Sea"]) and not idx.contains(["love", "the", "sea"])
+
+
+def test_evaluate_measures_its_poems_against_the_training_poems(tiny_run, tmp_path):
+    """The copy measures of evaluate are those of the poems written with its settings, against the training split
+    (here the held-out split holds those very poems, so measuring against it would read as all copied)."""
+    from neuralda.corpus import write_corpus
+    from neuralda.generate import SamplingConfig, write_poems
+
+    run_dir = shutil.copytree(tiny_run, tmp_path / "run")
+    run = Run.open(run_dir)
+    model, _ = run.load_model("best")
+    sampling = SamplingConfig(temperature=0.5, top_p=1.0)
+    poems = write_poems(model, run.vocab, None, 40, 4, sampling, 5)
+    write_corpus(run_dir / "data" / "val.jsonl", [Poem("", "", text) for text, _ in poems])
+    row = evaluate_run(run_dir, samples=4, words=40, seed=5, sampling=sampling)
+    expected = sample_measures(poems, NgramIndex.from_poems(run.poems("train")))
+    assert {k: row[k] for k in expected} == expected and row["copied_8gram_share"] < 1.0
+
+
+def test_a_run_directory_with_a_colon_in_its_name_is_a_run(tmp_path):
+    """runs/2024-05-01T10:00 is a run, not run "runs/2024-05-01T10" at checkpoint "00"."""
+    run = tmp_path / "2024-05-01T10:00"
+    run.mkdir()
+    assert parse_spec(str(run)) == (str(run), "best")
+    assert parse_spec(f"{run}:epoch-2") == (str(run), "epoch-2")

@@ -480,3 +480,78 @@ def test_a_copy_guard_longer_than_the_corpus_is_built_at_once():
     for n in (7, 10**20, 10**12):
         guard = CopyGuard.from_words(words, n)
         assert guard.blocked([1, 2, 3]) == []
+
+
+def _peaked(v: Vocab, scores: dict) -> FixedModel:
+    """A model giving ``scores`` to those tokens and -inf to every other (the poem's end too)."""
+    logits = torch.full((len(v),), -torch.inf)
+    for token, score in scores.items():
+        logits[v.stoi[token]] = score
+    return FixedModel(logits)
+
+
+_GREEDY = SamplingConfig(temperature=MIN_TEMPERATURE, top_p=1.0, repetition_penalty=2.0)
+
+
+def test_top_k_keeps_the_likeliest_after_the_repetition_penalty():
+    """The penalty comes before top-k: a word pushed down by it makes room for the next one."""
+    logits = torch.tensor([[3.0, 2.0, 1.0]])
+    seen = torch.tensor([[True, False, False]])
+    cfg = SamplingConfig(temperature=1.0, top_k=2, top_p=1.0, repetition_penalty=4.0)
+    assert torch.isfinite(filter_logits(logits, cfg, seen)).squeeze(0).tolist() == [False, True, True]
+
+
+@pytest.mark.parametrize("draws", [0, 4])
+def test_top_p_at_an_exact_boundary_keeps_no_word_past_it(monkeypatch, draws):
+    """A word whose likelier words already hold exactly p is outside, by rejection and by the sort alike."""
+    import neuralda.generate as g
+
+    monkeypatch.setattr(g, "NUCLEUS_DRAWS", draws)
+    logits = torch.log(torch.tensor([[0.5, 0.25, 0.125, 0.125]]))  # exact in binary: the running sums are too
+    assert _drawn(logits, 0.75, 500).gt(0).tolist() == [True, True, False, False]
+
+
+def test_the_start_words_count_as_already_written_for_the_penalty():
+    """--repetition-penalty lowers the start's words too: "love" is not written again right after it."""
+    v = vocab()
+    poem, _ = write_poems(_peaked(v, {"love": 1.0, "sea": 0.9}), v, "love", words=2, sampling=_GREEDY, seed=0)[0]
+    assert poem == "love sea"
+
+
+def test_the_repetition_penalty_lowers_words_not_line_breaks():
+    """Only words are penalised: a line break written once stays as likely as before."""
+    v = vocab()
+    model = _peaked(v, {"<nl>": 1.0, "sea": 0.9, "salt": 0.8})
+    poem, _ = write_poems(model, v, "love", words=3, sampling=_GREEDY, seed=0)[0]
+    assert poem == "love\nsea\nsalt"
+
+
+def test_a_start_with_more_lines_than_asked_is_the_whole_poem():
+    """--lines counts the start's own lines: a two-line start with --lines 1 is kept whole and gets no more words."""
+    v = vocab()
+    model = _peaked(v, {"sea": 1.0, "salt": 1.0, "<nl>": 0.0})
+    assert write_poems(model, v, "love\nnight", words=30, lines=1, seed=0) == [("love\nnight", False)]
+
+
+def test_a_poem_without_a_start_begins_with_love_where_the_model_knows_it():
+    """No start: "love", as the seed's poems began; a model without that word begins anywhere."""
+    v = vocab()
+    poems = write_poems(_peaked(v, {"sea": 1.0, "salt": 1.0}), v, None, words=3, n=4, seed=0)
+    assert all(poem.startswith("love ") for poem, _ in poems)
+    other = Vocab.build([["sea", "salt"]])
+    poems = write_poems(_peaked(other, {"sea": 0.0, "salt": 0.0}), other, None, words=2, seed=0)
+    assert all(p.split()[0] in ("sea", "salt") for p, _ in poems)
+
+
+def test_the_start_is_read_after_a_poem_break_as_in_training():
+    """The model reads <poembreak> then the start, one token at a time, as each training poem began."""
+    v = vocab()
+    fed = []
+
+    class Recording(FixedModel):
+        def forward(self, x, state=None):
+            fed.append(int(x[0, 0]))
+            return super().forward(x, state)
+
+    write_poems(Recording(torch.zeros(len(v))), v, "love sea", words=3, seed=0)
+    assert fed[:3] == [v.stoi[POEM_END], v.stoi["love"], v.stoi["sea"]]

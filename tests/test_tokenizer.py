@@ -164,3 +164,50 @@ def test_written_tokens_never_merge_into_a_word_the_model_did_not_write():
         seq = ["way", mark, "after"]
         words = [t for t in tokenize(detokenize(seq), end=False) if is_word(t)]
         assert words == ["way", "after"], (mark, detokenize(seq))
+
+
+@pytest.mark.parametrize(
+    "text, tokens",
+    [
+        ("the lovers' eyes", ["the", "lovers", "'", "eyes"]),
+        ("‘come home’ she said", ["‘", "come", "home", "’", "she", "said"]),
+        ('"wait,\n"stay"', ['"', "wait", ",", LINE, '"', "stay", '"']),
+        ("50% of the sea", ["50", "%", "of", "the", "sea"]),
+        (
+            "i 've seen 'em, then 'hush' she said",
+            ["i", "'", "ve", "seen", "'", "em", ",", "then", "'", "hush", "'", "she", "said"],
+        ),
+        ("漢abc", ["漢", "abc"]),
+    ],
+)
+def test_usual_spacing_needs_no_spacing_tokens(text, tokens):
+    """Text spaced as people usually space it gives plain marks, never marks carrying a space (a second token)."""
+    assert tokenize(text, end=False) == tokens
+
+
+def test_a_vocabulary_built_from_whole_poems_has_each_special_once_and_loads(tmp_path):
+    """Breaks seen in the poems are not added again after the specials: the saved vocabulary must load back."""
+    vocab = Vocab.build([tokenize("love, the sea\nthe salt\n\nthe end"), tokenize("sea")])
+    assert len(set(vocab.itos)) == len(vocab.itos) and vocab.itos[:4] == [UNK, LINE, STANZA, POEM_END]
+    vocab.save(tmp_path / "vocab.json")
+    assert Vocab.load(tmp_path / "vocab.json").itos == vocab.itos
+
+
+@pytest.mark.parametrize(
+    "tokens, message",
+    [
+        ([UNK, LINE, STANZA, POEM_END, "sea", "sea"], "distinct"),
+        ([UNK, STANZA, POEM_END, "sea"], "no <nl>"),
+    ],
+)
+def test_a_damaged_vocabulary_is_refused(tmp_path, tokens, message):
+    """A vocabulary with a token twice, or without a break token, is not loaded (ids would not match the model)."""
+    (tmp_path / "vocab.json").write_text(json.dumps({"keep_case": False, "min_count": 1, "tokens": tokens}))
+    with pytest.raises(NeuraldaError, match=message):
+        Vocab.load(tmp_path / "vocab.json")
+
+
+def test_a_keep_case_vocabulary_encodes_poems_with_their_case():
+    """--keep-case: the training stream keeps "Love" as the vocabulary's "Love", not as <unk>."""
+    vocab = Vocab.build([tokenize("Love the Sea", keep_case=True)], keep_case=True)
+    assert vocab.decode(vocab.encode_poems(["Love the Sea"])) == ["Love", "the", "Sea", POEM_END]

@@ -354,3 +354,10 @@ def test_a_count_too_big_for_the_machine_is_one_line(args, capsys):
     with pytest.raises(SystemExit) as exit_:
         main([*args, "99999999999999999999"])
     assert exit_.value.code == 2 and "must be at most" in capsys.readouterr().err
+
+
+def test_a_closed_output_is_one_line_not_poems_lost_in_silence():
+    # `generate ... >&-`: Python's sys.stdout is None, and print() to it wrote nothing and exited 0.
+    command = f"{shlex.quote(sys.executable)} -m neuralda summary --arch seed --vocab 10 >&-"
+    out = subprocess.run(["sh", "-c", command], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and out.stderr.count("\n") == 1 and "stdout) is closed" in out.stderr, out.stderr

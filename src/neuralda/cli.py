@@ -554,6 +554,10 @@ def _one_line_warnings(show: Callable) -> Callable:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        # A closed stdout (`>&-`) is None to Python, and print() to it writes nothing: poems would vanish, exit 0.
+        if sys.stdout is None and args.func in (cmd_corpus_stats, cmd_generate, cmd_evaluate, cmd_compare,
+                                                cmd_summary, cmd_demo):
+            raise NeuraldaError("the output (stdout) is closed; send it to a file instead (> out.txt)")
         with warnings.catch_warnings():
             warnings.showwarning = _one_line_warnings(warnings.showwarning)
             args.func(args)

@@ -555,3 +555,16 @@ def test_the_start_is_read_after_a_poem_break_as_in_training():
 
     write_poems(Recording(torch.zeros(len(v))), v, "love sea", words=3, seed=0)
     assert fed[:3] == [v.stoi[POEM_END], v.stoi["love"], v.stoi["sea"]]
+
+
+def test_the_copy_guard_blocks_a_character_in_each_of_its_spellings():
+    """" 蛙" (spaced by the poet) and "蛙" are one word: --max-copy 2 keeps "や" from being followed by either."""
+    from neuralda.generate import CopyGuard
+    from neuralda.tokenizer import tokenize
+
+    training = ["古池や 蛙飛び込む", "蛙 蛙"]
+    v = Vocab.build([tokenize(t) for t in training])
+    assert {" 蛙", "蛙"} <= set(v.itos)
+    model = _peaked(v, {"蛙": 5.0, " 蛙": 5.0, "池": 0.0})  # a copy, in either spelling, is far likelier
+    poems = write_poems(model, v, "や", words=2, n=8, seed=0, guard=CopyGuard.build(training, v, 2))
+    assert [p for p, _ in poems] == ["や池"] * 8

@@ -249,13 +249,14 @@ def _autocast_step(model, device_type: str, x: torch.Tensor, state):
 
 
 def training_words(texts: Iterable[str], vocab: Vocab) -> np.ndarray:
-    """The words of ``texts`` as ids, poems apart by -1; punctuation and breaks are skipped, as in the copying
-    measures."""
+    """The words of ``texts`` as ids (``Vocab.same_word``'s), poems apart by -1; punctuation and breaks are
+    skipped, as in the copying measures."""
     ids: list[int] = []
     for text in texts:
         ids += vocab.encode(t for t in tokenize(text, keep_case=vocab.keep_case, end=False) if is_word(t))
         ids.append(-1)
-    return np.array(ids, dtype=np.int64)
+    same = np.array([*vocab.same_word, -1], dtype=np.int64)  # -1 stays -1
+    return same[np.array(ids, dtype=np.int64)]
 
 
 _MIX = np.uint64(0x9E3779B97F4A7C15)  # an odd 64-bit multiplier (2^64 / the golden ratio)
@@ -355,7 +356,7 @@ class _Draft:
     """One poem being written."""
 
     tokens: list[str] = field(default_factory=list)
-    word_ids: list[int] = field(default_factory=list)  # its words so far (for the copy guard)
+    word_ids: list[int] = field(default_factory=list)  # its words so far, as Vocab.same_word (for the copy guard)
     words: int = 0
     lines: int = 0  # line and stanza breaks so far
     stanza_lines: int = 0  # breaks since the last stanza break
@@ -441,15 +442,15 @@ def _write_batch(
     generators = poem_generators(seeds, n)
     device = next(model.parameters()).device
     model.eval()
-    word_mask = vocab.word_mask
+    word_mask, same_word, spellings = vocab.word_mask, vocab.same_word, vocab.spellings
     prime_ids = vocab.encode(prime)
     drafts = [_Draft() for _ in range(n)]
     for d in drafts:  # the start is kept whole; its words and lines count towards the limits
         for token, token_id in zip(prime, prime_ids):
-            d.add(token, token_id, word_mask[token_id], words, 0)
+            d.add(token, same_word[token_id], word_mask[token_id], words, 0)
         d.done = d.words >= words or 0 < lines <= d.lines
     seen = torch.zeros(n, len(vocab), dtype=torch.bool)
-    seen[:, drafts[0].word_ids] = True
+    seen[:, [i for i in prime_ids if word_mask[i]]] = True
     stanza, line, end = vocab.stoi[STANZA], vocab.stoi[LINE], vocab.stoi[POEM_END]
     step = writing_steps(model, device, precision)
     # The scores stay where the model made them and are drawn from there; what each poem may not write next is
@@ -462,6 +463,8 @@ def _write_batch(
         rows, cols = [], []  # what each poem may not write next, marked in one go (per-row writes cost 3-6 us)
         for i, d in enumerate(drafts):
             banned = guard.blocked(d.word_ids) if guard is not None else []
+            if spellings and banned:  # the guard blocks a word in each of its spellings
+                banned = [j for word in banned for j in spellings.get(word, (word,))]
             if not d.line_tokens:  # no empty lines: poems in a corpus have none
                 banned = [*banned, line, stanza]
             elif per_stanza:  # a stanza break only after the form's lines, and a line break never then
@@ -483,7 +486,7 @@ def _write_batch(
             if token_id == end:
                 d.done = d.ended = True
                 continue
-            d.add(vocab.itos[token_id], token_id, word_mask[token_id], words, lines)
+            d.add(vocab.itos[token_id], same_word[token_id], word_mask[token_id], words, lines)
             if word_mask[token_id]:
                 rows.append(i)
                 cols.append(token_id)

@@ -233,6 +233,22 @@ class Vocab:
         """Whether each token id is a word (not a mark or a break)."""
         return [is_word(t) for t in self.itos]
 
+    @functools.cached_property
+    def same_word(self) -> list[int]:
+        """For each token id, the first id spelling the same word: a Chinese or Japanese character with a space
+        beside it (" 蛙") is the word "蛙" to the copy guard, as to the copying measures."""
+        first: dict[str, int] = {}
+        return [first.setdefault(t.strip(" "), i) if is_word(t) else i for i, t in enumerate(self.itos)]
+
+    @functools.cached_property
+    def spellings(self) -> dict[int, list[int]]:
+        """Every id of each word ``same_word`` gives several (most vocabularies: none)."""
+        ids: dict[int, list[int]] = {}
+        for i, word in enumerate(self.same_word):
+            if word != i:
+                ids.setdefault(word, [word]).append(i)
+        return ids
+
     @classmethod
     def build(cls, token_lists: Iterable[Iterable[str]], min_count: int = 1, keep_case: bool = False) -> "Vocab":
         """Specials first, then tokens seen at least ``min_count`` times, most frequent first."""

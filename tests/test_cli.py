@@ -356,8 +356,17 @@ def test_a_count_too_big_for_the_machine_is_one_line(args, capsys):
     assert exit_.value.code == 2 and "must be at most" in capsys.readouterr().err
 
 
-def test_a_closed_output_is_one_line_not_poems_lost_in_silence():
+@pytest.mark.parametrize("args", ["summary --arch seed --vocab 10", "scrape --list-presets"])
+def test_a_closed_output_is_one_line_not_poems_lost_in_silence(args):
     # `generate ... >&-`: Python's sys.stdout is None, and print() to it wrote nothing and exited 0.
-    command = f"{shlex.quote(sys.executable)} -m neuralda summary --arch seed --vocab 10 >&-"
+    command = f"{shlex.quote(sys.executable)} -m neuralda {args} >&-"
     out = subprocess.run(["sh", "-c", command], capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and out.stderr.count("\n") == 1 and "stdout) is closed" in out.stderr, out.stderr
+
+
+@pytest.mark.parametrize("content", [b"My only poem, typed on one line", b'{"text": "a", "url": "http://[::1"}\n'])
+def test_a_file_the_demo_did_not_scrape_is_never_taken_for_its_own(tmp_path, content):
+    from neuralda.cli import _scraped_from_this_machine
+
+    (tmp_path / "demo-corpus.jsonl").write_bytes(content)
+    assert not _scraped_from_this_machine(tmp_path / "demo-corpus.jsonl")

@@ -120,3 +120,20 @@ def test_a_folder_name_that_is_not_utf8_is_shown_with_a_replacement_character(ti
     assert Run.open(run).name == "r\ufffd"
     assert main(["summary", str(run)]) == 0
     assert "r\ufffd (lstm)" in capsys.readouterr().out
+
+
+def test_a_changed_header_is_damage_to_every_reader(tmp_path):
+    """The header's checksum is checked where only the header is read too (report, serve, resume checks)."""
+    import torch
+
+    from neuralda.errors import NeuraldaError
+    from neuralda.run import checkpoint_meta, read_checkpoint, save_checkpoint
+
+    path = tmp_path / "checkpoints" / "last.safetensors"
+    save_checkpoint(path, {"w": torch.zeros(2)}, {"epoch": 2, "arch": "lstm"})
+    raw = path.read_bytes()
+    path.write_bytes(raw.replace(b'\\"epoch\\": 2', b'\\"epoch\\": 3', 1))
+    assert path.read_bytes() != raw
+    for read in (checkpoint_meta, read_checkpoint):
+        with pytest.raises(NeuraldaError, match="header does not match"):
+            read(path)

@@ -371,8 +371,21 @@ def test_a_run_made_before_carry_state_resumes_carrying_it(tmp_path, corpus_file
     config = json.loads((out / "config.json").read_text())
     del config["carry_state"]
     (out / "config.json").write_text(json.dumps(config))
-    assert train(tiny_config("", out, epochs=2), resume=True, **QUIET).epochs == 2
+    assert train(tiny_config("", out, epochs=2, carry_state=True), resume=True, **QUIET).epochs == 2  # as it did
     assert Run.open(out).config["carry_state"] is True
+
+
+def test_keeping_the_older_best_aside_leaves_a_best_in_place(tmp_path):
+    """A second Ctrl-C while the newer best is written must not leave the run without any 'best'."""
+    from neuralda.files import atomic_write
+    from neuralda.train import BEST_AT_LAST, _swap_best
+
+    (tmp_path / "best.safetensors").write_bytes(b"older best")
+    _swap_best(tmp_path, back=False)
+    assert (tmp_path / "best.safetensors").read_bytes() == (tmp_path / BEST_AT_LAST).read_bytes() == b"older best"
+    atomic_write(tmp_path / "best.safetensors", b"newer best")  # as checkpoints are written: a new file
+    _swap_best(tmp_path, back=True)
+    assert (tmp_path / "best.safetensors").read_bytes() == b"older best" and not (tmp_path / BEST_AT_LAST).exists()
 
 
 def test_window_batches_cover_each_window_once():

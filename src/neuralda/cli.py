@@ -272,10 +272,13 @@ def _scraped_from_this_machine(path: Path) -> bool:
         try:
             record = json.loads(line)
         except ValueError:
-            if number == len(lines):
+            if number == len(lines) and line.startswith(b"{"):  # a torn record, as scrape reads one
                 continue
             return False
-        if not isinstance(record, dict) or urlsplit(str(record.get("url"))).hostname != "127.0.0.1":
+        try:
+            if not isinstance(record, dict) or urlsplit(str(record.get("url"))).hostname != "127.0.0.1":
+                return False
+        except ValueError:  # "http://[::1": not a URL
             return False
     return True
 
@@ -555,8 +558,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         # A closed stdout (`>&-`) is None to Python, and print() to it writes nothing: poems would vanish, exit 0.
-        if sys.stdout is None and args.func in (cmd_corpus_stats, cmd_generate, cmd_evaluate, cmd_compare,
-                                                cmd_summary, cmd_demo):
+        printed = args.func in (cmd_corpus_stats, cmd_generate, cmd_evaluate, cmd_compare, cmd_summary, cmd_demo)
+        if sys.stdout is None and (printed or args.func is cmd_scrape and args.list_presets):
             raise NeuraldaError("the output (stdout) is closed; send it to a file instead (> out.txt)")
         with warnings.catch_warnings():
             warnings.showwarning = _one_line_warnings(warnings.showwarning)

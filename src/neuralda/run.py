@@ -72,8 +72,6 @@ def read_checkpoint(path: Path) -> tuple[dict[str, Any], dict]:
     # Checkpoints written before the checksum have none: they are read as they are.
     if "sha256" in meta and meta["sha256"] != _digest(tensors):
         raise NeuraldaError(f"{path}: damaged checkpoint (its bytes do not match the checksum saved with it)")
-    if "meta_sha256" in meta and meta["meta_sha256"] != _meta_digest(meta):
-        raise NeuraldaError(f"{path}: damaged checkpoint (its header does not match the checksum saved with it)")
     return tensors, meta
 
 
@@ -90,6 +88,8 @@ def _meta(raw: bytes) -> dict:
     meta = json.loads(header.get("__metadata__", {}).get(_META_KEY, "{}"))
     if not isinstance(meta, dict):
         raise ValueError("its header is not a JSON object")
+    if "meta_sha256" in meta and meta["meta_sha256"] != _meta_digest(meta):  # checkpoint_meta's readers too
+        raise ValueError("its header does not match the checksum saved with it")
     return meta
 
 

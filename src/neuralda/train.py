@@ -9,6 +9,7 @@ import math
 import os
 import re
 import reprlib
+import shutil
 import signal
 import sys
 import threading
@@ -499,9 +500,15 @@ def _swap_best(checkpoints: Path, back: bool) -> None:
     best up to 'last') aside; a resume puts that back, since it trains again from 'last' and may stop before those
     epochs (fewer --epochs, a shorter --patience): its 'best' must be one of its own epochs."""
     best, aside = checkpoints / "best.safetensors", checkpoints / BEST_AT_LAST
-    source, target = (aside, best) if back else (best, aside)
-    if source.exists():
-        os.replace(source, target)
+    if back:
+        if aside.exists():
+            os.replace(aside, best)
+    elif best.exists():  # a link, not a move: a second Ctrl-C while the new best is written leaves the old one
+        aside.unlink(missing_ok=True)
+        try:
+            os.link(best, aside)
+        except OSError:  # a file system without hard links
+            shutil.copyfile(best, aside)
 
 
 def _truncate_epochs(path: Path, epoch: int) -> None:
@@ -611,6 +618,7 @@ class Trainer:
         if resume:
             self.run = Run.open(cfg.output)
             _check_resumable(self.run)
+            self.run.config.setdefault("carry_state", True)  # runs made before the setting carried their state
             check_unchanged(cfg, self.run)
             _check_ahead(cfg, self.run)
             for key in RESUMABLE:
@@ -618,7 +626,6 @@ class Trainer:
                 if value is not None:
                     self.run.config[key] = sorted(set(value)) if key == "save_at" else value
             self.run.config["compile"] = cfg.compile
-            self.run.config.setdefault("carry_state", True)  # runs made before the setting carried their state
             check_setting_types(self.run.config, self.run.path / "config.json")
             check_settings(self.run.config)
         device = pick_device(self.run.config["device"] if resume else cfg.device or DEFAULTS["device"])

@@ -89,8 +89,12 @@ def _meta(raw: bytes) -> dict:
     if not isinstance(meta, dict):
         raise ValueError("its header is not a JSON object")
     if "meta_sha256" in meta and meta["meta_sha256"] != _meta_digest(meta):  # checkpoint_meta's readers too
-        raise ValueError("its header does not match the checksum saved with it")
+        raise _Damaged("its header does not match the checksum saved with it")
     return meta
+
+
+class _Damaged(ValueError):
+    """A checkpoint that reads but does not match its checksums."""
 
 
 @contextlib.contextmanager
@@ -100,6 +104,8 @@ def _reading(path: Path):
         yield
     except FileNotFoundError:
         raise NeuraldaError(f"{path}: no such checkpoint") from None
+    except _Damaged as e:
+        raise NeuraldaError(f"{path}: damaged checkpoint ({e})") from None
     except Exception as e:  # safetensors raises its own error types for truncated or corrupted files
         raise NeuraldaError(f"{path}: damaged checkpoint ({type(e).__name__}: {e})".splitlines()[0]) from None
 

@@ -18,7 +18,7 @@ from ..corpus import Poem
 from ..errors import NeuraldaError
 from ..files import append_line
 from .extract import check_selector, parse_html, select_line, select_links, select_poem
-from .fetch import MAX_DELAY, MAX_RETRIES, MAX_TIMEOUT, Fetcher, FetchError, Page, host_of, normalize_url
+from .fetch import MAX_DELAY, MAX_RETRIES, MAX_TIMEOUT, Fetcher, FetchError, Page, host_of, is_web_page, normalize_url
 from .sites import SELECTOR_FIELDS, get_preset, list_presets
 
 if TYPE_CHECKING:
@@ -121,18 +121,20 @@ def _corpus_record(line: bytes) -> dict | None:
     return record if isinstance(record, dict) and isinstance(record.get("text"), str) else None
 
 
-def _written(path: Path) -> tuple[set[str], set[str]]:
-    """URLs and texts of the poems an earlier run wrote to ``path``, so this run adds only the missing ones.
+def _written(path: Path) -> tuple[dict[str, str], set[str]]:
+    """URLs (with the text of the poem at each) and texts of the poems an earlier run wrote to ``path``, so this run
+    adds only the missing ones.
 
     A file that is not a corpus is an error and stays as it was; only a torn last record is cut off.
     """
     if not path.exists():
-        return set(), set()
+        return {}, set()
     if path.is_dir():
         raise NeuraldaError(f"{path}: is a folder; -o wants a .jsonl file")
     data = path.read_bytes()
     lines = data.split(b"\n")  # the last is b"" when the file ends with a newline
-    urls, texts = set(), set()
+    urls: dict[str, str] = {}
+    texts = set()
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
@@ -151,7 +153,7 @@ def _written(path: Path) -> tuple[set[str], set[str]]:
         if last:
             append_line(path, "")  # a complete last line without its newline: end it, so the next one starts fresh
         if record.get("url"):
-            urls.add(normalize_url(str(record["url"])) or str(record["url"]))
+            urls[normalize_url(str(record["url"])) or str(record["url"])] = record["text"]
         texts.add(record["text"])
     return urls, texts
 
@@ -188,11 +190,12 @@ class _Crawl:
     config: ScrapeConfig
     fetcher: Fetcher
     output: Path
-    done: set[str]  # URLs written, as asked for and as redirected to
+    done: dict[str, str]  # URLs written, as asked for and as redirected to -> the text of the poem written
     texts: set[str]  # poems written: the same poem linked as "a.html?ref=home" or under a redirect is written once
     progress: _Progress
     summary: ScrapeSummary
     index_pages: int = 0
+    found: set[str] = field(default_factory=set)  # texts of this crawl's poems in the output: what max_poems counts
     poem_urls: set[str] = field(default_factory=set)
     index_urls: set[str] = field(default_factory=set)
     start_failures: list[tuple[str, str]] = field(default_factory=list)
@@ -203,13 +206,15 @@ class _Crawl:
 
     def full(self) -> bool:
         limit = self.config.max_poems
-        return limit is not None and self.summary.poems_written + self.summary.already_present >= limit
+        return limit is not None and len(self.found) >= limit
 
     def fetch(self, url: str, is_start: bool = False, fresh: bool = False) -> tuple[BeautifulSoup, Page] | None:
         """The page at ``url``, parsed and as fetched (``fresh``: not from the cache), or None after recording why
         not."""
         try:
             page = self.fetcher.fetch(url, fresh)
+            if not is_web_page(page.content_type):  # a PDF or an image linked from the index: no poem to read
+                raise FetchError(url, f"not a web page ({page.content_type}); skipped")
         except FetchError as e:
             if e.robots:
                 self.summary.robots_skipped += 1
@@ -231,6 +236,7 @@ class _Crawl:
             self.index_urls.add(url)
             if self.config.links is None and url in self.done:  # a poem page an earlier run wrote: not fetched again
                 self.poem_urls.add(url)
+                self.found.add(self.done[url])
                 self.summary.already_present += 1
                 return
             # An index page comes from the site each time: the same command again finds the poems added since.
@@ -249,6 +255,7 @@ class _Crawl:
                 if self.full():
                     return
                 if link in self.done:
+                    self.found.add(self.done[link])
                     self.summary.already_present += 1
                 else:
                     self.write_poem(link, self.fetch(link))
@@ -296,7 +303,8 @@ class _Crawl:
             return
         self.misses_in_a_row = 0
         if final in self.done or text in self.texts:
-            self.done.add(url)
+            self.done[url] = self.done.get(final, text)
+            self.found.add(self.done[url])
             self.summary.already_present += 1
             return
         title = select_line(soup, self.config.title) if self.config.title else ""
@@ -308,8 +316,9 @@ class _Crawl:
             title=title or text.split("\n", 1)[0], author=author, text=text, url=final, fetched_at=page.fetched_at or None
         )
         append_line(self.output, json.dumps(poem.to_dict(), ensure_ascii=False))
-        self.done.update((url, final))
+        self.done.update(dict.fromkeys((url, final), text))
         self.texts.add(text)
+        self.found.add(text)
         self.summary.poems_written += 1
 
     def why_nothing(self) -> str:

@@ -30,6 +30,18 @@ AD_WORDS = frozenset(
     " publicidad publicidade pubblicita publicite publicité anuncio anuncios patrocinado patrocinio werbung reklame".split()
 )
 
+# WHATWG Encoding: browsers decode these labels as the superset their pages are really written in. Latin-1 or ASCII
+# pages are windows-1252 (curly quotes live in 0x80-0x9F), whose unassigned bytes are C1 controls, not U+FFFD: in a
+# UTF-8 page so labelled, "Á" is C3 81 and must survive. GB2312 pages are GBK, Shift_JIS ones use Microsoft's
+# additions (①, 髙), EUC-KR ones windows-949's 8,822 extra Hangul syllables, Big5 ones Hong Kong's HKSCS: decoded
+# strictly, each such character was a U+FFFD in the poem.
+_BROWSER_CODECS = {
+    **dict.fromkeys(("latin-1", "iso8859-1", "ascii", "cp1252"), "sloppy-windows-1252"),
+    **dict.fromkeys(("gb2312", "gbk"), "gb18030"),
+    "shift_jis": "cp932",
+    "euc_kr": "cp949",
+    "big5": "big5hkscs",
+}
 _BOMS = ((codecs.BOM_UTF8, "utf-8"), (codecs.BOM_UTF16_LE, "utf-16-le"), (codecs.BOM_UTF16_BE, "utf-16-be"))
 _HEADER_CHARSET = re.compile(r"""charset\s*=\s*["']?\s*([^\s;"']+)""", re.I)
 _META_CHARSET = re.compile(rb"""<meta\b[^>]*?charset\s*=\s*["']?\s*([A-Za-z0-9_:.\-]+)""", re.I)
@@ -49,14 +61,10 @@ def _codec(label: str, from_meta: bool = False) -> str | None:
         b"\x80".decode(name, errors="replace")
     except (LookupError, UnicodeError, ValueError):  # ValueError: a NUL in the label
         return None
-    # WHATWG Encoding: pages labelled Latin-1 or ASCII are really windows-1252 (curly quotes live in 0x80-0x9F), whose
-    # five unassigned bytes are C1 controls, not U+FFFD: in a UTF-8 page so labelled, "Á" is C3 81 and must survive ...
-    if name in ("latin-1", "iso8859-1", "ascii", "cp1252"):
-        return "sloppy-windows-1252"
-    # ... and a <meta> that claims UTF-16 was necessarily read as ASCII-compatible bytes, so it is UTF-8.
+    # A <meta> that claims UTF-16 was necessarily read as ASCII-compatible bytes, so it is UTF-8.
     if from_meta and name.startswith("utf-16"):
         return "utf-8"
-    return name
+    return _BROWSER_CODECS.get(name, name)
 
 
 def _detect(data: bytes) -> str:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from email.message import Message
 from email.utils import parsedate_to_datetime
-from functools import lru_cache, partial
+from functools import partial
 from pathlib import Path
 from urllib.parse import quote, unquote, urljoin, urlsplit, urlunsplit
 
@@ -34,6 +34,7 @@ MAX_RETRIES = 10  # each waits up to MAX_WAIT: more would keep a run on one dead
 REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _READ_CHUNK = 64 * 1024
+_PRODUCT_TOKEN = re.compile(r"[a-z_-]*")  # RFC 9309, section 2.2.1
 
 
 class FetchError(NeuraldaError):
@@ -91,6 +92,13 @@ def normalize_url(url: str, base: str | None = None) -> str | None:
     return urlunsplit((scheme, netloc, path, query, ""))
 
 
+def is_web_page(content_type: str) -> bool:
+    """Whether a response of this Content-Type is a page to read a poem from: HTML, XML or plain text, or no type at
+    all (read as browsers sniff one); not a PDF, an image or a download."""
+    mime = content_type.split(";", 1)[0].strip().lower()
+    return not mime or mime.startswith("text/") or mime in ("application/xhtml+xml", "application/xml")
+
+
 def host_of(url: str) -> str:
     """The host (and port) part of a normalised URL: the unit of politeness and of "stays on the host"."""
     return urlsplit(url).netloc
@@ -100,10 +108,44 @@ def host_of(url: str) -> str:
 
 
 @dataclass(frozen=True)
+class RobotsRule:
+    """One Allow or Disallow line: its path pattern as the literal parts between its ``*``, and whether a ``$`` ends
+    it."""
+
+    allowed: bool
+    length: int  # of the pattern as written: the longest matching pattern wins
+    parts: tuple[str, ...]
+    anchored: bool
+
+    @classmethod
+    def parse(cls, allowed: bool, pattern: str) -> RobotsRule:
+        parts = tuple(unquote(pattern.rstrip("$")).split("*"))
+        return cls(allowed, len(pattern), parts, pattern.endswith("$"))
+
+    def matches(self, path: str) -> bool:
+        """Whether the pattern matches the start of ``path`` (all of it when anchored). Each part is found leftmost
+        after the one before, which is all "*" needs: no backtracking, so "/*a*a*a*a*a*a*a*a*x" takes as long as
+        "/a" (a regular expression of it took seconds per URL, and hours with a few more stars)."""
+        first, *rest = self.parts
+        if not path.startswith(first):
+            return False
+        if not rest:
+            return not self.anchored or path == first
+        middle, last = (rest[:-1], rest[-1]) if self.anchored else (rest, "")
+        end = len(first)
+        for part in middle:
+            found = path.find(part, end)
+            if found < 0:
+                return False
+            end = found + len(part)
+        return not self.anchored or (path.endswith(last) and len(path) - len(last) >= end)
+
+
+@dataclass(frozen=True)
 class Robots:
     """What one host's robots.txt lets us do; ``deny_all`` is the reason when the whole host is off limits."""
 
-    rules: tuple[tuple[bool, str], ...] = ()  # (allowed, path pattern)
+    rules: tuple[RobotsRule, ...] = ()
     crawl_delay: float | None = None
     deny_all: str | None = None
 
@@ -114,24 +156,26 @@ class Robots:
         path = unquote(parts.path or "/") + (f"?{unquote(parts.query)}" if parts.query else "")
         # The longest matching pattern wins and Allow wins a tie (RFC 9309, section 2.2.2).
         best: tuple[int, bool] | None = None
-        for allowed, pattern in self.rules:
-            if _robots_pattern(pattern).match(path):
-                key = (len(pattern), allowed)
+        for rule in self.rules:
+            if rule.matches(path):
+                key = (rule.length, rule.allowed)
                 best = key if best is None or key > best else best
         return best is None or best[1]
 
 
-@lru_cache(maxsize=1024)
-def _robots_pattern(pattern: str) -> re.Pattern:
-    anchored = pattern.endswith("$")
-    body = ".*".join(re.escape(part) for part in unquote(pattern.rstrip("$")).split("*"))
-    return re.compile(body + ("$" if anchored else ""))
+def _product_token(user_agent: str) -> str:
+    """The part of a user agent that robots.txt groups name, lower-cased: "VerseBot/2.0 (+mailto:me)" is "versebot".
+
+    Also of a robots.txt line, as Google's reference parser reads one: "User-agent: neuralda/0.1.0", copied from a
+    server log, is meant for neuralda.
+    """
+    return _PRODUCT_TOKEN.match(user_agent.strip().lower())[0]
 
 
 def parse_robots(text: str, user_agent: str) -> Robots:
     """The rules of robots.txt ``text`` that apply to ``user_agent``: its own groups if any, else those for ``*``."""
-    token = user_agent.split("/", 1)[0].strip().lower()
-    groups: list[tuple[list[str], list[tuple[bool, str]], list[float]]] = []
+    token = _product_token(user_agent)
+    groups: list[tuple[list[str], list[RobotsRule], list[float]]] = []
     in_agents = False
     # A BOM (Windows editors write one) would make the first line "\ufeffUser-agent" and hide its whole group.
     for raw in text.removeprefix("\ufeff").splitlines():
@@ -143,14 +187,14 @@ def parse_robots(text: str, user_agent: str) -> Robots:
         if key == "user-agent":
             if not in_agents:
                 groups.append(([], [], []))
-            groups[-1][0].append(value.lower())
+            groups[-1][0].append("*" if value.startswith("*") else _product_token(value))
             in_agents = True
             continue
         in_agents = False
         if not groups:
             continue
         if key in ("allow", "disallow") and value:
-            groups[-1][1].append((key == "allow", value))
+            groups[-1][1].append(RobotsRule.parse(key == "allow", value))
         elif key == "crawl-delay":
             try:
                 delay = float(value)
@@ -158,7 +202,7 @@ def parse_robots(text: str, user_agent: str) -> Robots:
                 continue  # a malformed Crawl-delay is ignored, as other crawlers do
             if math.isfinite(delay) and delay >= 0:  # "nan", "inf" and "-1" are as malformed
                 groups[-1][2].append(delay)
-    ours = [g for g in groups if token in g[0]] or [g for g in groups if "*" in g[0]]
+    ours = [g for g in groups if token and token in g[0]] or [g for g in groups if "*" in g[0]]
     rules = tuple(rule for g in ours for rule in g[1])
     delays = [d for g in ours for d in g[2]]
     crawl_delay = max(delays) if delays else None
@@ -177,7 +221,7 @@ def parse_retry_after(value: str | None) -> float | None:
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():  # "²" is a digit to str.isdigit, and no number to float()
         return float(value)
     try:
         when = parsedate_to_datetime(value)
@@ -188,13 +232,8 @@ def parse_retry_after(value: str | None) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
-def backoff_wait(attempt: int, delay: float, retry_after: float | None) -> float | None:
-    """Seconds before retry number ``attempt`` (1, 2, ...): doubling from the delay, at least Retry-After.
-
-    None when the server asks for more than MAX_WAIT: better to skip the page than to come back early.
-    """
-    if retry_after is not None and retry_after > MAX_WAIT:
-        return None
+def backoff_wait(attempt: int, delay: float, retry_after: float | None) -> float:
+    """Seconds before retry number ``attempt`` (1, 2, ...): doubling from the delay, at least Retry-After."""
     exponential = min(MAX_WAIT, max(delay, 0.1) * 2 ** (attempt - 1))
     return max(exponential, retry_after or 0.0)
 
@@ -220,6 +259,8 @@ def read_cached(cache_dir: Path, url: str) -> Page | None:
         return None
     if not isinstance(meta, dict) or meta.get("requested") != url:
         return None
+    if meta.get("sha256") != hashlib.sha256(body).hexdigest():  # cut short or altered: half a poem, fetched again
+        return None
     return Page(
         url=str(meta.get("url") or url),
         content_type=str(meta.get("content_type") or ""),
@@ -229,8 +270,14 @@ def read_cached(cache_dir: Path, url: str) -> Page | None:
 
 
 def write_cached(cache_dir: Path, url: str, page: Page) -> None:
-    """Store ``page`` as fetched for ``url``: one file, a JSON header line then the body."""
-    meta = {"requested": url, "url": page.url, "content_type": page.content_type, "fetched_at": page.fetched_at}
+    """Store ``page`` as fetched for ``url``: one file, a JSON header line (with the body's SHA-256) then the body."""
+    meta = {
+        "requested": url,
+        "url": page.url,
+        "content_type": page.content_type,
+        "fetched_at": page.fetched_at,
+        "sha256": hashlib.sha256(page.body).hexdigest(),
+    }
     atomic_write(_cache_path(cache_dir, url), json.dumps(meta).encode("utf-8") + b"\n" + page.body)
 
 
@@ -281,7 +328,8 @@ def _too_big(url: str) -> FetchError:
 def _read_body(resp: http.client.HTTPResponse, url: str) -> bytes:
     """Read at most MAX_PAGE_BYTES (raw and decompressed); stop early rather than read it all.
 
-    A compressed body that is damaged or cut short is a FetchError: half a poem must not pass for a whole one.
+    A compressed body that is damaged or cut short is a FetchError, and one shorter than its Content-Length is tried
+    again: half a poem must not pass for a whole one.
     """
     length = (resp.getheader("Content-Length") or "").strip()
     if length.isdigit() and int(length) > MAX_PAGE_BYTES:
@@ -312,6 +360,8 @@ def _read_body(resp: http.client.HTTPResponse, url: str) -> bytes:
         if size > MAX_PAGE_BYTES:
             raise _too_big(url)
         parts.append(chunk)
+    if resp.length:  # the connection closed before the Content-Length it announced: half a page, worth a retry
+        raise _Retryable(f"the connection closed {resp.length} bytes before the end of the page")
     if inflater is not None:
         if raw_size and not inflater.eof:  # the stream began but never ended: the connection closed mid-way
             raise damaged
@@ -379,6 +429,7 @@ class Fetcher:
     cache_hits: int = 0
     _robots: dict[str, Robots] = field(default_factory=dict, repr=False)
     _not_before: dict[str, float] = field(default_factory=dict, repr=False)
+    _away: dict[str, str] = field(default_factory=dict, repr=False)  # host -> why it gets no more requests
 
     def __post_init__(self) -> None:
         if self.cache_dir is not None:
@@ -437,14 +488,14 @@ class Fetcher:
 
     def _get_with_retries(self, url: str, check_robots: bool) -> _Response:
         """A response that is not 429 or 5xx, trying up to ``retries`` more times; FetchError when none came."""
+        host = host_of(url)
         reason, retry_after = "", None
         for attempt in range(self.retries + 1):
             if attempt:
                 wait = backoff_wait(attempt, self.delay, retry_after)
-                if wait is None:
-                    raise FetchError(url, f"{reason}; the server asks to wait {retry_after:.0f} s, giving up")
-                host = host_of(url)
                 self._not_before[host] = max(self._not_before.get(host, 0.0), time.monotonic() + wait)
+            if host in self._away:
+                raise FetchError(url, self._away[host])
             try:
                 resp = self._get_following_redirects(url, check_robots)
             except _Retryable as e:
@@ -452,6 +503,12 @@ class Fetcher:
                 continue
             if resp.status == 429 or resp.status >= 500:
                 reason, retry_after = f"HTTP {resp.status}", parse_retry_after(resp.headers.get("Retry-After"))
+                if retry_after is not None and retry_after > MAX_WAIT:
+                    # Retry-After is about the server, not this page: its other pages may not be asked for either.
+                    self._away[host] = f"{host} asked to wait {retry_after:.0f} s ({reason}); not requested"
+                    raise FetchError(url, f"{reason}; the server asks to wait {retry_after:.0f} s, giving up")
+                if retry_after is not None:  # also for the next page, when this was the last try
+                    self._not_before[host] = max(self._not_before.get(host, 0.0), time.monotonic() + retry_after)
                 continue
             return resp
         tries = "once" if self.retries == 0 else f"{self.retries + 1} times"

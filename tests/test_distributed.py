@@ -87,3 +87,17 @@ def test_every_process_acts_on_rank_zeros_loss_and_clock():
     results = mp.Manager().dict()
     mp.spawn(_agree_on_rank, args=(port, results), nprocs=2)
     assert dict(results) == {0: (1.25, False), 1: (1.25, False)}
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="this torch has no torch.distributed")
+def test_each_gpu_process_binds_its_process_group_to_its_gpu(monkeypatch):
+    """NCCL's barrier() (the first collective) guesses the GPU of a group not bound to one, and warns on rank 0 of
+    every job ("barrier(): using the device under current context"); gloo has no device to bind."""
+    from neuralda.train import Dist
+
+    calls = []
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: False)
+    monkeypatch.setattr(torch.distributed, "init_process_group", lambda *a, **k: calls.append((a, k)))
+    Dist(1, 2, 1).init("cuda:1")
+    Dist(1, 2, 1).init("cpu")
+    assert calls == [(("nccl",), {"device_id": torch.device("cuda:1")}), (("gloo",), {})]

@@ -510,3 +510,31 @@ def test_bf16_on_a_gpu_is_for_the_transformer_only():
         assert pick_precision("auto", "cuda", arch) == pick_precision("fp32", "cuda", arch) == "fp32"
         assert pick_precision("bf16", "cpu", arch) == "bf16"
     assert pick_precision("bf16", "cuda", "gpt") == "bf16"
+
+
+@pytest.mark.parametrize("device", ["cuda:1", "cuda:x", "cuda:-1", "cuda:", "cuda:00"])
+def test_a_gpu_this_machine_lacks_is_a_one_line_error(tiny_run, monkeypatch, capsys, device):
+    """On a machine with one GPU, --device cuda:1 (or a misspelt index) is bad input, not torch's RuntimeError at the
+    model's first move (a traceback)."""
+    from neuralda.cli import main
+    from neuralda.train import pick_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert pick_device("cuda:0") == "cuda:0"
+    assert main(["generate", str(tiny_run), "--device", device, "--n", "1", "--words", "5"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"--device {device}: this machine's CUDA GPUs are cuda:0 to cuda:0" in err
+
+
+@pytest.mark.parametrize("capability, expected", [((7, 5), "fp32"), ((7, 0), "fp32"), ((8, 0), "bf16"), ((9, 0), "bf16")])
+def test_the_transformer_takes_bf16_on_gpus_with_bf16_units_only(monkeypatch, capability, expected):
+    """A T4 or a V100 only emulates bfloat16 (torch.cuda.is_bf16_supported() says yes there unless asked without
+    emulation): auto keeps float32 on them, as it does on CPUs without bf16 units."""
+    from neuralda.train import pick_precision
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation
+                        or capability >= (8, 0))
+    assert pick_precision("auto", "cuda", "gpt") == pick_precision("auto", "cuda:1", "gpt") == expected
+    assert pick_precision("bf16", "cuda", "gpt") == "bf16"  # by name: what was asked

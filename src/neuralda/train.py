@@ -180,6 +180,10 @@ def pick_device(name: str) -> str:
         raise NeuraldaError(f"unknown device {name!r}; choose auto, cpu, cuda or mps")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise NeuraldaError("--device cuda: no CUDA GPU is available here")
+    if name.startswith("cuda:"):  # torch takes a bad index or a missing GPU as a RuntimeError at first use
+        count = torch.cuda.device_count()
+        if not re.fullmatch(r"cuda:(0|[1-9][0-9]*)", name) or int(name[len("cuda:") :]) >= count:
+            raise NeuraldaError(f"--device {name}: this machine's CUDA GPUs are cuda:0 to cuda:{count - 1}")
     if name == "mps" and not torch.backends.mps.is_available():
         raise NeuraldaError("--device mps: Apple's MPS is not available here")
     return name
@@ -187,8 +191,8 @@ def pick_device(name: str) -> str:
 
 def pick_precision(name: str, device: str, arch: str = "lstm") -> str:
     """``auto``: bf16 autocast on CPUs with bf16 matrix units (measured ~1.8x faster for the seed's LSTM) and for
-    the transformer on GPUs; float32 for LSTMs on GPUs, where autocast would run cuDNN's LSTM in float16 (as it did,
-    gaining nothing, when bf16 was measured on an H200): bf16 by name is an error there."""
+    the transformer on GPUs with them (Ampere on); float32 for LSTMs on GPUs, where autocast would run cuDNN's LSTM in
+    float16 (as it did, gaining nothing, when bf16 was measured on an H200): bf16 by name is an error there."""
     if name not in ("auto", "fp32", "bf16"):
         raise NeuraldaError(f"unknown precision {name!r}; choose auto, fp32 or bf16")
     if name == "bf16" and device.startswith("cuda") and arch != "gpt":
@@ -201,8 +205,10 @@ def pick_precision(name: str, device: str, arch: str = "lstm") -> str:
         return name
     if device == "cpu" and torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported():
         return "bf16"
-    if device.startswith("cuda") and arch == "gpt" and torch.cuda.is_bf16_supported():
-        return "bf16"
+    # bf16 units: compute capability 8 (Ampere) on. torch.cuda.is_bf16_supported() also says yes where a GPU only
+    # emulates it (a T4, a V100: torch/cuda/__init__.py, including_emulation=True by default), slower than float32.
+    if arch == "gpt" and device.startswith("cuda"):
+        return "bf16" if torch.version.hip or torch.cuda.get_device_capability(device) >= (8, 0) else "fp32"
     return "fp32"
 
 
@@ -555,7 +561,10 @@ class Dist:
 
     def init(self, device: str) -> None:
         if self.world > 1 and not torch.distributed.is_initialized():
-            torch.distributed.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+            if device.startswith("cuda"):  # bound to its GPU: NCCL's barrier() would use the current one, and warn
+                torch.distributed.init_process_group("nccl", device_id=torch.device(device))
+            else:
+                torch.distributed.init_process_group("gloo")
             self.created = True
 
     def close(self) -> None:

@@ -67,8 +67,9 @@ start=$(date +%s.%N)
 step seed400 210 python3 -m neuralda train .device/corpus.jsonl --arch seed --epochs "$EPOCHS" --device "$DEVICE" \
     -o /tmp/seed400 -q
 end=$(date +%s.%N)
-cp /tmp/seed400/metrics.jsonl "${OUT:-/tmp/out}/seed400_metrics.jsonl"
-python3 -c '
+if [ -s /tmp/seed400/metrics.jsonl ]; then  # a run stopped in its first epoch has none to summarise
+    cp /tmp/seed400/metrics.jsonl "${OUT:-/tmp/out}/seed400_metrics.jsonl"
+    python3 -c '
 import json, sys
 rows = [json.loads(line) for line in open("/tmp/seed400/metrics.jsonl")]
 best = min(rows, key=lambda r: r["val_ppl"])
@@ -77,6 +78,7 @@ print(json.dumps({"bench": "seed400", "wall_s": round(float(sys.argv[2]) - float
                   "best_epoch": best["epoch"], "best_val_ppl": best["val_ppl"],
                   "val_ppl_at": {r["epoch"]: r["val_ppl"] for r in rows if r["epoch"] in (50, 100, 200, 400)}}))
 ' "$start" "$end" | tee -a "$NEURALDA_BENCH_RESULTS/seed400.jsonl"
+fi
 
 for arch in seed lstm gpt; do
     step "train_speed $arch" 60 python3 bench/train_speed.py --arch "$arch" --device "$DEVICE" --corpus .device/corpus.jsonl

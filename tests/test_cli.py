@@ -218,6 +218,29 @@ def shown_default(command: str, option: str) -> str:
     return match.group(1)
 
 
+def test_every_option_and_argument_has_help():
+    from neuralda.cli import build_parser
+
+    def bare(parser: argparse.ArgumentParser, command: str):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    yield from bare(sub, f"{command} {name}")
+            elif not action.help:
+                yield f"{command} {'/'.join(action.option_strings) or action.metavar or action.dest}"
+
+    assert list(bare(build_parser(), "neuralda")) == []
+
+
+def test_summary_help_gives_the_sizes_it_counts():
+    from neuralda.models import default_size
+
+    assert all("100,000 tokens" in option_help("summary", option) for option in ("--hidden", "--layers"))
+    out = cli("summary", "--arch", "lstm", "--vocab", "5437")
+    hidden, layers = default_size("lstm", 100_000)
+    assert out.stdout.count(f"(None, None, {hidden})") == layers + 1, out.stdout  # the embedding and each LSTM
+
+
 def test_help_shows_the_code_s_defaults():
     from neuralda.evaluate import measure_checkpoints
     from neuralda.generate import SamplingConfig

@@ -349,8 +349,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     corpus = sub.add_parser("corpus", help="import text files into a corpus, or count one")
     csub = corpus.add_subparsers(dest="corpus_command", metavar="ACTION", required=True)
-    imp = csub.add_parser("import", help="JSONL, plain text or Project Gutenberg files -> corpus.jsonl")
-    imp.add_argument("files", nargs="+", metavar="FILE")
+    imp = csub.add_parser(
+        "import", help="JSONL or JSON, plain text, Project Gutenberg or saved web pages -> corpus.jsonl"
+    )
+    imp.add_argument("files", nargs="+", metavar="FILE", help="the files to read, in any of the formats of --format")
     imp.add_argument("-o", "--output", required=True, help="the corpus to write (JSONL)")
     imp.add_argument("--author", help="the author of every poem")
     imp.add_argument("--format", default="auto", choices=("auto", "jsonl", "text", "gutenberg", "html"),
@@ -360,7 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--force", action="store_true", help="replace the output if it exists (it is read first)")
     imp.set_defaults(func=cmd_corpus_import)
     stats = csub.add_parser("stats", help="poems, lines, words, tokens, vocabulary")
-    stats.add_argument("corpus")
+    stats.add_argument("corpus", help="a corpus (JSONL)")
     stats.add_argument("--json", action="store_true", help="one JSON object")
     stats.add_argument("--keep-case", action="store_true", help="count Love and love apart")
     stats.set_defaults(func=cmd_corpus_stats)
@@ -471,12 +473,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--repetition-penalty", type=float, default=1.0,
         help="above 1: fewer repeated words, e.g. 1.2 (default %(default)g: none)",
     )
-    g.add_argument("--max-copy", type=int, default=0, metavar="N", help="no run of N words copied from the training poems")
+    g.add_argument(
+        "--max-copy", type=int, default=0, metavar="N",
+        help="no run of N words copied from the training poems (default 0: no guard; else 2 or more)",
+    )
     g.add_argument("--lines", type=int, default=0, help="stop after this many lines (0: no limit)")
-    g.add_argument("--form", default="free", choices=("free", "couplet", "tercet", "quatrain"), help="lines per stanza")
+    g.add_argument(
+        "--form", default="free", choices=("free", "couplet", "tercet", "quatrain"),
+        help="lines per stanza: 2, 3 or 4 (default free: as the model likes)",
+    )
     g.add_argument("--checkpoint", default="best", help="best (default), last or epoch-N")
     g.add_argument("--seed", type=int, help="the same seed writes the same poems")
-    g.add_argument("--format", default="text", choices=("text", "markdown", "json"))
+    g.add_argument(
+        "--format", default="text", choices=("text", "markdown", "json"),
+        help="text (default): poems apart by * * *; markdown: a heading each; json: a list of objects",
+    )
     g.add_argument("--device", default="cpu", help="cpu (default), auto, cuda or mps")
     g.add_argument(
         "--precision", default="auto", choices=("auto", "fp32", "bf16"),
@@ -507,24 +518,31 @@ def build_parser() -> argparse.ArgumentParser:
     cmp = sub.add_parser("compare", help="the measures of several runs or checkpoints side by side")
     cmp.add_argument("specs", nargs="+", metavar="RUN[:CHECKPOINT]", help="e.g. runs/seed:epoch-200 runs/ours:best")
     measure_options(cmp)
-    cmp.add_argument("--json", action="store_true")
+    cmp.add_argument("--json", action="store_true", help="a JSON list of flat objects, one per row")
     cmp.set_defaults(func=cmd_compare)
 
     rp = sub.add_parser("report", help="a Markdown (and HTML) report with poems per saved epoch, measures, a plot")
-    rp.add_argument("runs", nargs="+", metavar="RUN")
+    rp.add_argument("runs", nargs="+", metavar="RUN", help="run directories, with folder names of their own")
     rp.add_argument("-o", "--output", required=True, help="the Markdown file; the plot is written beside it")
     rp.add_argument("--html", help="also one self-contained HTML page")
-    rp.add_argument("--title", default="Teaching a computer to write poems")
+    rp.add_argument(
+        "--title", default="Teaching a computer to write poems", help="the heading (default: %(default)s)"
+    )
     rp.add_argument("--force", action="store_true", help="replace an existing Markdown file, plot or HTML page")
     measure_options(rp)
     rp.set_defaults(func=cmd_report)
 
     s = sub.add_parser("summary", help="a Keras-style table of a model's layers and parameters")
     s.add_argument("run", nargs="?", help="a run directory")
-    s.add_argument("--arch", choices=ARCHS)
+    s.add_argument("--arch", choices=ARCHS, help="a model to count (with --vocab)")
     s.add_argument("--vocab", type=_positive_int, help="vocabulary size (with --arch)")
-    s.add_argument("--hidden", type=_positive_int)
-    s.add_argument("--layers", type=_positive_int)
+    s.add_argument(
+        "--hidden", type=_positive_int,
+        help="units per layer (default: what train picks for --arch on a corpus of 100,000 tokens)",
+    )
+    s.add_argument(
+        "--layers", type=_positive_int, help="default: what train picks for --arch on a corpus of 100,000 tokens"
+    )
     s.set_defaults(func=cmd_summary)
 
     sv = sub.add_parser("serve", help="a web page and JSON API for writing poems with trained runs")
@@ -537,7 +555,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--minutes", type=float, default=3.0, help="training budget, above 0 (default 3)")
     d.add_argument("-o", "--output", default=str(DEMO_RUN), help="the run directory (default runs/demo)")
     d.add_argument("--seed", type=int, help="the seed of the poem printed at the end")
-    d.add_argument("-q", "--quiet", action="store_true")
+    d.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     d.set_defaults(func=cmd_demo)
     return p
 

@@ -544,3 +544,19 @@ def test_stats_vocabulary_counts_every_distinct_token_and_lines_skip_stanza_brea
     s = corpus_stats([Poem("", "", "Love the sea,\nlove the salt.")])
     assert s["vocabulary"] == 8 and s["distinct_words"] == 4
     assert corpus_stats([Poem("", "", "sea\nsalt\n\nstone")])["lines"] == 3
+
+
+def test_a_poems_language_comes_from_its_page_its_record_or_lang(tmp_path):
+    """The language travels with each poem (the page's nearest lang, a record's "lang", or --lang for all), so that
+    pages showing the model's poems can say it; something that is no language tag is dropped, not kept."""
+    page = tmp_path / "poema.html"
+    page.write_text('<html lang="es"><body><h1 lang="en">Ode</h1><p>mar y sal<br>la sal del mar</p></body></html>')
+    mixed = tmp_path / "mixed.html"
+    mixed.write_text('<html lang="en"><body><div class="poem" lang="pt-BR"><p>o mar</p></div></body></html>')
+    jsonl = write_jsonl(tmp_path / "a.jsonl", [{"text": "one", "lang": "fr"}, {"text": "two", "lang": "French"}])
+    assert [p.lang for p in import_files([page, jsonl])] == ["es", "fr", None]
+    assert [p.lang for p in import_files([mixed], body_css="div.poem")] == ["pt-BR"]
+    assert {p.lang for p in import_files([page, jsonl], lang="gl")} == {"gl"}
+    assert "lang" not in Poem("", "", "one").to_dict()  # corpora without languages are written as before
+    with pytest.raises(NeuraldaError, match="^--lang must be a language tag such as es or pt-BR, got 'Spanish'$"):
+        import_files([page], lang="Spanish")

@@ -147,6 +147,17 @@ def test_a_plain_text_poem_keeps_its_lines_and_stanzas(site, tmp_path):
     assert record["title"] == "Salt on the sill,"
 
 
+def test_each_poem_keeps_the_language_its_page_gives_it(site, tmp_path):
+    site.index("/", ["/es", "/pt", "/none"])
+    site.page("/es", '<html lang="es"><body><h1 class="title">Oda</h1><div class="poem">el mar</div></body></html>')
+    site.page("/pt", '<html lang="es"><body><div class="poem" lang="pt">o mar</div></body></html>')
+    site.page("/none", "<html><body><div class='poem'>the sea</div></body></html>")
+    scrape(config(site, tmp_path))
+    assert [r.get("lang") for r in records(tmp_path)] == ["es", "pt", None]
+    scrape(config(site, tmp_path, output=str(tmp_path / "all.jsonl"), lang="gl"))
+    assert [r["lang"] for r in records(tmp_path, "all.jsonl")] == ["gl", "gl", "gl"]
+
+
 def test_lines_stanzas_inline_tags_and_what_never_reaches_the_poem(site, tmp_path):
     body = """
       <p>  The kettle <em>hums</em> its one

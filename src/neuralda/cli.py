@@ -106,7 +106,7 @@ def cmd_corpus_import(args: argparse.Namespace) -> None:
         raise NeuraldaError(f"{args.output} is a directory; give a file in it, like {Path(args.output) / 'corpus.jsonl'}")
     if Path(args.output).exists() and not args.force:
         raise NeuraldaError(f"{args.output} already exists; choose another -o, or add --force to replace it")
-    poems = import_files(args.files, args.format, args.author, args.title, args.body)
+    poems = import_files(args.files, args.format, args.author, args.title, args.body, args.lang)
     write_corpus(args.output, poems)
     print(f"wrote {len(poems)} poem{'' if len(poems) == 1 else 's'} to {args.output}", file=sys.stderr)
 
@@ -355,6 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("files", nargs="+", metavar="FILE", help="the files to read, in any of the formats of --format")
     imp.add_argument("-o", "--output", required=True, help="the corpus to write (JSONL)")
     imp.add_argument("--author", help="the author of every poem")
+    imp.add_argument("--lang", help="the language of every poem, e.g. es (default: what a saved page or a record says)")
     imp.add_argument("--format", default="auto", choices=("auto", "jsonl", "text", "gutenberg", "html"),
                      help="auto (default): JSON, HTML (by its name or its first tag), Project Gutenberg, else text")
     imp.add_argument("--title", metavar="CSS", help="HTML: the title (default: the h1, else the page's <title>)")
@@ -377,6 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
     who = sc.add_mutually_exclusive_group()
     who.add_argument("--author", metavar="NAME", help="the author of every poem")
     who.add_argument("--author-css", metavar="CSS", help="the author on a poem page")
+    sc.add_argument("--lang", help="the language of every poem, e.g. es (default: what each page says, <html lang>)")
     sc.add_argument("--preset", metavar="NAME", help="selectors for a known site (see --list-presets)")
     sc.add_argument("--list-presets", action="store_true", help="list the known sites and exit")
     sc.add_argument(

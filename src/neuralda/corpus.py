@@ -58,6 +58,7 @@ _GUTENBERG_CREDIT = re.compile(
     re.I | re.S,
 )
 _GUTENBERG_FOOTER = re.compile(r"^[^\S\n]*End of (?:the |this )?Project Gutenberg", re.M | re.I)
+_LANGUAGE_TAG = re.compile(r"[a-z]{2,3}(?:-[a-z0-9]{1,8})*", re.I)  # BCP 47's shape: "es", "pt-BR", "zh-Hant"
 
 
 @dataclass
@@ -69,6 +70,7 @@ class Poem:
     text: str
     url: str = ""
     fetched_at: str | None = None
+    lang: str | None = None  # the poem's language as a BCP 47 tag ("es"), where its page or the user said it
 
     @classmethod
     def from_dict(cls, d: dict, clean: bool = True) -> "Poem":
@@ -80,6 +82,7 @@ class Poem:
             text=normalize_text(str(d["text"])) if clean else str(d["text"]),
             url=_clean_field(d.get("url") or d.get("source") or ""),
             fetched_at=None if fetched_at is None else _clean_field(fetched_at),
+            lang=language_tag(d.get("lang")),
         )
 
     def to_dict(self) -> dict:
@@ -114,6 +117,18 @@ def _tidy(text: str) -> str:
     text = _SURROGATE.sub("\ufffd", _INVISIBLE.sub("", _CONTROL.sub("", text)))
     text = "\n".join(" ".join(line.split()) for line in text.split("\n"))
     return unicodedata.normalize("NFC", _BLANK_RUN.sub("\n\n", text).strip("\n"))
+
+
+def language_tag(value: object) -> str | None:
+    """``value`` as a language tag ("es", "pt-BR"), or None where it is none ("", "Spanish", a number)."""
+    return value if isinstance(value, str) and _LANGUAGE_TAG.fullmatch(value) else None
+
+
+def check_language(value: str | None) -> str | None:
+    """A ``--lang`` option: None, or a language tag (else a NeuraldaError)."""
+    if value is not None and language_tag(value) is None:
+        raise NeuraldaError(f"--lang must be a language tag such as es or pt-BR, got {value!r}")
+    return value
 
 
 def _clean_field(value: object) -> str:
@@ -260,12 +275,12 @@ def write_corpus(path: str | Path, poems: Iterable[Poem]) -> None:
     atomic_write(path, corpus_jsonl(poems))
 
 
-def _split_text(text: str, author: str, source: str) -> list[Poem]:
+def _split_text(text: str, source: str) -> list[Poem]:
     poems = []
     for chunk in _POEM_SEPARATOR.split(text):
         body = normalize_text(chunk)
         if body:
-            poems.append(Poem(title=_clean_field(body.split("\n", 1)[0][:80]), author=author, text=body, url=source))
+            poems.append(Poem(title=_clean_field(body.split("\n", 1)[0][:80]), author="", text=body, url=source))
     return poems
 
 
@@ -292,19 +307,20 @@ def _detect_format(text: str, path: str | Path) -> str:
     return "gutenberg" if _gutenberg_start(text) else "text"
 
 
-def _html_poem(data: bytes, name: str, author: str, title_css: str | None, body_css: str | None) -> list[Poem]:
+def _html_poem(data: bytes, name: str, title_css: str | None, body_css: str | None) -> list[Poem]:
     """A saved web page as one poem, read as the scraper reads a poem page: ``body_css`` (default: the page's body,
     less navigation, scripts, forms and the title) for the poem, ``title_css`` (default: its h1, else its <title>)."""
-    from .scrape.extract import element_text, parse_html, select_poem
+    from .scrape.extract import element_text, parse_html, poem_lang, select_poem
 
     soup = parse_html(data)
+    lang = poem_lang(soup, body_css or "body")  # before the heading goes: an <h1 lang> says nothing of the poem
     heading = soup.select_one(title_css) if title_css else soup.select_one("h1") or soup.select_one("title")
     title = " ".join(element_text(heading).split()) if heading is not None else ""
     if not body_css:  # the heading is not the poem's first line, nor is the site's banner
         for part in ([heading] if heading is not None else []) + soup.select("header, [role=banner]"):
             part.decompose()
     text = select_poem(soup, body_css or "body")
-    return [Poem(title=title, author=author, text=text, url=name)] if text else []
+    return [Poem(title=title, author="", text=text, url=name, lang=lang)] if text else []
 
 
 def import_files(
@@ -313,9 +329,11 @@ def import_files(
     author: str | None = None,
     title_css: str | None = None,
     body_css: str | None = None,
+    lang: str | None = None,
 ) -> list[Poem]:
     """Read JSONL, plain-text (poems apart by two or more blank lines), Project Gutenberg or HTML files (one poem a
-    page; ``title_css`` and ``body_css`` select its parts) as poems."""
+    page; ``title_css`` and ``body_css`` select its parts) as poems; ``author`` and ``lang`` (a language tag), when
+    given, are every poem's."""
     if fmt not in FORMATS:
         raise NeuraldaError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
     from .scrape.extract import check_selector
@@ -324,6 +342,7 @@ def import_files(
         if css:
             check_selector(option, css)
     author = _clean_field(author) if author else None
+    lang = check_language(lang)
     poems: list[Poem] = []
     for path in paths:
         name = str(path)
@@ -331,19 +350,19 @@ def import_files(
         text = decode_bytes(data, name)
         kind = _detect_format(text, path) if fmt == "auto" else fmt
         if kind == "html":
-            found = _html_poem(data, _clean_field(Path(path).name), author or "", title_css, body_css)
+            found = _html_poem(data, _clean_field(Path(path).name), title_css, body_css)
         elif kind == "jsonl":
             found = read_corpus(path)
-            if author:
-                for p in found:
-                    p.author = author
         else:
             text = text.replace("\r\n", "\n").replace("\r", "\n")  # before the Gutenberg and blank-line patterns
             body = _strip_gutenberg(text, name) if kind == "gutenberg" else text
             # A file name need not be UTF-8: Python keeps its stray bytes as lone surrogates, which cannot be written.
-            found = _split_text(body, author or "", _clean_field(Path(path).name))
+            found = _split_text(body, _clean_field(Path(path).name))
         if not found:
             raise NeuraldaError(f"{name}: no poems found")
+        for p in found:
+            p.author = author or p.author
+            p.lang = lang or p.lang
         poems.extend(found)
     return poems
 

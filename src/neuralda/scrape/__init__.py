@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .. import __version__
-from ..corpus import Poem
+from ..corpus import Poem, check_language
 from ..errors import NeuraldaError
 from ..files import append_line
-from .extract import check_selector, parse_html, select_line, select_links, select_poem
+from .extract import check_selector, parse_html, poem_lang, select_line, select_links, select_poem
 from .fetch import MAX_DELAY, MAX_RETRIES, MAX_TIMEOUT, Fetcher, FetchError, Page, host_of, is_web_page, normalize_url
 from .sites import SELECTOR_FIELDS, get_preset, list_presets
 
@@ -42,6 +42,7 @@ class ScrapeConfig:
     body: str | None = None  # CSS: the poem on a poem page
     author: str | None = None  # a name for every poem; wins over author_css
     author_css: str | None = None  # CSS: the author on a poem page
+    lang: str | None = None  # the language of every poem (a BCP 47 tag); None: what each page says
     preset: str | None = None  # a known site whose selectors fill the ones not given
     max_poems: int | None = None  # stop once this many poems of the crawl are in the output (earlier runs count)
     max_pages: int | None = None  # index pages to visit at most
@@ -112,6 +113,7 @@ def _check_config(config: ScrapeConfig) -> None:
         value = getattr(config, name)
         if value is not None and value < 1:
             raise NeuraldaError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    check_language(config.lang)
 
 
 def _corpus_record(line: bytes) -> dict | None:
@@ -313,7 +315,8 @@ class _Crawl:
         else:
             author = select_line(soup, self.config.author_css) if self.config.author_css else ""
         poem = Poem(
-            title=title or text.split("\n", 1)[0], author=author, text=text, url=final, fetched_at=page.fetched_at or None
+            title=title or text.split("\n", 1)[0], author=author, text=text, url=final, fetched_at=page.fetched_at or None,
+            lang=self.config.lang or poem_lang(soup, self.config.body),
         )
         append_line(self.output, json.dumps(poem.to_dict(), ensure_ascii=False))
         self.done.update(dict.fromkeys((url, final), text))

@@ -12,7 +12,7 @@ import ftfy.bad_codecs  # noqa: F401  registers "sloppy-windows-1252", the windo
 import soupsieve
 from bs4 import BeautifulSoup, MarkupResemblesLocatorWarning, NavigableString, Tag
 
-from ..corpus import decode_bytes, normalize_text
+from ..corpus import decode_bytes, language_tag, normalize_text
 from ..errors import NeuraldaError
 
 BLOCK_TAGS = frozenset(
@@ -189,6 +189,17 @@ def select_poem(soup: BeautifulSoup, css: str) -> str:
     chosen = {id(m) for m in matches}  # by identity: Tags compare equal when their markup is equal
     outermost = [m for m in matches if not any(id(parent) in chosen for parent in m.parents)]
     return normalize_text("\n\n".join(_raw_text(m) for m in outermost))
+
+
+def poem_lang(soup: BeautifulSoup, css: str) -> str | None:
+    """The language a page gives the poem ``css`` selects: the ``lang`` (or ``xml:lang``) of its first element or of
+    the nearest element around it (``<html lang="es">``); None where none says, or says no language tag."""
+    element = soup.select_one(css)
+    for tag in [element, *element.parents] if element is not None else []:
+        value = tag.get("lang", tag.get("xml:lang"))
+        if value is not None:  # the nearest says, even lang="" (unknown): an outer one is about other text
+            return language_tag(value)
+    return None
 
 
 def select_line(soup: BeautifulSoup, css: str) -> str:

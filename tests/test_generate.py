@@ -455,6 +455,30 @@ def test_a_library_user_gets_one_line_errors(tiny_run):
     ]
 
 
+def test_a_library_user_gets_one_line_errors_for_names_of_the_wrong_type(tiny_run):
+    """A checkpoint, device, precision or run directory that is not text, or a form that is a list, raised a
+    TypeError or AttributeError from deep inside (a regular expression, pathlib, a dict lookup)."""
+    for options, named in [
+        ({"checkpoint": None}, "checkpoint"), ({"checkpoint": 5}, "checkpoint"), ({"device": None}, "device"),
+        ({"device": 0}, "device"), ({"precision": None}, "precision"),
+    ]:
+        with pytest.raises(NeuraldaError, match=f"^{named} must be text"):
+            Poet.load(tiny_run, **options)
+    with pytest.raises(NeuraldaError, match="^run_dir must be a path"):
+        Poet.load(None)
+    with pytest.raises(NeuraldaError, match=r"^unknown form \['quatrain'\]"):
+        Poet.load(tiny_run).write(form=["quatrain"])
+
+
+@pytest.mark.parametrize("temperature", [1e39, 1e308])
+def test_a_temperature_float32_cannot_hold_is_an_error_naming_it_not_a_damaged_checkpoint(tiny_run, temperature):
+    """Scores are divided by the temperature in float32, where 1e39 is infinite: every blocked word's -inf / inf
+    was NaN, and the error blamed the checkpoint."""
+    with pytest.raises(NeuraldaError, match="^--temperature must be a number from"):
+        Poet.load(tiny_run).write(words=5, seed=1, temperature=temperature)
+    assert Poet.load(tiny_run).write(words=5, seed=1, temperature=3e38)
+
+
 def test_an_untrained_checkpoint_warns(tmp_path, tiny_run):
     from neuralda.run import model_tensors, save_checkpoint
 

@@ -205,10 +205,10 @@ def test_names_that_are_not_utf8_are_shown_with_a_replacement_character(tiny_run
 
 @pytest.mark.parametrize("value", [None, "x", "50", True, False, 0, -3, -0.5, math.inf, math.nan, 10**400, [1], {}])
 def test_a_perplexity_that_is_not_a_positive_number_is_a_gap(value):
-    from neuralda.report import _finite
+    from neuralda.report import plottable
 
-    assert math.isnan(_finite(value))
-    assert _finite(50) == 50.0 and _finite(0.5) == 0.5
+    assert math.isnan(plottable(value))
+    assert plottable(50) == 50.0 and plottable(0.5) == 0.5
 
 
 def test_a_title_that_is_not_utf8_is_shown_with_a_replacement_character(tiny_run, tmp_path):

@@ -156,6 +156,43 @@ def test_models_read_each_checkpoint_s_epoch_from_the_checkpoint(runs, tmp_path)
         assert (info.epoch, info.val_ppl, info.train_ppl) == (1, rows[0]["val_ppl"], rows[0]["train_ppl"])
 
 
+def test_a_hand_edited_perplexity_is_shown_as_none_not_a_crash_at_start(runs, tmp_path):
+    """metrics.jsonl is the user's to edit: a perplexity that is a string, true or a list stopped `serve` with a
+    pydantic traceback, and true was shown as a perplexity of 1.0."""
+    from neuralda.serve import open_served
+
+    run = shutil.copytree(runs[0], tmp_path / "edited")
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    for row, odd in zip(rows, ("12.5", [3])):
+        row["val_ppl"], row["train_ppl"] = odd, True
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    infos = {c.name: c for c in open_served(str(run)).info.checkpoints}
+    assert [(infos[n].val_ppl, infos[n].train_ppl) for n in ("epoch-1", "last")] == [(None, None)] * 2
+
+
+def test_a_checkpoint_replaced_while_served_is_listed_as_the_weights_written_with(runs, tmp_path):
+    """A run resumed while served replaces last: a poem from it came from the new weights while the list (and the
+    page) still gave the epoch and perplexity of those there at start."""
+    run = shutil.copytree(runs[0], tmp_path / "training")
+    with LiveServer([str(run)]) as live, httpx.Client(base_url=live.url, timeout=30) as c:
+        assert {x["name"]: x["epoch"] for x in c.get("/api/models").json()["runs"][0]["checkpoints"]}["last"] == 2
+        shutil.copy(run / "checkpoints" / "epoch-1.safetensors", run / "checkpoints" / "last.safetensors")
+        assert write(c, words=10, seed=1, checkpoint="last").status_code == 200
+        listed = {x["name"]: x for x in c.get("/api/models").json()["runs"][0]["checkpoints"]}
+    rows = Run.open(run).metrics()
+    assert (listed["last"]["epoch"], listed["last"]["val_ppl"]) == (1, rows[0]["val_ppl"])
+    assert (listed["best"]["epoch"], listed["best"]["val_ppl"]) == (2, rows[1]["val_ppl"])
+
+
+def test_a_run_with_a_long_folder_name_can_be_named(runs, tmp_path):
+    """A folder name may be 255 bytes long; the page names the run in every request, and past 200 characters each
+    was a 422."""
+    run = shutil.copytree(runs[0], tmp_path / ("r" * 255))
+    with LiveServer([str(run)]) as live, httpx.Client(base_url=live.url, timeout=30) as c:
+        r = write(c, words=5, seed=1, run=run.name)
+    assert r.status_code == 200, r.text
+
+
 def test_generate_writes_the_poem_write_poems_writes(client, runs):
     r = write(client, start="Love", words=40, seed=7, temperature=0.8, top_p=0.9, top_k=50)
     assert r.status_code == 200, r.text

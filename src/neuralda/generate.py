@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import difflib
 import functools
-import math
 import numbers
 import os
 import threading
@@ -30,6 +29,7 @@ from .tokenizer import LINE, POEM_END, STANZA, Vocab, detokenize, is_word, token
 
 
 MIN_TEMPERATURE = 1e-6
+MAX_TEMPERATURE = float(torch.finfo(torch.float32).max)  # the scores are divided by it in float32
 DEFAULT_START = "love"  # the seed's blog wrote every poem from it
 FORMS = {"free": 0, "couplet": 2, "tercet": 3, "quatrain": 4}  # lines per stanza (0: as the model likes)
 # Poems written at once: what a step holds grows with them (scores, masks: ~100 KB a poem at 5,437 words), and
@@ -52,9 +52,11 @@ class SamplingConfig:
         for name in ("temperature", "top_p", "repetition_penalty"):
             _check_type(name, getattr(self, name), numbers.Real)
         _check_type("top_k", self.top_k, numbers.Integral)
-        if not MIN_TEMPERATURE <= self.temperature < math.inf:  # below it, float32 scores turn into 0/0
+        # Below the least, float32 scores turn into 0/0; above the most, float32 has no such number: -inf / inf.
+        if not MIN_TEMPERATURE <= self.temperature <= MAX_TEMPERATURE:
             raise NeuraldaError(
-                f"--temperature must be a finite number of at least {MIN_TEMPERATURE}, got {self.temperature}"
+                f"--temperature must be a number from {MIN_TEMPERATURE} to {MAX_TEMPERATURE:.3g}, "
+                f"got {self.temperature}"
             )
         if self.top_k < 0:
             raise NeuraldaError(f"--top-k must be 0 or more, got {self.top_k}")
@@ -413,7 +415,7 @@ def write_poems(
         raise NeuraldaError("--words and --n must be at least 1, --lines 0 or more")
     if start is not None and not isinstance(start, str):
         raise NeuraldaError(f"start must be text, got {start!r}")
-    if form not in FORMS:
+    if not isinstance(form, str) or form not in FORMS:  # a list is no key of FORMS: a TypeError otherwise
         raise NeuraldaError(f"unknown form {form!r}; choose one of {', '.join(FORMS)}")
     seeds = poem_seeds(seed, n)
     prime = start_tokens(default_start(vocab) if start is None else start, vocab)
@@ -524,6 +526,11 @@ class Poet:
         from .run import Run
         from .train import pick_device, pick_precision
 
+        if not isinstance(run_dir, (str, os.PathLike)):
+            raise NeuraldaError(f"run_dir must be a path, got {run_dir!r}")
+        for name, value in (("checkpoint", checkpoint), ("device", device), ("precision", precision)):
+            if not isinstance(value, str):
+                raise NeuraldaError(f"{name} must be text, got {value!r}")
         device = pick_device(device)
         run = Run.open(run_dir)
         pick_precision(precision, device, run.config["arch"])  # a wrong one is an error now, not at the first poem
@@ -554,7 +561,8 @@ class Poet:
         max_copy: int = 0,
     ) -> list[str]:
         """``n`` poems written in one batched pass; poem ``i`` is the one ``write`` gives with ``seed + i`` (or
-        ``seed[i]`` for a list; none: a random seed).
+        ``seed[i]`` for a list; none: a random seed), bit for bit where the model is ``batch_invariant`` (an LSTM
+        on the CPU): a transformer's or a GPU's batch may round a rare word otherwise, and the poem goes on from it.
 
         ``start``: the first words (none: "love" where the model knows it, else anywhere); ``words``: at most that
         many; ``temperature``, ``top_k``, ``top_p``, ``repetition_penalty``: how each word is drawn

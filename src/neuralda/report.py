@@ -115,14 +115,14 @@ def plot_perplexity(runs: list[Run]) -> bytes | None:
             continue
         color = f"C{i}"
         epochs = [r["epoch"] for r in rows]
-        train = [_finite(r.get("train_ppl")) for r in rows]
+        train = [plottable(r.get("train_ppl")) for r in rows]
         # Small markers: an epoch between gaps, or a run of one epoch, still shows; over the seed's 400 epochs they
         # would touch and draw the dashed training line solid, as the held-out one.
         marker = "." if len(rows) <= 60 else None
         ax.plot(epochs, train, color=color, linestyle="--", linewidth=1.2, marker=marker, markersize=4,
                 label=f"{name}: training (dropout on)")
-        val_rows = [r for r in rows if not math.isnan(_finite(r.get("val_ppl")))]
-        val = [(r["epoch"], _finite(r["val_ppl"])) for r in val_rows]
+        val_rows = [r for r in rows if not math.isnan(plottable(r.get("val_ppl")))]
+        val = [(r["epoch"], plottable(r["val_ppl"])) for r in val_rows]
         plotted = plotted or bool(val) or any(not math.isnan(t) for t in train)
         if val:
             ax.plot(*zip(*val), color=color, linewidth=2, marker=marker, markersize=5, label=f"{name}: held out")
@@ -164,7 +164,7 @@ def _number(value: object) -> float:
         return math.nan
 
 
-def _finite(value: object) -> float:
+def plottable(value: object) -> float:
     """A perplexity to plot on a log scale: NaN (a gap) for a missing, overflowing, non-numeric or non-positive one."""
     number = _number(value)
     return number if math.isfinite(number) and number > 0 else math.nan

@@ -11,6 +11,7 @@ them, never a path.
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import threading
@@ -30,12 +31,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from . import __version__
 from .errors import NeuraldaError
 from .generate import FORMS, MIN_TEMPERATURE, CopyGuards, SamplingConfig, batch_invariant, default_start, write_poems
+from .report import plottable
 from .run import Run
 from .tokenizer import is_word, tokenize
 
 MAX_BODY = 16 * 1024  # bytes; a request is a few short fields
 MAX_WORDS = 500
 MAX_START = 200  # characters
+MAX_NAME = 255  # a run's name is its folder's: up to 255 bytes, each shown as at most one character
 MAX_BATCH = 32  # poems written in one pass
 MAX_LINES = 100
 MAX_PENALTY = 10.0
@@ -73,7 +76,7 @@ class GenerateRequest(BaseModel):
         0, ge=0, le=MAX_COPY, description="no run of this many words copied from the training poems (0: no guard; else 2 or more)"
     )
     seed: int | None = Field(None, ge=0, lt=2**63, description="the same seed writes the same poem; none: random")
-    run: str | None = Field(None, max_length=200, description="a served run's name (default: the first)")
+    run: str | None = Field(None, max_length=MAX_NAME, description="a served run's name (default: the first)")
     checkpoint: str | None = Field(None, max_length=200, description="best, last or epoch-N (default: best)")
 
 
@@ -126,20 +129,30 @@ class ServedRun:
         """The model of ``checkpoint``, loaded on first use; concurrent first uses load it once."""
         with self.lock:
             if checkpoint not in self.models:
-                self.models[checkpoint], _ = self.run.load_model(checkpoint, device="cpu")
+                self.models[checkpoint], meta = self.run.load_model(checkpoint, device="cpu")
+                # A run still training replaces best and last: the list describes the weights written with.
+                self.info.checkpoints = [
+                    checkpoint_info(self.run, c.name, meta) if c.name == checkpoint else c
+                    for c in self.info.checkpoints
+                ]
             return self.models[checkpoint]
 
 
+def checkpoint_info(run: Run, name: str, meta: dict) -> CheckpointInfo:
+    """Checkpoint ``name`` with the epoch it holds (from its own header ``meta``: ``best`` and ``last`` are written
+    less often than metrics.jsonl grows) and that epoch's perplexities (none for a hand-edited one that is not a
+    number)."""
+    epoch = meta.get("epoch")
+    row = next((r for r in reversed(run.metrics()) if r["epoch"] == epoch), {})  # a repeated epoch: its last row
+    val, train = (plottable(row.get(key)) for key in ("val_ppl", "train_ppl"))
+    return CheckpointInfo(
+        name=name, epoch=epoch, val_ppl=None if math.isnan(val) else val, train_ppl=None if math.isnan(train) else train
+    )
+
+
 def checkpoint_infos(run: Run) -> list[CheckpointInfo]:
-    """Each checkpoint with the epoch it holds (from its own header: ``best`` and ``last`` are written less often
-    than metrics.jsonl grows) and that epoch's perplexities."""
-    by_epoch = {r["epoch"]: r for r in run.metrics()}
-    infos = []
-    for name in run.checkpoints():
-        epoch = run.checkpoint_meta(name).get("epoch")
-        row = by_epoch.get(epoch, {})
-        infos.append(CheckpointInfo(name=name, epoch=epoch, val_ppl=row.get("val_ppl"), train_ppl=row.get("train_ppl")))
-    return infos
+    """Each checkpoint of ``run`` (see ``checkpoint_info``)."""
+    return [checkpoint_info(run, name, run.checkpoint_meta(name)) for name in run.checkpoints()]
 
 
 def open_served(path: str) -> ServedRun:

@@ -164,3 +164,15 @@ def test_the_report_table_fits_a_desktop_page_with_an_early_checkpoints_numbers(
     page.goto((tmp_path / "post.html").as_uri())
     assert page.evaluate("(t => t.scrollWidth <= t.clientWidth)(document.querySelector('table'))")
     page.close()
+
+
+def test_a_poem_is_marked_in_the_language_of_its_poets_poems(page):
+    """The page speaks English; the served "other" run's poems say they are Spanish, so its poem and its start word
+    are marked so (screen readers pronounce them by it), and the first run's, which say nothing, are not."""
+    for run, lang in (("other", "es"), ("tiny", None)):
+        page.select_option("#choice", value=f'["{run}","best"]')
+        with page.expect_response("**/api/generate"):
+            page.click("#write-button")
+        sync_api.expect(page.locator("#stanzas .line").first).to_be_visible()
+        assert page.get_attribute("#stanzas", "lang") == lang and page.get_attribute("#start", "lang") == lang
+        assert page.evaluate("document.documentElement.lang") == "en"

@@ -291,3 +291,31 @@ def test_a_run_whose_last_epoch_was_its_best_is_reported_once(tmp_path, corpus_f
     result = train(tiny_config(corpus_file, tmp_path / "run", epochs=2, save_at=()), log=lambda s: None)
     assert result.best_epoch == 2  # the loss still falls: the last epoch is the best
     assert report_checkpoints(Run.open(tmp_path / "run")) == ["best"]
+
+
+def test_poems_are_marked_in_the_language_most_training_poems_give(tiny_run, tmp_path):
+    """The report speaks English; a Spanish poet's poems say lang="es" where most of its training poems did."""
+    import shutil
+
+    from neuralda.run import Run
+
+    run = shutil.copytree(tiny_run, tmp_path / "poeta")
+    train = run / "data" / "train.jsonl"
+    rows = [json.loads(line) for line in train.read_text(encoding="utf-8").splitlines()]
+    langs = ["es", "es", "fr"]  # two thirds Spanish
+
+    def relabel(tags):
+        lines = [json.dumps({**r, **({"lang": t} if t else {})}) for r, t in zip(rows, tags * len(rows))]
+        train.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+    relabel(langs)
+    write_report([str(run)], tmp_path / "post.md", tmp_path / "post.html", samples=1, words=8)
+    for name in ("post.md", "post.html"):
+        text = (tmp_path / name).read_text(encoding="utf-8")
+        paragraphs = re.findall(r"<p[ >][^>]*>?", text)  # the poems' stanzas, and the page's note
+        assert paragraphs.count('<p lang="es">') == len(paragraphs) - paragraphs.count('<p class="note">') > 0
+    for tags in (["es", "fr"], ["es", None]):  # no language holds over half: none is claimed
+        relabel(tags)
+        assert Run.open(run).lang is None
+    write_report([str(tiny_run)], tmp_path / "plain.md", samples=1, words=8)
+    assert "lang=" not in (tmp_path / "plain.md").read_text(encoding="utf-8")

@@ -92,11 +92,15 @@ class LiveServer:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> list[Path]:
-    """The tiny run and a copy of it under another name (two runs served side by side)."""
+    """The tiny run and a copy of it under another name (two runs served side by side), whose poems say they are
+    Spanish."""
     folder = tmp_path_factory.mktemp("serve")
     tiny = tiny_run(folder)
     other = folder / "other"
     shutil.copytree(tiny, other)
+    train = other / "data" / "train.jsonl"
+    rows = [{**json.loads(line), "lang": "es"} for line in train.read_text(encoding="utf-8").splitlines()]
+    train.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return [tiny, other]
 
 
@@ -134,6 +138,7 @@ def test_models_lists_runs_checkpoints_and_perplexity(client, runs):
     assert (tiny["name"], other["name"]) == ("tiny", "other")
     assert tiny["vocab_size"] == len(Run.open(runs[0]).vocab)
     assert tiny["start"] == "love" and tiny["default_checkpoint"] == "best"
+    assert (tiny["lang"], other["lang"]) == (None, "es")  # the language its training poems give, for the page
     checkpoints = {c["name"]: c for c in tiny["checkpoints"]}
     assert set(checkpoints) == {"best", "last", "epoch-1"}
     rows = [json.loads(line) for line in (runs[0] / "metrics.jsonl").read_text().splitlines()]

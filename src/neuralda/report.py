@@ -170,10 +170,13 @@ def plottable(value: object) -> float:
     return number if math.isfinite(number) and number > 0 else math.nan
 
 
-def _poem_html(poem: str) -> str:
-    """A poem as HTML: a paragraph per stanza, ``<br>`` between lines."""
+def _poem_html(poem: str, lang: str | None) -> str:
+    """A poem as HTML: a paragraph per stanza, ``<br>`` between lines, in its language where the run knows it (the
+    report speaks English: screen readers pronounce the poem, and browsers choose the forms of its characters, by
+    it)."""
     stanzas = [s.split("\n") for s in poem.split("\n\n")]
-    return "\n".join("<p>" + "<br>\n".join(html.escape(line, quote=False) for line in lines) + "</p>" for lines in stanzas)
+    p = f'<p lang="{lang}">' if lang else "<p>"
+    return "\n".join(p + "<br>\n".join(html.escape(line, quote=False) for line in lines) + "</p>" for lines in stanzas)
 
 
 def _details(summary: str, body: str) -> str:
@@ -227,7 +230,7 @@ def markdown(runs: list[Run], entries: list[Entry], title: str, plot_name: str |
         out += [f"## {_md(run.name)}", ""]
         out += [_details("Model summary", "<pre>\n" + html.escape(summary_table(run.build_model(), run.name), quote=False) + "\n</pre>"), ""]
         for e in (e for e in entries if e.run is run):
-            out += [_details(e.label, _poem_html(e.poem)), ""]
+            out += [_details(e.label, _poem_html(e.poem, e.run.lang)), ""]
     return "\n".join(out)
 
 
@@ -249,7 +252,7 @@ def html_page(runs: list[Run], entries: list[Entry], title: str, plot_png: bytes
     for run in runs:
         parts = [f"<h2>{html.escape(run.name)}</h2>"]
         parts.append(_details("Model summary", "<pre>" + html.escape(summary_table(run.build_model(), run.name)) + "</pre>"))
-        parts += [_details(e.label, f'<div class="poem">{_poem_html(e.poem)}</div>') for e in entries if e.run is run]
+        parts += [_details(e.label, f'<div class="poem">{_poem_html(e.poem, e.run.lang)}</div>') for e in entries if e.run is run]
         sections.append("\n".join(parts))
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">

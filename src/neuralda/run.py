@@ -13,7 +13,9 @@ Checkpoints are safetensors with a JSON header: reading them never executes anyt
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -297,3 +299,13 @@ class Run:
     def training_texts(self) -> list[str]:
         """The texts of the training poems (what the copy guard reads)."""
         return [p.text for p in self.poems("train")]
+
+    @functools.cached_property
+    def lang(self) -> str | None:
+        """The language (a BCP 47 tag) of over half the training poems, for the pages that show the model's poems;
+        None where the poems give none, or no one language."""
+        if not (self.path / "data" / "train.jsonl").is_file():  # a run copied without its data still writes
+            return None
+        tags = collections.Counter(p.lang for p in self.poems("train"))
+        tag, count = tags.most_common(1)[0] if tags else (None, 0)
+        return tag if count * 2 > sum(tags.values()) else None

@@ -104,6 +104,7 @@ class RunInfo(BaseModel):
     layers: int
     vocab_size: int
     start: str = Field(description='a start word the model knows ("love"), or "": its poems begin anywhere')
+    lang: str | None = Field(description="the language of the poems it learned from (a BCP 47 tag), if they say")
     default_checkpoint: str
     checkpoints: list[CheckpointInfo]
 
@@ -169,6 +170,7 @@ def open_served(path: str) -> ServedRun:
         layers=run.config["layers"],
         vocab_size=len(run.vocab),
         start=default_start(run.vocab),
+        lang=run.lang,
         default_checkpoint="best" if "best" in names else names[-1],
         checkpoints=checkpoints,
     )

@@ -32,6 +32,7 @@ function describe() {
   }
   $("model").textContent = parts.join(" · ");
   $("start").placeholder = run.start || "any word"; // a Spanish poet's model has no "love": it begins anywhere
+  setLang($("start"), run.lang);
 }
 
 async function loadModels() {
@@ -57,11 +58,19 @@ function showError(message) {
   $("error").hidden = !message;
 }
 
+// The page speaks English; a poem and its start word are in the poet's language, where the corpus gave it: screen
+// readers pronounce them, and browsers choose Chinese or Japanese forms of a character, by it.
+function setLang(element, lang) {
+  if (lang) element.lang = lang;
+  else element.removeAttribute("lang");
+}
+
 // Stanzas are separated by a blank line; each line is its own block so long lines wrap with a hanging indent.
 function showPoem(body) {
   poemText = body.poem;
   const stanzas = $("stanzas");
   stanzas.replaceChildren();
+  setLang(stanzas, runs.find((r) => r.name === body.run)?.lang);
   let n = 0;
   for (const stanza of body.poem.split(/\n\s*\n/)) {
     const block = document.createElement("p");

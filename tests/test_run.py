@@ -137,3 +137,45 @@ def test_a_changed_header_is_damage_to_every_reader(tmp_path):
     for read in (checkpoint_meta, read_checkpoint):
         with pytest.raises(NeuraldaError, match="header does not match"):
             read(path)
+
+
+def test_a_checkpoint_is_streamed_to_its_file_not_held_as_bytes(tmp_path):
+    """Saving a checkpoint holds no copy of its bytes beside the tensors (safetensors' save held them twice: 3 GB
+    beside the seed's model and its optimizer at 120,000 words), and the file is the one safetensors' save makes,
+    byte for byte."""
+    import tracemalloc
+
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import save
+
+    from neuralda.run import read_checkpoint, save_checkpoint
+
+    tensors = {"w": torch.randn(2_000_000, generator=torch.Generator().manual_seed(0)), "step": torch.tensor(3.0)}
+    path = tmp_path / "checkpoints" / "last.safetensors"
+    tracemalloc.start()  # Python's bytes are traced; torch's own tensors are not
+    try:
+        save_checkpoint(path, tensors, {"epoch": 2, "arch": "lstm"})
+        saving = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert saving < 1_000_000, saving  # the file is 8 MB
+    read, meta = read_checkpoint(path)
+    assert torch.equal(read["w"], tensors["w"]) and meta["epoch"] == 2
+    with safe_open(path, "pt") as f:
+        header = f.metadata()
+    assert path.read_bytes() == save(tensors, metadata=header)
+    assert oct(path.stat().st_mode & 0o777) == oct(0o644)
+
+
+def test_a_checkpoint_in_a_folder_whose_name_is_not_utf8_is_written_and_read(tmp_path):
+    """safetensors opens UTF-8 paths only; a folder name with another byte (kept by Python as a lone surrogate)
+    still holds checkpoints."""
+    import torch
+
+    from neuralda.run import read_checkpoint, save_checkpoint
+
+    path = tmp_path / "r\udcff" / "checkpoints" / "best.safetensors"
+    save_checkpoint(path, {"w": torch.arange(4.0)}, {"epoch": 1})
+    tensors, meta = read_checkpoint(path)
+    assert torch.equal(tensors["w"], torch.arange(4.0)) and meta["epoch"] == 1

@@ -538,3 +538,28 @@ def test_the_transformer_takes_bf16_on_gpus_with_bf16_units_only(monkeypatch, ca
                         or capability >= (8, 0))
     assert pick_precision("auto", "cuda", "gpt") == pick_precision("auto", "cuda:1", "gpt") == expected
     assert pick_precision("bf16", "cuda", "gpt") == "bf16"  # by name: what was asked
+
+
+def test_a_big_corpus_is_counted_into_its_vocabulary_without_holding_each_of_its_tokens(tmp_path):
+    """The vocabulary and the run's size come from counting each training poem's tokens as it is read: a list of
+    every token took ~90 bytes a token (450 MB at five million, more than the corpus and its split together)."""
+    import tracemalloc
+
+    from neuralda.corpus import read_corpus
+    from neuralda.tokenizer import POEM_END, tokenize
+    from neuralda.train import TrainConfig, _prepare
+
+    line = "the sea, the salt and the moon over the water"
+    texts = ["\n".join([line] * 10) + f" {i}" for i in range(1000)]
+    corpus = write_jsonl(tmp_path / "c.jsonl", [{"text": t} for t in texts])
+    read_corpus(corpus)  # the modules it imports are not the corpus's memory
+    tracemalloc.start()  # Python's own allocations: the poems and their split are ~15 bytes a token
+    try:
+        run = _prepare(TrainConfig(corpus=str(corpus), output=str(tmp_path / "run"), val_fraction=0.0))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    tokens = sum(len(tokenize(t)) for t in texts)
+    assert peak < 30 * tokens, f"{peak / tokens:.0f} bytes a token"
+    assert run.config["train_tokens"] == tokens
+    assert run.vocab.itos[3:6] == [POEM_END, "the", ","]  # most frequent first, ties in order

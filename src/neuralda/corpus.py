@@ -408,16 +408,15 @@ def corpus_stats(poems: list[Poem], keep_case: bool = False, top: int = 20) -> d
     """Counts a person wants before training: poems, lines, words, tokens, vocabulary, common and rare words."""
     from collections import Counter
 
-    from .tokenizer import is_word, tokenize
+    from .tokenizer import is_word, token_counts
 
-    tokens = [t for p in poems for t in tokenize(p.text, keep_case=keep_case)]
-    counts = Counter(tokens)
+    counts = token_counts((p.text for p in poems), keep_case)
     words = Counter({t: c for t, c in counts.items() if is_word(t)})
     return {
         "poems": len(poems),
         "lines": sum(len([ln for ln in p.text.split("\n") if ln]) for p in poems),
         "words": sum(words.values()),
-        "tokens": len(tokens),
+        "tokens": counts.total(),
         "vocabulary": len(counts),
         "distinct_words": len(words),
         "words_once": sum(1 for c in words.values() if c == 1),

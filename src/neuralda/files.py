@@ -5,16 +5,18 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 import stat
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from .errors import NeuraldaError
 
 
-def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder, fsync it, then rename.
+def atomic_write(path: str | os.PathLike, data: bytes | str | Callable[[Path], None]) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder, fsync it, then rename; ``data`` may
+    also be a function that writes the file at the path it is given (a checkpoint streamed from its tensors).
 
     A write that fails (a full disk, no permission) leaves the old file as it was and is a one-line error. A
     symlink is written through: the file it points to is replaced, and the link stays.
@@ -30,14 +32,25 @@ def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:
             special = False
         if special:  # /dev/null, /dev/stdout, a FIFO: write into it; a rename would replace the device itself
             with open(path, "wb") as f:
-                f.write(payload)
+                if callable(payload):  # given the device's path, safetensors would rename a file over it
+                    with tempfile.TemporaryDirectory() as folder:
+                        payload(Path(folder) / real.name)
+                        with open(Path(folder) / real.name, "rb") as written:
+                            shutil.copyfileobj(written, f)
+                else:
+                    f.write(payload)
             return
         real.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{real.name}.", suffix=".tmp", dir=real.parent)
-        with os.fdopen(fd, "wb") as f:
+        if callable(payload):
+            os.close(fd)
+            payload(Path(tmp))  # it may put a file of its own there (safetensors renames one over it): reopened
+            fd = os.open(tmp, os.O_RDWR)
+        with os.fdopen(fd, "r+b" if callable(payload) else "wb") as f:
             # mkstemp makes the file private (0600); give it the mode the file had, or the usual 0644.
             os.fchmod(f.fileno(), real.stat().st_mode & 0o777 if real.exists() else 0o644)
-            f.write(payload)
+            if not callable(payload):
+                f.write(payload)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, real)

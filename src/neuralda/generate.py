@@ -35,6 +35,9 @@ FORMS = {"free": 0, "couplet": 2, "tercet": 3, "quatrain": 4}  # lines per stanz
 # Poems written at once: what a step holds grows with them (scores, masks: ~100 KB a poem at 5,437 words), and
 # past a few dozen rows a CPU step costs as much per poem; a poem is the same in any batch (see above).
 WRITE_BATCH = 256
+# Scores a step holds at once (each is held ~7 times: softmax, running sums, masks): fewer poems a batch for a big
+# vocabulary (256 poems over 256,000 words held 2.3 GB; 32 at once, 0.7 GB).
+WRITE_SCORES = 1 << 23
 
 
 @dataclass
@@ -399,8 +402,8 @@ def write_poems(
     guard: CopyGuard | None = None,
     precision: str = "auto",
 ) -> list[tuple[str, bool]]:
-    """``n`` poems written at once (``WRITE_BATCH`` at a time) from ``start`` (none: ``default_start``): (poem text,
-    whether it ended by itself).
+    """``n`` poems written at once (``WRITE_BATCH`` at a time, fewer for a big vocabulary) from ``start`` (none:
+    ``default_start``): (poem text, whether it ended by itself).
 
     Poem ``i`` draws from seed ``seed + i`` (or ``seed[i]`` for a list; none: a random seed). A poem stops at
     ``<poembreak>``, after ``words`` words or after ``lines`` lines (0: no limit); ``form`` sets the lines per
@@ -419,7 +422,8 @@ def write_poems(
         raise NeuraldaError(f"unknown form {form!r}; choose one of {', '.join(FORMS)}")
     seeds = poem_seeds(seed, n)
     prime = start_tokens(default_start(vocab) if start is None else start, vocab)
-    batches = (seeds[i : i + WRITE_BATCH] for i in range(0, n, WRITE_BATCH))
+    size = max(1, min(WRITE_BATCH, WRITE_SCORES // len(vocab)))
+    batches = (seeds[i : i + size] for i in range(0, n, size))
     return [
         poem
         for batch in batches

@@ -21,7 +21,6 @@ from .errors import NeuraldaError
 from .evaluate import format_ppl, measure_checkpoints
 from .files import atomic_write
 from .generate import SamplingConfig, default_start, write_poems
-from .models import summary_table
 from .run import Run, printable
 
 PLOT_SUFFIX = "-perplexity.png"
@@ -228,7 +227,7 @@ def markdown(runs: list[Run], entries: list[Entry], title: str, plot_name: str |
             f"written poems' word runs found verbatim in the training poems. {_md(beginning)}", ""]
     for run in runs:
         out += [f"## {_md(run.name)}", ""]
-        out += [_details("Model summary", "<pre>\n" + html.escape(summary_table(run.build_model(), run.name), quote=False) + "\n</pre>"), ""]
+        out += [_details("Model summary", "<pre>\n" + html.escape(run.summary(), quote=False) + "\n</pre>"), ""]
         for e in (e for e in entries if e.run is run):
             out += [_details(e.label, _poem_html(e.poem, e.run.lang)), ""]
     return "\n".join(out)
@@ -251,7 +250,7 @@ def html_page(runs: list[Run], entries: list[Entry], title: str, plot_png: bytes
     sections = []
     for run in runs:
         parts = [f"<h2>{html.escape(run.name)}</h2>"]
-        parts.append(_details("Model summary", "<pre>" + html.escape(summary_table(run.build_model(), run.name)) + "</pre>"))
+        parts.append(_details("Model summary", "<pre>" + html.escape(run.summary()) + "</pre>"))
         parts += [_details(e.label, f'<div class="poem">{_poem_html(e.poem, e.run.lang)}</div>') for e in entries if e.run is run]
         sections.append("\n".join(parts))
     return f"""<!DOCTYPE html>

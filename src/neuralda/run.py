@@ -55,16 +55,36 @@ def _meta_digest(meta: dict) -> str:
 
 
 def save_checkpoint(path: Path, tensors: dict[str, Any], meta: dict) -> None:
-    """Atomically write ``tensors`` (name -> tensor) and a JSON ``meta`` header with their checksums."""
-    from safetensors.torch import save
-
+    """Atomically write ``tensors`` (name -> tensor) and a JSON ``meta`` header with their checksums, streamed to
+    the file: safetensors' ``save`` held the file twice as bytes (3 GB beside the seed's model at 120,000 words)."""
     data = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     meta = {**meta, "sha256": _digest(data), "meta_sha256": _meta_digest(meta)}
-    atomic_write(path, save(data, metadata={_META_KEY: json.dumps(meta)}))
+    atomic_write(path, functools.partial(_save_file, data, {_META_KEY: json.dumps(meta)}))
+
+
+def _save_file(tensors: dict[str, Any], metadata: dict[str, str], path: Path) -> None:
+    """safetensors' ``save_file``, whose failed writes (a full disk) are OSErrors, as any other file's."""
+    from safetensors import SafetensorError
+    from safetensors.torch import save, save_file
+
+    if not _utf8(path):
+        path.write_bytes(save(tensors, metadata=metadata))
+        return
+    try:
+        save_file(tensors, path, metadata=metadata)
+    except SafetensorError as e:  # "Error while serializing: I/O error: No space left on device (os error 28)"
+        code = re.search(r"\(os error (\d+)\)", str(e))
+        if code is None:
+            raise
+        raise OSError(int(code[1]), os.strerror(int(code[1]))) from None
 
 
 def read_checkpoint(path: Path) -> tuple[dict[str, Any], dict]:
-    """The tensors and JSON header of a checkpoint; a damaged file is a one-line error."""
+    """The tensors and JSON header of a checkpoint; a damaged file is a one-line error.
+
+    Read in one go: a run still training replaces its checkpoints, and a header and tensors read apart could come
+    from two files (the tensors would not match the header's checksum).
+    """
     from safetensors.torch import load
 
     with _reading(path):
@@ -77,11 +97,21 @@ def read_checkpoint(path: Path) -> tuple[dict[str, Any], dict]:
     return tensors, meta
 
 
+def _utf8(path: Path) -> bool:
+    """Whether safetensors can open ``path``: it takes UTF-8 names only, and a folder's name need not be (Python
+    keeps its stray bytes as lone surrogates); such a file is written from bytes held whole."""
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def checkpoint_meta(path: Path) -> dict:
     """A checkpoint's JSON header alone (its epoch, held-out loss ...), without reading its tensors."""
     with _reading(path), open(path, "rb") as f:
-        head = f.read(8)
-        return _meta(head + f.read(int.from_bytes(head, "little")))
+        head = f.read(8)  # a damaged length would have read() allocate up to 16 EB: no more than the file
+        return _meta(head + f.read(min(int.from_bytes(head, "little"), os.fstat(f.fileno()).st_size)))
 
 
 def _meta(raw: bytes) -> dict:
@@ -273,6 +303,16 @@ class Run:
 
         c = self.config
         return build_model(c["arch"], len(self.vocab), c["hidden"], c["layers"], c["dropout"])
+
+    def summary(self) -> str:
+        """The Keras-style summary of this run's model, counted on torch's meta device: no weights are made (the
+        seed's model at 120,000 words has 500 MB of them)."""
+        import torch
+
+        from .models import summary_table
+
+        with torch.device("meta"):
+            return summary_table(self.build_model(), self.name)
 
     def load_model(self, checkpoint: str = "best", device: str = "cpu"):
         """The model with the weights of ``checkpoint``, in eval mode on ``device``, and the checkpoint's meta."""

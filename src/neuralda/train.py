@@ -38,7 +38,7 @@ from .run import (
     read_epoch_rows,
     save_checkpoint,
 )
-from .tokenizer import POEM_END, Vocab, tokenize
+from .tokenizer import POEM_END, Vocab, token_counts
 
 SAMPLE_SEED = 0
 # Options that may change when a run is resumed; everything else comes from its config.json.
@@ -443,11 +443,11 @@ def _prepare(cfg: TrainConfig, restart: bool = False) -> Run:
         )
     poems = read_corpus(cfg.corpus)
     train_poems, val_poems = split_poems(poems, cfg.val_fraction, cfg.seed)
-    token_lists = [tokenize(p.text, cfg.keep_case) for p in train_poems]
-    vocab = Vocab.build(token_lists, cfg.min_count, cfg.keep_case)
+    counts = token_counts((p.text for p in train_poems), cfg.keep_case)
+    vocab = Vocab.from_counts(counts, cfg.min_count, cfg.keep_case)
     if cfg.min_count > 1 and not any(vocab.word_mask):
         raise NeuraldaError(f"--min-count {cfg.min_count} leaves no word in the vocabulary; lower it")
-    train_tokens = sum(map(len, token_lists))  # each poem's tokens and its end, as the training stream has them
+    train_tokens = counts.total()  # each poem's tokens and its end, as the training stream has them
     config = cfg.resolved(train_tokens)
     build_model(config["arch"], len(vocab), config["hidden"], config["layers"], config["dropout"])  # sizes it refuses
     write_corpus(out / "data" / "train.jsonl", train_poems)

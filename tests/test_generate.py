@@ -54,7 +54,11 @@ def test_batched_poems_equal_one_by_one(tiny_run, precision):
     assert batch == alone
 
 
-def test_many_poems_are_written_a_batch_at_a_time_and_are_the_same(tiny_run, monkeypatch):
+@pytest.mark.parametrize("limit", ["poems", "scores"])
+def test_many_poems_are_written_a_batch_at_a_time_and_are_the_same(tiny_run, monkeypatch, limit):
+    """Memory is bounded by the batch: at most WRITE_BATCH poems, and fewer over a big vocabulary (each poem holds
+    several rows of scores over the whole of it: at 256,000 words, 256 poems at once held 2.3 GB); each poem stays
+    the one written alone."""
     import neuralda.generate as generate
 
     poet = Poet.load(tiny_run)
@@ -66,10 +70,13 @@ def test_many_poems_are_written_a_batch_at_a_time_and_are_the_same(tiny_run, mon
         step = steps(*args)
         return lambda x, state: (rows.append(len(x)), step(x, state))[1]
 
-    monkeypatch.setattr(generate, "WRITE_BATCH", 3)
+    if limit == "poems":
+        monkeypatch.setattr(generate, "WRITE_BATCH", 3)
+    else:
+        monkeypatch.setattr(generate, "WRITE_SCORES", 3 * len(poet.vocab) + 1)  # three poems' scores
     monkeypatch.setattr(generate, "writing_steps", recording)
     assert poet.write_many(7, start="the sea", words=20, seed=4) == together
-    assert max(rows) == 3 and min(rows) == 1  # memory bounded by the batch, and the 7th poem written alone
+    assert max(rows) == 3 and min(rows) == 1  # the 7th poem written alone
 
 
 def test_bf16_steps_give_the_model_probabilities(tiny_run):
@@ -592,23 +599,3 @@ def test_the_copy_guard_blocks_a_character_in_each_of_its_spellings():
     model = _peaked(v, {"蛙": 5.0, " 蛙": 5.0, "池": 0.0})  # a copy, in either spelling, is far likelier
     poems = write_poems(model, v, "や", words=2, n=8, seed=0, guard=CopyGuard.build(training, v, 2))
     assert [p for p, _ in poems] == ["や池"] * 8
-
-
-def test_a_big_vocabulary_writes_fewer_poems_a_batch_and_the_same_poems(tiny_run, monkeypatch):
-    """Each poem of a batch holds several rows of scores over the whole vocabulary: at 256,000 words, 256 poems at
-    once held 2.3 GB. The batch shrinks as the vocabulary grows, and each poem stays the one written alone."""
-    import neuralda.generate as generate
-
-    poet = Poet.load(tiny_run)
-    together = poet.write_many(7, start="the sea", words=20, seed=4)
-    rows = []
-    steps = generate.writing_steps
-
-    def recording(*args):
-        step = steps(*args)
-        return lambda x, state: (rows.append(len(x)), step(x, state))[1]
-
-    monkeypatch.setattr(generate, "WRITE_SCORES", 2 * len(poet.vocab) + 1, raising=False)  # two poems' scores
-    monkeypatch.setattr(generate, "writing_steps", recording)
-    assert poet.write_many(7, start="the sea", words=20, seed=4) == together
-    assert max(rows) == 2 and min(rows) == 1

@@ -221,18 +221,17 @@ def cmd_summary(args: argparse.Namespace) -> None:
         raise NeuraldaError("summary takes a run directory or --arch and --vocab, not both")
     if not args.run and not (args.arch and args.vocab):
         raise NeuraldaError("summary needs a run directory, or --arch and --vocab")
+    if args.run:
+        run = Run.open(args.run)
+        print(run.summary(f"{run.name} ({run.config['arch']})"))
+        return
+    hidden, layers = default_size(args.arch, 100_000)
     with torch.device("meta"):  # shapes without memory: a model of any size is counted, never allocated
-        if args.run:
-            run = Run.open(args.run)
-            model, title = run.build_model(), f"{run.name} ({run.config['arch']})"
-        else:
-            hidden, layers = default_size(args.arch, 100_000)
-            try:
-                model = build_model(args.arch, args.vocab, args.hidden or hidden, args.layers or layers, 0.0)
-            except RuntimeError as e:  # on the meta device only a size fails: a matrix past 2^63 numbers
-                raise NeuraldaError(f"--vocab {args.vocab} and --hidden {args.hidden or hidden}: {e}") from None
-            title = args.arch
-    print(summary_table(model, title))
+        try:
+            model = build_model(args.arch, args.vocab, args.hidden or hidden, args.layers or layers, 0.0)
+        except RuntimeError as e:  # on the meta device only a size fails: a matrix past 2^63 numbers
+            raise NeuraldaError(f"--vocab {args.vocab} and --hidden {args.hidden or hidden}: {e}") from None
+    print(summary_table(model, args.arch))
 
 
 def cmd_scrape(args: argparse.Namespace) -> None:

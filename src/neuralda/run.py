@@ -304,15 +304,15 @@ class Run:
         c = self.config
         return build_model(c["arch"], len(self.vocab), c["hidden"], c["layers"], c["dropout"])
 
-    def summary(self) -> str:
-        """The Keras-style summary of this run's model, counted on torch's meta device: no weights are made (the
-        seed's model at 120,000 words has 500 MB of them)."""
+    def summary(self, title: str | None = None) -> str:
+        """The Keras-style summary of this run's model (headed ``title``, else the run's name), counted on torch's
+        meta device: no weights are made (the seed's model at 120,000 words has 500 MB of them)."""
         import torch
 
         from .models import summary_table
 
         with torch.device("meta"):
-            return summary_table(self.build_model(), self.name)
+            return summary_table(self.build_model(), title or self.name)
 
     def load_model(self, checkpoint: str = "best", device: str = "cpu"):
         """The model with the weights of ``checkpoint``, in eval mode on ``device``, and the checkpoint's meta."""

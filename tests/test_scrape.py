@@ -376,6 +376,23 @@ def test_pdf_and_image_links_are_skipped_not_written_as_poems(site, tmp_path):
     ]
 
 
+def test_an_atom_feed_is_an_index_page_and_an_svg_is_an_image(site, tmp_path):
+    # A blog's Atom feed lists its poems as <link href>: it was scraped until PDFs and images were skipped by type.
+    feed = (
+        '<?xml version="1.0" encoding="utf-8"?><feed xmlns="http://www.w3.org/2005/Atom">'
+        + "".join(f'<entry><link rel="alternate" href="/poems/{i}"/></entry>' for i in range(3))
+        + "</feed>"
+    )
+    site.page("/feed", feed, content_type="application/atom+xml; charset=utf-8")
+    site.poem("/poems/0", "Feed", "a line from the feed")
+    site.poem("/poems/1", "Also", "another line")
+    svg = "<svg xmlns='http://www.w3.org/2000/svg'><text>no poem</text></svg>"
+    site.page("/poems/2", svg, content_type="image/svg+xml")
+    summary = scrape(config(site, tmp_path, start="/feed", links="entry link[rel=alternate]"))
+    assert [r["text"] for r in records(tmp_path)] == ["a line from the feed", "another line"]
+    assert summary.failures == [(site.base + "/poems/2", "not a web page (image/svg+xml); skipped")]
+
+
 # Markup that breaks parsers and decoders: unclosed and misnested tags, comments, entities, odd line ends, links
 # urljoin refuses, and charset labels that Python knows but that cannot decode a page (base64, idna).
 _MARKUP = st.sampled_from(

@@ -175,6 +175,19 @@ def test_a_hand_edited_perplexity_is_shown_as_none_not_a_crash_at_start(runs, tm
     assert [(infos[n].val_ppl, infos[n].train_ppl) for n in ("epoch-1", "last")] == [(None, None)] * 2
 
 
+def test_a_run_whose_training_poems_cannot_be_read_is_still_served(runs, tmp_path):
+    """The poems' language is only a mark on the page: a damaged or missing data/train.jsonl stopped `serve` at
+    start, though writing needs no training poem (only --max-copy reads them, and names the file then)."""
+    from neuralda.serve import open_served
+
+    run = shutil.copytree(runs[0], tmp_path / "torn")
+    train = run / "data" / "train.jsonl"
+    train.write_bytes(train.read_bytes()[:40])  # a copy cut short
+    assert open_served(str(run)).info.lang is None
+    train.unlink()
+    assert open_served(str(run)).info.lang is None
+
+
 def test_a_checkpoint_replaced_while_served_is_listed_as_the_weights_written_with(runs, tmp_path):
     """A run resumed while served replaces last: a poem from it came from the new weights while the list (and the
     page) still gave the epoch and perplexity of those there at start."""

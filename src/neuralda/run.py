@@ -344,8 +344,10 @@ class Run:
     def lang(self) -> str | None:
         """The language (a BCP 47 tag) of over half the training poems, for the pages that show the model's poems;
         None where the poems give none, or no one language."""
-        if not (self.path / "data" / "train.jsonl").is_file():  # a run copied without its data still writes
+        try:
+            poems = self.poems("train")
+        except NeuraldaError:  # a run copied without its data, or with it damaged, still writes (serve starts)
             return None
-        tags = collections.Counter(p.lang for p in self.poems("train"))
+        tags = collections.Counter(p.lang for p in poems)
         tag, count = tags.most_common(1)[0] if tags else (None, 0)
         return tag if count * 2 > sum(tags.values()) else None

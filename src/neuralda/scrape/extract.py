@@ -10,7 +10,7 @@ from urllib.parse import urljoin
 
 import ftfy.bad_codecs  # noqa: F401  registers "sloppy-windows-1252", the windows-1252 that browsers decode
 import soupsieve
-from bs4 import BeautifulSoup, MarkupResemblesLocatorWarning, NavigableString, Tag
+from bs4 import BeautifulSoup, MarkupResemblesLocatorWarning, NavigableString, Tag, XMLParsedAsHTMLWarning
 
 from ..corpus import decode_bytes, language_tag, normalize_text
 from ..errors import NeuraldaError
@@ -99,8 +99,10 @@ def parse_html(data: bytes, content_type: str = "") -> BeautifulSoup:
     if content_type.split(";", 1)[0].strip().lower() == "text/plain":
         text = f"<html><body><pre>{html.escape(text, quote=False)}</pre></body></html>"
     with warnings.catch_warnings():
-        # A page whose whole text is "poem.txt" or a URL is still a page: bs4's hint about file names is not for us.
+        # A page whose whole text is "poem.txt" or a URL is still a page, and a feed's entries and links are read as
+        # a page's (lxml's HTML parser keeps them): bs4's hints about file names and XML are not for the user.
         warnings.simplefilter("ignore", MarkupResemblesLocatorWarning)
+        warnings.simplefilter("ignore", XMLParsedAsHTMLWarning)
         return BeautifulSoup(text, "lxml")
 
 

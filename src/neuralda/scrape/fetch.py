@@ -93,10 +93,11 @@ def normalize_url(url: str, base: str | None = None) -> str | None:
 
 
 def is_web_page(content_type: str) -> bool:
-    """Whether a response of this Content-Type is a page to read a poem from: HTML, XML or plain text, or no type at
-    all (read as browsers sniff one); not a PDF, an image or a download."""
+    """Whether a response of this Content-Type is a page to read a poem from: HTML, XML (an Atom feed of a blog's
+    poems too) or plain text, or no type at all (read as browsers sniff one); not a PDF, an image or a download."""
     mime = content_type.split(";", 1)[0].strip().lower()
-    return not mime or mime.startswith("text/") or mime in ("application/xhtml+xml", "application/xml")
+    xml = mime == "application/xml" or (mime.endswith("+xml") and not mime.startswith("image/"))  # not SVG
+    return not mime or mime.startswith("text/") or xml
 
 
 def host_of(url: str) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import gc
 import json
 import math
 import os
@@ -930,7 +931,13 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] | N
     with _sigterm_as_interrupt():
         trainer = Trainer(cfg, resume, log)
         result = trainer.fit()
-    trainer.dist.close()
+    dist = trainer.dist
+    # The model's DistributedDataParallel wrapper goes before its process group: left to the exit, a gloo thread it
+    # held was still joinable and the process aborted ("terminate called without an active exception": 8 of 37
+    # two-process runs on a busy CPU; 0 of 32 so).
+    del trainer
+    gc.collect()
+    dist.close()
     return result
 
 

@@ -224,6 +224,8 @@ def read_corpus(path: str | Path, clean: bool = True) -> list[Poem]:
     """Read a JSONL corpus (one object with a "text" field per line), or one JSON array of such objects (an export);
     bad lines are errors that name the line. ``clean=False``: the texts are already clean (a run's own data/, which
     ftfy would take 2 s to check again at a million tokens)."""
+    if str(path) == "":  # Path("") is the current folder
+        raise NeuraldaError("an empty corpus file name; give a .jsonl file")
     path = Path(path)
     text = decode_bytes(_read_bytes(path), str(path))
     if text.strip() and not _JSON_START.match(text.lstrip("\ufeff")):  # poems as plain text, not yet a corpus

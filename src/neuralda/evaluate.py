@@ -282,14 +282,14 @@ def measure_checkpoints(
     for checkpoint in checkpoints:
         model, meta = run.load_model(checkpoint, device=device)
         if text is None:
-            heldout = read_corpus(corpus) if corpus else run.poems("val")
+            heldout = run.poems("val") if corpus is None else read_corpus(corpus)  # --corpus '': no file, an error
             if not heldout:
                 raise NeuraldaError(
                     f"{run.path}: no held-out poems (trained with --val-fraction 0); pass --corpus FILE"
                 )
             text = heldout_text(heldout, run.vocab)
         row = {"run": str(run_dir), "checkpoint": checkpoint, "epoch": meta.get("epoch")}
-        row["corpus"] = str(corpus or "val")
+        row["corpus"] = "val" if corpus is None else str(corpus)
         row.update(heldout_measures(model, text))
         poems = write_poems(model, run.vocab, start, words, samples, sampling, seed) if samples else []
         if index is None:  # read only when there are poems to check: a run shared without data/ can be measured

@@ -310,11 +310,11 @@ def report_paths(output: str | Path, html_path: str | Path | None, force: bool) 
     """The Markdown file, the plot beside it and the HTML page; a bad path, or an existing file without ``force``,
     is a one-line error."""
     _check_file_name(output, "post.md")
-    if html_path:
+    if html_path is not None:  # --html '' is no file name, not "no page"
         _check_file_name(html_path, "post.html")
     output = Path(output)
     plot = output.with_name(output.stem + PLOT_SUFFIX)
-    page = Path(html_path) if html_path else None
+    page = None if html_path is None else Path(html_path)
     paths = [p for p in (output, plot, page) if p]
     if len({os.path.realpath(p) for p in paths}) < len(paths):  # Path.resolve: RuntimeError on a symlink loop
         raise NeuraldaError(f"-o {output} and --html {page} would write the same file (the plot is {plot})")

@@ -133,18 +133,18 @@ class ServedRun:
                 self.models[checkpoint], meta = self.run.load_model(checkpoint, device="cpu")
                 # A run still training replaces best and last: the list describes the weights written with.
                 self.info.checkpoints = [
-                    checkpoint_info(self.run, c.name, meta) if c.name == checkpoint else c
+                    checkpoint_info(c.name, meta, self.run.metrics()) if c.name == checkpoint else c
                     for c in self.info.checkpoints
                 ]
             return self.models[checkpoint]
 
 
-def checkpoint_info(run: Run, name: str, meta: dict) -> CheckpointInfo:
+def checkpoint_info(name: str, meta: dict, rows: list[dict]) -> CheckpointInfo:
     """Checkpoint ``name`` with the epoch it holds (from its own header ``meta``: ``best`` and ``last`` are written
-    less often than metrics.jsonl grows) and that epoch's perplexities (none for a hand-edited one that is not a
-    number)."""
+    less often than metrics.jsonl grows) and that epoch's perplexities in the run's metrics ``rows`` (none for a
+    hand-edited one that is not a number)."""
     epoch = meta.get("epoch")
-    row = next((r for r in reversed(run.metrics()) if r["epoch"] == epoch), {})  # a repeated epoch: its last row
+    row = next((r for r in reversed(rows) if r["epoch"] == epoch), {})  # a repeated epoch: its last row
     val, train = (plottable(row.get(key)) for key in ("val_ppl", "train_ppl"))
     return CheckpointInfo(
         name=name, epoch=epoch, val_ppl=None if math.isnan(val) else val, train_ppl=None if math.isnan(train) else train
@@ -153,7 +153,8 @@ def checkpoint_info(run: Run, name: str, meta: dict) -> CheckpointInfo:
 
 def checkpoint_infos(run: Run) -> list[CheckpointInfo]:
     """Each checkpoint of ``run`` (see ``checkpoint_info``)."""
-    return [checkpoint_info(run, name, run.checkpoint_meta(name)) for name in run.checkpoints()]
+    rows = run.metrics()  # read once for all
+    return [checkpoint_info(name, run.checkpoint_meta(name), rows) for name in run.checkpoints()]
 
 
 def open_served(path: str) -> ServedRun:

@@ -934,7 +934,7 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] | N
     dist = trainer.dist
     # The model's DistributedDataParallel wrapper goes before its process group: left to the exit, a gloo thread it
     # held was still joinable and the process aborted ("terminate called without an active exception": 8 of 37
-    # two-process runs on a busy CPU; 0 of 32 so).
+    # two-process runs on a busy CPU; 0 of 44 so).
     del trainer
     gc.collect()
     dist.close()

@@ -72,6 +72,31 @@ def test_errors_are_one_line_and_exit_2(tmp_path, args, message):
 @pytest.mark.parametrize(
     "command",
     [
+        ("train", "poems.jsonl", "-o", ""),  # trained into the current folder
+        ("demo", "-o", "", "--minutes", "0.01"),  # scraped into '-corpus.jsonl' there, then refused the folder
+        ("corpus", "import", "poems.jsonl", "-o", ""),
+        ("corpus", "stats", ""),
+        ("scrape", "--preset", "demo", "-o", "c.jsonl", "--cache", ""),  # the default cache, silently
+        ("generate", ""),
+        ("compare", "", "--samples", "0"),
+        ("report", "", "-o", "post.md"),
+        ("report", "run", "-o", "post.md", "--html", ""),  # wrote no page, silently
+        ("evaluate", "run", "--corpus", ""),  # measured the run's own held-out poems
+        ("serve", ""),
+    ],
+)
+def test_an_empty_file_or_folder_name_is_a_one_line_error(tmp_path, command):
+    """An empty name is the current folder to the OS: commands wrote there or measured it, or fell back silently."""
+    (tmp_path / "poems.jsonl").write_text("".join(json.dumps({"text": f"rain {i}\nstone"}) + "\n" for i in range(20)))
+    out = cli(*command, cwd=tmp_path, timeout=120)
+    assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
+    assert "an empty name; give a file or folder" in out.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["poems.jsonl"]
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
         ("corpus", "import", "poems.txt", "-o", "notes.txt/corpus.jsonl"),
         ("scrape", "http://127.0.0.1:9/", "-o", "notes.txt/corpus.jsonl", "--links", "a", "--body", "p"),
         ("train", "poems.jsonl", "-o", "notes.txt/run", "--epochs", "1", "--hidden", "8", "--layers", "1", "-q"),

@@ -10,7 +10,7 @@ import pytest
 from neuralda.cli import main
 from neuralda.errors import NeuraldaError
 from neuralda.evaluate import evaluate_run
-from neuralda.report import write_report
+from neuralda.report import report_paths, write_report
 
 
 def test_report_structure_plot_and_numbers(tiny_run, tmp_path):
@@ -79,10 +79,13 @@ def test_compare_and_report_measure_on_another_corpus(tiny_run, tmp_path):
     assert f"| {evaluate_run(tiny_run, 'epoch-4', corpus=corpus, samples=0)['perplexity']:.1f} |" in cells
 
 
-def test_an_empty_corpus_name_is_an_error_not_the_held_out_poems(tiny_run):
-    """--corpus '' named no file; it measured the run's own held-out poems as if the option were not given."""
-    out = cli("evaluate", tiny_run, "--corpus", "", "--samples", 0)
-    assert out.returncode == 2 and out.stderr == "neuralda: error: an empty corpus file name; give a .jsonl file\n"
+def test_an_empty_file_name_from_python_is_an_error_not_the_default(tiny_run):
+    """The CLI refuses '' for any file; from Python, '' is no page and no corpus rather than none given."""
+    for page in ("", None):
+        with pytest.raises(NeuraldaError, match="no file name in ''"):
+            report_paths("" if page is None else "post.md", page, force=False)
+    with pytest.raises(NeuraldaError, match="an empty corpus file name"):
+        evaluate_run(tiny_run, corpus="", samples=0)
 
 
 def test_json_output_has_no_infinity():
@@ -122,11 +125,9 @@ def test_report_keeps_existing_files_unless_forced(tiny_run, tmp_path, monkeypat
     "args, message",
     [
         (("-o", "."), "no file name in '.'"),
-        (("-o", ""), "no file name in ''"),
         (("-o", "somedir/"), "no file name in 'somedir/'"),
         (("-o", "somedir"), "somedir is a directory; give a file in it, like somedir/post.md"),
         (("-o", "post.md", "--html", "somedir"), "somedir is a directory"),
-        (("-o", "post.md", "--html", ""), "no file name in ''"),  # not read as "no page"
         (("-o", "notes.txt/post.md"), "notes.txt is a file, not a folder"),
         (("-o", "post.md", "--html", "post-perplexity.png"), "would write the same file"),
     ],

@@ -42,6 +42,13 @@ def _whole_number(minimum: int):
 _positive_int = _whole_number(1)
 
 
+def _name(text: str) -> str:
+    """An argparse type for a file or folder name: never empty (an empty name reads as the current folder)."""
+    if not text:
+        raise argparse.ArgumentTypeError("an empty name; give a file or folder")
+    return text
+
+
 def _epochs_list(text: str) -> tuple[int, ...]:
     try:
         values = tuple(int(v) for v in text.split(",") if v.strip())
@@ -351,8 +358,10 @@ def build_parser() -> argparse.ArgumentParser:
     imp = csub.add_parser(
         "import", help="JSONL or JSON, plain text, Project Gutenberg or saved web pages -> corpus.jsonl"
     )
-    imp.add_argument("files", nargs="+", metavar="FILE", help="the files to read, in any of the formats of --format")
-    imp.add_argument("-o", "--output", required=True, help="the corpus to write (JSONL)")
+    imp.add_argument(
+        "files", type=_name, nargs="+", metavar="FILE", help="the files to read, in any of the formats of --format"
+    )
+    imp.add_argument("-o", "--output", type=_name, required=True, help="the corpus to write (JSONL)")
     imp.add_argument("--author", help="the author of every poem")
     imp.add_argument("--lang", help="the language of every poem, e.g. es (default: what a saved page or a record says)")
     imp.add_argument("--format", default="auto", choices=("auto", "jsonl", "text", "gutenberg", "html"),
@@ -362,14 +371,16 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--force", action="store_true", help="replace the output if it exists (it is read first)")
     imp.set_defaults(func=cmd_corpus_import)
     stats = csub.add_parser("stats", help="poems, lines, words, tokens, vocabulary")
-    stats.add_argument("corpus", help="a corpus (JSONL)")
+    stats.add_argument("corpus", type=_name, help="a corpus (JSONL)")
     stats.add_argument("--json", action="store_true", help="one JSON object")
     stats.add_argument("--keep-case", action="store_true", help="count Love and love apart")
     stats.set_defaults(func=cmd_corpus_stats)
 
     sc = sub.add_parser("scrape", help="collect a poet's poems from a website into a corpus, politely")
     sc.add_argument("start_urls", nargs="*", metavar="START_URL", help="index pages listing the poems")
-    sc.add_argument("-o", "--output", help="the corpus to append to (JSONL); a rerun adds only missing poems")
+    sc.add_argument(
+        "-o", "--output", type=_name, help="the corpus to append to (JSONL); a rerun adds only missing poems"
+    )
     sc.add_argument("--links", metavar="CSS", help="the poem links on an index page")
     sc.add_argument("--next", metavar="CSS", help="the link to the next index page")
     sc.add_argument("--title", metavar="CSS", help="the title on a poem page")
@@ -392,15 +403,17 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument(
         "--retries", type=int, default=3, help="retries on 429, 5xx and timeouts (default %(default)s, at most 10)"
     )
-    sc.add_argument("--cache", dest="cache_dir", metavar="DIR", help="the HTTP cache (default: the user's cache folder)")
+    sc.add_argument(
+        "--cache", type=_name, dest="cache_dir", metavar="DIR", help="the HTTP cache (default: the user's cache folder)"
+    )
     sc.add_argument("--refresh", action="store_true", help="fetch again what is in the cache")
     sc.add_argument("--user-agent", metavar="TEXT", help=f"default: neuralda/{__version__}")
     sc.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     sc.set_defaults(func=cmd_scrape)
 
     t = sub.add_parser("train", help="train a model on a corpus into a run directory")
-    t.add_argument("corpus", nargs="?", help="the corpus (JSONL); not needed with --resume")
-    t.add_argument("-o", "--output", required=True, help="the run directory, e.g. runs/neruda")
+    t.add_argument("corpus", type=_name, nargs="?", help="the corpus (JSONL); not needed with --resume")
+    t.add_argument("-o", "--output", type=_name, required=True, help="the run directory, e.g. runs/neruda")
     t.add_argument("--arch", choices=ARCHS, help="default: lstm (ours)")
     t.add_argument("--epochs", type=_positive_int, help=f"epochs at most ({_per_arch('epochs')})")
     t.add_argument(
@@ -454,7 +467,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=cmd_train)
 
     g = sub.add_parser("generate", help="write poems with a trained run")
-    g.add_argument("run", help="a run directory")
+    g.add_argument("run", type=_name, help="a run directory")
     g.add_argument("--start", help='the first word(s) (default: "love" where the model knows it, else anywhere)')
     g.add_argument(
         "--words", type=_positive_int, default=120,
@@ -507,25 +520,31 @@ def build_parser() -> argparse.ArgumentParser:
         )
         parser.add_argument("--words", type=_positive_int, default=120, help="words per poem (default 120)")
         parser.add_argument("--seed", type=int, default=0, help="of the poems (default %(default)s)")
-        parser.add_argument("--corpus", help="held-out poems (default: each run's validation split)")
+        parser.add_argument("--corpus", type=_name, help="held-out poems (default: each run's validation split)")
 
     ev = sub.add_parser("evaluate", help="held-out perplexity, copying and diversity of a run's checkpoint")
-    ev.add_argument("run", help="a run directory")
+    ev.add_argument("run", type=_name, help="a run directory")
     ev.add_argument("--checkpoint", default="best", help="best (default), last or epoch-N")
     measure_options(ev)
     ev.add_argument("--json", action="store_true", help="one flat JSON object")
     ev.set_defaults(func=cmd_evaluate)
 
     cmp = sub.add_parser("compare", help="the measures of several runs or checkpoints side by side")
-    cmp.add_argument("specs", nargs="+", metavar="RUN[:CHECKPOINT]", help="e.g. runs/seed:epoch-200 runs/ours:best")
+    cmp.add_argument(
+        "specs", type=_name, nargs="+", metavar="RUN[:CHECKPOINT]", help="e.g. runs/seed:epoch-200 runs/ours:best"
+    )
     measure_options(cmp)
     cmp.add_argument("--json", action="store_true", help="a JSON list of flat objects, one per row")
     cmp.set_defaults(func=cmd_compare)
 
     rp = sub.add_parser("report", help="a Markdown (and HTML) report with poems per saved epoch, measures, a plot")
-    rp.add_argument("runs", nargs="+", metavar="RUN", help="run directories, with folder names of their own")
-    rp.add_argument("-o", "--output", required=True, help="the Markdown file; the plot is written beside it")
-    rp.add_argument("--html", help="also one self-contained HTML page")
+    rp.add_argument(
+        "runs", type=_name, nargs="+", metavar="RUN", help="run directories, with folder names of their own"
+    )
+    rp.add_argument(
+        "-o", "--output", type=_name, required=True, help="the Markdown file; the plot is written beside it"
+    )
+    rp.add_argument("--html", type=_name, help="also one self-contained HTML page")
     rp.add_argument(
         "--title", default="Teaching a computer to write poems", help="the heading (default: %(default)s)"
     )
@@ -534,7 +553,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp.set_defaults(func=cmd_report)
 
     s = sub.add_parser("summary", help="a Keras-style table of a model's layers and parameters")
-    s.add_argument("run", nargs="?", help="a run directory")
+    s.add_argument("run", type=_name, nargs="?", help="a run directory")
     s.add_argument("--arch", choices=ARCHS, help="a model to count (with --vocab)")
     s.add_argument("--vocab", type=_positive_int, help="vocabulary size (with --arch)")
     s.add_argument(
@@ -547,14 +566,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_summary)
 
     sv = sub.add_parser("serve", help="a web page and JSON API for writing poems with trained runs")
-    sv.add_argument("runs", nargs="+", metavar="RUN", help="run directories to serve")
+    sv.add_argument("runs", type=_name, nargs="+", metavar="RUN", help="run directories to serve")
     sv.add_argument("--host", default="127.0.0.1", help="default %(default)s (this machine only)")
     sv.add_argument("--port", type=int, default=8000, help="default %(default)s")
     sv.set_defaults(func=cmd_serve)
 
     d = sub.add_parser("demo", help="scrape the bundled demo site on 127.0.0.1, train on it, write a poem")
     d.add_argument("--minutes", type=float, default=3.0, help="training budget, above 0 (default 3)")
-    d.add_argument("-o", "--output", default=str(DEMO_RUN), help="the run directory (default runs/demo)")
+    d.add_argument("-o", "--output", type=_name, default=str(DEMO_RUN), help="the run directory (default runs/demo)")
     d.add_argument("--seed", type=int, help="the seed of the poem printed at the end")
     d.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     d.set_defaults(func=cmd_demo)

@@ -6,6 +6,7 @@ import os
 import shutil
 
 import pytest
+import torch
 
 from conftest import tiny_config
 from neuralda.cli import main
@@ -41,6 +42,18 @@ def test_a_model_setting_of_the_wrong_type_is_a_one_line_error(run_copy, capsys,
     edit_config(run_copy, **{key: value})
     err = one_line_error(capsys, command, run_copy)
     assert f"{run_copy / 'config.json'}: " in err and key in err
+
+
+@pytest.mark.parametrize("command", ["generate", "evaluate", "serve"])
+def test_sizes_that_do_not_fit_the_weights_are_an_error_before_the_model_is_made(run_copy, capsys, monkeypatch, command):
+    # A model of 4,000 x 4 took seconds and gigabytes to draw, one of 12,000 ten minutes, all to be thrown away.
+    built = []
+    real = Run.build_model
+    monkeypatch.setattr(Run, "build_model", lambda run: built.append(torch.empty(0).device.type) or real(run))
+    edit_config(run_copy, hidden=4000, layers=4)
+    err = one_line_error(capsys, command, run_copy, *(["--port", 0] if command == "serve" else []))
+    assert set(built) == {"meta"}  # only the meta device's model: no weights were drawn
+    assert "the weights do not match the model (embedding.weight is [" in err and "by config.json" in err
 
 
 @pytest.mark.parametrize(

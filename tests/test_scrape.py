@@ -669,6 +669,20 @@ def test_a_redirect_to_another_host_is_not_followed(site, tmp_path):
     assert all(h.host == f"127.0.0.1:{port}" for h in site.hits)
 
 
+def test_what_a_server_sends_reaches_the_terminal_escaped(site, tmp_path):
+    # ESC ] 52 sets the clipboard in many terminals, ESC [ 2 J clears the screen: a page's headers must not send them.
+    small_site(site, 1)
+    site.index("/", ["/poems/0", "/moved", "/typed"])
+    site.routes["/moved"] = (301, {"Location": "http://elsewhere.example/\x1b]52;c;ZWNobyBoaQ==\x07"}, b"")
+    site.page("/typed", "a line", content_type="application/\x1b[2Jpoem")
+    summary = scrape(config(site, tmp_path))
+    assert [reason for _, reason in summary.failures] == [
+        "redirects to another host (http://elsewhere.example/\\x1b]52;c;ZWNobyBoaQ==\\x07); not followed",
+        "not a web page (application/\\x1b[2Jpoem); skipped",
+    ]
+    assert "\x1b" not in summary.text() and "\x07" not in summary.text()
+
+
 def test_duplicate_links_fetch_the_poem_once(site, tmp_path):
     small_site(site, 2)
     site.index("/", ["/poems/0", "/poems/0#stanza-2", "./poems/0", f"{site.base}/poems/0", "/poems/1"])
@@ -1002,7 +1016,9 @@ def test_a_user_agent_no_http_header_can_carry_fails_before_any_request(site, tm
     assert site.hits == []
 
 
-@pytest.mark.parametrize("host", ["www..example.com", "a" * 64 + ".example.com"], ids=["empty-label", "long-label"])
+@pytest.mark.parametrize(
+    "host", ["www..example.com", "a" * 64 + ".example.com", "x\x1bc.example.com"], ids=["empty-label", "long-label", "esc"]
+)
 def test_a_start_url_whose_host_is_no_dns_name_fails_before_any_request(site, tmp_path, host):
     # loopback_only fails the test at any attempt to connect to this host, so the error must come before one.
     with pytest.raises(NeuraldaError, match=r"not an http\(s\) URL with a valid host: 'http://"):

@@ -19,7 +19,7 @@ import uvicorn
 from neuralda.errors import NeuraldaError
 from neuralda.generate import CopyGuard, SamplingConfig, write_poems
 from neuralda.run import Run
-from neuralda.serve import MAX_BODY, Batcher, create_app, listen
+from neuralda.serve import MAX_BODY, Batcher, allowed_hosts, create_app, listen
 from neuralda.train import TrainConfig, train
 
 LOVE_LINES = [
@@ -524,3 +524,19 @@ def test_serve_on_a_port_out_of_range_exits_2_with_one_line(runs):
     out = subprocess.run([sys.executable, "-m", "neuralda", "serve", str(runs[0]), "--port", "99999"],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and out.stderr.count("\n") == 1 and "port 99999 does not exist" in out.stderr
+
+
+def test_on_loopback_only_this_machine_s_names_are_answered(runs):
+    # DNS rebinding: a page at attacker.example whose name now resolves to 127.0.0.1 is same-origin with the API
+    # unless the server refuses requests that call it attacker.example.
+    proc = subprocess.Popen([sys.executable, "-m", "neuralda", "serve", str(runs[0]), "--port", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        url = proc.stdout.readline().split(" at ")[1].split()[0]
+        port = url.rsplit(":", 1)[1].strip("/")
+        for host, status in [(f"attacker.example:{port}", 400), (f"127.0.0.1:{port}", 200), (f"localhost:{port}", 200)]:
+            assert httpx.get(url + "api/models", headers={"Host": host}, timeout=30).status_code == status, host
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)
+    assert allowed_hosts("0.0.0.0") == allowed_hosts("192.0.2.1") == ["*"]  # asked to face the network: any name

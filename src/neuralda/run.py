@@ -167,6 +167,18 @@ def load_model_tensors(model, tensors: dict[str, Any], where: Path) -> None:
         raise NeuraldaError(f"{where}: the weights do not match the model (missing {sorted(set(missing) - tied)})")
 
 
+def check_sizes(model, tensors: dict[str, Any], where: Path) -> None:
+    """A one-line error when the weights' sizes are not those of ``model``, built on torch's meta device where it
+    costs nothing: a config.json that says ``hidden: 12000`` beside weights of 32 made 10 GB of weights and spent
+    12 minutes drawing them before ``load_model_tensors`` could say so."""
+    for name, expected in model.state_dict().items():
+        if name in tensors and tuple(tensors[name].shape) != tuple(expected.shape):
+            raise NeuraldaError(
+                f"{where}: the weights do not match the model ({name} is {list(tensors[name].shape)} here, "
+                f"{list(expected.shape)} by config.json)"
+            )
+
+
 def read_epoch_rows(path: Path) -> list[dict]:
     """The rows of a JSONL file of per-epoch records (metrics, samples); a torn line from a killed run, or a line
     damaged otherwise, is skipped."""
@@ -316,8 +328,12 @@ class Run:
 
     def load_model(self, checkpoint: str = "best", device: str = "cpu"):
         """The model with the weights of ``checkpoint``, in eval mode on ``device``, and the checkpoint's meta."""
+        import torch
+
         path = self.checkpoint_path(checkpoint)
         tensors, meta = read_checkpoint(path)
+        with torch.device("meta"):
+            check_sizes(self.build_model(), tensors, path)
         model = self.build_model()
         load_model_tensors(model, tensors, path)
         return model.to(device).eval(), meta

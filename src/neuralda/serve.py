@@ -11,6 +11,7 @@ them, never a path.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 import socket
@@ -27,6 +28,7 @@ from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from . import __version__
 from .errors import NeuraldaError
@@ -300,8 +302,22 @@ def _problem(error: dict) -> str:
     return f"{where}: {error['msg']}"
 
 
-def create_app(run_dirs: list[str]) -> FastAPI:
-    """The web app serving ``run_dirs``; a run that cannot be served is a ``NeuraldaError`` now."""
+def allowed_hosts(host: str) -> list[str]:
+    """The names a request may call the server by (its Host header) when it listens on ``host``: on a loopback
+    address only this machine's, so that a web page whose own name its DNS turns into 127.0.0.1 (DNS rebinding)
+    cannot read the API from the user's browser; any name on another address."""
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: the names it also goes by are not known here
+        return ["*"]
+    if not loopback:
+        return ["*"]
+    return sorted({"127.0.0.1", "localhost", "[::1]", f"[{host}]" if ":" in host else host})
+
+
+def create_app(run_dirs: list[str], hosts: Sequence[str] = ("*",)) -> FastAPI:
+    """The web app serving ``run_dirs`` to requests that name one of ``hosts`` (see ``allowed_hosts``); a run that
+    cannot be served is a ``NeuraldaError`` now."""
     if not run_dirs:
         raise NeuraldaError("serve needs at least one run directory")
     served: dict[str, ServedRun] = {}
@@ -321,6 +337,7 @@ def create_app(run_dirs: list[str]) -> FastAPI:
         redoc_url=None,
     )
     app.add_middleware(BodyLimit, limit=MAX_BODY)
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(hosts))  # added last: checked first
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -416,7 +433,7 @@ def serve(run_dirs: list[str], host: str = "127.0.0.1", port: int = 8000) -> Non
     """Serve the page and the API for ``run_dirs`` on ``host:port`` until interrupted."""
     import uvicorn
 
-    app = create_app(run_dirs)
+    app = create_app(run_dirs, allowed_hosts(host))
     sock = listen(host, port)
     shown = f"[{host}]" if ":" in host else host
     print(f"neuralda: writing poems at http://{shown}:{sock.getsockname()[1]}/ (Ctrl-C stops)", flush=True)

@@ -41,10 +41,17 @@ class FetchError(NeuraldaError):
     """A page that could not be had; ``reason`` says why in a few words, ``robots`` whether robots.txt forbade it."""
 
     def __init__(self, url: str, reason: str, robots: bool = False):
+        reason = shown(reason)  # it may quote what a server sent: a Location, a Content-Type, a status line
         super().__init__(f"{url}: {reason}")
         self.url = url
         self.reason = reason
         self.robots = robots
+
+
+def shown(text: str) -> str:
+    """``text`` from a server as the terminal should show it: each control or invisible character as its escape
+    (``\\x1b``), so a header cannot clear the screen, retitle the window or set the clipboard, and stays one line."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 class _Retryable(Exception):
@@ -80,6 +87,8 @@ def normalize_url(url: str, base: str | None = None) -> str | None:
         if parts.hostname:
             parts.hostname.encode("idna")  # the check a connection would make: labels of 1 to 63 characters
     except ValueError:  # "http://[oops", a port out of range, "www..example.com": not a URL anyone can follow
+        return None
+    if parts.hostname and not parts.hostname.isprintable():  # "x\x1bc.com": no host, and an ESC for the terminal
         return None
     scheme = parts.scheme.lower()
     if scheme not in _DEFAULT_PORTS or not parts.hostname:

@@ -6,6 +6,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -34,6 +35,23 @@ def test_help_lists_the_commands():
 def test_summary_of_the_seed():
     out = cli("summary", "--arch", "seed", "--vocab", 5437)
     assert out.returncode == 0 and "Total params: 11,870,525" in out.stdout
+
+
+def test_a_second_ctrl_c_while_exiting_is_no_traceback(tmp_path):
+    """Ctrl-C pressed twice: the second can land while Python exits (torch's and threading's exit handlers)."""
+    code = (
+        "import atexit, os, signal, sys, time\n"
+        "from neuralda import cli\n"
+        "def interrupted(args): raise KeyboardInterrupt\n"
+        "cli.cmd_corpus_stats = interrupted\n"
+        "atexit.register(lambda: (os.kill(os.getpid(), signal.SIGINT), time.sleep(0.2)))\n"
+        "sys.argv = ['neuralda', 'corpus', 'stats', 'c.jsonl']\n"
+        "sys.exit(cli.main())\n"
+    )
+    # A Python started in the background may ignore Ctrl-C from birth; a terminal's does not.
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    assert out.returncode == 130 and out.stderr == ""
 
 
 def test_train_then_generate_end_to_end(tmp_path, corpus_file):

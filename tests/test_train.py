@@ -113,6 +113,19 @@ def test_resume_given_the_corpus_starts_a_run_killed_before_its_config_was_writt
         train(tiny_config("", tmp_path / "other", epochs=1), resume=True, **QUIET)
 
 
+def test_a_resume_removes_the_partial_files_a_killed_run_left(tmp_path, corpus_file):
+    """SIGKILL during an atomic write leaves its temporary file: a partial checkpoint each time, never read again."""
+    out = tmp_path / "run"
+    train(tiny_config(corpus_file, out, epochs=1), **QUIET)
+    partial = [out / "checkpoints" / ".last.safetensors.k2x9_q0a.tmp", out / "data" / ".val.jsonl.0a1b2c3d.tmp",
+               out / ".metrics.jsonl.zz81kq4m.tmp"]
+    for path in partial:
+        path.write_bytes(b"\0" * 1000)
+    train(tiny_config("", out, epochs=2), resume=True, **QUIET)
+    assert [path for path in partial if path.exists()] == []
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["best.safetensors", "last.safetensors"]
+
+
 @pytest.mark.parametrize("lost", ["checkpoints/last.safetensors", "config.json"])
 def test_a_run_that_trained_is_never_trained_again_from_nothing(tmp_path, corpus_file, lost):
     """Without ``last`` (or config.json) a resume would start over onto the run's best checkpoint and metrics."""
@@ -307,6 +320,31 @@ def test_a_resume_that_stops_before_the_interrupted_best_keeps_a_best_of_its_own
     assert train(tiny_config("", out, epochs=2), resume=True, **QUIET).epochs == 2  # nothing left to train
     best = [r["epoch"] for r in run.metrics() if r["best"]][-1]
     assert run.checkpoint_meta("best")["epoch"] == best <= 2
+
+
+def test_a_run_killed_between_its_best_and_last_checkpoints_resumes_with_a_best_of_its_own(
+    tmp_path, corpus_file, monkeypatch
+):
+    """A checkpoint writes 'best', then 'last': a run killed (or out of disk) in between has a 'best' newer than its
+    'last'; a resume that stops before that epoch must not keep it, as after Ctrl-C."""
+    import neuralda.train as training
+
+    out, save = tmp_path / "run", training.Trainer._save
+
+    def killed_while_saving_last(self, name, with_optimizer=False):
+        if name == "last" and self.state["epoch"] == 4:  # a new best (epoch 3 is not one)
+            raise SystemExit(137)
+        save(self, name, with_optimizer)
+
+    with monkeypatch.context() as m, pytest.raises(SystemExit):
+        m.setattr(training.Trainer, "_save", killed_while_saving_last)
+        train(tiny_config(corpus_file, out, epochs=5, save_every=0), **QUIET)
+    run = Run.open(out)
+    assert run.checkpoint_meta("last")["epoch"] == 3
+    assert run.checkpoint_meta("best")["epoch"] == 4  # what `generate` writes with meanwhile
+    assert train(tiny_config("", out, epochs=3), resume=True, **QUIET).epochs == 3  # nothing left to train
+    best = [r["epoch"] for r in run.metrics() if r["best"]][-1]
+    assert run.checkpoint_meta("best")["epoch"] == best <= 3
 
 
 def test_max_time_stops_cleanly(tmp_path, corpus_file):

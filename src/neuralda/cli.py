@@ -9,6 +9,7 @@ import math
 import os
 import shlex
 import shutil
+import signal
 import sys
 import warnings
 from pathlib import Path
@@ -608,6 +609,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"neuralda: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        if argv is None:  # the program itself is ending: a second Ctrl-C while Python exits was a traceback
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
         return 130
     except UnicodeEncodeError as e:  # stdout cannot hold a poem's letters (PYTHONIOENCODING=ascii, a Windows pipe)
         out = codecs.lookup(getattr(sys.stdout, "encoding", None) or "utf-8").name

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import shutil
 import stat
 import tempfile
@@ -12,6 +13,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .errors import NeuraldaError
+
+
+# The temporary file of an atomic write (mkstemp's prefix, 8 random characters, suffix): one a killed process left is
+# a partial copy of the file it was writing (a 190 MB checkpoint for the seed's "last").
+PARTIAL_WRITE = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")
 
 
 def atomic_write(path: str | os.PathLike, data: bytes | str | Callable[[Path], None]) -> None:
@@ -61,6 +67,15 @@ def atomic_write(path: str | os.PathLike, data: bytes | str | Callable[[Path], N
             kept = "; the previous file is untouched" if path.exists() else ""
             raise NeuraldaError(f"{path}: could not write it ({why_not_written(path, e)}){kept}") from None
         raise
+
+
+def remove_partial_writes(*folders: str | os.PathLike) -> None:
+    """Delete the temporary files that atomic writes into ``folders`` left when their process was killed."""
+    for folder in map(Path, folders):
+        if folder.is_dir():
+            for path in folder.iterdir():
+                if PARTIAL_WRITE.fullmatch(path.name) and path.is_file():
+                    path.unlink(missing_ok=True)
 
 
 def why_not_written(path: str | os.PathLike, error: OSError) -> str:

@@ -26,7 +26,7 @@ from . import __version__
 from .corpus import read_corpus, split_poems, write_corpus
 from .errors import NeuraldaError
 from .evaluate import autocast, format_ppl, perplexity, token_nll
-from .files import append_line, atomic_write, write_json
+from .files import PARTIAL_WRITE, append_line, atomic_write, remove_partial_writes, write_json
 from .generate import default_start, write_poems
 from .models import RECIPES, Recipe, build_model, default_size, recipe
 from .run import (
@@ -490,7 +490,7 @@ def _foreign_files(out: Path) -> list[str]:
         return []
     paths = [*out.iterdir(), *((out / "data").iterdir() if (out / "data").is_dir() else [])]
     names = [p.relative_to(out).as_posix() for p in paths]
-    return sorted(n for n in names if n not in RUN_FILES and not re.fullmatch(r"(data/)?\..+\.tmp", n))
+    return sorted(n for n in names if n not in RUN_FILES and not PARTIAL_WRITE.fullmatch(n.removeprefix("data/")))
 
 
 def _stream(run: Run, split: str) -> torch.Tensor:
@@ -652,7 +652,9 @@ class Trainer:
             raise NeuraldaError("several processes on Apple's MPS: gloo cannot add MPS tensors; train in one process")
         self.dist.init(device)
         self.dist.barrier()  # every process has looked before the first one writes
-        if resume:
+        if resume:  # the partial files of the writes a kill cut short (a checkpoint each) would pile up, kill by kill
+            path = self.run.path
+            self.dist.on_main(functools.partial(remove_partial_writes, path, path / "data", path / "checkpoints"))
             self.dist.on_main(lambda: write_json(self.run.path / "config.json", self.run.config))
         else:
             self.dist.on_main(lambda: _prepare(cfg, restart))
@@ -711,9 +713,19 @@ class Trainer:
 
     def _checkpoint(self) -> None:
         """Write the best weights held back since the last checkpoint, then ``last`` (in that order: a run killed
-        in between resumes from the older ``last`` and writes ``best`` again when it gets there)."""
-        self._save_best()
+        in between resumes from the older ``last`` and writes ``best`` again when it gets there). Until ``last`` is
+        written the older 'best' is kept aside, as on Ctrl-C: a resume that stops before the newer one's epoch (fewer
+        --epochs, a shorter --patience) puts it back."""
+        checkpoints = self.run.path / "checkpoints"
+        if self.best is not None:
+            _swap_best(checkpoints, back=False)
+            try:
+                self._save_best()
+            finally:
+                if self.best is not None:  # not written (a full disk): 'best' is as it was
+                    (checkpoints / BEST_AT_LAST).unlink(missing_ok=True)
         self._save("last", with_optimizer=True)
+        (checkpoints / BEST_AT_LAST).unlink(missing_ok=True)
         self.saved = {"epoch": self.state["epoch"], "at": time.monotonic()}
 
     def _save_best(self) -> None:

@@ -327,3 +327,65 @@ def test_poems_are_marked_in_the_language_most_training_poems_give(tiny_run, tmp
         assert Run.open(run).lang is None
     write_report([str(tiny_run)], tmp_path / "plain.md", samples=1, words=8)
     assert "lang=" not in (tmp_path / "plain.md").read_text(encoding="utf-8")
+
+
+def test_the_table_poems_and_labels_render_as_written(tiny_run, tmp_path):
+    """Without saved epochs a report shows best and last; without samples the copies are "-"; each stanza is a
+    paragraph; and each poem is the one `generate --seed` writes from that checkpoint."""
+    import shutil
+
+    from neuralda.generate import SamplingConfig, write_poems
+    from neuralda.run import Run
+
+    run = shutil.copytree(tiny_run, tmp_path / "run")
+    for saved in (run / "checkpoints").glob("epoch-*"):
+        saved.unlink()
+    shutil.copy(tiny_run / "checkpoints" / "epoch-2.safetensors", run / "checkpoints" / "best.safetensors")
+    entries = write_report([str(run)], tmp_path / "post.md", tmp_path / "post.html", samples=0, seed=3, words=40)
+    assert [e.label for e in entries] == ["Best checkpoint (after 2 epochs)", "Last checkpoint (after 4 epochs)"]
+    text = (tmp_path / "post.md").read_text()
+    lines = text.splitlines()
+    header = next(i for i, ln in enumerate(lines) if ln.startswith("| run |"))
+    assert lines[header + 1].count("---") == lines[header].count("|") - 1  # else no table renders at all
+    cells = [c.strip() for c in lines[header + 2].strip("|").split("|")]
+    assert cells[:2] == ["run", "best"] and cells[6:10] == ["-"] * 4 and cells[10] == "-"
+    assert "<th>held\u2011out ppl</th>" in (tmp_path / "post.html").read_text()
+    for entry in entries:
+        model, _ = Run.open(run).load_model(entry.checkpoint)
+        assert entry.poem == write_poems(model, Run.open(run).vocab, None, 40, 1, SamplingConfig(), 3)[0][0]
+        for stanza in entry.poem.split("\n\n"):
+            assert "<p>" + "<br>\n".join(html.escape(ln, quote=False) for ln in stanza.split("\n")) + "</p>" in text
+
+
+def test_poems_of_a_model_without_love_are_said_to_begin_anywhere(tiny_run, tmp_path):
+    import shutil
+
+    run = shutil.copytree(tiny_run, tmp_path / "poeta")
+    vocab = json.loads((run / "vocab.json").read_text(encoding="utf-8"))
+    vocab["tokens"] = ["amor" if t == "love" else t for t in vocab["tokens"]]
+    (run / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
+    write_report([str(run)], tmp_path / "post.md", samples=0, words=5)
+    assert "Poems begin where the model likes." in (tmp_path / "post.md").read_text()
+
+
+def test_the_plot_is_log_scale_marks_saved_epochs_and_stars_the_trainer_s_best(tiny_run, tmp_path, monkeypatch):
+    """The star is the epoch the trainer kept as best, not a later one a hair lower (under its 0.01% rule)."""
+    import shutil
+
+    import matplotlib.pyplot as plt
+
+    from neuralda.report import plot_perplexity
+    from neuralda.run import Run
+
+    run = shutil.copytree(tiny_run, tmp_path / "run")
+    rows = [{"epoch": e, "train_ppl": 60 - e, "val_ppl": v, "best": b}
+            for e, v, b in [(1, 50.0, True), (2, 40.0, True), (3, 39.999, False), (4, 45.0, False)]]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    figures = []
+    monkeypatch.setattr(plt, "close", lambda fig=None: figures.append(fig))
+    plot_perplexity([Run.open(run)])
+    ax = figures[0].axes[0]
+    assert ax.get_yscale() == "log"
+    saved = sorted(line.get_xdata()[0] for line in ax.get_lines() if line.get_linestyle() == ":")
+    assert saved == [2, 4]
+    assert any(label.endswith("best, epoch 2 (40)") for label in ax.get_legend_handles_labels()[1])

@@ -10,6 +10,7 @@ import threading
 import time
 import tracemalloc
 from dataclasses import dataclass, field
+from email.utils import formatdate
 from pathlib import Path
 
 import pytest
@@ -22,7 +23,7 @@ from neuralda.demo.site import serve, serve_poems
 from neuralda.errors import NeuraldaError
 from neuralda.scrape import ScrapeConfig, list_presets, scrape
 from neuralda.scrape.extract import check_selector, parse_html, select_line, select_links, select_poem
-from neuralda.scrape.fetch import normalize_url
+from neuralda.scrape.fetch import backoff_wait, normalize_url
 from neuralda.scrape.sites import SELECTOR_FIELDS, load_presets
 
 DELAY = 0.05
@@ -152,10 +153,12 @@ def test_each_poem_keeps_the_language_its_page_gives_it(site, tmp_path):
     site.page("/es", '<html lang="es"><body><h1 class="title">Oda</h1><div class="poem">el mar</div></body></html>')
     site.page("/pt", '<html lang="es"><body><div class="poem" lang="pt">o mar</div></body></html>')
     site.page("/none", "<html><body><div class='poem'>the sea</div></body></html>")
+    site.page("/unknown", '<html lang="es"><body><div class="poem" lang="">la mer</div></body></html>')
+    site.index("/", ["/es", "/pt", "/none", "/unknown"])
     scrape(config(site, tmp_path))
-    assert [r.get("lang") for r in records(tmp_path)] == ["es", "pt", None]
+    assert [r.get("lang") for r in records(tmp_path)] == ["es", "pt", None, None]  # lang="": unknown, said nearest
     scrape(config(site, tmp_path, output=str(tmp_path / "all.jsonl"), lang="gl"))
-    assert [r["lang"] for r in records(tmp_path, "all.jsonl")] == ["gl", "gl", "gl"]
+    assert [r["lang"] for r in records(tmp_path, "all.jsonl")] == ["gl", "gl", "gl", "gl"]
 
 
 def test_lines_stanzas_inline_tags_and_what_never_reaches_the_poem(site, tmp_path):
@@ -182,6 +185,28 @@ def test_lines_stanzas_inline_tags_and_what_never_reaches_the_poem(site, tmp_pat
     )
     assert record["title"] == "Kettle"
     assert set(record) == {"title", "author", "text", "url", "fetched_at"}
+
+
+def test_navigation_nested_matches_pre_blocks_and_text_after_a_block(site, tmp_path):
+    # The preset selectors list alternatives (".o-poem, .poem"): a match inside another is one poem, not two.
+    body = """<nav><a href="/prev">Previous poem</a></nav><blockquote>The kettle hums</blockquote>its one low note.
+      <pre><em>Steam
+climbs</em></pre><aside>Most read</aside><footer>Comments are closed</footer>"""
+    page = f"<html><body><h1 class='title'>Kettle<br>and steam</h1><div class='o-poem'><div class='poem'>{body}"
+    site.page("/p", page + "</div></div></body></html>")
+    scrape(config(site, tmp_path, start="/p", links=None, body=".o-poem, .poem"))
+    [record] = records(tmp_path)
+    assert record["text"] == "The kettle hums\n\nits one low note.\n\nSteam\nclimbs"
+    assert record["title"] == "Kettle and steam"
+
+
+@pytest.mark.parametrize("body", ["pre.poem", "code.poem"])
+def test_a_poem_in_a_pre_keeps_its_lines_when_body_selects_the_pre_or_inside_it(site, tmp_path, body):
+    # A newline in a <pre> is a line break; selected itself (or an element in it), it was a space: one long line.
+    poem = "Salt on the sill,\nsalt in the bread.\n\nThe tide keeps count."
+    site.page("/p", f"<html><body><pre class='poem'><code class='poem'>{poem}</code></pre></body></html>")
+    scrape(config(site, tmp_path, start="/p", links=None, title=None, body=body))
+    assert records(tmp_path)[0]["text"] == poem
 
 
 CAFE = "The café’s lamp — “still lit” — at naïve noon"
@@ -221,6 +246,15 @@ CAFE = "The café’s lamp — “still lit” — at naïve noon"
         pytest.param(None, f"<p>{CAFE}</p>".encode("cp1252"), id="no-content-type-cp1252"),
         # A page labelled Latin-1 is read as windows-1252, as browsers do: 0x92 is a curly quote, not a control.
         pytest.param("text/html; charset=ISO-8859-1", f"<p>{CAFE}</p>".encode("cp1252"), id="latin1-label"),
+        pytest.param("text/html; charset=us-ascii", f"<p>{CAFE}</p>".encode("cp1252"), id="ascii-label"),
+        # A <meta> that says UTF-16 was read as ASCII-compatible bytes, so it cannot be (WHATWG: UTF-8).
+        pytest.param("text/html", f"<meta charset='utf-16'><p>{CAFE}</p>".encode(), id="meta-utf16-is-utf8"),
+        pytest.param(
+            "text/html",
+            f"<meta name='description' content='{'a long summary ' * 40}'><meta charset='macintosh'><p>{CAFE}</p>"
+            .encode("mac_roman"),
+            id="meta-after-a-long-head",
+        ),
         pytest.param(
             HTML,
             "<p>The caf&eacute;&#8217;s lamp &mdash; &ldquo;still lit&rdquo; &#x2014; at na&iuml;ve noon</p>",
@@ -281,11 +315,12 @@ def test_stored_mojibake_like_the_seed_is_repaired(site, tmp_path):
     assert records(tmp_path)[0]["text"] == "the sky’s last word"
 
 
-def test_gzip_response_is_decompressed(site, tmp_path):
+@pytest.mark.parametrize("encoding", ["gzip", "x-gzip"])
+def test_gzip_response_is_decompressed(site, tmp_path, encoding):
     site.page(
         "/p",
         gzip.compress(poem_page("Zip", "<p>folded small<br>opened whole</p>").encode()),
-        headers={"Content-Encoding": "gzip"},
+        headers={"Content-Encoding": encoding},
     )
     scrape(config(site, tmp_path, start="/p", links=None))
     assert records(tmp_path)[0]["text"] == "folded small\nopened whole"
@@ -486,6 +521,47 @@ def test_a_robots_txt_of_many_stars_or_many_rules_is_obeyed_without_stalling(sit
     assert summary.poems_written == 2 and summary.robots_skipped == 1 and "/poems/secret-1" not in site.paths()
 
 
+@pytest.mark.parametrize(
+    "robots, skipped",
+    [
+        ("Disallow:\n", []),  # an empty Disallow allows everything: the commonest robots.txt of all
+        ("Allow: /\nDisallow: /poems/1\n", ["/poems/1"]),  # the longest match wins, not the first
+        ("Allow: /poems/$\nDisallow: /poems/1\n", ["/poems/1"]),  # "$": that path only, so the Disallow is longer
+        ("Disallow: /poems/0*$\n", ["/poems/0"]),  # a "*" before "$" may match nothing
+        ("Disallow: /*?draft=\n", ["/poems/2?draft=1"]),  # the query is part of what the rules match
+    ],
+    ids=["empty-disallow", "longest-wins", "anchored-allow", "empty-star", "query"],
+)
+def test_robots_rules_are_matched_as_rfc_9309_says(site, tmp_path, robots, skipped):
+    pages = ["/poems/0", "/poems/1", "/poems/2?draft=1"]
+    site.index("/", pages)
+    for path in pages:
+        site.poem(path, path, f"the line of {path}")
+    site.page("/robots.txt", f"User-agent: *\n{robots}", content_type="text/plain")
+    summary = scrape(config(site, tmp_path))
+    assert not set(site.paths()) & set(skipped)
+    assert summary.robots_skipped == len(skipped) and summary.poems_written == len(pages) - len(skipped)
+
+
+def test_only_our_group_applies_when_robots_txt_has_one(site, tmp_path):
+    small_site(site, 3)
+    robots = "User-agent: *\nDisallow: /poems/0\nUser-agent: other\nDisallow: /\n\nUser-agent: neuralda\nDisallow: /poems/1\n"
+    site.page("/robots.txt", robots, content_type="text/plain")
+    summary = scrape(config(site, tmp_path))
+    assert "/poems/1" not in site.paths()
+    assert summary.poems_written == 2 and summary.robots_skipped == 1
+
+
+def test_a_redirect_to_a_page_robots_txt_disallows_is_not_followed(site, tmp_path):
+    small_site(site, 2)
+    site.routes["/poems/1"] = (301, {"Location": "/private/1"}, b"")
+    site.poem("/private/1", "Hidden", "not for crawlers")
+    site.page("/robots.txt", "User-agent: *\nDisallow: /private/\n", content_type="text/plain")
+    summary = scrape(config(site, tmp_path))
+    assert "/private/1" not in site.paths()
+    assert summary.poems_written == 1 and summary.robots_skipped == 1
+
+
 def test_robots_txt_404_allows_everything(site, tmp_path):
     small_site(site, 2)
     summary = scrape(config(site, tmp_path))
@@ -536,6 +612,19 @@ def test_a_larger_robots_crawl_delay_wins(site, tmp_path):
     scrape(config(site, tmp_path, delay=0.05))
     gaps = [b.at - a.at for a, b in zip(site.hits, site.hits[1:])]
     assert len(gaps) == 3 and min(gaps) >= 0.4
+
+
+def test_of_two_crawl_delays_for_us_the_larger_wins(site, tmp_path):
+    small_site(site, 1)
+    site.page("/robots.txt", "User-agent: *\nCrawl-delay: 0.3\n\nUser-agent: *\nCrawl-delay: 0.05\n", content_type="text/plain")
+    scrape(config(site, tmp_path, delay=0.01))
+    gaps = [b.at - a.at for a, b in zip(site.hits, site.hits[1:])]
+    assert len(gaps) == 2 and min(gaps) >= 0.3
+
+
+def test_backoff_doubles_from_the_delay_and_never_waits_over_two_minutes():
+    assert [backoff_wait(attempt, 1.0, None) for attempt in (1, 2, 3)] == [1.0, 2.0, 4.0]
+    assert backoff_wait(10, 60.0, None) == 120.0 and backoff_wait(1, 0.5, 5.0) == 5.0
 
 
 @pytest.mark.parametrize("crawl_delay", ["inf", "nan"])
@@ -591,6 +680,17 @@ def test_429_is_retried_with_backoff_and_a_huge_retry_after_gives_up(site, tmp_p
     assert summary.failures == [(site.base + "/poems/2", "HTTP 503; the server asks to wait 86400 s, giving up")]
 
 
+@pytest.mark.parametrize("when", ["121", "date"])
+def test_a_retry_after_over_two_minutes_is_not_waited_for(site, tmp_path, no_waiting, when):
+    # As a number of seconds or an HTTP date, a wait over MAX_WAIT (2 minutes) gives the page up at once.
+    small_site(site, 1)
+    retry_after = formatdate(time.time() + 3600, usegmt=True) if when == "date" else when
+    site.page("/poems/0", "busy", status=503, headers={"Retry-After": retry_after})
+    with pytest.raises(NeuraldaError, match=r"HTTP 503; the server asks to wait (121|3[56]\d\d) s, giving up"):
+        scrape(config(site, tmp_path, delay=0))
+    assert site.paths().count("/poems/0") == 1
+
+
 def test_a_retry_after_on_the_last_try_still_holds_for_the_next_page(site, tmp_path):
     small_site(site, 2)
     site.page("/poems/0", "busy", status=503, headers={"Retry-After": "1"})
@@ -636,6 +736,14 @@ def test_404_is_not_retried_and_the_others_continue(site, tmp_path):
     assert "wrote 1 poem to" in text and f"{site.base}/poems/1: HTTP 404" in text and "failures: 2" in text
 
 
+@pytest.mark.parametrize("status", [206, 300, 302])
+def test_a_partial_page_or_a_redirect_without_a_location_is_no_poem(site, tmp_path, status):
+    small_site(site, 2)
+    site.page("/poems/1", poem_page("Half", "the first half of a"), status=status)
+    summary = scrape(config(site, tmp_path))
+    assert summary.poems_written == 1 and summary.failures == [(site.base + "/poems/1", f"HTTP {status}")]
+
+
 def test_a_pager_that_loops_back_is_detected(site, tmp_path):
     site.index("/", ["/poems/0"], next_href="/page/2")
     site.index("/page/2", ["/poems/1"], next_href="/#top")  # back to the first page
@@ -653,6 +761,30 @@ def test_off_host_link_is_not_followed(site, tmp_path):
     summary = scrape(config(site, tmp_path))
     assert summary.poems_written == 1
     assert all(h.host == f"127.0.0.1:{port}" for h in site.hits)
+
+
+def test_a_next_page_on_another_host_is_not_followed(site, tmp_path):
+    port = site.base.rsplit(":", 1)[1]
+    small_site(site, 2)
+    site.index("/", ["/poems/0"], next_href=f"http://localhost:{port}/page/2")
+    site.index("/page/2", ["/poems/1"])
+    summary = scrape(config(site, tmp_path))
+    assert summary.poems_written == 1
+    assert all(h.host == f"127.0.0.1:{port}" for h in site.hits)
+
+
+def test_links_are_resolved_against_the_page_s_base_href(site, tmp_path):
+    site.page("/", "<head><base href='/poems/'></head><ul class='poems'><li><a href='0'>a poem</a></li></ul>")
+    site.poem("/poems/0", "Based", "a line")
+    summary = scrape(config(site, tmp_path))
+    assert summary.poems_written == 1 and "/0" not in site.paths()
+
+
+def test_urls_that_name_the_same_page_are_one_url():
+    same = ["HTTP://Example.ORG:80/a%20b#part", "http://example.org/a b", "http://example.org:80/a%20b"]
+    assert {normalize_url(url) for url in same} == {"http://example.org/a%20b"}
+    assert normalize_url("https://example.org:443") == "https://example.org/"
+    assert normalize_url("https://example.org:8443/") == "https://example.org:8443/"
 
 
 def test_a_redirect_to_another_host_is_not_followed(site, tmp_path):
@@ -977,9 +1109,11 @@ def test_output_is_utf8_json_lines_with_the_corpus_fields(site, tmp_path):
 # --- errors a user can act on -------------------------------------------------------------------------------------
 
 
-def test_invalid_css_selector_fails_before_any_request(site, tmp_path):
-    with pytest.raises(NeuraldaError, match=r"invalid CSS selector for --links: 'a\['"):
-        scrape(config(site, tmp_path, links="a["))
+@pytest.mark.parametrize("option", ["links", "next", "title", "body", "author_css"])
+def test_invalid_css_selector_fails_before_any_request(site, tmp_path, option):
+    flag = option.replace("_", "-")
+    with pytest.raises(NeuraldaError, match=rf"invalid CSS selector for --{flag}: 'a\['"):
+        scrape(config(site, tmp_path, **{option: "a["}))
     assert site.hits == []
 
 
@@ -996,6 +1130,8 @@ def test_invalid_css_selector_fails_before_any_request(site, tmp_path):
         ("delay", 3601.0, "--delay must be from 0 to 3600 seconds, got 3601"),
         ("retries", -1, "--retries must be from 0 to 10, got -1"),
         ("retries", 100_000_000, "--retries must be from 0 to 10, got 100000000"),
+        ("max_poems", 0, "--max-poems must be at least 1, got 0"),
+        ("max_pages", 0, "--max-pages must be at least 1, got 0"),
     ],
 )
 def test_a_delay_timeout_or_retries_out_of_range_fails_before_any_request(

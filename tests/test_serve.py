@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import statistics
 import subprocess
@@ -161,6 +162,18 @@ def test_models_read_each_checkpoint_s_epoch_from_the_checkpoint(runs, tmp_path)
         assert (info.epoch, info.val_ppl, info.train_ppl) == (1, rows[0]["val_ppl"], rows[0]["train_ppl"])
 
 
+def test_an_epoch_logged_twice_is_shown_with_its_last_row(runs, tmp_path):
+    """A hand-edited or merged metrics.jsonl may log an epoch twice: the later row is the one that happened last."""
+    from neuralda.serve import checkpoint_infos
+
+    run = shutil.copytree(runs[0], tmp_path / "twice")
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    stale = {**rows[0], "val_ppl": 9999.0, "train_ppl": 9999.0}
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in [stale, *rows]))
+    infos = {c.name: c for c in checkpoint_infos(Run.open(run))}
+    assert (infos["epoch-1"].val_ppl, infos["epoch-1"].train_ppl) == (rows[0]["val_ppl"], rows[0]["train_ppl"])
+
+
 def test_a_hand_edited_perplexity_is_shown_as_none_not_a_crash_at_start(runs, tmp_path):
     """metrics.jsonl is the user's to edit: a perplexity that is a string, true or a list stopped `serve` with a
     pydantic traceback, and true was shown as a perplexity of 1.0."""
@@ -271,6 +284,13 @@ def test_without_a_seed_each_poem_tells_its_seed(client):
     first = write(client, words=30).json()
     again = write(client, words=30, seed=first["seed"]).json()
     assert again["poem"] == first["poem"]
+    assert len({write(client, words=30).json()["seed"] for _ in range(3)}) > 1  # a random one each time
+
+
+def test_the_words_of_a_poem_are_counted_without_its_marks_and_line_breaks(client):
+    for seed in range(3):
+        body = write(client, words=40, seed=seed).json()
+        assert body["words"] == len(re.findall(r"\w+(?:['’-]\w+)*", body["poem"]))
 
 
 def test_concurrent_requests_equal_the_same_requests_alone(client):
@@ -283,6 +303,31 @@ def test_concurrent_requests_equal_the_same_requests_alone(client):
     assert [r.status_code for r in together] == [200] * 16
     assert [r.json()["poem"] for r in together] == alone
     assert len(set(alone)) > 1
+
+
+def test_requests_for_another_run_checkpoint_or_start_are_never_written_in_one_batch(runs, tmp_path, monkeypatch):
+    import neuralda.serve
+
+    early = shutil.copytree(runs[0], tmp_path / "early")  # other weights: its best is its first epoch
+    shutil.copy(early / "checkpoints" / "epoch-1.safetensors", early / "checkpoints" / "best.safetensors")
+
+    def slow(*args):
+        time.sleep(0.5)  # the requests that come meanwhile wait for the next batch
+        return write_poems(*args)
+
+    first = {"run": "tiny", "checkpoint": "best", "start": "love", "words": 30, "seed": 9}
+    # Each differs from the first in one of run, checkpoint and start only; all wait behind one like the first.
+    kinds = [("tiny", "best", "love"), ("tiny", "best", "the"), ("tiny", "epoch-1", "love"), ("early", "best", "love")]
+    bodies = [{"run": r, "checkpoint": c, "start": s, "words": 30, "seed": 5} for r, c, s in kinds]
+    with LiveServer([str(runs[0]), str(early)]) as live, httpx.Client(base_url=live.url, timeout=30) as c:
+        alone = [write(c, **b).json()["poem"] for b in bodies]
+        monkeypatch.setattr(neuralda.serve, "write_poems", slow)
+        with ThreadPoolExecutor(5) as pool:
+            running = pool.submit(write, c, **first)
+            time.sleep(0.2)  # the others wait for it, then go in batches with whichever match
+            together = list(pool.map(lambda b: write(c, **b).json()["poem"], bodies))
+            assert running.result().status_code == 200
+    assert alone[0] not in alone[1:] and together == alone
 
 
 def test_batcher_writes_waiting_jobs_together_and_answers_each_its_own():
@@ -357,6 +402,15 @@ def test_a_slow_poem_holds_up_no_other_request(client, monkeypatch):
         assert slow.result().status_code == 200
 
 
+def test_a_damaged_checkpoint_asked_for_is_an_error_that_says_so(runs, tmp_path):
+    run = shutil.copytree(runs[0], tmp_path / "damaged")
+    epoch = run / "checkpoints" / "epoch-1.safetensors"
+    epoch.write_bytes(epoch.read_bytes()[:-100])
+    with LiveServer([str(run)]) as live, httpx.Client(base_url=live.url, timeout=30) as c:
+        r = write(c, words=5, checkpoint="epoch-1")
+    assert r.status_code == 500 and "epoch-1" in r.json()["detail"]
+
+
 def test_the_longest_poem_asked_for_is_bounded(client):
     r = write(client, words=500, seed=3)
     assert r.status_code == 200 and r.json()["words"] <= 500
@@ -397,6 +451,7 @@ def test_unknown_start_word_names_close_words(client):
         ({"top_k": -1}, "top_k"),
         ({"top_k": 100_000}, "top_k"),
         ({"seed": -1}, "seed"),
+        ({"seed": 2**63}, "seed"),  # a poem's generator takes seeds below 2**63: this one wrote seed 0's poem
         ({"words": "many"}, "words"),
         ({"words": "12"}, "words"),
         ({"words": 1.5}, "words"),
@@ -418,6 +473,20 @@ def test_bad_numbers_and_types_are_422_naming_the_field(client, body, field):
     r = write(client, **body)
     assert r.status_code == 422
     assert r.json()["detail"].startswith(f"{field}:")
+
+
+@pytest.mark.parametrize("max_copy", [1, -1])
+def test_a_copy_guard_of_no_length_says_what_it_may_be(client, max_copy):
+    # Not "this run's training poems cannot be read", which sent the user looking for a file that is there.
+    r = write(client, max_copy=max_copy)
+    assert r.status_code == 422 and r.json()["detail"].startswith("max_copy:")
+    assert "training poems" not in r.json()["detail"]
+
+
+def test_a_misspelt_field_is_named_with_the_fields_there_are(client):
+    r = write(client, temprature=0.8)
+    assert r.status_code == 422
+    assert r.json()["detail"].startswith("temprature: not a field here") and "temperature" in r.json()["detail"]
 
 
 def test_bodies_that_are_not_a_json_object_say_what_to_send(client):
@@ -495,6 +564,13 @@ def test_small_responses_do_not_wait_for_a_delayed_ack(client):
 
 
 def test_a_run_that_cannot_be_served_is_an_error_at_start(tmp_path, runs):
+    with pytest.raises(NeuraldaError, match="serve needs at least one run directory"):
+        create_app([])
+    damaged = shutil.copytree(runs[0], tmp_path / "damaged")
+    best = damaged / "checkpoints" / "best.safetensors"
+    best.write_bytes(best.read_bytes()[:-100])  # a copy cut short: said at start, not at the first request
+    with pytest.raises(NeuraldaError, match="best"):
+        create_app([str(damaged)])
     with pytest.raises(NeuraldaError, match="no such run directory"):
         create_app([str(tmp_path / "missing")])
     with pytest.raises(NeuraldaError, match="two runs are named"):
@@ -518,6 +594,23 @@ def test_an_empty_host_is_an_error_not_every_interface(host):
     # bind(("", port)) listens on 0.0.0.0: `--host "$HOST"` with HOST unset opened the server to the network.
     with pytest.raises(NeuraldaError, match="--host is empty"):
         listen(host, 0).close()
+
+
+def test_serve_listens_on_this_machine_only_unless_told_otherwise(runs, monkeypatch, capsys):
+    from neuralda.cli import main
+    from neuralda.serve import serve
+
+    addresses = []
+
+    def run(server, sockets):
+        addresses.append(sockets[0].getsockname()[0])
+        sockets[0].close()
+
+    monkeypatch.setattr(uvicorn.Server, "run", run)
+    serve([str(runs[0])], port=0)
+    assert main(["serve", str(runs[0]), "--port", "0"]) == 0
+    assert addresses == ["127.0.0.1", "127.0.0.1"]
+    assert "http://127.0.0.1:" in capsys.readouterr().out
 
 
 def test_serve_on_a_port_out_of_range_exits_2_with_one_line(runs):

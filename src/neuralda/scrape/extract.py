@@ -154,8 +154,10 @@ def _is_ad(tag: Tag) -> bool:
 def _raw_text(element: Tag) -> str:
     """Text with ``\\n`` for ``<br>`` and blank lines around blocks; not yet normalised."""
     out: list[str] = []
+    # --body may select a <pre> itself, or an element inside one: its newlines are line breaks too.
+    in_pre = any(tag.name == "pre" for tag in (element, *element.parents))
     # An explicit stack, not recursion: a page nested a thousand levels deep must not crash the run.
-    stack: list = [(child, False) for child in reversed(element.contents)]
+    stack: list = [(child, in_pre) for child in reversed(element.contents)]
     while stack:
         item = stack.pop()
         if item is _BLOCK_END:

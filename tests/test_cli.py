@@ -174,6 +174,9 @@ def test_unknown_start_word_and_checkpoint(tiny_run):
         (("--patience", "-1"), "argument --patience: must be at least 0, got -1"),
         (("--weight-decay", "-1"), "--weight-decay must be a finite number, 0 or more, got -1.0"),
         (("--lr", "nan"), "--lr must be a finite number above 0, got nan"),
+        (("--lr", "0"), "--lr must be a finite number above 0, got 0.0"),
+        (("--dropout", "1"), "--dropout must be in [0, 1), got 1.0"),
+        (("--unk-rate", "1.5"), "--unk-rate must be in [0, 1], got 1.5"),
     ],
 )
 def test_bad_option_values_are_one_line_and_exit_2(tmp_path, corpus_file, option, message):

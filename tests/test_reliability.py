@@ -177,8 +177,9 @@ def test_a_run_stopped_midway_keeps_its_best(tmp_path, corpus_file, stop, status
     out = tmp_path / "run"
     # Not quiet: a line each epoch; the best weights are held back between checkpoints.
     args = ["--epochs", "200", "--patience", "0", "--hidden", "32", "--layers", "1", "--batch-size", "8"]
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # buffered, as in a user's shell
     proc = subprocess.Popen([sys.executable, "-m", "neuralda", "train", str(corpus_file), "-o", str(out), *args],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
     for line in proc.stderr:
         if line.startswith("epoch 2/"):
             break

@@ -34,8 +34,8 @@ def one_line_error(capsys, *args) -> str:
 
 @pytest.mark.parametrize(
     "key, value",
-    [("hidden", "32"), ("hidden", -1), ("hidden", 0), ("hidden", True), ("layers", 1.5), ("dropout", "x"),
-     ("dropout", 1), ("dropout", -0.1), ("arch", ["lstm"])],
+    [("hidden", "32"), ("hidden", -1), ("hidden", 0), ("hidden", True), ("layers", 1.5), ("layers", 0),
+     ("dropout", "x"), ("dropout", 1), ("dropout", -0.1), ("arch", ["lstm"])],
 )
 @pytest.mark.parametrize("command", ["summary", "generate", "evaluate"])
 def test_a_model_setting_of_the_wrong_type_is_a_one_line_error(run_copy, capsys, key, value, command):
@@ -58,8 +58,8 @@ def test_sizes_that_do_not_fit_the_weights_are_an_error_before_the_model_is_made
 
 @pytest.mark.parametrize(
     "key, value",
-    [("lr", "0.001"), ("patience", None), ("unk_rate", None), ("save_at", None), ("save_at", [2.5]), ("seed", "0"),
-     ("batch_size", 2.5), ("seq_len", 1e9), ("max_time", "10m"), ("save_every", "30s"), ("device", 5),
+    [("lr", "0.001"), ("lr", True), ("patience", None), ("unk_rate", None), ("save_at", None), ("save_at", [2.5]),
+     ("seed", "0"), ("batch_size", 2.5), ("seq_len", 1e9), ("max_time", "10m"), ("save_every", "30s"), ("device", 5),
      ("stateful", 1), ("optimizer", "sgd"), ("schedule", "cosine")],
 )
 def test_a_training_setting_of_the_wrong_type_is_a_one_line_error_on_resume(run_copy, capsys, key, value):
@@ -192,3 +192,80 @@ def test_a_checkpoint_in_a_folder_whose_name_is_not_utf8_is_written_and_read(tmp
     save_checkpoint(path, {"w": torch.arange(4.0)}, {"epoch": 1})
     tensors, meta = read_checkpoint(path)
     assert torch.equal(tensors["w"], torch.arange(4.0)) and meta["epoch"] == 1
+
+
+def test_checkpoints_are_listed_in_epoch_order(run_copy):
+    """epoch-10 comes after epoch-4 (report and serve show a run's epochs in this order), not between best and it."""
+    shutil.copy(run_copy / "checkpoints" / "epoch-4.safetensors", run_copy / "checkpoints" / "epoch-10.safetensors")
+    assert Run.open(run_copy).checkpoints() == ["best", "last", "epoch-2", "epoch-4", "epoch-10"]
+
+
+def test_epoch_rows_that_are_not_records_of_an_epoch_are_read_around(run_copy):
+    """JSON lines that are not an object with a whole-number epoch (an edit, another tool's) are skipped like a torn
+    line: by every reader, and by a resume that cuts the file back to its checkpoint."""
+    with open(run_copy / "metrics.jsonl", "a") as f:
+        f.write('[4]\n"epoch"\n{"epoch": "5"}\n{"epoch": 6.0}\n{"epoch": null}\n')
+    assert [r["epoch"] for r in Run.open(run_copy).metrics()] == [1, 2, 3, 4]
+    train(tiny_config("", run_copy, epochs=5), resume=True, log=lambda s: None)
+    assert [r["epoch"] for r in Run.open(run_copy).metrics()] == [1, 2, 3, 4, 5]
+
+
+def test_a_run_opened_as_dot_is_named_after_its_folder(run_copy, monkeypatch):
+    monkeypatch.chdir(run_copy)
+    assert Run.open(".").name == run_copy.name
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [("[]", "not a neuralda run configuration"), ('"run"', "not a neuralda run configuration"),
+     ('{"arch": "lstm",', "not valid JSON"), ("", "not valid JSON")],
+)
+def test_a_config_json_that_is_not_an_object_is_a_one_line_error(run_copy, capsys, content, message):
+    (run_copy / "config.json").write_text(content)
+    assert f"{run_copy / 'config.json'}: {message}" in one_line_error(capsys, "summary", run_copy)
+
+
+def test_weights_of_another_size_of_model_are_a_one_line_error(run_copy, capsys):
+    """A checkpoint copied in from a run with more layers holds weights this run's model lacks: refused, not loaded
+    in part."""
+    import torch
+
+    from neuralda.models import build_model
+    from neuralda.run import model_tensors, read_checkpoint, save_checkpoint
+
+    best = run_copy / "checkpoints" / "best.safetensors"
+    _, meta = read_checkpoint(best)
+    config = Run.open(run_copy).config
+    with torch.random.fork_rng():
+        deeper = build_model(config["arch"], len(Run.open(run_copy).vocab), config["hidden"], 2, config["dropout"])
+    save_checkpoint(best, model_tensors(deeper), meta)
+    assert "the weights do not match the model" in one_line_error(capsys, "generate", run_copy, "--words", 5)
+
+
+def test_the_language_of_a_run_is_that_of_over_half_its_poems(run_copy):
+    def tags(*langs):
+        write = [{"text": f"poem {i}", "lang": lang} for i, lang in enumerate(langs)]
+        (run_copy / "data" / "train.jsonl").write_text("".join(json.dumps(p) + "\n" for p in write))
+        return Run.open(run_copy).lang
+
+    assert tags("es", "es", "en") == "es"
+    assert tags("es", "en") is None and tags("es", "es", "en", "en") is None  # no one language
+
+
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("lr", -1, "lr must be a finite number above 0, got -1"),
+        ("batch_size", 0, "batch_size must be at least 1, got 0"),
+        ("patience", -2, "patience must be 0 (no early stop) or more"),
+        ("unk_rate", 1.5, "unk_rate must be in [0, 1]"),
+        ("weight_decay", -0.5, "weight_decay must be a finite number, 0 or more"),
+    ],
+)
+def test_a_training_setting_out_of_range_is_a_one_line_error_naming_the_file(run_copy, capsys, key, value, message):
+    """A value the user never gave as a flag is named as the config.json key it came from, before anything trains."""
+    edit_config(run_copy, **{key: value})
+    before = {p: p.read_bytes() for p in run_copy.rglob("*") if p.is_file()}
+    err = one_line_error(capsys, "train", "-o", run_copy, "--resume", "--epochs", 5, "-q")
+    assert f"{run_copy / 'config.json'}: {message}" in err
+    assert {p: p.read_bytes() for p in run_copy.rglob("*") if p.is_file()} == before

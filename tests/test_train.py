@@ -106,6 +106,8 @@ def test_resume_given_the_corpus_starts_a_run_killed_before_its_config_was_writt
     out = tmp_path / "run"
     (out / "data").mkdir(parents=True)
     (out / "data" / "train.jsonl").write_text('{"text": "half a split"}\n')  # what an early kill leaves
+    (out / "data" / ".val.jsonl.k2x9_q0a.tmp").write_text('{"text": "ha')  # and atomic writes it cut short
+    (out / ".vocab.json.q8z1m3rt.tmp").write_text("")
     result = train(tiny_config(corpus_file, out, epochs=1), resume=True, **QUIET)
     assert result.epochs == 1 and "last" in Run.open(out).checkpoints()
     (tmp_path / "other").mkdir()
@@ -126,12 +128,15 @@ def test_a_resume_removes_the_partial_files_a_killed_run_left(tmp_path, corpus_f
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["best.safetensors", "last.safetensors"]
 
 
-@pytest.mark.parametrize("lost", ["checkpoints/last.safetensors", "config.json"])
+@pytest.mark.parametrize("lost", ["checkpoints/last.safetensors", "config.json", "checkpoints"])
 def test_a_run_that_trained_is_never_trained_again_from_nothing(tmp_path, corpus_file, lost):
-    """Without ``last`` (or config.json) a resume would start over onto the run's best checkpoint and metrics."""
+    """Without ``last`` (or config.json, or every checkpoint) a resume would start over onto the run's best checkpoint
+    and metrics."""
+    import shutil
+
     out = tmp_path / "run"
     train(tiny_config(corpus_file, out, epochs=2, save_at=(1,)), **QUIET)
-    (out / lost).unlink()
+    shutil.rmtree(out / lost) if (out / lost).is_dir() else (out / lost).unlink()
     kept = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
     with pytest.raises(NeuraldaError, match="cannot be resumed"):
         train(tiny_config(corpus_file, out, epochs=3), resume=True, **QUIET)
@@ -416,13 +421,13 @@ def test_a_run_made_before_carry_state_resumes_carrying_it(tmp_path, corpus_file
 def test_keeping_the_older_best_aside_leaves_a_best_in_place(tmp_path):
     """A second Ctrl-C while the newer best is written must not leave the run without any 'best'."""
     from neuralda.files import atomic_write
-    from neuralda.train import BEST_AT_LAST, _swap_best
+    from neuralda.train import BEST_AT_LAST, _keep_best_aside, _restore_best
 
     (tmp_path / "best.safetensors").write_bytes(b"older best")
-    _swap_best(tmp_path, back=False)
+    _keep_best_aside(tmp_path)
     assert (tmp_path / "best.safetensors").read_bytes() == (tmp_path / BEST_AT_LAST).read_bytes() == b"older best"
     atomic_write(tmp_path / "best.safetensors", b"newer best")  # as checkpoints are written: a new file
-    _swap_best(tmp_path, back=True)
+    _restore_best(tmp_path, last_epoch=0)  # a 'best' whose epoch cannot be read is not kept over the older one
     assert (tmp_path / "best.safetensors").read_bytes() == b"older best" and not (tmp_path / BEST_AT_LAST).exists()
 
 
@@ -601,3 +606,262 @@ def test_a_big_corpus_is_counted_into_its_vocabulary_without_holding_each_of_its
     assert peak < 30 * tokens, f"{peak / tokens:.0f} bytes a token"
     assert run.config["train_tokens"] == tokens
     assert run.vocab.itos[3:6] == [POEM_END, "the", ","]  # most frequent first, ties in order
+
+
+def test_the_ends_of_each_setting_s_range_train(tmp_path, corpus_file):
+    """--unk-rate 1 (every word seen once read as <unk>) and --dropout 0 lie inside their ranges."""
+    cfg = tiny_config(corpus_file, tmp_path / "run", epochs=1, unk_rate=1.0, dropout=0.0)
+    assert train(cfg, **QUIET).epochs == 1
+
+
+def test_a_resume_may_change_the_settings_that_do_not_change_the_model(tmp_path, corpus_file):
+    """--patience and --save-every given to a resume are taken and recorded (as --device, --epochs, --max-time are)."""
+    out = tmp_path / "run"
+    train(tiny_config(corpus_file, out, epochs=1), **QUIET)
+    train(tiny_config("", out, epochs=2, patience=7, save_every=0.0), resume=True, **QUIET)
+    config = Run.open(out).config
+    assert (config["patience"], config["save_every"]) == (7, 0.0) and [r["epoch"] for r in metrics(out)] == [1, 2]
+
+
+def test_auto_takes_a_gpu_when_there_is_one(monkeypatch):
+    from neuralda.train import pick_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert pick_device("auto") == "cuda"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert pick_device("auto") in ("cpu", "mps")
+
+
+def test_a_gpu_on_a_machine_without_one_is_a_one_line_error(tiny_run, monkeypatch, capsys):
+    from neuralda.cli import main
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main(["generate", str(tiny_run), "--device", "cuda", "--n", "1", "--words", "5"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--device cuda: no CUDA GPU is available here" in err
+
+
+@pytest.mark.parametrize("bf16_units, expected", [(True, "bf16"), (False, "fp32")])
+def test_auto_precision_on_a_cpu_takes_bf16_where_it_has_bf16_units(monkeypatch, bf16_units, expected):
+    from neuralda.train import pick_precision
+
+    monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: True)
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: bf16_units)
+    for arch in ("lstm", "seed", "gpt"):
+        assert pick_precision("auto", "cpu", arch) == expected
+    assert pick_precision("fp32", "cpu") == "fp32"
+
+
+@pytest.mark.parametrize("arch", ["lstm", "seed"])
+def test_a_corpus_shorter_than_one_batch_trains(tmp_path, arch):
+    """Fewer tokens than --batch-size streams (or one --seq-len window): the epoch reads what there is."""
+    corpus = write_jsonl(tmp_path / "c.jsonl", [{"text": "the sea returns\nand the salt wind sings"}])
+    cfg = tiny_config(corpus, tmp_path / "run", arch=arch, epochs=2, batch_size=64, seq_len=32, val_fraction=0.0)
+    result = train(cfg, **QUIET)
+    assert result.tokens_trained == 2 * Run.open(tmp_path / "run").config["train_tokens"]
+    assert metrics(tmp_path / "run")[-1]["train_loss"] < metrics(tmp_path / "run")[0]["train_loss"]
+
+
+def test_weight_decay_shrinks_the_weights_trained(tmp_path, corpus_file):
+    """--weight-decay is applied, not only recorded: the same run with a large one ends with smaller weights."""
+    norms = []
+    for decay in (0.0, 10.0):
+        out = tmp_path / str(decay)
+        train(tiny_config(corpus_file, out, epochs=1, weight_decay=decay, lr=0.01, dropout=0.0), **QUIET)
+        tensors, _ = read_checkpoint(out / "checkpoints" / "last.safetensors")
+        norms.append(sum(float(v.norm()) for k, v in tensors.items() if not k.startswith("optim/")))
+    assert norms[1] < 0.9 * norms[0]
+
+
+def test_windows_are_shuffled_anew_each_epoch_and_by_seed():
+    """As Keras' fit(shuffle=True): each epoch its own order, the same again for the same --seed and epoch."""
+    ids = torch.arange(301)
+    cfg = {"batch_size": 4, "seq_len": 3, "stateful": False, "seed": 0}
+    order = lambda seed, epoch: [x[:, 0].tolist() for x, *_ in batches(ids, {**cfg, "seed": seed}, epoch)]  # noqa: E731
+    assert order(0, 1) == order(0, 1)
+    assert order(0, 1) != order(0, 2) and order(0, 1) != order(1, 1)
+
+
+@pytest.mark.parametrize("stateful", [True, False])
+@pytest.mark.parametrize("n_ids, size, length", [(41, 4, 3), (31, 4, 3), (100, 7, 5), (10, 64, 32), (2, 8, 4)])
+def test_the_progress_bar_counts_an_epoch_s_batches(stateful, n_ids, size, length):
+    from neuralda.train import batch_count
+
+    cfg = {"batch_size": size, "seq_len": length, "stateful": stateful, "carry_state": True, "seed": 0}
+    assert batch_count(n_ids, cfg) == len(list(batches(torch.arange(n_ids), cfg, 1)))
+
+
+def test_the_thoutt_recipe_clips_each_gradient_element(tmp_path, corpus_file, monkeypatch):
+    """got-book-6 clipped every gradient element to +-clip_value: clipped to almost nothing, Adam barely moves."""
+    from dataclasses import replace
+
+    from neuralda.models import RECIPES
+    from neuralda.train import Trainer
+
+    moved = []
+    for clip in (1.0, 1e-12):
+        monkeypatch.setitem(RECIPES, "thoutt", replace(RECIPES["thoutt"], clip_value=clip))
+        out = tmp_path / str(clip)
+        trainer = Trainer(tiny_config(corpus_file, out, arch="thoutt", epochs=1, dropout=0.0), False, lambda s: None)
+        before, _ = read_checkpoint(out / "checkpoints" / "last.safetensors")  # epoch 0: the initial weights
+        trainer.fit()
+        after, _ = read_checkpoint(out / "checkpoints" / "last.safetensors")
+        moved.append(max(float((after[k] - before[k]).abs().max()) for k in before if not k.startswith("optim/")))
+    assert moved[0] > 1e-3 and moved[1] < 1e-4
+
+
+def test_the_seed_s_rate_stays_fixed_when_held_out_loss_stalls(tmp_path, corpus_file, monkeypatch):
+    """The seed's and got-book-6's Adam ran at 1e-3 throughout: no schedule halves it (ours does, see above)."""
+    import neuralda.train as training
+
+    losses = iter([5.0, 6.0, 7.0])
+    monkeypatch.setattr(training, "token_nll", lambda model, ids, precision="fp32", share=(0, 1): (next(losses), 1))
+    train(tiny_config(corpus_file, tmp_path / "run", arch="seed", epochs=3, hidden=16), **QUIET)
+    assert [r["lr"] for r in metrics(tmp_path / "run")] == [1e-3] * 3
+
+
+def test_unk_rate_reads_only_words_seen_once_as_unknown(tmp_path):
+    from neuralda.train import Trainer
+
+    extra = [{"text": "the quartz of love"}, {"text": "the cobalt sea"}, {"text": "and the cobalt night"}]
+    corpus = write_jsonl(tmp_path / "c.jsonl", make_poems(30) + extra)
+    trainer = Trainer(tiny_config(corpus, tmp_path / "run", unk_rate=1.0, val_fraction=0.0), False, lambda s: None)
+    stoi, ids = trainer.run.vocab.stoi, trainer.train_ids
+    read = trainer._epoch_ids(1)
+    assert bool((read[ids == stoi["quartz"]] == trainer.run.vocab.unk).all())  # seen once: always, at rate 1
+    assert torch.equal(read[ids == stoi["cobalt"]], ids[ids == stoi["cobalt"]])  # seen twice: never
+
+
+def test_max_time_does_not_start_an_epoch_the_budget_cannot_hold(tmp_path, corpus_file, monkeypatch):
+    """Epochs of 10 s (on a clock that moves a microsecond a reading, and 10 s while validating) and --max-time 25s:
+    two whole epochs, not a third cut short at the budget."""
+    import types
+
+    import neuralda.train as training
+
+    now = [0.0]
+
+    def validate(model, ids, precision="fp32", share=(0, 1)):
+        now[0] += 10.0
+        return 4.0, 1
+
+    def clock():
+        now[0] += 1e-6
+        return now[0]
+
+    monkeypatch.setattr(training, "time", types.SimpleNamespace(monotonic=clock))
+    monkeypatch.setattr(training, "token_nll", validate)
+    result = train(tiny_config(corpus_file, tmp_path / "run", epochs=5, max_time=25.0), **QUIET)
+    assert (result.stopped, result.epochs) == ("time", 2)
+    assert [r["cut"] for r in metrics(tmp_path / "run")] == [False, False]
+
+
+def test_an_epoch_as_good_as_the_best_is_not_a_new_best(tmp_path, corpus_file, monkeypatch):
+    import neuralda.train as training
+
+    losses = iter([5.0, 5.0, 4.0])
+    monkeypatch.setattr(training, "token_nll", lambda model, ids, precision="fp32", share=(0, 1): (next(losses), 1))
+    result = train(tiny_config(corpus_file, tmp_path / "run", epochs=3, patience=0, save_every=0.0), **QUIET)
+    assert [r["best"] for r in metrics(tmp_path / "run")] == [True, False, True] and result.best_epoch == 3
+
+
+def test_an_infinite_loss_stops_the_run_as_nan_does(tmp_path, corpus_file, monkeypatch):
+    """Weights trained on an infinite loss are NaN: the run stops before they are checkpointed."""
+    from neuralda.train import Trainer
+
+    real = Trainer._train_epoch
+
+    def overflowing(self, epoch, progress):
+        loss, *rest = real(self, epoch, progress)
+        return (math.inf if epoch == 2 else loss, *rest)
+
+    monkeypatch.setattr(Trainer, "_train_epoch", overflowing)
+    out = tmp_path / "run"
+    with pytest.raises(NeuraldaError, match="the training loss became inf in epoch 2; the checkpoints of epoch 1"):
+        train(tiny_config(corpus_file, out, epochs=3, save_every=0.0), **QUIET)
+    assert [r["epoch"] for r in metrics(out)] == [1] and Run.open(out).checkpoint_meta("last")["epoch"] == 1
+
+
+def test_carrying_the_state_along_the_streams_trains_another_model(tmp_path, corpus_file):
+    """With the state carried, each batch starts where the one before ended; --no-carry-state starts each from zeros:
+    the same batches in the same order train different weights."""
+    weights = []
+    for carry in (True, False):
+        out = tmp_path / str(carry)
+        train(tiny_config(corpus_file, out, arch="thoutt", epochs=1, dropout=0.0, carry_state=carry), **QUIET)
+        tensors, _ = read_checkpoint(out / "checkpoints" / "last.safetensors")
+        weights.append({k: v for k, v in tensors.items() if not k.startswith("optim/")})
+    assert any(not torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+class Killed(BaseException):
+    """SIGKILL, as far as the run can tell: nothing of it runs after this."""
+
+
+@pytest.mark.parametrize("resumed_epochs", [2, 3])
+def test_a_run_killed_right_after_a_checkpoint_resumes_with_each_epoch_and_its_best(
+    tmp_path, corpus_file, monkeypatch, resumed_epochs
+):
+    """Killed just after checkpoint 'last' of epoch 2 was written: the resume has epoch 2's metrics once, and its
+    'best' is the best epoch its metrics show."""
+    import neuralda.train as training
+
+    out = tmp_path / "run"
+    losses = iter([5.0, 4.0, 3.0])  # each epoch a new best
+    monkeypatch.setattr(training, "token_nll", lambda model, ids, precision="fp32", share=(0, 1): (next(losses), 1))
+    real = training.save_checkpoint
+
+    def killed_after_last_of_epoch_2(path, tensors, meta):
+        real(path, tensors, meta)
+        if path.stem == "last" and meta["epoch"] == 2:
+            raise Killed
+
+    with monkeypatch.context() as m, pytest.raises(Killed):
+        m.setattr(training, "save_checkpoint", killed_after_last_of_epoch_2)
+        train(tiny_config(corpus_file, out, epochs=3, save_every=0.0), **QUIET)
+    train(tiny_config("", out, epochs=resumed_epochs), resume=True, **QUIET)
+    run = Run.open(out)
+    assert [r["epoch"] for r in run.metrics()] == list(range(1, resumed_epochs + 1))
+    assert run.checkpoint_meta("best")["epoch"] == resumed_epochs
+
+
+def test_a_last_checkpoint_without_trainer_state_is_a_one_line_error(tiny_run, tmp_path, capsys):
+    """'best' copied over 'last' (both are safetensors): resuming from it is bad input, not a KeyError."""
+    import shutil
+
+    from neuralda.cli import main
+
+    run = shutil.copytree(tiny_run, tmp_path / "run")
+    shutil.copy(run / "checkpoints" / "best.safetensors", run / "checkpoints" / "last.safetensors")
+    assert main(["train", "-o", str(run), "--resume", "--epochs", "5", "-q"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "holds no trainer state; cannot resume" in err
+
+
+def test_a_run_killed_while_writing_its_split_starts_again_on_resume(tmp_path, corpus_file, monkeypatch):
+    """config.json is written after the split and vocabulary: a run killed before it is one that --resume with the
+    corpus starts again, not a run directory that cannot be opened."""
+    import neuralda.train as training
+
+    real, out = training.write_corpus, tmp_path / "run"
+
+    def killed_at_the_held_out_poems(path, poems):
+        if Path(path).name == "val.jsonl":
+            raise Killed
+        real(path, poems)
+
+    with monkeypatch.context() as m, pytest.raises(Killed):
+        m.setattr(training, "write_corpus", killed_at_the_held_out_poems)
+        train(tiny_config(corpus_file, out, epochs=1), **QUIET)
+    assert train(tiny_config(corpus_file, out, epochs=1), resume=True, **QUIET).epochs == 1
+
+
+def test_compile_is_this_invocation_s_choice(tmp_path, corpus_file, monkeypatch):
+    """A run trained with --compile and resumed without it trains uncompiled, and its config.json says so."""
+    compiled = []
+    monkeypatch.setattr(torch, "compile", lambda module: compiled.append(module) or module)
+    out = tmp_path / "run"
+    train(tiny_config(corpus_file, out, epochs=1, compile=True), **QUIET)
+    assert len(compiled) == 1 and Run.open(out).config["compile"] is True
+    train(tiny_config("", out, epochs=2), resume=True, **QUIET)
+    assert len(compiled) == 1 and Run.open(out).config["compile"] is False

@@ -593,6 +593,24 @@ def _one_line_warnings(show: Callable) -> Callable:
     return showwarning
 
 
+def _drop_unread_output() -> None:
+    """Point stdout or stderr at /dev/null where its reader went away: Python flushes both at exit, and a flush of what
+    is left in a buffer into the closed pipe makes the exit status 120 (the signal module's note on SIGPIPE)."""
+    for stream in (sys.stdout, sys.stderr):
+        if stream is None:
+            continue
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            try:
+                os.dup2(devnull, stream.fileno())
+            except (OSError, ValueError):  # not a file (a test's capture): nothing is flushed into a pipe at exit
+                pass
+            finally:
+                os.close(devnull)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -623,6 +641,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     except BrokenPipeError:  # the reader went away: `generate ... | head` has what it asked for; a job was stopped
+        _drop_unread_output()
         return 141 if args.func in (cmd_train, cmd_demo, cmd_scrape) else 0  # 128 + SIGPIPE, as a shell reports it
     except OSError as e:  # the machine's doing (a full disk, no permission), not a bug: one line too
         from .files import why_not_written

@@ -33,6 +33,7 @@ from .run import (
     FORMAT_VERSION,
     Run,
     check_types,
+    checkpoint_meta,
     load_model_tensors,
     model_tensors,
     read_checkpoint,
@@ -115,21 +116,26 @@ class TrainConfig:
         return out
 
 
-def check_settings(c: dict) -> None:
-    """One-line errors for values no run can train with (ranges written so that NaN fails them too)."""
+def check_settings(c: dict, path: Path | None = None) -> None:
+    """One-line errors for values no run can train with (ranges written so that NaN fails them too), named as flags,
+    or as keys of ``path`` (a resumed run's config.json, where the values came from)."""
+
+    def name(key: str) -> str:
+        return f"{path}: {key}" if path else "--" + key.replace("_", "-")
+
     for key in ("epochs", "batch_size", "seq_len", "hidden", "layers"):
         if not c[key] >= 1:
-            raise NeuraldaError(f"--{key.replace('_', '-')} must be at least 1, got {c[key]}")
+            raise NeuraldaError(f"{name(key)} must be at least 1, got {c[key]}")
     if not 0 <= c["dropout"] < 1:
-        raise NeuraldaError(f"--dropout must be in [0, 1), got {c['dropout']}")
+        raise NeuraldaError(f"{name('dropout')} must be in [0, 1), got {c['dropout']}")
     if not 0 < c["lr"] < math.inf:
-        raise NeuraldaError(f"--lr must be a finite number above 0, got {c['lr']}")
+        raise NeuraldaError(f"{name('lr')} must be a finite number above 0, got {c['lr']}")
     if not 0 <= c["weight_decay"] < math.inf:
-        raise NeuraldaError(f"--weight-decay must be a finite number, 0 or more, got {c['weight_decay']}")
+        raise NeuraldaError(f"{name('weight_decay')} must be a finite number, 0 or more, got {c['weight_decay']}")
     if not 0 <= c["unk_rate"] <= 1:
-        raise NeuraldaError(f"--unk-rate must be in [0, 1], got {c['unk_rate']}")
+        raise NeuraldaError(f"{name('unk_rate')} must be in [0, 1], got {c['unk_rate']}")
     if not c["patience"] >= 0:
-        raise NeuraldaError(f"--patience must be 0 (no early stop) or more, got {c['patience']}")
+        raise NeuraldaError(f"{name('patience')} must be 0 (no early stop) or more, got {c['patience']}")
 
 
 # config.json's training settings that are not a recipe's, as JSON types (a recipe's have the Recipe's annotations).
@@ -502,20 +508,33 @@ def _stream(run: Run, split: str) -> torch.Tensor:
 BEST_AT_LAST = ".best-at-last.safetensors"  # 'best' as of checkpoint 'last', kept aside by an interrupted run
 
 
-def _swap_best(checkpoints: Path, back: bool) -> None:
-    """An interrupted run writes the best weights it held, of epochs after 'last', and keeps its older 'best' (the
-    best up to 'last') aside; a resume puts that back, since it trains again from 'last' and may stop before those
-    epochs (fewer --epochs, a shorter --patience): its 'best' must be one of its own epochs."""
+def _keep_best_aside(checkpoints: Path) -> None:
+    """Before 'best' is replaced by weights of epochs after 'last' (Ctrl-C, or a checkpoint that writes 'best' and
+    then 'last'), the older 'best' (the best up to 'last') is kept aside, so that a resume, which trains again from
+    'last' and may stop before those epochs (fewer --epochs, a shorter --patience), keeps a best of its own epochs."""
     best, aside = checkpoints / "best.safetensors", checkpoints / BEST_AT_LAST
-    if back:
-        if aside.exists():
-            os.replace(aside, best)
-    elif best.exists():  # a link, not a move: a second Ctrl-C while the new best is written leaves the old one
+    if best.exists():  # a link, not a move: a second Ctrl-C while the new best is written leaves the old one
         aside.unlink(missing_ok=True)
         try:
             os.link(best, aside)
         except OSError:  # a file system without hard links
             shutil.copyfile(best, aside)
+
+
+def _restore_best(checkpoints: Path, last_epoch: int) -> None:
+    """On resume: the 'best' kept aside comes back where 'best' is of an epoch after ``last_epoch`` (or cannot be
+    read); else 'last' was written after it (a run killed just before the aside was removed) and it is dropped."""
+    best, aside = checkpoints / "best.safetensors", checkpoints / BEST_AT_LAST
+    if not aside.exists():
+        return
+    try:
+        epoch = checkpoint_meta(best).get("epoch")
+    except (NeuraldaError, OSError):
+        epoch = None
+    if not isinstance(epoch, int) or epoch > last_epoch:
+        os.replace(aside, best)
+    else:
+        aside.unlink()
 
 
 def _truncate_epochs(path: Path, epoch: int) -> None:
@@ -637,7 +656,8 @@ class Trainer:
                     self.run.config[key] = sorted(set(value)) if key == "save_at" else value
             self.run.config["compile"] = cfg.compile
             check_setting_types(self.run.config, self.run.path / "config.json")
-            check_settings(self.run.config)
+            # The flags a resume may change are checked as they are parsed: a value out of range here is the file's.
+            check_settings(self.run.config, self.run.path / "config.json")
         device = pick_device(self.run.config["device"] if resume else cfg.device or DEFAULTS["device"])
         if self.dist.world > 1 and device.startswith("cuda"):
             per_machine = int(os.environ.get("LOCAL_WORLD_SIZE", self.dist.local_rank + 1))  # every rank sees it
@@ -718,7 +738,7 @@ class Trainer:
         --epochs, a shorter --patience) puts it back."""
         checkpoints = self.run.path / "checkpoints"
         if self.best is not None:
-            _swap_best(checkpoints, back=False)
+            _keep_best_aside(checkpoints)
             try:
                 self._save_best()
             finally:
@@ -744,7 +764,7 @@ class Trainer:
         load_optimizer(self.optimizer, optim, meta["param_groups"])
         self.scheduler.load_state_dict(meta["scheduler"])
         self.state.update(meta["trainer"])
-        self.dist.on_main(functools.partial(_swap_best, self.run.path / "checkpoints", back=True))
+        self.dist.on_main(functools.partial(_restore_best, self.run.path / "checkpoints", self.state["epoch"]))
         for name in ("metrics.jsonl", "samples.jsonl"):
             self.dist.on_main(functools.partial(_truncate_epochs, self.run.path / name, self.state["epoch"]))
         self.log(f"resuming {self.run.path} after epoch {self.state['epoch']}")
@@ -916,7 +936,7 @@ class Trainer:
             best = ""
             if self.dist.main and self.best is not None:  # a whole epoch's weights: the run has a model to write with
                 best = f" (its best weights so far, of epoch {self.best[1]['epoch']}, are in checkpoint 'best')"
-                _swap_best(self.run.path / "checkpoints", back=False)
+                _keep_best_aside(self.run.path / "checkpoints")
                 self._save_best()
             with contextlib.suppress(BrokenPipeError):
                 progress.close()

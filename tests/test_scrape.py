@@ -606,20 +606,17 @@ def test_requests_to_a_host_are_at_least_delay_apart(site, tmp_path):
     assert len(gaps) == 5 and min(gaps) >= 0.15
 
 
-def test_a_larger_robots_crawl_delay_wins(site, tmp_path):
+@pytest.mark.parametrize(
+    "robots",
+    ["User-agent: *\nCrawl-delay: 0.4\n", "User-agent: *\nCrawl-delay: 0.4\n\nUser-agent: *\nCrawl-delay: 0.05\n"],
+    ids=["larger-than-delay", "larger-of-two"],
+)
+def test_a_larger_robots_crawl_delay_wins(site, tmp_path, robots):
     small_site(site, 2)
-    site.page("/robots.txt", "User-agent: *\nCrawl-delay: 0.4\n", content_type="text/plain")
-    scrape(config(site, tmp_path, delay=0.05))
-    gaps = [b.at - a.at for a, b in zip(site.hits, site.hits[1:])]
-    assert len(gaps) == 3 and min(gaps) >= 0.4
-
-
-def test_of_two_crawl_delays_for_us_the_larger_wins(site, tmp_path):
-    small_site(site, 1)
-    site.page("/robots.txt", "User-agent: *\nCrawl-delay: 0.3\n\nUser-agent: *\nCrawl-delay: 0.05\n", content_type="text/plain")
+    site.page("/robots.txt", robots, content_type="text/plain")
     scrape(config(site, tmp_path, delay=0.01))
     gaps = [b.at - a.at for a, b in zip(site.hits, site.hits[1:])]
-    assert len(gaps) == 2 and min(gaps) >= 0.3
+    assert len(gaps) == 3 and min(gaps) >= 0.4
 
 
 def test_backoff_doubles_from_the_delay_and_never_waits_over_two_minutes():

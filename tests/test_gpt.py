@@ -93,3 +93,32 @@ def test_a_tiny_gpt_run_learns_and_writes(tmp_path, corpus_file):
     assert meta["arch"] == "gpt" and isinstance(model, GPT)
     (poem, _), = write_poems(model, run.vocab, "love", words=150, seed=1)  # longer than the 128-token block
     assert poem.startswith("love")
+
+
+def test_a_gpt_in_eval_mode_drops_nothing():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=40, n_layer=2, n_embd=32, n_head=2, block_size=8, dropout=0.5)).eval()
+    x = torch.randint(0, 40, (2, 12))
+    assert torch.equal(model(x)[0], model(x)[0])
+
+
+def test_a_head_of_an_odd_size_is_a_user_error():
+    with pytest.raises(NeuraldaError, match="--hidden 130"):
+        build_model("gpt", 50, 130, 1, 0.1)  # 2 heads of 65
+
+
+def test_rope_frequencies_and_the_final_norm():
+    model = tiny_gpt()
+    d = 16  # head size
+    assert torch.allclose(model.inv_freq, 10_000 ** (-torch.arange(0, d, 2) / d))
+    h, _ = model.features(torch.randint(0, 40, (2, 5)))
+    assert torch.allclose(h.mean(-1), torch.zeros(2, 5), atol=1e-5)
+    assert torch.allclose(h.var(-1, unbiased=False), torch.ones(2, 5), atol=0.05)  # eps: the embeddings are small
+
+
+def test_every_residual_projection_is_scaled():
+    torch.manual_seed(0)
+    model = build_model("gpt", 100, 128, 3, 0.1)
+    for block in model.blocks:
+        for p in (block.attn.proj.weight, block.mlp.proj.weight):
+            assert p.std().item() == pytest.approx(0.02 / 6**0.5, rel=0.1)

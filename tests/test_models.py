@@ -137,3 +137,82 @@ def test_packed_steps_follow_every_lstm_token_by_token(arch, dtype, tolerance):
     assert expected.std() > 0.5
     assert torch.allclose(got.softmax(-1), expected.softmax(-1), atol=tolerance)
     assert torch.equal(torch.cat(alone, 1), got[:1])  # the same bits alone as in a batch
+
+
+def test_build_model_passes_dropout_to_every_arch():
+    assert build_model("lstm", 50, 16, 2, 0.1).drop.p == 0.1
+    assert build_model("seed", 50, 16, 2, 0.1).drop.p == 0.1
+    assert build_model("thoutt", 50, 16, 2, 0.1).drop.p == 0.1
+    assert build_model("gpt", 50, 64, 1, 0.1).cfg.dropout == 0.1
+
+
+def test_each_lstm_drops_where_its_source_did():
+    """Seed: each LSTM's input (Keras dropout=); thoutt: each LSTM's output (DropoutWrapper); ours: both."""
+    torch.manual_seed(0)
+    x = torch.ones(4, 6, 16)
+    seed, thoutt, ours = (build_model(a, 50, 16, 2, 0.5).train() for a in ("seed", "thoutt", "lstm"))
+    assert not torch.equal(seed._between(0, x), x) and torch.equal(seed._between(2, x), x)
+    assert torch.equal(thoutt._between(0, x), x) and not torch.equal(thoutt._between(2, x), x)
+    out = thoutt._between(1, x)
+    assert not torch.equal(out, out[:, :1].expand_as(out))  # got-book-6 draws a fresh mask at every step
+    assert not torch.equal(ours._between(0, x), x) and not torch.equal(ours._between(2, x), x)
+
+
+def test_locked_dropout_shares_one_mask_over_time_and_keeps_the_mean():
+    from neuralda.models.lstm import LockedDropout
+
+    torch.manual_seed(0)
+    out = LockedDropout(0.5).train()(torch.ones(64, 7, 32))
+    assert torch.equal(out, out[:, :1].expand_as(out))  # the same units dropped at every step
+    assert set(out.unique().tolist()) == {0.0, 2.0}
+
+
+def test_our_embedding_dropout_drops_whole_words_a_quarter_as_often():
+    torch.manual_seed(0)
+    model = PoetLSTM(2000, hidden=8, layers=1, dropout=0.4).train()
+    rows = model._embed(torch.arange(2000)[None])[0]
+    dropped = (rows == 0).all(1)
+    assert torch.equal((rows == 0).any(1), dropped)  # a word is dropped whole or not at all
+    assert 0.06 < dropped.float().mean() < 0.14  # 0.4 / 4
+
+
+def test_keras_and_tf1_initialisers():
+    torch.manual_seed(0)
+    seed, thoutt, ours = SeedLSTM(500, 64, 64, 2), ThouttLSTM(500, 64, 64, 2), PoetLSTM(500, 64, 2)
+    w = seed.lstms[0].weight_hh_l0  # Keras: one orthogonal recurrent kernel over the four gates
+    assert torch.allclose(w.T @ w, torch.eye(64), atol=1e-4)
+    assert seed.embedding.weight.abs().max() <= 0.05 and seed.embedding.weight.abs().max() > 0.049
+    limit = (6 / (500 + 64)) ** 0.5  # embed_sequence's glorot
+    assert thoutt.embedding.weight.abs().max() <= limit and thoutt.embedding.weight.abs().max() > 0.95 * limit
+    assert ours.embedding.weight.abs().max() <= 0.1 and ours.embedding.weight.abs().max() > 0.099
+    for model in (seed, thoutt, ours):
+        assert torch.all(model.decoder.bias == 0)
+
+
+def test_our_lstm_size_follows_the_corpus():
+    from neuralda.models import default_size
+
+    assert default_size("lstm", 29_999) == (128, 2) and default_size("lstm", 30_000) == (256, 2)
+    assert default_size("lstm", 300_000) == (512, 2)
+    assert default_size("seed", 10) == default_size("thoutt", 10) == (512, 3)
+
+
+@pytest.mark.parametrize("arch", ["seed", "lstm", "gpt"])
+def test_summary_rows_add_up_to_the_total(arch):
+    model = build_model(arch, 300, 64, 2, 0.1)
+    assert sum(row[-1] for row in model.summary_rows()) == params(model)
+    table = summary_table(model, arch)
+    assert f"Trainable params: {params(model):,}" in table and "dense (Dense" in table
+
+
+def test_recipes_train_for_the_published_epochs_and_ours_as_documented():
+    seed, thoutt, ours, gpt = (recipe(a) for a in ("seed", "thoutt", "lstm", "gpt"))
+    assert seed.epochs == thoutt.epochs == 400 and thoutt.save_at == (200, 400)
+    assert (seed.optimizer, seed.clip_value, seed.clip_norm, seed.schedule) == ("adam", None, None, "none")
+    assert (ours.optimizer, ours.weight_decay, ours.clip_norm, ours.schedule) == ("adamw", 0.01, 0.5, "plateau")
+    assert (gpt.clip_norm, gpt.schedule, gpt.batch_size) == (1.0, "plateau", 16)
+
+
+def test_building_an_unknown_arch_lists_the_known_ones():
+    with pytest.raises(NeuraldaError, match="choose one of .*gpt"):
+        build_model("transformerxl", 50, 16, 1, 0.1)

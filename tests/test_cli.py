@@ -2,6 +2,7 @@ import argparse
 import importlib.util
 import inspect
 import json
+import math
 import os
 import re
 import shlex
@@ -77,6 +78,9 @@ def test_train_then_generate_end_to_end(tmp_path, corpus_file):
         (("generate", "no-such-run"), "no such run directory"),
         (("train", "-o", "out"), "needs a corpus"),
         (("summary",), "--arch and --vocab"),
+        (("summary", "--arch", "seed"), "--arch and --vocab"),
+        (("summary", "--vocab", "10"), "--arch and --vocab"),
+        (("scrape", "http://127.0.0.1:9/"), "scrape needs START_URL... and -o CORPUS.jsonl"),
         (("summary", "runs/ours", "--arch", "seed"), "a run directory or --arch and --vocab, not both"),
         (("corpus", "import", "poems.txt", "-o", "."), ". is a directory; give a file in it, like corpus.jsonl"),
     ],
@@ -172,6 +176,7 @@ def test_unknown_start_word_and_checkpoint(tiny_run):
         (("--epochs", "x"), "argument --epochs: not a whole number: 'x'"),
         (("--max-time", "soon"), "not a duration"),
         (("--patience", "-1"), "argument --patience: must be at least 0, got -1"),
+        (("--save-at", "200,0"), "argument --save-at: epochs must be at least 1"),
         (("--weight-decay", "-1"), "--weight-decay must be a finite number, 0 or more, got -1.0"),
         (("--lr", "nan"), "--lr must be a finite number above 0, got nan"),
         (("--lr", "0"), "--lr must be a finite number above 0, got 0.0"),
@@ -246,6 +251,77 @@ def test_demo_never_replaces_files_of_the_user_s_in_its_run_folder(tmp_path, min
     out = cli("demo", "--minutes", "0.1", "-o", tmp_path / "neruda", "-q", timeout=60)
     assert out.returncode == 2 and out.stderr.count("\n") == 1 and "not the demo's run" in out.stderr, out.stderr
     assert path.read_bytes() == before
+
+
+@pytest.mark.parametrize("config", [b"[1, 2]\n", b'{"name": "app", // a comment\n}\n', b'{"name": "caf\xe9"}\n'])
+def test_demo_never_replaces_a_folder_whose_config_json_is_not_a_run_s(tmp_path, config):
+    # A web app's config.json (a list, JSON with comments, Latin-1): a traceback, not the one-line refusal.
+    path = tmp_path / "app" / "config.json"
+    path.parent.mkdir()
+    path.write_bytes(config)
+    out = cli("demo", "--minutes", "0.1", "-o", tmp_path / "app", "-q", timeout=60)
+    assert out.returncode == 2 and out.stderr.count("\n") == 1 and "not the demo's" in out.stderr, out.stderr
+    assert path.read_bytes() == config and not (tmp_path / "app-corpus.jsonl").exists()
+
+
+def test_demo_refuses_an_output_that_is_a_file_before_it_scrapes(tmp_path):
+    # It scraped 117 poems beside the file, said the file held "no run yet (killed before it was written)", then failed.
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes\n")
+    out = cli("demo", "--minutes", "0.1", "-o", notes, "-q", timeout=60)
+    assert out.returncode == 2
+    assert out.stderr == f"neuralda: error: {notes} is a file, not a folder; choose another -o\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"] and notes.read_text() == "my notes\n"
+
+
+@pytest.mark.parametrize("rank, shown", [("0", True), ("1", False)])
+def test_under_torchrun_rank_0_alone_prints_an_error(monkeypatch, capsys, rank, shown):
+    from neuralda.cli import main
+
+    monkeypatch.setenv("RANK", rank)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["summary"]) == 2
+    error = "neuralda: error: summary needs a run directory, or --arch and --vocab\n"
+    assert capsys.readouterr().err == error * shown
+
+
+def test_json_for_other_programs_has_null_for_an_overflowing_measure():
+    # compare --json gives a list of rows: an infinite perplexity inside one was Infinity, which JSON has not.
+    from neuralda.cli import _json
+
+    rows = [{"run": "a", "perplexity": math.inf, "shares": [math.nan, 0.5]}]
+    assert json.loads(_json(rows)) == [{"run": "a", "perplexity": None, "shares": [None, 0.5]}]
+    assert "Infinity" not in _json(rows) and "NaN" not in _json(rows)
+
+
+def test_quiet_train_shows_no_progress(tmp_path, corpus_file, capsys):
+    from neuralda.cli import main
+
+    args = ["--epochs", "2", "--hidden", "8", "--layers", "1", "--batch-size", "8", "--seq-len", "8"]
+    assert main(["train", str(corpus_file), "-o", str(tmp_path / "loud"), *args]) == 0
+    assert "epoch 2/2" in capsys.readouterr().err
+    assert main(["train", str(corpus_file), "-o", str(tmp_path / "quiet"), *args, "-q"]) == 0
+    assert "epoch 1/2" not in capsys.readouterr().err
+
+
+def test_counts_at_their_limits_are_taken():
+    from neuralda.cli import build_parser
+
+    args = build_parser().parse_args(["train", "c.jsonl", "-o", "r", "--epochs", "1", "--patience", "0"])
+    assert (args.epochs, args.patience) == (1, 0)
+    assert build_parser().parse_args(["generate", "r", "--n", str(sys.maxsize)]).n == sys.maxsize
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["generate", "r", "--n", str(sys.maxsize + 1)])
+
+
+def test_demo_never_takes_over_a_split_half_of_which_is_the_user_s(tmp_path):
+    data = tmp_path / "neruda" / "data"
+    data.mkdir(parents=True)
+    (data / "train.jsonl").write_text('{"text": "scraped", "url": "http://127.0.0.1:8000/p/1"}\n')
+    (data / "val.jsonl").write_text('{"text": "my own", "url": "https://example.org/poem"}\n')
+    out = cli("demo", "--minutes", "0.1", "-o", tmp_path / "neruda", "-q", timeout=60)
+    assert out.returncode == 2 and "not the demo's run" in out.stderr, out.stderr
+    assert (data / "val.jsonl").read_text() == '{"text": "my own", "url": "https://example.org/poem"}\n'
 
 
 def option_help(command: str, option: str) -> str:
@@ -425,7 +501,7 @@ def test_a_count_too_big_for_the_machine_is_one_line(args, capsys):
     assert exit_.value.code == 2 and "must be at most" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("args", ["summary --arch seed --vocab 10", "scrape --list-presets"])
+@pytest.mark.parametrize("args", ["summary --arch seed --vocab 10", "scrape --list-presets", "generate no-such-run"])
 def test_a_closed_output_is_one_line_not_poems_lost_in_silence(args):
     # `generate ... >&-`: Python's sys.stdout is None, and print() to it wrote nothing and exited 0.
     command = f"{shlex.quote(sys.executable)} -m neuralda {args} >&-"

@@ -228,3 +228,28 @@ def test_import_force_onto_a_fifo_writes_into_it_and_keeps_it(capsys, tmp_path):
     assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
     assert got and json.loads(got[0])["text"] == "a new poem"
     assert sorted(f.name for f in tmp_path.iterdir()) == ["new.txt", "pipe"]
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600)])
+def test_import_gives_a_new_corpus_the_mode_of_the_user_s_umask_and_keeps_an_old_one_s(capsys, tmp_path, umask, mode):
+    # Under umask 077 a new corpus was 0644 all the same: readable by every user of the machine.
+    src = tmp_path / "new.txt"
+    src.write_text("a new poem\n", encoding="utf-8")
+    corpus = tmp_path / "corpus.jsonl"
+    old = os.umask(umask)
+    try:
+        assert run(capsys, "corpus", "import", src, "-o", corpus)[0] == 0
+        assert stat.S_IMODE(corpus.stat().st_mode) == mode
+        corpus.chmod(0o640)
+        assert run(capsys, "corpus", "import", src, "-o", corpus, "--force")[0] == 0
+        assert stat.S_IMODE(corpus.stat().st_mode) == 0o640
+    finally:
+        os.umask(old)
+
+
+@pytest.mark.parametrize("text, said", [("a poem\n", "wrote 1 poem to"), ("a poem\n\n\nanother\n", "wrote 2 poems to")])
+def test_import_says_how_many_poems_it_wrote(capsys, tmp_path, text, said):
+    src = tmp_path / "in.txt"
+    src.write_text(text, encoding="utf-8")
+    code, _, err = run(capsys, "corpus", "import", src, "-o", tmp_path / "corpus.jsonl")
+    assert code == 0 and err == f"{said} {tmp_path / 'corpus.jsonl'}\n"

@@ -305,10 +305,16 @@ def cmd_demo(args: argparse.Namespace) -> None:
     if not 0 < args.minutes < math.inf:  # 0 would be no limit at all to training; NaN compares False
         raise NeuraldaError(f"--minutes must be a number above 0, got {args.minutes:g}")
     out = Path(args.output)
+    if out.exists() and not out.is_dir():  # found only after the scrape, by train, which said it held "no run yet"
+        raise NeuraldaError(f"{out} is a file, not a folder; choose another -o")
     corpus_out = out.parent / f"{out.name}-corpus.jsonl"
     if (out / "config.json").exists():
-        previous = json.loads((out / "config.json").read_text(encoding="utf-8"))
-        if Path(str(previous.get("corpus"))).resolve() != corpus_out.resolve():
+        try:
+            previous = json.loads((out / "config.json").read_text(encoding="utf-8"))
+        except ValueError:  # not JSON, or not UTF-8: a file of the user's, never the demo's
+            previous = None
+        corpus = previous.get("corpus") if isinstance(previous, dict) else None
+        if corpus is None or Path(str(corpus)).resolve() != corpus_out.resolve():
             raise NeuraldaError(f"{out} holds a run that is not the demo's; choose another -o")
         shutil.rmtree(out)
     elif out.is_dir() and any(out.iterdir()):

@@ -53,8 +53,9 @@ def atomic_write(path: str | os.PathLike, data: bytes | str | Callable[[Path], N
             payload(Path(tmp))  # it may put a file of its own there (safetensors renames one over it): reopened
             fd = os.open(tmp, os.O_RDWR)
         with os.fdopen(fd, "r+b" if callable(payload) else "wb") as f:
-            # mkstemp makes the file private (0600); give it the mode the file had, or the usual 0644.
-            os.fchmod(f.fileno(), real.stat().st_mode & 0o777 if real.exists() else 0o644)
+            # mkstemp makes the file private (0600); give it the mode the file had, or the one open() would give a
+            # new file (0644 under the usual umask 022; a user's umask 077 keeps the corpus private).
+            os.fchmod(f.fileno(), real.stat().st_mode & 0o777 if real.exists() else 0o666 & ~_umask())
             if not callable(payload):
                 f.write(payload)
             f.flush()
@@ -67,6 +68,13 @@ def atomic_write(path: str | os.PathLike, data: bytes | str | Callable[[Path], N
             kept = "; the previous file is untouched" if path.exists() else ""
             raise NeuraldaError(f"{path}: could not write it ({why_not_written(path, e)}){kept}") from None
         raise
+
+
+def _umask() -> int:
+    """The process's umask (only os.umask reads it, by setting it: set back at once)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def remove_partial_writes(*folders: str | os.PathLike) -> None:

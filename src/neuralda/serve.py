@@ -312,7 +312,12 @@ def allowed_hosts(host: str) -> list[str]:
         return ["*"]
     if not loopback:
         return ["*"]
-    return sorted({"127.0.0.1", "localhost", "[::1]", f"[{host}]" if ":" in host else host})
+    return sorted({"127.0.0.1", "localhost", "[::1]", url_host(host)})
+
+
+def url_host(host: str) -> str:
+    """``host`` as a URL or a Host header writes it: an IPv6 address in brackets."""
+    return f"[{host}]" if ":" in host else host
 
 
 def create_app(run_dirs: list[str], hosts: Sequence[str] = ("*",)) -> FastAPI:
@@ -435,6 +440,5 @@ def serve(run_dirs: list[str], host: str = "127.0.0.1", port: int = 8000) -> Non
 
     app = create_app(run_dirs, allowed_hosts(host))
     sock = listen(host, port)
-    shown = f"[{host}]" if ":" in host else host
-    print(f"neuralda: writing poems at http://{shown}:{sock.getsockname()[1]}/ (Ctrl-C stops)", flush=True)
+    print(f"neuralda: writing poems at http://{url_host(host)}:{sock.getsockname()[1]}/ (Ctrl-C stops)", flush=True)
     uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])

@@ -21,7 +21,9 @@ def weights(run: Path) -> dict:
 
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="this torch has no torch.distributed")
-@pytest.mark.parametrize("batch", ["7", "1"])  # slices of 4 rows and 3; one process left with none
+# Slices of 4 rows and 3; one process left with none; slices of 300 rows, each run in groups (gradients averaged
+# across the processes once, after a slice's last group).
+@pytest.mark.parametrize("batch", ["7", "1", "600"])
 def test_two_gloo_processes_match_one(tmp_path, corpus_file, batch):
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
     assert torchrun, "torchrun ships with torch"

@@ -55,6 +55,32 @@ def test_resume_finishes_as_an_uninterrupted_run_would(tmp_path, corpus_file):
     assert samples(whole) == samples(part) and '"checkpoint": "last"' in samples(part)[-1]
 
 
+@pytest.mark.parametrize("arch", ["lstm", "thoutt", "seed", "gpt"])  # streams carrying their state; windows
+def test_a_batch_run_a_group_of_rows_at_a_time_trains_the_same_model(tmp_path, corpus_file, monkeypatch, arch):
+    """On a CPU a big batch runs its forward and backward a few rows at a time, to hold less memory: the model it
+    trains is the one a single forward and backward of the batch trains, each group carrying its own rows' state."""
+    import neuralda.train as training
+
+    rows = []
+    forward = training.LossModule.forward
+    monkeypatch.setattr(training.LossModule, "forward", lambda self, x, *a: rows.append(len(x)) or forward(self, x, *a))
+    trained, groups, losses = {}, {}, {}
+    for tokens in (10**9, 40):  # batches of 8 x 16 whole, or in groups of 2 rows
+        monkeypatch.setattr(training, "CPU_GROUP_TOKENS", tokens)
+        rows.clear()
+        out = tmp_path / str(tokens)
+        train(tiny_config(corpus_file, out, arch=arch, epochs=2, dropout=0.0, precision="fp32"), **QUIET)
+        trained[tokens], _ = read_checkpoint(out / "checkpoints" / "last.safetensors")
+        groups[tokens] = max(rows)
+        losses[tokens] = [row["train_loss"] for row in metrics(out)]
+    assert groups == {10**9: 8, 40: 2}
+    assert losses[40] == pytest.approx(losses[10**9], rel=1e-5)
+    whole, grouped = trained[10**9], trained[40]
+    assert whole.keys() == grouped.keys()
+    for key in whole:
+        assert torch.allclose(whole[key], grouped[key], atol=1e-5), key
+
+
 def test_a_resumed_optimizer_keeps_its_own_kernels():
     """Saved on one machine, resumed on another: the step runs the kernels chosen there (fused on a GPU)."""
     from neuralda.train import load_optimizer, optimizer_tensors
@@ -303,6 +329,53 @@ def train_until_ctrl_c(cfg, epoch: int, monkeypatch, log=lambda s: None) -> None
     with monkeypatch.context() as m, pytest.raises(KeyboardInterrupt):
         m.setattr(training, "token_nll", interrupted)
         train(cfg, log=log)
+
+
+class FakeLibc:
+    """The C library as `train` sees it, its malloc calls recorded."""
+
+    def __init__(self, glibc: bool) -> None:
+        self.calls: list[tuple] = []
+        if glibc:
+            self.gnu_get_libc_version = lambda: b"2.36"
+
+    def mallopt(self, param: int, value: int) -> int:
+        self.calls.append(("mallopt", param, value))
+        return 1
+
+    def malloc_trim(self, pad: int) -> int:
+        self.calls.append(("malloc_trim", pad))
+        return 1
+
+
+@pytest.mark.parametrize("interrupted", [False, True])
+@pytest.mark.parametrize("glibc", [True, False])
+def test_training_on_a_cpu_keeps_freed_memory_for_its_steps_and_gives_it_back(
+    tmp_path, corpus_file, monkeypatch, interrupted, glibc
+):
+    """glibc hands each large buffer back to the system when it is freed, so each step would fault its pages in
+    afresh: while training on a CPU, glibc keeps them (no mmap, no trim); after, also after Ctrl-C, its thresholds
+    are back and the memory kept is returned. Another C library is left as it is."""
+    import types
+
+    import neuralda.train as training
+
+    libc, during = FakeLibc(glibc), []
+    monkeypatch.setattr(training, "ctypes", types.SimpleNamespace(CDLL=lambda name: libc))
+    epoch = training.Trainer._train_epoch
+    monkeypatch.setattr(training.Trainer, "_train_epoch", lambda self, *a: during.append(list(libc.calls)) or epoch(self, *a))
+    cfg = tiny_config(corpus_file, tmp_path / "run", epochs=3)
+    if interrupted:
+        train_until_ctrl_c(cfg, 2, monkeypatch)
+    else:
+        train(cfg, **QUIET)
+    if not glibc:
+        assert libc.calls == [] and len(during) == (2 if interrupted else 3)
+        return
+    keep = [("mallopt", training.M_MMAP_MAX, 0), ("mallopt", training.M_TRIM_THRESHOLD, 2**31 - 1)]
+    assert during == [keep] * (2 if interrupted else 3)
+    assert libc.calls[:2] == keep and libc.calls[-1] == ("malloc_trim", 0)
+    assert ("mallopt", training.M_MMAP_MAX, 65536) in libc.calls[2:]
 
 
 def test_ctrl_c_keeps_the_best_weights_of_the_epochs_it_finished(tmp_path, corpus_file, monkeypatch):

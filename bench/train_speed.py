@@ -12,7 +12,6 @@ freed memory, as ours does (a bare loop's best: 45% faster than with glibc's def
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
 import tempfile
 import time
@@ -106,7 +105,7 @@ def main() -> None:
         first = Run.open(train(TrainConfig(output=f"{tmp}/probe", **cfg), log=lambda s: None).run)
         ids = _stream(first, "train").to(device)
         for r in range(args.rounds):
-            with _keep_freed_memory() if device == "cpu" else contextlib.nullcontext():
+            with _keep_freed_memory(device):
                 bare.append(bare_loop(first, ids, device, precision)[1])
             result = train(TrainConfig(output=f"{tmp}/ours{r}", **cfg), log=lambda s: None)
             ours.append(result.tokens_trained / result.loop_seconds)

@@ -1,9 +1,10 @@
 """Training speed: `neuralda train`'s own loop against a minimal PyTorch loop over the same model and data.
 
-    python bench/train_speed.py [--arch seed|thoutt|lstm|gpt] [--batch-size B] [--seq-len T] [--device D]
+    python bench/train_speed.py [--arch seed|thoutt|lstm|gpt] [--batch-size B] [--seq-len T] [--device D] [--epochs E]
 
-Rounds alternate (bare, ours, bare, ours ...) in one process; the best of each is compared. Ours counts a whole
-epoch: training, validation, metrics, checkpoints. Then the precision check: held-out perplexity after a fixed
+Rounds alternate (bare, ours, bare, ours ...) in one process; the best of each is compared. Ours counts whole
+epochs: training, validation, metrics, checkpoints (on a GPU an epoch of the shared corpora is a few steps: give
+``--epochs`` so that warm-up is not most of what is timed). Then the precision check: held-out perplexity after a fixed
 number of steps in bf16 autocast and in float32, from the same start. On a CPU the bare loop runs with glibc keeping
 freed memory, as ours does (a bare loop's best: 45% faster than with glibc's defaults for our lstm). ``peak_rss_mb`` is this process (both loops);
 ``ours_alone_peak_rss_mb`` is one epoch of ours in a process of its own.
@@ -30,10 +31,10 @@ from neuralda.train import (  # noqa: E402
 )
 
 
-def bare_loop(run: Run, ids: torch.Tensor, device: str, precision: str, steps: int | None = None):
+def bare_loop(run: Run, ids: torch.Tensor, device: str, precision: str, steps: int | None = None, epochs: int = 1):
     """The minimal loop, from the run's seed: forward, loss, backward, step; no validation, no logging.
 
-    Runs one epoch (or its first ``steps`` batches); returns the model and the tokens/s it trained at.
+    Runs ``epochs`` epochs (or the first's first ``steps`` batches); returns the model and the tokens/s it trained at.
     """
     c = run.config
     torch.manual_seed(c["seed"])
@@ -43,7 +44,8 @@ def bare_loop(run: Run, ids: torch.Tensor, device: str, precision: str, steps: i
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     t0 = time.perf_counter()
-    for step, (x, y, reset, _) in enumerate(batches(ids, c, 1)):
+    epoch_batches = (batch for epoch in range(1, epochs + 1) for batch in batches(ids, c, epoch))
+    for step, (x, y, reset, _) in enumerate(epoch_batches):
         if steps is not None and step >= steps:
             break
         with autocast(device, precision):
@@ -88,6 +90,7 @@ def main() -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", default="auto")
     p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--epochs", type=int, default=1, help="epochs timed in each round, of both loops")
     p.add_argument("--check-steps", type=int, default=20, help="steps before the bf16/fp32 perplexity check (0: skip)")
     p.add_argument("--corpus", type=Path, help="default: the shared corpora combined, else the demo corpus")
     p.add_argument("--hidden", type=int)
@@ -98,15 +101,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         corpus, corpus_name = (args.corpus, args.corpus.name) if args.corpus else bench_corpus(Path(tmp))
         cfg = dict(
-            corpus=str(corpus), arch=args.arch, epochs=1, batch_size=args.batch_size, seq_len=args.seq_len,
+            corpus=str(corpus), arch=args.arch, epochs=args.epochs, batch_size=args.batch_size, seq_len=args.seq_len,
             device=device, precision=precision, progress=False, save_at=(), hidden=args.hidden, layers=args.layers,
         )
         ours, bare, val_shares = [], [], []
-        first = Run.open(train(TrainConfig(output=f"{tmp}/probe", **cfg), log=lambda s: None).run)
+        first = Run.open(train(TrainConfig(output=f"{tmp}/probe", **{**cfg, "epochs": 1}), log=lambda s: None).run)
         ids = _stream(first, "train").to(device)
         for r in range(args.rounds):
             with _keep_freed_memory(device):
-                bare.append(bare_loop(first, ids, device, precision)[1])
+                bare.append(bare_loop(first, ids, device, precision, epochs=args.epochs)[1])
             result = train(TrainConfig(output=f"{tmp}/ours{r}", **cfg), log=lambda s: None)
             ours.append(result.tokens_trained / result.loop_seconds)
             val_shares.append(sum(row["val_seconds"] for row in Run.open(result.run).metrics()) / result.loop_seconds)
@@ -118,14 +121,15 @@ def main() -> None:
             check = {"check_steps": args.check_steps, "val_ppl_fp32": fp32, "val_ppl_bf16": bf16,
                      "bf16_ppl_within_2pct": abs(bf16 / fp32 - 1) <= 0.02}
         c = first.config
-        ours_rss = ours_peak_rss_mb({**cfg, "output": f"{tmp}/alone"})
+        ours_rss = ours_peak_rss_mb({**cfg, "epochs": 1, "output": f"{tmp}/alone"})
     report(
         "train_speed",
         {
             "arch": args.arch, "device": device, "precision": precision, "corpus": corpus_name,
-            "batch_size": c["batch_size"], "seq_len": c["seq_len"], "train_tokens": c["train_tokens"],
+            "batch_size": c["batch_size"], "seq_len": c["seq_len"], "train_tokens": c["train_tokens"], "epochs": args.epochs,
             "bare_tokens_per_s": max(bare), "ours_tokens_per_s": max(ours), "ratio": max(ours) / max(bare),
             "bare_rounds": bare, "ours_rounds": ours, "peak_rss_mb": round(peak_rss_mb()),
+            "cuda_peak_mb": round(torch.cuda.max_memory_allocated() / 2**20) if device.startswith("cuda") else None,
             "ours_alone_peak_rss_mb": ours_rss and round(ours_rss), "validation_share": round(max(val_shares), 3), **check,
         },
     )

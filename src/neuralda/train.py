@@ -26,7 +26,7 @@ import torch
 from . import __version__
 from .corpus import read_corpus, split_poems, write_corpus
 from .errors import NeuraldaError
-from .evaluate import autocast, format_ppl, perplexity, token_nll
+from .evaluate import autocast, format_ppl, loss_chunk, perplexity, token_nll
 from .files import PARTIAL_WRITE, append_line, atomic_write, remove_partial_writes, write_json
 from .generate import default_start, write_poems
 from .models import RECIPES, Recipe, build_model, default_size, recipe
@@ -285,8 +285,6 @@ def batch_count(n_ids: int, cfg: dict) -> int:
 
 
 SAVE_EVERY = 30.0  # seconds; checked after each epoch, so a killed run loses at most this plus one epoch
-LOSS_CHUNK = 4096  # rows of logits alive at once in the loss on a GPU, where each chunk costs a dozen launches
-CPU_LOSS_CHUNK = 2**22  # logits alive at once in the loss on a CPU: 16 MB of float32, half of our CPUs' L3
 
 
 CPU_GROUP_TOKENS = 4096  # tokens a forward and backward hold at once on a CPU (see row_groups)
@@ -300,12 +298,6 @@ def row_groups(rows: int, seq_len: int, device: str) -> int:
     if not device.startswith("cpu"):
         return 1
     return math.ceil(rows / max(1, CPU_GROUP_TOKENS // seq_len))
-
-
-def loss_chunk(vocab_size: int, device: torch.device) -> int:
-    """Rows of logits the loss holds at once. On a CPU as many as fit in cache: for the seed's model at 512 x 30
-    and V = 9,571, 438 rows trained 7-11% faster than 4,096 and peaked at 1.25-1.29 GB instead of 1.57-1.65."""
-    return max(1, CPU_LOSS_CHUNK // vocab_size) if device.type == "cpu" else LOSS_CHUNK
 
 
 class _LinearCrossEntropy(torch.autograd.Function):

@@ -5,6 +5,7 @@
 #                                       # combined (.device/corpus.jsonl); both folders are git-ignored locally
 #   bash bench/gpu_checks.sh            # there: run(command=..., carry=[".whl", ".device"], timeout_s=580)
 #   DEVICE=cpu EPOCHS=1 SPEED_EPOCHS=1 bash bench/gpu_checks.sh   # here: a dry run of the script itself
+#   ONLY="seed400 train_speed" ARCHS=seed bash bench/gpu_checks.sh  # some steps again (ARCHS: train_speed's)
 #
 # On the GPU it checks that cuDNN holds each LSTM's weights in one flat buffer, times the seed's full recipe (400
 # epochs, validation and the checkpoints at 200 and 400 included; target: under 60 s), then runs bench/train_speed.py
@@ -39,6 +40,7 @@ set +e  # from here on a step's failure is reported and the next step runs
 step() {  # step NAME SECONDS COMMAND...: the command under a time limit; a failure is one line, not the end
     local name=$1 limit=$2
     shift 2
+    [ -z "${ONLY:-}" ] || [[ " $ONLY " == *" ${name%% *} "* ]] || return 0
     timeout "$limit" "$@"
     local rc=$?
     [ "$rc" = 0 ] || echo "FAILED $name rc=$rc$([ "$rc" = 124 ] && echo " (over ${limit}s)")"
@@ -71,18 +73,21 @@ if [ -s /tmp/seed400/metrics.jsonl ]; then  # a run stopped in its first epoch h
     cp /tmp/seed400/metrics.jsonl "${OUT:-/tmp/out}/seed400_metrics.jsonl"
     python3 -c '
 import json, sys
+sys.path.insert(0, "bench")
+from common import report
 rows = [json.loads(line) for line in open("/tmp/seed400/metrics.jsonl")]
 best = min(rows, key=lambda r: r["val_ppl"])
-print(json.dumps({"bench": "seed400", "wall_s": round(float(sys.argv[2]) - float(sys.argv[1]), 1),
-                  "epochs": len(rows), "epoch_seconds": round(sum(r["seconds"] for r in rows), 1),
-                  "best_epoch": best["epoch"], "best_val_ppl": best["val_ppl"],
-                  "val_ppl_at": {r["epoch"]: r["val_ppl"] for r in rows if r["epoch"] in (50, 100, 200, 400)}}))
-' "$start" "$end" | tee -a "$NEURALDA_BENCH_RESULTS/seed400.jsonl"
+report("seed400", {"device": rows[0]["device"], "wall_s": round(float(sys.argv[2]) - float(sys.argv[1]), 1),
+                   "epochs": len(rows), "epoch_seconds": round(sum(r["seconds"] for r in rows), 1),
+                   "val_seconds": round(sum(r["val_seconds"] for r in rows), 1),
+                   "best_epoch": best["epoch"], "best_val_ppl": best["val_ppl"],
+                   "val_ppl_at": {r["epoch"]: r["val_ppl"] for r in rows if r["epoch"] in (50, 100, 200, 400)}})
+' "$start" "$end"
     # The blog's page: held-out perplexity by epoch, poems after 200 and 400 epochs, how much of them is copied.
     step report 90 python3 -m neuralda report /tmp/seed400 -o "${OUT:-/tmp/out}/report/seed400.md" --force
 fi
 
-for arch in seed lstm gpt; do
+for arch in ${ARCHS:-seed lstm gpt}; do
     step "train_speed $arch" 90 python3 bench/train_speed.py --arch "$arch" --device "$DEVICE" --corpus .device/corpus.jsonl \
         --epochs "${SPEED_EPOCHS:-20}"
 done

@@ -4,10 +4,11 @@
 
 Rounds alternate (bare, ours, bare, ours ...) in one process; the best of each is compared. Ours counts whole
 epochs: training, validation, metrics, checkpoints (on a GPU an epoch of the shared corpora is a few steps: give
-``--epochs`` so that warm-up is not most of what is timed). Then the precision check: held-out perplexity after a fixed
-number of steps in bf16 autocast and in float32, from the same start. On a CPU the bare loop runs with glibc keeping
-freed memory, as ours does (a bare loop's best: 45% faster than with glibc's defaults for our lstm). ``peak_rss_mb`` is this process (both loops);
-``ours_alone_peak_rss_mb`` is one epoch of ours in a process of its own.
+``--epochs`` so that warm-up is not most of what is timed). Then the precision check: held-out perplexity after a
+fixed number of steps in bf16 autocast and in float32, from the same start. On a CPU the bare loop runs with glibc
+keeping freed memory, as ours does (a bare loop's best: 45% faster than with glibc's defaults for our lstm).
+``peak_rss_mb`` is this process (both loops); ``ours_alone_peak_rss_mb`` is one epoch of ours in a process of its
+own.
 """
 
 from __future__ import annotations
@@ -126,11 +127,13 @@ def main() -> None:
         "train_speed",
         {
             "arch": args.arch, "device": device, "precision": precision, "corpus": corpus_name,
-            "batch_size": c["batch_size"], "seq_len": c["seq_len"], "train_tokens": c["train_tokens"], "epochs": args.epochs,
+            "batch_size": c["batch_size"], "seq_len": c["seq_len"], "train_tokens": c["train_tokens"],
+            "epochs": args.epochs,
             "bare_tokens_per_s": max(bare), "ours_tokens_per_s": max(ours), "ratio": max(ours) / max(bare),
             "bare_rounds": bare, "ours_rounds": ours, "peak_rss_mb": round(peak_rss_mb()),
             "cuda_peak_mb": round(torch.cuda.max_memory_allocated() / 2**20) if device.startswith("cuda") else None,
-            "ours_alone_peak_rss_mb": ours_rss and round(ours_rss), "validation_share": round(max(val_shares), 3), **check,
+            "ours_alone_peak_rss_mb": ours_rss and round(ours_rss), "validation_share": round(max(val_shares), 3),
+            **check,
         },
     )
 

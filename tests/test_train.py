@@ -367,7 +367,8 @@ def test_training_on_a_cpu_keeps_freed_memory_for_its_steps_and_gives_it_back(
     libc, during = FakeLibc(glibc), []
     monkeypatch.setattr(training, "ctypes", types.SimpleNamespace(CDLL=lambda name: libc))
     epoch = training.Trainer._train_epoch
-    monkeypatch.setattr(training.Trainer, "_train_epoch", lambda self, *a: during.append(list(libc.calls)) or epoch(self, *a))
+    recorded = lambda self, *a: during.append(list(libc.calls)) or epoch(self, *a)  # noqa: E731
+    monkeypatch.setattr(training.Trainer, "_train_epoch", recorded)
     cfg = tiny_config(corpus_file, tmp_path / "run", epochs=3)
     if interrupted:
         train_until_ctrl_c(cfg, 2, monkeypatch)

@@ -285,8 +285,6 @@ def batch_count(n_ids: int, cfg: dict) -> int:
 
 
 SAVE_EVERY = 30.0  # seconds; checked after each epoch, so a killed run loses at most this plus one epoch
-
-
 CPU_GROUP_TOKENS = 4096  # tokens a forward and backward hold at once on a CPU (see row_groups)
 
 
@@ -1002,9 +1000,9 @@ def _keep_freed_memory(device: str):
     back after.
 
     By default glibc hands each large buffer back to the system when it is freed, so every step faults its pages in
-    afresh (15-27% of a bare loop's CPU time went to the kernel on our machines). Kept, the seed's steps ran 10% faster in
-    bf16 (2.7 s against 3.1) and 5% in float32, our lstm's epochs 20%, for 130-250 MB more peak memory. Elsewhere
-    than glibc, or on another device: as it is."""
+    afresh (15-27% of a bare loop's CPU time went to the kernel on our machines). Kept, the seed's steps ran 10%
+    faster in bf16 (2.7 s against 3.1) and 5% in float32, our lstm's epochs 20%, for 130-250 MB more peak memory.
+    Elsewhere than glibc, or on another device: as it is."""
     try:
         libc = ctypes.CDLL(None) if device == "cpu" else None
     except (OSError, TypeError):  # Windows: no C library of the process's own to open

@@ -1,5 +1,7 @@
 import json
 import math
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -95,6 +97,51 @@ def test_a_resumed_optimizer_keeps_its_own_kernels():
     assert resumed.param_groups[0]["fused"] is True and resumed.param_groups[0]["lr"] == 0.1
     resumed.step()
     assert int(resumed.state[w]["step"]) == 2
+
+
+@pytest.mark.parametrize("kind, weight_decay", [("adam", 0.0), ("adam", 0.01), ("adamw", 0.1)])
+def test_the_optimizer_steps_as_torchs_own(kind, weight_decay):
+    """make_optimizer's Adam skips torch.optim's compiler wrappers: the same steps, state and saved state."""
+    from neuralda.train import make_optimizer
+
+    models, optimizers = [], []
+    for own in (True, False):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
+        stock = torch.optim.AdamW if kind == "adamw" else torch.optim.Adam
+        opt = (make_optimizer(model, {"optimizer": kind, "lr": 0.01, "weight_decay": weight_decay}) if own
+               else stock(model.parameters(), lr=0.01, weight_decay=weight_decay))
+        assert isinstance(opt, stock)
+        x = torch.randn(16, 4)
+        for _ in range(5):
+            opt.zero_grad()
+            model(x).square().mean().backward()
+            opt.step()
+        models.append(model)
+        optimizers.append(opt)
+    for a, b in zip(*(m.parameters() for m in models)):
+        assert torch.equal(a, b)
+    own, stock = (o.state_dict() for o in optimizers)
+    assert own["param_groups"] == stock["param_groups"]
+    for i, state in stock["state"].items():
+        assert all(torch.equal(state[k], own["state"][i][k]) for k in state)
+
+
+def test_training_never_imports_the_compiler(tmp_path, corpus_file):
+    """torch.optim's wrappers import torch._dynamo at their first call (1-5 s at each training's start); a run
+    without --compile, resumed too, never needs it."""
+    code = (
+        "import sys\n"
+        "from conftest import tiny_config\n"
+        "from neuralda.train import train\n"
+        f"train(tiny_config({str(corpus_file)!r}, {str(tmp_path / 'run')!r}, epochs=1), log=print)\n"
+        f"train(tiny_config('', {str(tmp_path / 'run')!r}, epochs=2), resume=True, log=print)\n"
+        "print('torch._dynamo' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         cwd=Path(__file__).parent)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[-1] == "False"
 
 
 @pytest.mark.parametrize("save_every, lasts", [(None, [0, 2, 4]), (0, [0, 1, 2, 3, 4])])

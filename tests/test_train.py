@@ -83,6 +83,25 @@ def test_a_batch_run_a_group_of_rows_at_a_time_trains_the_same_model(tmp_path, c
         assert torch.allclose(whole[key], grouped[key], atol=1e-5), key
 
 
+@pytest.mark.parametrize("arch", ["seed", "gpt"])
+def test_whole_logits_train_the_model_the_chunked_loss_trains(tmp_path, corpus_file, monkeypatch, arch):
+    """On a GPU the loss takes the logits whole (plain cross-entropy) where they fit: the same model as the chunks."""
+    import neuralda.evaluate
+    import neuralda.train as training
+
+    monkeypatch.setattr(neuralda.evaluate, "CPU_LOSS_CHUNK", 3 * 64)  # chunks of 3 rows over the tiny vocabulary
+    trained, losses = {}, {}
+    for whole in (False, True):
+        monkeypatch.setattr(training, "whole_logits", lambda h, rows, vocab_size: whole)
+        out = tmp_path / str(whole)
+        train(tiny_config(corpus_file, out, arch=arch, epochs=2, dropout=0.0, precision="fp32"), **QUIET)
+        trained[whole], _ = read_checkpoint(out / "checkpoints" / "last.safetensors")
+        losses[whole] = [row["train_loss"] for row in metrics(out)]
+    assert losses[True] == pytest.approx(losses[False], rel=1e-5)
+    for key in trained[False]:
+        assert torch.allclose(trained[True][key], trained[False][key], atol=1e-5), key
+
+
 def test_a_resumed_optimizer_keeps_its_own_kernels():
     """Saved on one machine, resumed on another: the step runs the kernels chosen there (fused on a GPU)."""
     from neuralda.train import load_optimizer, optimizer_tensors

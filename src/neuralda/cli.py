@@ -11,6 +11,7 @@ import shlex
 import shutil
 import signal
 import sys
+import time
 import warnings
 from pathlib import Path
 from typing import Callable
@@ -617,6 +618,9 @@ def _drop_unread_output() -> None:
                 os.close(devnull)
 
 
+OTHER_RANKS_WAIT = 5.0  # seconds a torchrun process other than rank 0 waits before it fails with rank 0's error
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -628,9 +632,13 @@ def main(argv: list[str] | None = None) -> int:
             warnings.showwarning = _one_line_warnings(warnings.showwarning)
             args.func(args)
     except NeuraldaError as e:
-        # Under torchrun every process has it (the same checks, or rank 0's error passed on by Dist.on_main).
+        # Under torchrun every process has it (the same checks, or rank 0's error passed on by Dist.on_main): rank 0
+        # says it. The others wait a moment first: torchrun stops every process once one has failed, and a rank 1
+        # ahead of rank 0 had it stopped before it said anything (2 jobs in 8 given a bad --device).
         if os.environ.get("RANK", "0") == "0" or os.environ.get("WORLD_SIZE", "1") == "1":
             print(f"neuralda: error: {e}", file=sys.stderr)
+        else:
+            time.sleep(OTHER_RANKS_WAIT)
         return 2
     except KeyboardInterrupt:
         if argv is None:  # the program itself is ending: a second Ctrl-C while Python exits was a traceback

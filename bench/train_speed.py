@@ -4,7 +4,8 @@
 
 Rounds alternate (bare, ours, bare, ours ...) in one process; the best of each is compared. Ours counts whole
 epochs: training, validation, metrics, checkpoints (on a GPU an epoch of the shared corpora is a few steps: give
-``--epochs`` so that warm-up is not most of what is timed). Then the precision check: held-out perplexity after a
+``--epochs`` so that warm-up is not most of what is timed); ``epoch_ratio`` compares a typical (median) epoch of
+ours, validation included, with the bare loop's epoch, and ``ours_epochs`` says where the rest went. Then the precision check: held-out perplexity after a
 fixed number of steps in bf16 autocast and in float32, from the same start. On a CPU the bare loop runs with glibc
 keeping freed memory, as ours does (a bare loop's best: 45% faster than with glibc's defaults for our lstm).
 ``peak_rss_mb`` is this process (both loops); ``ours_alone_peak_rss_mb`` is one epoch of ours in a process of its
@@ -62,6 +63,14 @@ def bare_loop(run: Run, ids: torch.Tensor, device: str, precision: str, steps: i
     return model, tokens / (time.perf_counter() - t0)
 
 
+def epoch_breakdown(rows: list[dict], loop_seconds: float) -> dict:
+    """Where a run of ours spent its time: its first epoch (warm-up), a typical one (the median: training,
+    validation and metrics), and what lies outside the epochs (checkpoints, the last sample poem)."""
+    seconds = sorted(row["seconds"] for row in rows)
+    return {"first_epoch_s": rows[0]["seconds"], "median_epoch_s": seconds[len(seconds) // 2],
+            "outside_epochs_s": round(loop_seconds - sum(seconds), 3)}
+
+
 def _train_once(cfg: dict, result) -> None:
     train(TrainConfig(**cfg), log=lambda s: None)
     # VmHWM starts afresh at exec; ru_maxrss would carry the parent's peak from the fork.
@@ -105,7 +114,7 @@ def main() -> None:
             corpus=str(corpus), arch=args.arch, epochs=args.epochs, batch_size=args.batch_size, seq_len=args.seq_len,
             device=device, precision=precision, progress=False, save_at=(), hidden=args.hidden, layers=args.layers,
         )
-        ours, bare, val_shares = [], [], []
+        ours, bare, val_shares, epochs = [], [], [], []
         first = Run.open(train(TrainConfig(output=f"{tmp}/probe", **{**cfg, "epochs": 1}), log=lambda s: None).run)
         ids = _stream(first, "train").to(device)
         for r in range(args.rounds):
@@ -113,7 +122,10 @@ def main() -> None:
                 bare.append(bare_loop(first, ids, device, precision, epochs=args.epochs)[1])
             result = train(TrainConfig(output=f"{tmp}/ours{r}", **cfg), log=lambda s: None)
             ours.append(result.tokens_trained / result.loop_seconds)
-            val_shares.append(sum(row["val_seconds"] for row in Run.open(result.run).metrics()) / result.loop_seconds)
+            rows = Run.open(result.run).metrics()
+            val_shares.append(sum(row["val_seconds"] for row in rows) / result.loop_seconds)
+            epochs.append(epoch_breakdown(rows, result.loop_seconds))
+            epoch_tokens = result.tokens_trained / len(rows)  # what each epoch of either loop trains on
         check = {}
         if args.check_steps and precision == "bf16":
             val = _stream(first, "val")
@@ -133,6 +145,10 @@ def main() -> None:
             "bare_rounds": bare, "ours_rounds": ours, "peak_rss_mb": round(peak_rss_mb()),
             "cuda_peak_mb": round(torch.cuda.max_memory_allocated() / 2**20) if device.startswith("cuda") else None,
             "ours_alone_peak_rss_mb": ours_rss and round(ours_rss), "validation_share": round(max(val_shares), 3),
+            # A typical epoch of ours against the bare loop's: the ratio once a run's warm-up and end are spread
+            # over many epochs (a GPU's epoch of the shared corpora is a few steps, and 20 epochs are seconds).
+            "ours_epochs": epochs, "bare_epoch_s": round(epoch_tokens / max(bare), 4),
+            "epoch_ratio": round(epoch_tokens / max(bare) / min(e["median_epoch_s"] for e in epochs), 3),
             **check,
         },
     )

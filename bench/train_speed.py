@@ -5,11 +5,11 @@
 Rounds alternate (bare, ours, bare, ours ...) in one process; the best of each is compared. Ours counts whole
 epochs: training, validation, metrics, checkpoints (on a GPU an epoch of the shared corpora is a few steps: give
 ``--epochs`` so that warm-up is not most of what is timed); ``epoch_ratio`` compares a typical (median) epoch of
-ours, validation included, with the bare loop's epoch, and ``ours_epochs`` says where the rest went. Then the precision check: held-out perplexity after a
-fixed number of steps in bf16 autocast and in float32, from the same start. On a CPU the bare loop runs with glibc
-keeping freed memory, as ours does (a bare loop's best: 45% faster than with glibc's defaults for our lstm).
-``peak_rss_mb`` is this process (both loops); ``ours_alone_peak_rss_mb`` is one epoch of ours in a process of its
-own.
+ours, validation included, with the bare loop's epoch, and ``ours_epochs`` says where the rest went. Then the
+precision check: held-out perplexity after a fixed number of steps in bf16 autocast and in float32, from the same
+start. On a CPU the bare loop runs with glibc keeping freed memory, as ours does (a bare loop's best: 45% faster than
+with glibc's defaults for our lstm). ``peak_rss_mb`` is this process (both loops); ``ours_alone_peak_rss_mb`` is one
+epoch of ours in a process of its own.
 """
 
 from __future__ import annotations

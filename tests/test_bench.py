@@ -31,8 +31,8 @@ def test_train_speed(tmp_path, corpus_file):
 
 def test_generate_speed(tmp_path):
     r = bench(tmp_path, "generate_speed.py", "--arch", "lstm", "--vocab", 300, "--words", 20, "--n", 4,
-              "--rerun-words", 5)
-    assert r["stateful_ms_per_word"] > 0 and r["batched_equals_one_by_one"] is True
+              "--rerun-words", 5, "--rounds", 2)
+    assert r["stateful_ms_per_word"] > 0 and r["batched_equals_one_by_one"] is True and r["rounds"] == 2
 
 
 def test_quality(tmp_path, corpus_file):

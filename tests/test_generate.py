@@ -174,10 +174,17 @@ def test_an_unknown_start_word_typed_without_its_accent_names_the_accented_one_f
 
 def test_sampling_follows_the_model_probabilities():
     probs = torch.tensor([0.5, 0.3, 0.2, 0.0])
-    gens = [torch.Generator().manual_seed(i) for i in range(4000)]
-    picks = sample_next(probs.log().expand(4000, -1), gens)
+    picks = sample_next(probs.log().expand(4000, -1), poem_generators(0, 4000))
     freq = torch.bincount(picks, minlength=4).float() / 4000
     assert torch.allclose(freq, probs, atol=0.03) and freq[3] == 0
+
+
+def test_a_poem_draws_its_generator_own_numbers_in_order():
+    """Draws taken a block at a time are the ones a torch.rand call each would give, across blocks too."""
+    (uniforms,) = poem_generators(7, 1)
+    gen = torch.Generator().manual_seed(7)
+    one_each = [torch.rand(1, generator=gen, dtype=torch.float64).item() for _ in range(3 * uniforms.BLOCK + 5)]
+    assert [uniforms.next() for _ in one_each] == one_each
 
 
 def _drawn(logits: torch.Tensor, top_p: float, draws: int = 4000) -> torch.Tensor:

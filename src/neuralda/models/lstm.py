@@ -131,15 +131,15 @@ PACKED_ROWS = 32  # the rows oneDNN lays packed weights out for: float32 steps o
 
 
 def _packed_matmul(weight: Tensor, dtype: torch.dtype):
-    """``x -> x @ weight.T`` in ``dtype`` with a float32 result, the weight packed once for oneDNN (the packing
-    PyTorch's own compiler uses on CPUs); a plain product where this build's private oneDNN ops differ."""
+    """``x -> x @ weight.T`` in ``dtype`` (adding a float32 bias makes it float32), the weight packed once for oneDNN
+    (the packing PyTorch's own compiler uses on CPUs); a plain product where this build's private oneDNN ops differ."""
     w = weight.detach().to(dtype)
     try:
         packed = torch.ops.mkldnn._reorder_linear_weight(w, PACKED_ROWS)
         torch.ops.mkldnn._linear_pointwise(w.new_zeros(2, w.size(1)), packed, None, "none", [], "")
     except (AttributeError, RuntimeError):
-        return lambda x: (x.to(dtype) @ w.t()).float()
-    return lambda x: torch.ops.mkldnn._linear_pointwise(x.to(dtype), packed, None, "none", [], "").float()
+        return lambda x: x.to(dtype) @ w.t()
+    return lambda x: torch.ops.mkldnn._linear_pointwise(x.to(dtype), packed, None, "none", [], "")
 
 
 def _same_alone_as_in_pairs(matmul, columns: int) -> bool:
@@ -163,9 +163,13 @@ class LSTMSteps:
     def __init__(self, model: StackedLSTM, dtype: torch.dtype = torch.bfloat16) -> None:
         self.dtype = dtype
         self.embedding = model.embedding.weight.detach()
-        weights = [torch.cat([m.weight_ih_l0, m.weight_hh_l0], 1) for m in model.lstms] + [model.decoder.weight]
+        # The gates reordered from PyTorch's i, f, g, o to i, f, o, g: one sigmoid then covers three of them (at 32
+        # rows the cell's float32 steps took 0.089 ms a layer here against 0.124 in nn.LSTM's order).
+        order = [torch.cat([q * m.hidden_size + torch.arange(m.hidden_size) for q in (0, 1, 3, 2)]) for m in model.lstms]
+        weights = [torch.cat([m.weight_ih_l0, m.weight_hh_l0], 1)[o] for m, o in zip(model.lstms, order)]
+        weights.append(model.decoder.weight)
         matmuls = [_packed_matmul(w, dtype) for w in weights]
-        biases = [(m.bias_ih_l0 + m.bias_hh_l0).detach() for m in model.lstms]
+        biases = [(m.bias_ih_l0 + m.bias_hh_l0).detach()[o] for m, o in zip(model.lstms, order)]
         self.layers = [(f, b, m.hidden_size) for f, b, m in zip(matmuls, biases, model.lstms)]
         self.decoder = matmuls[-1], model.decoder.bias.detach()
         # A lone poem is written as a pair where one row would get other bits than in a batch.
@@ -183,10 +187,11 @@ class LSTMSteps:
         if state is None:
             state = [(h_in.new_zeros(len(x), size),) * 2 for _, _, size in self.layers]
         new_state: State = []
-        for (matmul, b, _), (h, c) in zip(self.layers, state):
-            i, f, g, o = (matmul(torch.cat([h_in, h], 1)) + b).chunk(4, 1)
-            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-            h_in = h = torch.sigmoid(o) * torch.tanh(c)
+        for (matmul, b, size), (h, c) in zip(self.layers, state):
+            gates = matmul(torch.cat([h_in, h], 1)) + b
+            i, f, o = gates[:, : 3 * size].sigmoid().chunk(3, 1)
+            c = torch.addcmul(f * c, i, gates[:, 3 * size :].tanh())
+            h_in = h = o * c.tanh()
             new_state.append((h[:rows], c[:rows]))
         matmul, b = self.decoder
         return (matmul(h_in) + b)[:rows].unsqueeze(1), new_state

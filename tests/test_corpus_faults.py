@@ -253,3 +253,13 @@ def test_import_says_how_many_poems_it_wrote(capsys, tmp_path, text, said):
     src.write_text(text, encoding="utf-8")
     code, _, err = run(capsys, "corpus", "import", src, "-o", tmp_path / "corpus.jsonl")
     assert code == 0 and err == f"{said} {tmp_path / 'corpus.jsonl'}\n"
+
+
+def test_an_import_cleans_up_what_a_killed_import_of_the_same_file_left(capsys, tmp_path):
+    """A killed write leaves its temporary file; the next import of that file removes it, and nothing else."""
+    left = tmp_path / ".corpus.jsonl.k3_9zq1x.tmp"  # what atomic_write's mkstemp names it
+    others = [tmp_path / ".notes.jsonl.k3_9zq1x.tmp", tmp_path / "mine.tmp", tmp_path / ".corpus.jsonl.draft.tmp"]
+    for path in (left, *others):
+        path.write_text('{"title": "half')
+    import_one(capsys, tmp_path, b"a lamp by the sea\n")
+    assert not left.exists() and all(p.exists() for p in others)

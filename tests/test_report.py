@@ -113,9 +113,11 @@ def test_report_keeps_existing_files_unless_forced(tiny_run, tmp_path, monkeypat
     err = capsys.readouterr().err
     assert f"{existing} already exists" in err and "--force" in err and err.count("\n") == 1
     assert [p.name for p in tmp_path.iterdir()] == [existing] and (tmp_path / existing).read_text() == "mine"
+    (tmp_path / f".{existing}.a1b2c3d4.tmp").write_text("half of it")  # what a killed report left
     out = cli("report", tiny_run, "-o", tmp_path / "post.md", "--html", tmp_path / "post.html", "--samples", 1,
               "--force")
     assert out.returncode == 0, out.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["post-perplexity.png", "post.html", "post.md"]
     assert (tmp_path / "post.md").read_text().startswith("# Teaching")
     assert (tmp_path / "post-perplexity.png").read_bytes()[:4] == b"\x89PNG"
     assert (tmp_path / "post.html").read_text().startswith("<!DOCTYPE html>")

@@ -110,12 +110,14 @@ def _config(cls, args: argparse.Namespace, **given):
 
 def cmd_corpus_import(args: argparse.Namespace) -> None:
     from .corpus import import_files, write_corpus
+    from .files import remove_partial_writes_of
 
     if Path(args.output).is_dir():
         raise NeuraldaError(f"{args.output} is a directory; give a file in it, like {Path(args.output) / 'corpus.jsonl'}")
     if Path(args.output).exists() and not args.force:
         raise NeuraldaError(f"{args.output} already exists; choose another -o, or add --force to replace it")
     poems = import_files(args.files, args.format, args.author, args.title, args.body, args.lang)
+    remove_partial_writes_of(args.output)  # what a killed import left
     write_corpus(args.output, poems)
     print(f"wrote {len(poems)} poem{'' if len(poems) == 1 else 's'} to {args.output}", file=sys.stderr)
 

@@ -77,13 +77,22 @@ def _umask() -> int:
     return mask
 
 
-def remove_partial_writes(*folders: str | os.PathLike) -> None:
-    """Delete the temporary files that atomic writes into ``folders`` left when their process was killed."""
+def remove_partial_writes(*folders: str | os.PathLike, of: str | None = None) -> None:
+    """Delete the temporary files that atomic writes into ``folders`` left when their process was killed; with
+    ``of``, only those of the file of that name."""
+    pattern = PARTIAL_WRITE if of is None else re.compile(rf"\.{re.escape(of)}\.[a-z0-9_]{{8}}\.tmp")
     for folder in map(Path, folders):
         if folder.is_dir():
             for path in folder.iterdir():
-                if PARTIAL_WRITE.fullmatch(path.name) and path.is_file():
+                if pattern.fullmatch(path.name) and path.is_file():
                     path.unlink(missing_ok=True)
+
+
+def remove_partial_writes_of(*paths: str | os.PathLike) -> None:
+    """Delete what atomic writes of the files ``paths`` left when killed (in a user's folder, only those)."""
+    for path in paths:
+        real = Path(os.path.realpath(path))  # where atomic_write puts its temporary file
+        remove_partial_writes(real.parent, of=real.name)
 
 
 def why_not_written(path: str | os.PathLike, error: OSError) -> str:

@@ -19,7 +19,7 @@ from urllib.parse import quote
 
 from .errors import NeuraldaError
 from .evaluate import format_ppl, measure_checkpoints
-from .files import atomic_write
+from .files import atomic_write, remove_partial_writes_of
 from .generate import SamplingConfig, default_start, write_poems
 from .run import Run, printable
 
@@ -352,6 +352,7 @@ def write_report(
     beginning = _beginning(runs, start)
     text = markdown(runs, entries, title, plot.name if plot_png else None, beginning) + "\n"
     page = html_page(runs, entries, title, plot_png, beginning) if html_path else None
+    remove_partial_writes_of(plot, output, *([html_path] if page is not None else []))  # what a killed report left
     if plot_png:
         atomic_write(plot, plot_png)
     atomic_write(output, text)

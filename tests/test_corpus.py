@@ -414,6 +414,34 @@ def test_legacy_encodings_are_read(text, encoding):
     assert decode_bytes(text.encode(encoding), "f.txt") == text
 
 
+# A few lines each, in the encodings their languages' files were written in; guessed without a language, the first
+# four came out as Thai, Korean, Cyrillic and cp1252 ("hatýrlýyorum").
+_LEGACY_BY_LANGUAGE = [
+    ("海の夜に塩の風が歌う\n私は灯りを見つめていた\n", "euc_jp", "ja"),
+    ("海の夜に塩の風が歌う\n私は灯りを見つめていた\n", "shift_jis", "ja"),
+    ("אני זוכר את הים ואת מלח הלילה\n", "cp1255", "he"),
+    ("Denizi ve gecenin tuzunu hatırlıyorum, rüzgâr şarkı söyledi.\n", "cp1254", "tr"),
+    ("Я помню море и ночную соль,\nи ветер пел над тёмною водой.\n", "koi8_r", "ru"),
+    ("海上的夜晚，鹽風在歌唱\n我看著燈火\n", "big5", "zh-TW"),
+    ("ฉันจำทะเลและเกลือของค่ำคืนได้\n", "cp874", "th"),
+    ("Recuerdo el mar y la sal de la noche, ¿qué canción?\n", "cp1252", "es"),  # no list: cp1252 as before
+]
+
+
+@pytest.mark.parametrize("text, encoding, lang", _LEGACY_BY_LANGUAGE)
+def test_a_language_reads_a_short_file_in_its_own_legacy_encodings(text, encoding, lang):
+    assert decode_bytes(text.encode(encoding), "f.txt", lang) == text
+
+
+@pytest.mark.parametrize("html", [False, True], ids=["text", "saved page"])
+def test_import_reads_a_legacy_file_in_the_language_it_is_told(tmp_path, html):
+    text = "Denizi hatırlıyorum,\nrüzgâr şarkı söyledi."
+    path = tmp_path / ("mar.html" if html else "mar.txt")
+    path.write_bytes((f"<html><body><p>{text}</p></body></html>" if html else text).encode("cp1254"))
+    [poem] = import_files([path], lang="tr")
+    assert poem.text.replace("\n", " ") == text.replace("\n", " ") and poem.lang == "tr"
+
+
 @pytest.mark.parametrize("sign", ["´", "½", "§", "×", "¢", "±", "®", "÷", "™"])
 def test_a_western_sign_among_ascii_keeps_a_file_cp1252(sign):
     """A Spanish keyboard's ´ (or ½, §...) in one line sent a Latin-1 file to charset_normalizer, which read its ñ

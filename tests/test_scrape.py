@@ -293,6 +293,16 @@ def test_a_legacy_charset_label_is_decoded_as_browsers_decode_it(site, tmp_path,
     assert records(tmp_path)[0]["text"] == text
 
 
+@pytest.mark.parametrize("told", [False, True], ids=["html-lang", "scrape-lang"])
+def test_a_page_without_a_charset_is_read_in_its_language_encodings(site, tmp_path, told):
+    """No charset anywhere: a guess over every encoding read this EUC-JP line as Thai; the page's <html lang>, or
+    the scraper's --lang, limits it to Japanese's encodings."""
+    text = "海の夜に塩の風が歌う"
+    site.page("/p", f"<html{'' if told else ' lang=ja'}><p>{text}</p></html>".encode("euc_jp"), content_type="text/html")
+    scrape(config(site, tmp_path, start="/p", links=None, title=None, body="p", lang="ja" if told else None))
+    assert records(tmp_path)[0]["text"] == text
+
+
 def test_meta_charset_beats_detection(site, tmp_path):
     text = "Le café au lait, naïve et bien fraîche"  # in Mac Roman, which detection takes for windows-1252
     site.page("/p", f'<meta charset="macintosh"><p>{text}</p>'.encode("mac_roman"), content_type="text/html")

@@ -373,7 +373,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     imp.add_argument("-o", "--output", type=_name, required=True, help="the corpus to write (JSONL)")
     imp.add_argument("--author", help="the author of every poem")
-    imp.add_argument("--lang", help="the language of every poem, e.g. es (default: what a saved page or a record says)")
+    imp.add_argument(
+        "--lang",
+        help="the language of every poem, e.g. es (default: what a saved page or a record says); a file that is not "
+        "UTF-8 is read in that language's legacy encodings",
+    )
     imp.add_argument("--format", default="auto", choices=("auto", "jsonl", "text", "gutenberg", "html"),
                      help="auto (default): JSON, HTML (by its name or its first tag), Project Gutenberg, else text")
     imp.add_argument("--title", metavar="CSS", help="HTML: the title (default: the h1, else the page's <title>)")

@@ -139,9 +139,32 @@ def _clean_field(value: object) -> str:
     return " ".join(_tidy(str(value)).split())
 
 
-def decode_bytes(data: bytes, name: str) -> str:
+# The encodings a language's files were written in before UTF-8, by its primary tag: the only ones tried for a file
+# in that language that is not UTF-8. A guess over every encoding often misreads a few lines (EUC-JP as Thai,
+# Shift_JIS as Korean, Hebrew cp1255 as Cyrillic, Turkish cp1254 as cp1252's "hatýrlýyorum"); languages not here
+# (Western European ones) are read as cp1252 where they fit it, else guessed.
+LEGACY_ENCODINGS = {
+    **dict.fromkeys(("ru", "uk", "be", "bg", "mk"), ("cp1251", "koi8_r", "koi8_u", "iso8859_5", "cp866", "mac_cyrillic")),
+    "sr": ("cp1251", "cp1250", "iso8859_5", "iso8859_2"),  # written in both alphabets
+    "ja": ("cp932", "euc_jp", "iso2022_jp"),
+    "zh": ("gb18030", "big5hkscs"),
+    "ko": ("cp949", "iso2022_kr"),
+    "el": ("cp1253", "iso8859_7"),
+    **dict.fromkeys(("he", "yi"), ("cp1255", "iso8859_8")),
+    **dict.fromkeys(("ar", "fa", "ur"), ("cp1256", "iso8859_6")),
+    **dict.fromkeys(("tr", "az"), ("cp1254", "iso8859_9")),
+    **dict.fromkeys(("pl", "cs", "sk", "hu", "hr", "sl", "bs"), ("cp1250", "iso8859_2")),
+    "ro": ("cp1250", "iso8859_16", "iso8859_2"),
+    **dict.fromkeys(("lt", "lv"), ("cp1257", "iso8859_13")),
+    "et": ("cp1257", "iso8859_15", "iso8859_13"),
+    "th": ("cp874", "tis_620"),
+    "vi": ("cp1258",),
+}
+
+
+def decode_bytes(data: bytes, name: str, lang: str | None = None) -> str:
     """Decode a text file: a UTF-16 or UTF-32 BOM, else UTF-8, else UTF-8 line by line with the other lines' encoding
-    detected (after a UTF-8 BOM too).
+    detected (after a UTF-8 BOM too), among ``lang``'s ``LEGACY_ENCODINGS`` where it has them.
 
     NUL bytes: a few in a text file (a bad copy, a stray keystroke) are dropped, as :func:`normalize_text` drops
     ``\\u0000`` from JSON; a file more than 1% NUL is binary (or UTF-16 without a BOM) and an error.
@@ -168,18 +191,24 @@ def decode_bytes(data: bytes, name: str) -> str:
     # is and find the encoding of the others, which a guess over the whole file gets wrong.
     lines = data.splitlines(keepends=True)
     decoded = [_utf8_or_none(line) for line in lines]
-    encoding = _legacy_encoding(b"".join(line for line, text in zip(lines, decoded) if text is None))
+    encoding = _legacy_encoding(b"".join(line for line, text in zip(lines, decoded) if text is None), lang)
     if encoding is None:
         raise NeuraldaError(f"{name}: looks like a binary file, not text")
     return "".join(line.decode(encoding, "replace") if text is None else text for line, text in zip(lines, decoded))
 
 
-def _legacy_encoding(data: bytes) -> str | None:
-    """cp1252 where ``data`` reads as Western European text in it; else charset_normalizer's guess, which takes a
+def _legacy_encoding(data: bytes, lang: str | None = None) -> str | None:
+    """The likeliest of ``lang``'s ``LEGACY_ENCODINGS`` (charset_normalizer's pick); else, or where none of them
+    fits, cp1252 where ``data`` reads as Western European text in it; else charset_normalizer's guess, which takes a
     few lines of Spanish, Portuguese or French for cp1250 or cp1257, and "Olé, olé" for Urdu. None: no encoding
     fits."""
     from charset_normalizer import from_bytes
 
+    candidates = LEGACY_ENCODINGS.get((lang or "").split("-")[0].lower())
+    if candidates:
+        best = from_bytes(data, cp_isolation=list(candidates)).best()
+        if best:
+            return best.encoding
     if _reads_as_cp1252(data):
         return "cp1252"
     # Not UTF-16 or UTF-32, which it guesses for a few bytes of anything: without a BOM they have NUL bytes, and a
@@ -309,12 +338,13 @@ def _detect_format(text: str, path: str | Path) -> str:
     return "gutenberg" if _gutenberg_start(text) else "text"
 
 
-def _html_poem(data: bytes, name: str, title_css: str | None, body_css: str | None) -> list[Poem]:
+def _html_poem(data: bytes, name: str, title_css: str | None, body_css: str | None, lang: str | None) -> list[Poem]:
     """A saved web page as one poem, read as the scraper reads a poem page: ``body_css`` (default: the page's body,
-    less navigation, scripts, forms and the title) for the poem, ``title_css`` (default: its h1, else its <title>)."""
+    less navigation, scripts, forms and the title) for the poem, ``title_css`` (default: its h1, else its <title>);
+    ``lang``: the language to read a page that names no charset in (``decode_html``)."""
     from .scrape.extract import element_text, parse_html, poem_lang, select_poem
 
-    soup = parse_html(data)
+    soup = parse_html(data, lang=lang)
     lang = poem_lang(soup, body_css or "body")  # before the heading goes: an <h1 lang> says nothing of the poem
     heading = soup.select_one(title_css) if title_css else soup.select_one("h1") or soup.select_one("title")
     title = " ".join(element_text(heading).split()) if heading is not None else ""
@@ -349,10 +379,10 @@ def import_files(
     for path in paths:
         name = str(path)
         data = _read_bytes(path)
-        text = decode_bytes(data, name)
+        text = decode_bytes(data, name, lang)
         kind = _detect_format(text, path) if fmt == "auto" else fmt
         if kind == "html":
-            found = _html_poem(data, _clean_field(Path(path).name), title_css, body_css)
+            found = _html_poem(data, _clean_field(Path(path).name), title_css, body_css, lang)
         elif kind == "jsonl":
             found = read_corpus(path)
         else:

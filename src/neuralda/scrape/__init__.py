@@ -225,7 +225,7 @@ class _Crawl:
             if is_start:
                 self.start_failures.append((url, e.reason))
             return None
-        return parse_html(page.body, page.content_type), page
+        return parse_html(page.body, page.content_type, self.config.lang), page
 
     def crawl(self, start: str) -> None:
         """Walk the index pages from ``start`` through the pager, writing each page's poems before the next."""

@@ -45,6 +45,7 @@ _BROWSER_CODECS = {
 _BOMS = ((codecs.BOM_UTF8, "utf-8"), (codecs.BOM_UTF16_LE, "utf-16-le"), (codecs.BOM_UTF16_BE, "utf-16-be"))
 _HEADER_CHARSET = re.compile(r"""charset\s*=\s*["']?\s*([^\s;"']+)""", re.I)
 _META_CHARSET = re.compile(rb"""<meta\b[^>]*?charset\s*=\s*["']?\s*([A-Za-z0-9_:.\-]+)""", re.I)
+_HTML_LANG = re.compile(rb"""<html\b[^>]*?\slang\s*=\s*["']?\s*([A-Za-z]{2,3})\b""", re.I)
 _HTML_SPACE = re.compile(r"[ \t\n\r\f]+")
 _WORD_SPLIT = re.compile(r"[-_\s]+")
 _BLOCK_END = object()
@@ -67,18 +68,22 @@ def _codec(label: str, from_meta: bool = False) -> str | None:
     return _BROWSER_CODECS.get(name, name)
 
 
-def _detect(data: bytes) -> str:
+def _detect(data: bytes, lang: str | None) -> str:
     """Decode a page that names no charset, or claims UTF-8 and is not: as a text file is read (UTF-8 line by line,
-    the other lines in the legacy encoding that reads them: ``corpus.decode_bytes``)."""
+    the other lines in the legacy encoding of ``lang``, else of the page's ``<html lang>``, that reads them:
+    ``corpus.decode_bytes``)."""
+    if lang is None:
+        found = _HTML_LANG.search(data[:4096])
+        lang = found.group(1).decode("ascii") if found else None
     try:
-        return decode_bytes(data, "the page")
+        return decode_bytes(data, "the page", lang)
     except NeuraldaError:  # "binary": NUL bytes everywhere; the text there is still worth a look
         return data.decode("utf-8", errors="replace")
 
 
-def decode_html(data: bytes, content_type: str = "") -> str:
-    """Page bytes as text: a BOM, then the HTTP header's charset, then ``<meta charset>``, then detection (the
-    WHATWG order browsers follow: a BOM outranks the header)."""
+def decode_html(data: bytes, content_type: str = "", lang: str | None = None) -> str:
+    """Page bytes as text: a BOM, then the HTTP header's charset, then ``<meta charset>``, then detection among the
+    encodings of ``lang`` or the page's language (the WHATWG order browsers follow: a BOM outranks the header)."""
     for bom, name in _BOMS:
         if data.startswith(bom):
             return data[len(bom) :].decode(name, errors="replace")
@@ -88,14 +93,14 @@ def decode_html(data: bytes, content_type: str = "") -> str:
         found_meta = _META_CHARSET.search(data[:4096])
         codec = _codec(found_meta.group(1).decode("ascii"), from_meta=True) if found_meta else None
     if codec is None or codec == "utf-8":  # detection reads UTF-8 as such, and a page mislabelled UTF-8 as it is
-        return _detect(data)
+        return _detect(data, lang)
     return data.decode(codec, errors="replace").lstrip("\ufeff")
 
 
-def parse_html(data: bytes, content_type: str = "") -> BeautifulSoup:
+def parse_html(data: bytes, content_type: str = "", lang: str | None = None) -> BeautifulSoup:
     """The parsed page (lxml), decoded by :func:`decode_html` so lxml never guesses the encoding itself. A plain-text
     page is one ``<pre>`` in its ``<body>``, so that its newlines stay line breaks (as a browser shows it)."""
-    text = decode_html(data, content_type)
+    text = decode_html(data, content_type, lang)
     if content_type.split(";", 1)[0].strip().lower() == "text/plain":
         text = f"<html><body><pre>{html.escape(text, quote=False)}</pre></body></html>"
     with warnings.catch_warnings():

@@ -1,4 +1,6 @@
 import math
+import subprocess
+import sys
 import shutil
 
 import pytest
@@ -606,3 +608,23 @@ def test_the_copy_guard_blocks_a_character_in_each_of_its_spellings():
     model = _peaked(v, {"蛙": 5.0, " 蛙": 5.0, "池": 0.0})  # a copy, in either spelling, is far likelier
     poems = write_poems(model, v, "や", words=2, n=8, seed=0, guard=CopyGuard.build(training, v, 2))
     assert [p for p, _ in poems] == ["や池"] * 8
+
+
+@pytest.mark.parametrize("arch, hidden", [("lstm", 32), ("gpt", 64)])
+def test_loading_a_run_and_writing_never_imports_the_compiler(tmp_path, corpus_file, arch, hidden):
+    """A model built on the meta device (to check a checkpoint's sizes, or to count it) imported torch._dynamo through
+    its meta normal_ and arange: 2 s of a 4 s `neuralda generate`."""
+    from conftest import tiny_config
+    from neuralda.train import train
+
+    train(tiny_config(corpus_file, tmp_path / "run", epochs=1, arch=arch, hidden=hidden), log=lambda s: None)
+    code = (
+        "import sys\n"
+        "from neuralda import Poet\n"
+        "from neuralda.run import Run\n"
+        f"print(Poet.load({str(tmp_path / 'run')!r}).write(words=5, seed=0) != '', 'Total params' in Run.open("
+        f"{str(tmp_path / 'run')!r}).summary(), 'torch._dynamo' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["True", "True", "False"]

@@ -99,6 +99,23 @@ def build_model(arch: str, vocab_size: int, hidden: int, layers: int, dropout: f
     return PoetLSTM(vocab_size, hidden=hidden, layers=layers, dropout=dropout)
 
 
+def normal_(tensor, std: float = 1.0):
+    """``nn.init.normal_(tensor, 0, std)``, except on torch's meta device, where there is nothing to draw: its meta
+    ``normal_`` imports torch's compiler, 1.3-2.7 s of a `neuralda generate` that builds the model there first to
+    check a checkpoint's sizes (``run.check_sizes``)."""
+    from torch import nn
+
+    return tensor if tensor.is_meta else nn.init.normal_(tensor, 0.0, std)
+
+
+def embedding(num: int, dim: int):
+    """``nn.Embedding(num, dim)``, drawn as it draws its weights (``normal_`` above, off the meta device)."""
+    import torch
+    from torch import nn
+
+    return nn.Embedding(num, dim, _weight=normal_(torch.empty(num, dim)))
+
+
 def default_size(arch: str, train_tokens: int) -> tuple[int, int]:
     """(hidden, layers) for ``arch``: the published 3 x 512 for the seed and got-book-6, from the corpus for ours."""
     from . import gpt

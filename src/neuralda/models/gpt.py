@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from ..errors import NeuraldaError
+from . import embedding, normal_
 
 BLOCK_SIZE = 128  # tokens of context; the recipe trains on windows of this length
 HEAD_SIZE = 64  # units per attention head: --hidden 256 gives 4 heads
@@ -148,22 +149,24 @@ class GPT(nn.Module):
     def __init__(self, cfg: GPTConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        self.wte = embedding(cfg.vocab_size, cfg.n_embd)
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.ln_f = nn.LayerNorm(cfg.n_embd, bias=False)
         self.decoder = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         self.decoder.weight = self.wte.weight  # tying (Press & Wolf 2017): the embedding is the output layer too
         half = cfg.n_embd // cfg.n_head // 2
-        inv_freq = cfg.rope_base ** (-torch.arange(half, dtype=torch.float32) / half)
+        # Made on the CPU (.to() moves it) even where the model is built on the meta device, whose arange imports
+        # torch's compiler (see models.normal_).
+        inv_freq = cfg.rope_base ** (-torch.arange(half, dtype=torch.float32, device="cpu") / half)
         self.register_buffer("inv_freq", inv_freq, persistent=False)
         for module in self.modules():
             if isinstance(module, (nn.Linear, nn.Embedding)):
-                nn.init.normal_(module.weight, mean=0.0, std=0.02)
+                normal_(module.weight, std=0.02)
         for name, p in self.named_parameters():
             if name.endswith("proj.weight"):
                 # GPT-2 (Radford et al. 2019): residual projections scaled by 1/sqrt(2 * layers), one per sublayer.
-                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
+                normal_(p, std=0.02 / math.sqrt(2 * cfg.n_layer))
 
     @property
     def vocab_size(self) -> int:

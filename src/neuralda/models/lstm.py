@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from . import embedding
+
 State = list[tuple[Tensor, Tensor]]
 SummaryRow = tuple[str, str, str, int]
 
@@ -88,7 +90,7 @@ class StackedLSTM(nn.Module):
     def __init__(self, vocab_size: int, embed: int, hidden: int, layers: int) -> None:
         super().__init__()
         self.vocab_size, self.embed_size, self.hidden_size = vocab_size, embed, hidden
-        self.embedding = nn.Embedding(vocab_size, embed)
+        self.embedding = embedding(vocab_size, embed)
         sizes = [embed] + [hidden] * layers
         self.lstms = nn.ModuleList(self._make_lstm(i, o) for i, o in zip(sizes[:-1], sizes[1:]))
         self.decoder = nn.Linear(hidden, vocab_size)

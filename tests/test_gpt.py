@@ -31,12 +31,16 @@ def test_the_cache_gives_the_logits_of_one_call_on_text_longer_than_the_block():
         assert all(k.shape == v.shape == (2, 2, 7, 16) for k, v in state)  # the block's 7 past positions
 
 
-def test_writing_in_bf16_by_name_computes_in_bf16():
-    """``--precision bf16`` is autocast for a model without packed steps; ``auto`` keeps its float32."""
+def test_writing_on_a_cpu_packs_the_products_in_the_precision_asked_for():
+    """bf16 by name, or auto on CPUs with bf16 units (as the LSTMs); the scores come out in float32 either way."""
+    from neuralda.train import pick_precision
+
     model, x = tiny_gpt(), torch.randint(0, 40, (3, 1))
     cpu = torch.device("cpu")
-    assert writing_steps(model, cpu, "bf16")(x, None)[0].dtype == torch.bfloat16
-    assert writing_steps(model, cpu, "auto")(x, None)[0].dtype == torch.float32
+    auto = torch.bfloat16 if pick_precision("auto", "cpu", "gpt") == "bf16" else torch.float32
+    for precision, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32), ("auto", auto)):
+        steps = writing_steps(model, cpu, precision)
+        assert steps.dtype == dtype and steps(x, None)[0].dtype == torch.float32
 
 
 def test_each_layer_looks_back_block_size_minus_one_tokens():
@@ -122,3 +126,31 @@ def test_every_residual_projection_is_scaled():
     for block in model.blocks:
         for p in (block.attn.proj.weight, block.mlp.proj.weight):
             assert p.std().item() == pytest.approx(0.02 / 6**0.5, rel=0.1)
+
+
+@pytest.mark.parametrize("dtype, tolerance", [(torch.bfloat16, 0.02), (torch.float32, 1e-5)])
+def test_packed_steps_follow_the_gpt_token_by_token_and_a_row_alone_is_the_row_in_a_batch(dtype, tolerance):
+    """Writing on a CPU goes through GPTSteps: the model's logits one token at a time, past its window too, and the
+    same bits for a poem alone as in a batch (the model's own MKL products differed at every step)."""
+    from neuralda.models.gpt import GPTSteps
+
+    model = tiny_gpt(block_size=8)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(3)  # scores far from uniform, so a wrong product would show
+        ids = torch.randint(0, 40, (3, 20))
+        expected, _ = model(ids)
+        steps = GPTSteps(model, dtype)
+        assert steps.batch_invariant
+        batch = alone = None
+        got, lone = [], []
+        for t in range(ids.size(1)):
+            logits, batch = steps(ids[:, t : t + 1], batch)
+            got.append(logits)
+            logits, alone = steps(ids[:1, t : t + 1], alone)
+            lone.append(logits)
+    got = torch.cat(got, 1)
+    assert expected.std() > 0.5
+    assert torch.allclose(got.softmax(-1), expected.softmax(-1), atol=tolerance)
+    assert torch.equal(torch.cat(lone, 1), got[:1])
+    assert isinstance(writing_steps(model, torch.device("cpu"), "fp32"), GPTSteps)

@@ -95,7 +95,7 @@ def test_recipes_reproduce_the_published_setups():
 def test_packed_steps_write_a_lone_row_as_a_pair_where_its_product_would_differ(monkeypatch):
     from neuralda.models import lstm
 
-    packed = lstm._packed_matmul
+    packed = lstm.packed_matmul
 
     def lone_rows_differ(weight, dtype):  # as where oneDNN takes another kernel for one row
         f = packed(weight, dtype)
@@ -104,7 +104,7 @@ def test_packed_steps_write_a_lone_row_as_a_pair_where_its_product_would_differ(
     torch.manual_seed(0)
     model = build_model("lstm", 50, 16, 2, 0.0).eval()
     ids = torch.randint(0, 50, (3, 6))
-    monkeypatch.setattr(lstm, "_packed_matmul", lone_rows_differ)
+    monkeypatch.setattr(lstm, "packed_matmul", lone_rows_differ)
     steps = lstm.LSTMSteps(model, torch.float32)
     assert steps.min_rows == 2
     batch = alone = None

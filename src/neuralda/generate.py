@@ -3,7 +3,7 @@
 The start words are read once; then each step feeds only the newest token and carries the recurrent state (the
 seed re-ran the whole growing sequence at every step). Each poem draws from its own random generator, so a batch
 of poems is the same as writing them one by one with the same seeds, bit for bit where the model's step is
-(``batch_invariant``: an LSTM on the CPU); a GPU's or a transformer's products may round a rare word otherwise.
+(``batch_invariant``: every model's packed steps on the CPU); a GPU's products may round a rare word otherwise.
 """
 
 from __future__ import annotations
@@ -244,32 +244,32 @@ _cpu_steps_lock = threading.Lock()  # the web server writes from several threads
 
 
 def writing_steps(model, device: torch.device, precision: str = "auto"):
-    """What writes one token at a time: for an LSTM on the CPU, its packed steps (``LSTMSteps``) in bfloat16 where
-    ``precision`` resolves to bf16 (``auto``: CPUs with bf16 units), else in float32; otherwise the model itself,
-    under bf16 autocast where ``precision`` is "bf16" by name. Built once per set of weights."""
+    """What writes one token at a time: on the CPU the model's packed steps (``LSTMSteps``, ``GPTSteps``) in bfloat16
+    where ``precision`` resolves to bf16 (``auto``: CPUs with bf16 units), else in float32; on other devices the model
+    itself, under bf16 autocast where ``precision`` is "bf16" by name. Built once per set of weights."""
+    from .models.gpt import GPTSteps
     from .models.lstm import LSTMSteps, StackedLSTM
     from .train import pick_precision
 
     arch = "lstm" if isinstance(model, StackedLSTM) else "gpt"
-    dtype = torch.bfloat16 if pick_precision(precision, device.type, arch) == "bf16" else torch.float32
-    if device.type != "cpu" or arch != "lstm":
+    if device.type != "cpu":
         if precision == "bf16":  # asked for by name: autocast (auto keeps float32 where bf16 was not measured)
             return functools.partial(_autocast_step, model, device.type)
         return model
+    dtype = torch.bfloat16 if pick_precision(precision, device.type, arch) == "bf16" else torch.float32
     versions = tuple(p._version for p in model.parameters())  # a model still training changes in place
     with _cpu_steps_lock:
         cached = _cpu_steps.get(model)
         if cached is None or cached[:2] != (versions, dtype):
-            cached = _cpu_steps[model] = versions, dtype, LSTMSteps(model, dtype)
+            steps = LSTMSteps(model, dtype) if arch == "lstm" else GPTSteps(model, dtype)
+            cached = _cpu_steps[model] = versions, dtype, steps
         return cached[2]
 
 
 def batch_invariant(model, device: torch.device, precision: str = "auto") -> bool:
-    """Whether a poem written in a batch is bit for bit the one written alone: checked for an LSTM's packed steps on
-    the CPU (``LSTMSteps``); a transformer's cached step, or a GPU's products, may round a batch otherwise."""
-    from .models.lstm import LSTMSteps
-
-    return isinstance(writing_steps(model, device, precision), LSTMSteps)
+    """Whether a poem written in a batch is bit for bit the one written alone: checked for the packed steps on the
+    CPU (``LSTMSteps``, ``GPTSteps``); a GPU's products may round a batch otherwise."""
+    return getattr(writing_steps(model, device, precision), "batch_invariant", False)
 
 
 def _autocast_step(model, device_type: str, x: torch.Tensor, state):
@@ -587,8 +587,8 @@ class Poet:
         max_copy: int = 0,
     ) -> list[str]:
         """``n`` poems written in one batched pass; poem ``i`` is the one ``write`` gives with ``seed + i`` (or
-        ``seed[i]`` for a list; none: a random seed), bit for bit where the model is ``batch_invariant`` (an LSTM
-        on the CPU): a transformer's or a GPU's batch may round a rare word otherwise, and the poem goes on from it.
+        ``seed[i]`` for a list; none: a random seed), bit for bit where the model is ``batch_invariant`` (on the
+        CPU): a GPU's batch may round a rare word otherwise, and the poem goes on from it.
 
         ``start``: the first words (none: "love" where the model knows it, else anywhere); ``words``: at most that
         many; ``temperature``, ``top_k``, ``top_p``, ``repetition_penalty``: how each word is drawn

@@ -9,6 +9,7 @@ and many short ones give the same logits on text of any length.
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 
@@ -17,7 +18,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from ..errors import NeuraldaError
-from . import embedding, normal_
+from . import embedding, normal_, packed_matmul, same_alone_as_in_pairs
 
 BLOCK_SIZE = 128  # tokens of context; the recipe trains on windows of this length
 HEAD_SIZE = 64  # units per attention head: --hidden 256 gives 4 heads
@@ -201,3 +202,37 @@ class GPT(nn.Module):
         rows.append(("layer_norm (LayerNorm)", f"(None, None, {width})", self.ln_f.weight.numel()))
         rows.append(("dense (Dense, tied)", f"(None, None, {vocab})", 0))  # its weight is the embedding
         return rows
+
+
+class _PackedLinear(nn.Module):
+    """A bias-free linear layer as a oneDNN product packed once (``models.packed_matmul``); float32 out."""
+
+    def __init__(self, weight: Tensor, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.matmul = packed_matmul(weight, dtype)
+        self.in_features = weight.size(1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.matmul(x.flatten(0, -2)).float().unflatten(0, x.shape[:-1])
+
+
+class GPTSteps:
+    """One-token steps of a GPT for writing on a CPU: a copy of it whose linear layers are oneDNN products packed
+    once for 32 rows, in bfloat16 or float32, as ``LSTMSteps`` does for an LSTM. MKL's products for fewer than 16
+    rows round otherwise than a batch's, so a poem written alone differed from the same poem in a batch at every step;
+    packed, each row gets the same bits in any batch (``batch_invariant``: checked for each product when built)."""
+
+    def __init__(self, model: GPT, dtype: torch.dtype = torch.bfloat16) -> None:
+        self.dtype = dtype
+        self.model = copy.deepcopy(model).eval()
+        self.batch_invariant = True
+        for module in list(self.model.modules()):
+            for name, child in list(module.named_children()):
+                if isinstance(child, nn.Linear):
+                    packed = _PackedLinear(child.weight, dtype)
+                    self.batch_invariant &= same_alone_as_in_pairs(packed.matmul, packed.in_features)
+                    setattr(module, name, packed)
+
+    @torch.no_grad()
+    def __call__(self, x: Tensor, state: KVCache | None = None) -> tuple[Tensor, KVCache]:
+        return self.model(x, state)

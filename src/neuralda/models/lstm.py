@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from . import embedding
+from . import embedding, packed_matmul, same_alone_as_in_pairs
 
 State = list[tuple[Tensor, Tensor]]
 SummaryRow = tuple[str, str, str, int]
@@ -128,28 +128,6 @@ class StackedLSTM(nn.Module):
         return rows
 
 
-PACKED_ROWS = 32  # the rows oneDNN lays packed weights out for: float32 steps of 1-32 rows ran 1.4-2.2x faster
-# packed for 32 rows than for 1 (bfloat16 ones the same), and gave one row the bits it gets in a batch
-
-
-def _packed_matmul(weight: Tensor, dtype: torch.dtype):
-    """``x -> x @ weight.T`` in ``dtype`` (adding a float32 bias makes it float32), the weight packed once for oneDNN
-    (the packing PyTorch's own compiler uses on CPUs); a plain product where this build's private oneDNN ops differ."""
-    w = weight.detach().to(dtype)
-    try:
-        packed = torch.ops.mkldnn._reorder_linear_weight(w, PACKED_ROWS)
-        torch.ops.mkldnn._linear_pointwise(w.new_zeros(2, w.size(1)), packed, None, "none", [], "")
-    except (AttributeError, RuntimeError):
-        return lambda x: x.to(dtype) @ w.t()
-    return lambda x: torch.ops.mkldnn._linear_pointwise(x.to(dtype), packed, None, "none", [], "")
-
-
-def _same_alone_as_in_pairs(matmul, columns: int) -> bool:
-    """Whether ``matmul`` gives a row the same bits alone as beside another (a lone row may take another kernel)."""
-    x = torch.randn(2, columns, generator=torch.Generator().manual_seed(0))
-    return torch.equal(matmul(x[:1]), matmul(x)[:1])
-
-
 class LSTMSteps:
     """One-token steps of a stacked LSTM for writing on a CPU: its matrices packed once for oneDNN, in bfloat16 or
     float32; the state and the gates in float32. Built from an ``eval()`` model: dropout is off when writing.
@@ -170,13 +148,14 @@ class LSTMSteps:
         order = [torch.cat([q * m.hidden_size + torch.arange(m.hidden_size) for q in (0, 1, 3, 2)]) for m in model.lstms]
         weights = [torch.cat([m.weight_ih_l0, m.weight_hh_l0], 1)[o] for m, o in zip(model.lstms, order)]
         weights.append(model.decoder.weight)
-        matmuls = [_packed_matmul(w, dtype) for w in weights]
+        matmuls = [packed_matmul(w, dtype) for w in weights]
         biases = [(m.bias_ih_l0 + m.bias_hh_l0).detach()[o] for m, o in zip(model.lstms, order)]
         self.layers = [(f, b, m.hidden_size) for f, b, m in zip(matmuls, biases, model.lstms)]
         self.decoder = matmuls[-1], model.decoder.bias.detach()
         # A lone poem is written as a pair where one row would get other bits than in a batch.
-        alone_ok = all(_same_alone_as_in_pairs(f, w.size(1)) for f, w in zip(matmuls, weights))
+        alone_ok = all(same_alone_as_in_pairs(f, w.size(1)) for f, w in zip(matmuls, weights))
         self.min_rows = 1 if alone_ok else 2
+        self.batch_invariant = True  # with lone rows written as pairs where needed
 
     @torch.no_grad()
     def __call__(self, x: Tensor, state: State | None = None) -> tuple[Tensor, State]:

@@ -245,18 +245,19 @@ _cpu_steps_lock = threading.Lock()  # the web server writes from several threads
 
 def writing_steps(model, device: torch.device, precision: str = "auto"):
     """What writes one token at a time: on the CPU the model's packed steps (``LSTMSteps``, ``GPTSteps``) in bfloat16
-    where ``precision`` resolves to bf16 (``auto``: CPUs with bf16 units), else in float32; on other devices the model
-    itself, under bf16 autocast where ``precision`` is "bf16" by name. Built once per set of weights."""
-    from .models.gpt import GPTSteps
+    where ``precision`` resolves to bf16 (``auto``: CPUs with bf16 units), else in float32; on other devices (and for
+    a model of another kind) the model itself, under bf16 autocast where ``precision`` is "bf16" by name. Built once
+    per set of weights."""
+    from .models.gpt import GPT, GPTSteps
     from .models.lstm import LSTMSteps, StackedLSTM
     from .train import pick_precision
 
     arch = "lstm" if isinstance(model, StackedLSTM) else "gpt"
-    if device.type != "cpu":
+    dtype = torch.bfloat16 if pick_precision(precision, device.type, arch) == "bf16" else torch.float32
+    if device.type != "cpu" or not isinstance(model, (StackedLSTM, GPT)):
         if precision == "bf16":  # asked for by name: autocast (auto keeps float32 where bf16 was not measured)
             return functools.partial(_autocast_step, model, device.type)
         return model
-    dtype = torch.bfloat16 if pick_precision(precision, device.type, arch) == "bf16" else torch.float32
     versions = tuple(p._version for p in model.parameters())  # a model still training changes in place
     with _cpu_steps_lock:
         cached = _cpu_steps.get(model)

@@ -4,8 +4,8 @@ The page (``static/``) is plain HTML, CSS and JavaScript. Each model is loaded o
 read after that. Requests that arrive while poems like theirs are being written (same model, start, length and
 sampling) are written together in the next batched pass (``Batcher``): writing is a Python loop over tokens that
 holds the GIL, so side-by-side passes would only take turns. Each poem draws from its own seed, so a poem is the
-same whatever it was batched with; a model whose batches are not checked to round each poem as alone (the
-transformer) writes each request alone. Only the runs and checkpoints named at start can be asked for: a request names
+same whatever it was batched with; a model whose batches are not checked to round each poem as alone
+(``batch_invariant``) writes each request alone. Only the runs and checkpoints named at start can be asked for: a request names
 them, never a path.
 """
 

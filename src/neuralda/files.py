@@ -17,7 +17,8 @@ from .errors import NeuraldaError
 
 # The temporary file of an atomic write (mkstemp's prefix, 8 random characters, suffix): one a killed process left is
 # a partial copy of the file it was writing (a 190 MB checkpoint for the seed's "last").
-PARTIAL_WRITE = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")
+_TEMPORARY = r"\.{}\.[a-z0-9_]{{8}}\.tmp"
+PARTIAL_WRITE = re.compile(_TEMPORARY.format(".+"))
 
 
 def atomic_write(path: str | os.PathLike, data: bytes | str | Callable[[Path], None]) -> None:
@@ -80,7 +81,7 @@ def _umask() -> int:
 def remove_partial_writes(*folders: str | os.PathLike, of: str | None = None) -> None:
     """Delete the temporary files that atomic writes into ``folders`` left when their process was killed; with
     ``of``, only those of the file of that name."""
-    pattern = PARTIAL_WRITE if of is None else re.compile(rf"\.{re.escape(of)}\.[a-z0-9_]{{8}}\.tmp")
+    pattern = PARTIAL_WRITE if of is None else re.compile(_TEMPORARY.format(re.escape(of)))
     for folder in map(Path, folders):
         if folder.is_dir():
             for path in folder.iterdir():

@@ -210,7 +210,6 @@ class _PackedLinear(nn.Module):
     def __init__(self, weight: Tensor, dtype: torch.dtype) -> None:
         super().__init__()
         self.matmul = packed_matmul(weight, dtype)
-        self.in_features = weight.size(1)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.matmul(x.flatten(0, -2)).float().unflatten(0, x.shape[:-1])
@@ -230,7 +229,7 @@ class GPTSteps:
             for name, child in list(module.named_children()):
                 if isinstance(child, nn.Linear):
                     packed = _PackedLinear(child.weight, dtype)
-                    self.batch_invariant &= same_alone_as_in_pairs(packed.matmul, packed.in_features)
+                    self.batch_invariant &= same_alone_as_in_pairs(packed.matmul, child.in_features)
                     setattr(module, name, packed)
 
     @torch.no_grad()

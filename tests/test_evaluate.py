@@ -23,6 +23,7 @@ from neuralda.evaluate import (
     poem_words,
     sample_measures,
     suffix_array,
+    HeldoutScorer,
     token_nll,
 )
 from neuralda.run import Run
@@ -96,8 +97,8 @@ def test_a_big_vocabulary_is_read_in_shorter_chunks():
 
 
 def test_held_out_loss_on_a_gpu_is_read_without_tf32():
-    """Training turns TF32 on for a GPU's speed; the held-out loss it logs is measured in full float32, as
-    ``evaluate`` measures it, and the training's flags are back afterwards. Elsewhere the flags are not touched."""
+    """Training turns TF32 on for a GPU's speed; ``evaluate`` measures held-out loss in full float32, and the
+    training's flags are back afterwards. Elsewhere (and for training's own validation, "tf32") they are not touched."""
     from neuralda.evaluate import _full_float32
 
     tf32 = torch.backends.cuda.matmul, torch.backends.cudnn
@@ -108,12 +109,38 @@ def test_held_out_loss_on_a_gpu_is_read_without_tf32():
         with _full_float32("fp32", torch.device("cuda")):
             assert [flags.allow_tf32 for flags in tf32] == [False, False]
         assert [flags.allow_tf32 for flags in tf32] == [True, True]
-        for precision, device in (("bf16", "cuda"), ("fp32", "cpu")):  # a speed's measure; a CPU has no TF32
+        for precision, device in (("bf16", "cuda"), ("tf32", "cuda"), ("fp32", "cpu")):  # a CPU has no TF32
             with _full_float32(precision, torch.device(device)):
                 assert [flags.allow_tf32 for flags in tf32] == [True, True]
     finally:
         for flags, value in zip(tf32, before):
             flags.allow_tf32 = value
+
+
+def scorer_case(tiny_run, device: str):
+    run = Run.open(tiny_run)
+    model, _ = run.load_model("best")
+    return model.to(device), torch.tensor(run.vocab.encode_poems(run.training_texts())).to(device)
+
+
+@pytest.mark.parametrize(
+    "device",
+    ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU"))],
+)
+def test_a_scorer_kept_for_a_run_scores_the_weights_it_is_given_now(tiny_run, device):
+    """Training lays its held-out text out once and scores it after each epoch; on a GPU the pass is captured as a
+    CUDA graph after the first. Each score is the one token_nll gives for the weights of that moment (the optimizer
+    updates them in place)."""
+    model, ids = scorer_case(tiny_run, device)
+    scorer = HeldoutScorer(model, ids, graph=True)
+    first = scorer()
+    assert scorer() == first == token_nll(model, ids)
+    assert (scorer.graph is not None) == (device == "cuda")
+    with torch.no_grad():
+        for weight in model.parameters():
+            weight.mul_(0.9)
+    again = scorer()
+    assert again == token_nll(model, ids) and again[0] != first[0]
 
 
 @pytest.mark.parametrize("streams, block_rows", [(16, None), (3, 5)])

@@ -329,7 +329,7 @@ def test_metrics_show_the_rate_each_epoch_trained_at(tmp_path, corpus_file, monk
     import neuralda.train as training
 
     losses = iter([5.0, 6.0, 4.0])  # held-out losses scripted: a trajectory's rounding differs from CPU to CPU
-    monkeypatch.setattr(training, "token_nll", lambda model, ids, precision="fp32", share=(0, 1): (next(losses), 1))
+    monkeypatch.setattr(training, "HeldoutScorer", lambda *args, **options: lambda: (next(losses), 1))
     out = tmp_path / "run"
     train(tiny_config(corpus_file, out, epochs=3, lr=0.5, patience=0), **QUIET)
     rows = metrics(out)
@@ -373,10 +373,10 @@ def test_gains_too_small_to_keep_the_rate_count_towards_patience(tmp_path, corpu
 
     losses = iter([5.0, 4.0, 3.99999, 3.99998, 3.99997, 3.99996, 3.99995])  # per token, after each epoch
 
-    def scripted(model, ids, precision="fp32", share=(0, 1)):
-        return next(losses) * (ids.numel() - 1), ids.numel() - 1
+    def scripted(model, ids, *args, **options):
+        return lambda: (next(losses) * (ids.numel() - 1), ids.numel() - 1)
 
-    monkeypatch.setattr(training, "token_nll", scripted)
+    monkeypatch.setattr(training, "HeldoutScorer", scripted)
     cfg = tiny_config(corpus_file, tmp_path / "run", epochs=7, patience=2, lr=0.01)  # lstm: plateau schedule
     result = train(cfg, **QUIET)
     # Epochs 3 and 4 gain 0.00025% each: the schedule halves the rate after each, and patience stops the run there.
@@ -388,16 +388,17 @@ def train_until_ctrl_c(cfg, epoch: int, monkeypatch, log=lambda s: None) -> None
     """Train ``cfg`` until Ctrl-C while ``epoch`` validates (its weights trained, not yet held as the best)."""
     import neuralda.train as training
 
-    scored, calls = training.token_nll, []
+    calls = []
 
-    def interrupted(model, ids, precision="fp32", share=(0, 1)):
-        calls.append(1)
-        if len(calls) == epoch:
-            raise KeyboardInterrupt
-        return scored(model, ids, precision, share)
+    class Interrupted(training.HeldoutScorer):
+        def __call__(self) -> tuple[float, int]:
+            calls.append(1)
+            if len(calls) == epoch:
+                raise KeyboardInterrupt
+            return super().__call__()
 
     with monkeypatch.context() as m, pytest.raises(KeyboardInterrupt):
-        m.setattr(training, "token_nll", interrupted)
+        m.setattr(training, "HeldoutScorer", Interrupted)
         train(cfg, log=log)
 
 
@@ -860,7 +861,7 @@ def test_the_seed_s_rate_stays_fixed_when_held_out_loss_stalls(tmp_path, corpus_
     import neuralda.train as training
 
     losses = iter([5.0, 6.0, 7.0])
-    monkeypatch.setattr(training, "token_nll", lambda model, ids, precision="fp32", share=(0, 1): (next(losses), 1))
+    monkeypatch.setattr(training, "HeldoutScorer", lambda *args, **options: lambda: (next(losses), 1))
     train(tiny_config(corpus_file, tmp_path / "run", arch="seed", epochs=3, hidden=16), **QUIET)
     assert [r["lr"] for r in metrics(tmp_path / "run")] == [1e-3] * 3
 
@@ -886,7 +887,7 @@ def test_max_time_does_not_start_an_epoch_the_budget_cannot_hold(tmp_path, corpu
 
     now = [0.0]
 
-    def validate(model, ids, precision="fp32", share=(0, 1)):
+    def validate():
         now[0] += 10.0
         return 4.0, 1
 
@@ -895,7 +896,7 @@ def test_max_time_does_not_start_an_epoch_the_budget_cannot_hold(tmp_path, corpu
         return now[0]
 
     monkeypatch.setattr(training, "time", types.SimpleNamespace(monotonic=clock))
-    monkeypatch.setattr(training, "token_nll", validate)
+    monkeypatch.setattr(training, "HeldoutScorer", lambda *args, **options: validate)
     result = train(tiny_config(corpus_file, tmp_path / "run", epochs=5, max_time=25.0), **QUIET)
     assert (result.stopped, result.epochs) == ("time", 2)
     assert [r["cut"] for r in metrics(tmp_path / "run")] == [False, False]
@@ -905,7 +906,7 @@ def test_an_epoch_as_good_as_the_best_is_not_a_new_best(tmp_path, corpus_file, m
     import neuralda.train as training
 
     losses = iter([5.0, 5.0, 4.0])
-    monkeypatch.setattr(training, "token_nll", lambda model, ids, precision="fp32", share=(0, 1): (next(losses), 1))
+    monkeypatch.setattr(training, "HeldoutScorer", lambda *args, **options: lambda: (next(losses), 1))
     result = train(tiny_config(corpus_file, tmp_path / "run", epochs=3, patience=0, save_every=0.0), **QUIET)
     assert [r["best"] for r in metrics(tmp_path / "run")] == [True, False, True] and result.best_epoch == 3
 
@@ -953,7 +954,7 @@ def test_a_run_killed_right_after_a_checkpoint_resumes_with_each_epoch_and_its_b
 
     out = tmp_path / "run"
     losses = iter([5.0, 4.0, 3.0])  # each epoch a new best
-    monkeypatch.setattr(training, "token_nll", lambda model, ids, precision="fp32", share=(0, 1): (next(losses), 1))
+    monkeypatch.setattr(training, "HeldoutScorer", lambda *args, **options: lambda: (next(losses), 1))
     real = training.save_checkpoint
 
     def killed_after_last_of_epoch_2(path, tensors, meta):

@@ -27,7 +27,7 @@ from torch.nn import functional as F
 from . import __version__
 from .corpus import read_corpus, split_poems, write_corpus
 from .errors import NeuraldaError
-from .evaluate import autocast, format_ppl, loss_chunk, perplexity, token_nll
+from .evaluate import HeldoutScorer, autocast, format_ppl, loss_chunk, perplexity
 from .files import PARTIAL_WRITE, append_line, atomic_write, remove_partial_writes, write_json
 from .generate import default_start, write_poems
 from .models import RECIPES, Recipe, build_model, default_size, recipe
@@ -748,6 +748,10 @@ class Trainer:
         counts = torch.bincount(self.train_ids, minlength=len(self.run.vocab))
         self.rare = counts[self.train_ids] == 1
         self.val_ids = _stream(self.run, "val").to(device)  # on the device once, not a chunk at a time
+        # float32 with training's TF32 products on a GPU (see evaluate._full_float32): one number per model; each
+        # process reads its share of the streams
+        share = (self.dist.rank, self.dist.world)
+        self.score_val = HeldoutScorer(self.model, self.val_ids, "tf32", share, graph=True)
         self.state = {
             "epoch": 0, "step": 0, "best_val": None, "best_epoch": 0, "bad_epochs": 0, "last_val": None,
             "plateau_val": None,  # the held-out loss the last real gain reached (see PLATEAU_THRESHOLD)
@@ -891,8 +895,7 @@ class Trainer:
             )
         val_loss, val_start = None, time.monotonic()
         if self.val_ids.numel() > 1:
-            # float32, as evaluate measures: one number per model; each process reads its share of the streams
-            nll, count = token_nll(self.model, self.val_ids, share=(self.dist.rank, self.dist.world))
+            nll, count = self.score_val()
             if self.dist.world > 1:
                 nll, count = self.dist.sum(torch.tensor([nll, count], dtype=torch.float64, device=self.device)).tolist()
             val_loss = self.dist.agree(nll / count, self.device)

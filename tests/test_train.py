@@ -856,6 +856,23 @@ def test_the_thoutt_recipe_clips_each_gradient_element(tmp_path, corpus_file, mo
     assert moved[0] > 1e-3 and moved[1] < 1e-4
 
 
+@pytest.mark.parametrize("max_norm", [0.5, 1e3])  # clipped, and left as they are
+def test_clipping_by_norm_gives_torch_s_gradients_bit_for_bit(max_norm):
+    """Training clips with its own lean clip_grad_norm (no per-step grouping: a GPU's small steps wait on the host);
+    the gradients are torch's clip_grad_norm_'s exactly, so a run trains as it did with torch's."""
+    from neuralda.train import clip_grad_norm
+
+    torch.manual_seed(0)
+    grads = [torch.randn(shape) for shape in ((64, 32), (32,), (5, 7, 3), (1,))]
+    params = [torch.nn.Parameter(torch.zeros_like(g)) for g in grads]
+    for param, grad in zip(params, grads):
+        param.grad = grad.clone()
+    torch.nn.utils.clip_grad_norm_(params, max_norm)
+    clip_grad_norm(grads, max_norm)
+    assert all(torch.equal(param.grad, grad) for param, grad in zip(params, grads))
+    assert (max_norm < 1) == (float(torch.linalg.vector_norm(torch.cat([g.flatten() for g in grads]))) < 1)
+
+
 def test_the_seed_s_rate_stays_fixed_when_held_out_loss_stalls(tmp_path, corpus_file, monkeypatch):
     """The seed's and got-book-6's Adam ran at 1e-3 throughout: no schedule halves it (ours does, see above)."""
     import neuralda.train as training

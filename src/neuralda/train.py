@@ -374,6 +374,14 @@ class LossModule(torch.nn.Module):
         return loss, state
 
 
+def clip_grad_norm(grads: list[torch.Tensor], max_norm: float) -> None:
+    """``torch.nn.utils.clip_grad_norm_`` for gradients on one device, by the same operations (the same gradients
+    bit for bit), without its per-call grouping by device and type: on a GPU a small model's step waits on the host,
+    and its clipping took 8-12% of an epoch of our lstm and gpt on an H200 (~1 ms a step of ~6)."""
+    norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+    torch._foreach_mul_(grads, torch.clamp(max_norm / (norm + 1e-6), max=1.0))
+
+
 def _uncompiled(kind: type[torch.optim.Optimizer]) -> type[torch.optim.Optimizer]:
     """``kind`` with its plain methods. torch.optim wraps ``step``, ``zero_grad``, ``add_param_group`` and the state
     dict's methods so that a compiled program does not trace into them, and their first call imports the compiler
@@ -733,6 +741,7 @@ class Trainer:
         torch.manual_seed(torch_seed(c["seed"]))
         self.model = self.run.build_model().to(device)
         self.optimizer = make_optimizer(self.model, c)
+        self.params = list(self.model.parameters())  # once: each listing walks the modules (~0.1 ms a step)
         self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
             self.optimizer, factor=0.5, patience=0, threshold=PLATEAU_THRESHOLD
         )
@@ -858,9 +867,9 @@ class Trainer:
                 loss += group_loss.detach()
                 hidden.append(state)
             if c["clip_value"]:
-                torch.nn.utils.clip_grad_value_(model.parameters(), c["clip_value"])
+                torch.nn.utils.clip_grad_value_(self.params, c["clip_value"])
             if c["clip_norm"]:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), c["clip_norm"])
+                clip_grad_norm([p.grad for p in self.params if p.grad is not None], c["clip_norm"])
             self.optimizer.step()
             if c["stateful"]:
                 hidden = [[(h.detach(), s.detach()) for h, s in state] for state in hidden]

@@ -143,6 +143,23 @@ def test_a_scorer_kept_for_a_run_scores_the_weights_it_is_given_now(tiny_run, de
     assert again == token_nll(model, ids) and again[0] != first[0]
 
 
+def test_a_pass_a_gpu_cannot_capture_is_scored_as_the_first_was(tiny_run, monkeypatch):
+    """Where capturing the pass as a CUDA graph fails, validation goes on without one: same scores, no error."""
+    model, ids = scorer_case(tiny_run, "cpu")
+    tries = []
+
+    def refused(graph):
+        tries.append(graph)
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", object)
+    monkeypatch.setattr(torch.cuda, "graph", refused)
+    scorer = HeldoutScorer(model, ids)
+    scorer.capture = True  # as on a GPU
+    assert scorer() == scorer() == token_nll(model, ids)
+    assert len(tries) == 1 and scorer.graph is None and not scorer.capture
+
+
 @pytest.mark.parametrize("streams, block_rows", [(16, None), (3, 5)])
 def test_token_nll_is_the_text_read_as_one_stream(tiny_run, monkeypatch, streams, block_rows):
     """Parallel streams read in chunks, each first reading the text before its part, score what one stream read

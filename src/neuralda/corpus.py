@@ -379,7 +379,7 @@ def import_files(
     for path in paths:
         name = str(path)
         data = _read_bytes(path)
-        text = decode_bytes(data, name, lang)
+        text = "" if fmt == "html" else decode_bytes(data, name, lang)  # a page is decoded by its own rules
         kind = _detect_format(text, path) if fmt == "auto" else fmt
         if kind == "html":
             found = _html_poem(data, _clean_field(Path(path).name), title_css, body_css, lang)

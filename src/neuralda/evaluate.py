@@ -109,7 +109,7 @@ class HeldoutScorer:
     ) -> None:
         self.model, self.precision = model, precision
         self.device = device = next(model.parameters()).device
-        self.graph: torch.cuda.CUDAGraph | None = None
+        self.graph: tuple[torch.cuda.CUDAGraph, torch.Tensor] | None = None  # the captured pass and its sums
         self.capture = graph and device.type == "cuda" and precision != "bf16"  # autocast's cache is no graph's
         n = ids.numel() - 1
         on_cpu = device.type == "cpu"
@@ -164,8 +164,8 @@ class HeldoutScorer:
         self.model.eval()
         try:
             if self.graph is not None:
-                self.graph.replay()
-                sums = self.captured
+                self.graph[0].replay()
+                sums = self.graph[1]
             else:
                 sums = self._sums()
                 if self.capture:  # after a first pass has set up cuDNN and cuBLAS for these shapes
@@ -175,16 +175,16 @@ class HeldoutScorer:
             self.model.train(was_training)
         return float(sums.cpu().double().sum()), self.count  # float64 on the CPU: MPS has none
 
-    def _capture(self) -> torch.cuda.CUDAGraph | None:
-        """The pass captured as a CUDA graph, or None where it cannot be (a GPU backend whose recurrent kernels a
-        graph cannot hold, say): then every pass runs as the first did, which also scored this text."""
+    def _capture(self) -> tuple[torch.cuda.CUDAGraph, torch.Tensor] | None:
+        """The pass captured as a CUDA graph with the tensor its replays write the sums to, or None where it cannot
+        be (a GPU backend whose recurrent kernels a graph cannot hold, say): then every pass runs as the first did."""
         try:
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph):
-                self.captured = self._sums()
+                sums = self._sums()
         except RuntimeError:
             return None
-        return graph
+        return graph, sums
 
 
 def format_ppl(value: float) -> str:

@@ -130,11 +130,14 @@ class StackedLSTM(nn.Module):
 
 class LSTMSteps:
     """One-token steps of a stacked LSTM for writing on a CPU: its matrices packed once for oneDNN, in bfloat16 or
-    float32; the state and the gates in float32. Built from an ``eval()`` model: dropout is off when writing.
+    float32, the biases added inside them; the gates and cells in float32. Built from an ``eval()`` model: dropout is
+    off when writing.
 
     A one-token step reads every weight once and does little else: the seed's 36 MB of float32 weights take
     1.8 ms a step packed on our 2-core CPUs (more than their 32 MB cache; nn.LSTM's own step 3.7 ms), its 18 MB of
-    bfloat16 ones 0.4-0.5 ms, and 32 poems at once 2.1 ms. Each row's result must not depend on the batch, so that a
+    bfloat16 ones 0.4-0.5 ms on a quiet day (1.0-1.5 on a busy one). Around the products, a step of 32 poems spent as
+    long again converting and adding: with the biases inside the products and each layer's output kept in ``dtype``
+    it took 1.5-2.2 ms against 2.4-3.0 before (three alternated runs on one busy day). Each row's result must not depend on the batch, so that a
     poem is the same written alone or with others: oneDNN's products packed for 32 rows gave the same bits at every
     batch size we measured (packed for one row, a lone float32 row took another kernel); where a lone row's bits
     differ from a pair's on this machine, a lone poem is written as a pair.
@@ -142,40 +145,41 @@ class LSTMSteps:
 
     def __init__(self, model: StackedLSTM, dtype: torch.dtype = torch.bfloat16) -> None:
         self.dtype = dtype
-        self.embedding = model.embedding.weight.detach()
+        # Each layer's input and output are rounded to ``dtype`` once, where the next product reads them.
+        self.embedding = model.embedding.weight.detach().to(dtype)
         # The gates reordered from PyTorch's i, f, g, o to i, f, o, g: one sigmoid then covers three of them (at 32
         # rows the cell's float32 steps took 0.089 ms a layer here against 0.124 in nn.LSTM's order).
         order = [torch.cat([q * m.hidden_size + torch.arange(m.hidden_size) for q in (0, 1, 3, 2)]) for m in model.lstms]
         weights = [torch.cat([m.weight_ih_l0, m.weight_hh_l0], 1)[o] for m, o in zip(model.lstms, order)]
-        weights.append(model.decoder.weight)
-        matmuls = [packed_matmul(w, dtype) for w in weights]
-        biases = [(m.bias_ih_l0 + m.bias_hh_l0).detach()[o] for m, o in zip(model.lstms, order)]
-        self.layers = [(f, b, m.hidden_size) for f, b, m in zip(matmuls, biases, model.lstms)]
-        self.decoder = matmuls[-1], model.decoder.bias.detach()
+        biases = [(m.bias_ih_l0 + m.bias_hh_l0)[o] for m, o in zip(model.lstms, order)]
+        matmuls = [packed_matmul(w, dtype, b) for w, b in zip(weights, biases)]
+        self.layers = [(f, m.hidden_size) for f, m in zip(matmuls, model.lstms)]
+        self.decoder = packed_matmul(model.decoder.weight, dtype, model.decoder.bias)
         # A lone poem is written as a pair where one row would get other bits than in a batch.
-        alone_ok = all(same_alone_as_in_pairs(f, w.size(1)) for f, w in zip(matmuls, weights))
+        columns = [w.size(1) for w in weights] + [model.decoder.in_features]
+        alone_ok = all(same_alone_as_in_pairs(f, n) for f, n in zip([*matmuls, self.decoder], columns))
         self.min_rows = 1 if alone_ok else 2
         self.batch_invariant = True  # with lone rows written as pairs where needed
 
     @torch.no_grad()
     def __call__(self, x: Tensor, state: State | None = None) -> tuple[Tensor, State]:
-        """Logits ``(B, 1, V)`` after the tokens ``x`` ``(B, 1)``, and the next state."""
+        """Float32 logits ``(B, 1, V)`` after the tokens ``x`` ``(B, 1)``, and the next state: each layer's output
+        in ``dtype``, its cell in float32."""
         rows = len(x)
         if rows < self.min_rows:
             x = x.expand(self.min_rows, -1)
             state = None if state is None else [(h.expand(len(x), -1), c.expand(len(x), -1)) for h, c in state]
         h_in = self.embedding[x[:, 0]]
         if state is None:
-            state = [(h_in.new_zeros(len(x), size),) * 2 for _, _, size in self.layers]
+            state = [(h_in.new_zeros(len(x), size), torch.zeros(len(x), size)) for _, size in self.layers]
         new_state: State = []
-        for (matmul, b, size), (h, c) in zip(self.layers, state):
-            gates = matmul(torch.cat([h_in, h], 1)) + b
+        for (matmul, size), (h, c) in zip(self.layers, state):
+            gates = matmul(torch.cat([h_in, h], 1)).float()
             i, f, o = gates[:, : 3 * size].sigmoid().chunk(3, 1)
             c = torch.addcmul(f * c, i, gates[:, 3 * size :].tanh())
-            h_in = h = o * c.tanh()
+            h_in = h = (o * c.tanh()).to(self.dtype)
             new_state.append((h[:rows], c[:rows]))
-        matmul, b = self.decoder
-        return (matmul(h_in) + b)[:rows].unsqueeze(1), new_state
+        return self.decoder(h_in)[:rows].float().unsqueeze(1), new_state
 
 
 class SeedLSTM(StackedLSTM):

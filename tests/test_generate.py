@@ -68,9 +68,9 @@ def test_many_poems_are_written_a_batch_at_a_time_and_are_the_same(tiny_run, mon
     rows = []
     steps = generate.writing_steps
 
-    def recording(*args):
+    def recording(*args):  # the poems each batch starts with
         step = steps(*args)
-        return lambda x, state: (rows.append(len(x)), step(x, state))[1]
+        return lambda x, state: (state is None and rows.append(len(x)), step(x, state))[1]
 
     if limit == "poems":
         monkeypatch.setattr(generate, "WRITE_BATCH", 3)
@@ -78,7 +78,38 @@ def test_many_poems_are_written_a_batch_at_a_time_and_are_the_same(tiny_run, mon
         monkeypatch.setattr(generate, "WRITE_SCORES", 3 * len(poet.vocab) + 1)  # three poems' scores
     monkeypatch.setattr(generate, "writing_steps", recording)
     assert poet.write_many(7, start="the sea", words=20, seed=4) == together
-    assert max(rows) == 3 and min(rows) == 1  # the 7th poem written alone
+    assert rows == [3, 3, 1]  # the 7th poem written alone
+
+
+@pytest.mark.parametrize("own_steps", [False, True], ids=["packed steps", "the model's own (as on a GPU)"])
+@pytest.mark.parametrize("arch", ["lstm", "seed", "gpt"])
+def test_a_poem_that_has_ended_leaves_the_batch(arch, own_steps, monkeypatch):
+    """The others go on with fewer rows, each still the poem it is alone (a random model: poems end anywhere)."""
+    import neuralda.generate as generate
+    from neuralda.models import build_model
+
+    torch.manual_seed(0)
+    v = vocab()
+    model = build_model(arch, len(v), 64 if arch == "gpt" else 16, 1, 0.0).eval()
+    steps = (lambda model, device, precision: model) if own_steps else generate.writing_steps
+    monkeypatch.setattr(generate, "writing_steps", steps)
+    alone = [write_poems(model, v, "love", words=40, seed=s) for s in range(8)]
+    rows = []
+
+    def recording(*args):
+        step = steps(*args)
+
+        def counted(x, state):
+            rows.append(len(x))
+            return step(x, state)
+
+        counted.state_batch_dim = step.state_batch_dim
+        return counted
+
+    monkeypatch.setattr(generate, "writing_steps", recording)
+    assert write_poems(model, v, "love", words=40, n=8, seed=0) == [poem for (poem,) in alone]
+    assert rows[0] == 8 and rows == sorted(rows, reverse=True) and len(set(rows)) > 3
+    assert sum(ended for (_, ended), in alone) >= 4
 
 
 def test_bf16_steps_give_the_model_probabilities(tiny_run):

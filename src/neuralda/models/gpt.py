@@ -146,6 +146,7 @@ class GPT(nn.Module):
     """Token embedding -> pre-norm transformer blocks -> LayerNorm -> output layer tied to the embedding."""
 
     arch = "gpt"
+    state_batch_dim = 0  # each block's keys and values are (B, heads, T, head size)
 
     def __init__(self, cfg: GPTConfig) -> None:
         super().__init__()
@@ -220,6 +221,8 @@ class GPTSteps:
     once for 32 rows, in bfloat16 or float32, as ``LSTMSteps`` does for an LSTM. MKL's products for fewer than 16
     rows round otherwise than a batch's, so a poem written alone differed from the same poem in a batch at every step;
     packed, each row gets the same bits in any batch (``batch_invariant``: checked for each product when built)."""
+
+    state_batch_dim = GPT.state_batch_dim
 
     def __init__(self, model: GPT, dtype: torch.dtype = torch.bfloat16) -> None:
         self.dtype = dtype

@@ -86,6 +86,7 @@ class StackedLSTM(nn.Module):
     """Embedding -> LSTM layers -> dense over the vocabulary; subclasses choose the dropouts and the init."""
 
     arch = ""
+    state_batch_dim = 1  # each layer's state is nn.LSTM's (h, c), (1, B, H) each
 
     def __init__(self, vocab_size: int, embed: int, hidden: int, layers: int) -> None:
         super().__init__()
@@ -142,6 +143,8 @@ class LSTMSteps:
     batch size we measured (packed for one row, a lone float32 row took another kernel); where a lone row's bits
     differ from a pair's on this machine, a lone poem is written as a pair.
     """
+
+    state_batch_dim = 0  # each layer's (h, c) is (B, H)
 
     def __init__(self, model: StackedLSTM, dtype: torch.dtype = torch.bfloat16) -> None:
         self.dtype = dtype

@@ -141,22 +141,36 @@ def sample_next(
     return picks
 
 
-_FLOAT32_SCANS = ("cpu", "mps")  # devices whose running sums stay in float32
+_FLOAT32_SCANS = ("cpu", "mps")  # devices whose sums stay in float32
+
+
+def _sum_dtype(x: torch.Tensor) -> torch.dtype:
+    """What a row's sums are added in. A CPU adds them in an order set by the row alone, so its bits never depend on
+    the batch; a GPU adds in an order that depends on the number of rows, so there in float64, where that moves no
+    draw in practice (Apple's MPS has no float64)."""
+    return torch.float32 if x.device.type in _FLOAT32_SCANS else torch.float64
 
 
 def _running_sum(x: torch.Tensor) -> torch.Tensor:
-    """Cumulative sums along each row. A CPU adds in order, so a row's bits never depend on the batch; a GPU's
-    parallel scan adds in an order that depends on the number of rows, so there the sums are in float64, where
-    that moves no draw in practice (Apple's MPS has no float64)."""
-    return x.to(torch.float32 if x.device.type in _FLOAT32_SCANS else torch.float64).cumsum(-1)
+    """Cumulative sums along each row, added in order (``_sum_dtype``)."""
+    return x.to(_sum_dtype(x)).cumsum(-1)
+
+
+def _row_sums(x: torch.Tensor, width: int = 64) -> torch.Tensor:
+    """Each row's sum, added in an order set by the row alone: blocks of ``width`` (each added by one thread, in
+    vector registers), then their running sum. A whole row's running sum adds one number at a time (0.10 ms for 32
+    rows of 5,437 here, against 0.02 for the blocks); torch's own sum splits a long lone row between threads."""
+    whole = x.size(-1) // width * width
+    blocks = x[:, :whole].unflatten(-1, (-1, width)).sum(-1, dtype=_sum_dtype(x))
+    return torch.cat([blocks, x[:, whole:].sum(-1, keepdim=True, dtype=_sum_dtype(x))], -1).cumsum(-1)[:, -1]
 
 
 def _mass_above(weights: torch.Tensor, floor: torch.Tensor) -> torch.Tensor:
     """The weight each row of ``weights`` holds in tokens likelier than its ``floor`` ``(B, 1)``, as ``(B,)``: their
-    excess over the floor summed in order, plus the floor times their count (an exact sum in any order). For 32 rows
-    of 5,437 here 0.13 ms, against 0.21 summing the row times its mask (NaN rows never get here: they are an error)."""
+    excess over the floor (``_row_sums``), plus the floor times their count (an exact sum in any order): one pass fewer
+    than a masked sum (NaN rows never get here: they are an error)."""
     excess = (weights - floor).relu_()  # above the floor exactly where likelier: x - y is 0 only where x == y
-    return _running_sum(excess)[:, -1] + floor[:, 0] * excess.sign_().sum(-1)
+    return _row_sums(excess) + floor[:, 0] * excess.sign_().sum(-1)
 
 
 def _draw(cdf: torch.Tensor, generators: list[Uniforms]) -> torch.Tensor:

@@ -112,6 +112,25 @@ def test_a_poem_that_has_ended_leaves_the_batch(arch, own_steps, monkeypatch):
     assert sum(ended for (_, ended), in alone) >= 4
 
 
+def test_bf16_by_name_runs_a_model_without_packed_steps_under_autocast():
+    """As a GPU writes: the model itself under autocast; a model that does not say where its state keeps each poem
+    keeps every row of a batch to the end, and a poem is the same in a batch as alone."""
+    import neuralda.generate as generate
+
+    v, autocast = vocab(), []
+
+    class Recording(FixedModel):
+        def forward(self, x, state=None):
+            autocast.append(torch.is_autocast_enabled("cpu"))
+            return super().forward(x, state)
+
+    model = Recording(torch.zeros(len(v)))
+    assert generate.writing_steps(model, torch.device("cpu"), "bf16").state_batch_dim is None
+    together = write_poems(model, v, "love", words=12, n=5, seed=3, precision="bf16")
+    assert all(autocast)
+    assert together == [write_poems(model, v, "love", words=12, seed=3 + i, precision="bf16")[0] for i in range(5)]
+
+
 def test_bf16_steps_give_the_model_probabilities(tiny_run):
     from neuralda.models.lstm import LSTMSteps
     from neuralda.run import Run

@@ -127,9 +127,9 @@ def sample_next(
         w_rows, total, picked = (weights[rows], cdf[rows, -1], picks[rows]) if draw else (weights, cdf[:, -1], picks)
         floor = w_rows.gather(1, picked.unsqueeze(-1))
         # A token holding more than 1 - top_p of the whole is inside (what is likelier holds less than the rest):
-        # most draws, so that a lone poem's step mostly skips the sums.
+        # most draws, so that a lone poem's step on a CPU mostly skips the sums (a GPU sums: asking would wait on it).
         unsure = floor[:, 0] <= (1.0 - top_p) * total
-        if bool(unsure.any()):
+        if weights.device.type != "cpu" or bool(unsure.any()):
             likelier = _mass_above(w_rows, floor)
             unsure &= (likelier > 0) & (likelier >= top_p * total)  # the likeliest is always kept
         rows = rows[unsure]

@@ -522,7 +522,7 @@ def _write_batch(
         logits, state = step(torch.full((n, 1), token_id, device=device), state)
     live = list(range(n))  # the poems of the batch's rows
     for _ in range(4 * words + 50):  # punctuation and breaks are not words: bound the steps too
-        rows, cols = list(range(len(live))), [vocab.unk] * len(live)  # <unk> is never written; the rest is each poem's
+        rows, cols = list(range(len(live))), [vocab.unk] * len(live)  # <unk> never; the rest each poem's own
         for r, i in enumerate(live):
             d = drafts[i]
             banned = guard.blocked(d.word_ids) if guard is not None else []

@@ -138,10 +138,10 @@ class LSTMSteps:
     1.8 ms a step packed on our 2-core CPUs (more than their 32 MB cache; nn.LSTM's own step 3.7 ms), its 18 MB of
     bfloat16 ones 0.4-0.5 ms on a quiet day (1.0-1.5 on a busy one). Around the products, a step of 32 poems spent as
     long again converting and adding: with the biases inside the products and each layer's output kept in ``dtype``
-    it took 1.5-2.2 ms against 2.4-3.0 before (three alternated runs on one busy day). Each row's result must not depend on the batch, so that a
-    poem is the same written alone or with others: oneDNN's products packed for 32 rows gave the same bits at every
-    batch size we measured (packed for one row, a lone float32 row took another kernel); where a lone row's bits
-    differ from a pair's on this machine, a lone poem is written as a pair.
+    it took 1.5-2.2 ms against 2.4-3.0 before (three alternated runs on one busy day). Each row's result must not
+    depend on the batch, so that a poem is the same written alone or with others: oneDNN's products packed for 32 rows
+    gave the same bits at every batch size we measured (packed for one row, a lone float32 row took another kernel);
+    where a lone row's bits differ from a pair's on this machine, a lone poem is written as a pair.
     """
 
     state_batch_dim = 0  # each layer's (h, c) is (B, H)

@@ -162,8 +162,9 @@ LEGACY_ENCODINGS = {
 }
 
 
-def decode_bytes(data: bytes, name: str, lang: str | None = None) -> str:
-    """Decode a text file: a UTF-16 or UTF-32 BOM, else UTF-8, else UTF-8 line by line with the other lines' encoding
+def decode_bytes(data: bytes, name: str, lang: str | None = None, legacy: str | None = None) -> str:
+    """Decode a text file: a UTF-16 or UTF-32 BOM, else UTF-8, else UTF-8 line by line with the other lines in
+    ``legacy`` where it is known (a page's ``<meta charset>`` under a header that claims UTF-8), else in the encoding
     detected (after a UTF-8 BOM too), among ``lang``'s ``LEGACY_ENCODINGS`` where it has them.
 
     NUL bytes: a few in a text file (a bad copy, a stray keystroke) are dropped, as :func:`normalize_text` drops
@@ -191,7 +192,7 @@ def decode_bytes(data: bytes, name: str, lang: str | None = None) -> str:
     # is and find the encoding of the others, which a guess over the whole file gets wrong.
     lines = data.splitlines(keepends=True)
     decoded = [_utf8_or_none(line) for line in lines]
-    encoding = _legacy_encoding(b"".join(line for line, text in zip(lines, decoded) if text is None), lang)
+    encoding = legacy or _legacy_encoding(b"".join(line for line, text in zip(lines, decoded) if text is None), lang)
     if encoding is None:
         raise NeuraldaError(f"{name}: looks like a binary file, not text")
     return "".join(line.decode(encoding, "replace") if text is None else text for line, text in zip(lines, decoded))

@@ -10,6 +10,7 @@ from urllib.parse import urljoin
 
 import ftfy.bad_codecs  # noqa: F401  registers "sloppy-windows-1252", the windows-1252 that browsers decode
 import soupsieve
+import webencodings
 from bs4 import BeautifulSoup, MarkupResemblesLocatorWarning, NavigableString, Tag, XMLParsedAsHTMLWarning
 
 from ..corpus import decode_bytes, language_tag, normalize_text
@@ -55,9 +56,12 @@ _BLOCK_END = object()
 
 
 def _codec(label: str, from_meta: bool = False) -> str | None:
-    """Python's codec for a charset label, as browsers read it; None for a label nobody knows."""
+    """Python's codec for a charset label, as browsers read it (WHATWG's labels: "windows-874", "x-cp1250" and
+    "iso-8859-8-i" are none of Python's, and "latin5" is windows-1254 there); None for a label nobody knows, or for
+    one that browsers decode as a lone U+FFFD ("replacement": ISO-2022-KR, HZ)."""
+    whatwg = webencodings.lookup(label)
     try:
-        name = codecs.lookup(label.strip().lower()).name
+        name = codecs.lookup(whatwg.codec_info.name if whatwg else label.strip().lower()).name
         # Python also knows codecs no page is written in (base64, rot13) or that cannot replace a bad byte (idna).
         b"\x80".decode(name, errors="replace")
     except (LookupError, UnicodeError, ValueError):  # ValueError: a NUL in the label
@@ -68,15 +72,15 @@ def _codec(label: str, from_meta: bool = False) -> str | None:
     return _BROWSER_CODECS.get(name, name)
 
 
-def _detect(data: bytes, lang: str | None) -> str:
+def _detect(data: bytes, lang: str | None, legacy: str | None = None) -> str:
     """Decode a page that names no charset, or claims UTF-8 and is not: as a text file is read (UTF-8 line by line,
-    the other lines in the legacy encoding of ``lang``, else of the page's ``<html lang>``, that reads them:
-    ``corpus.decode_bytes``)."""
+    the other lines in ``legacy`` where known, else in the legacy encoding of ``lang``, else of the page's
+    ``<html lang>``, that reads them: ``corpus.decode_bytes``)."""
     if lang is None:
         found = _HTML_LANG.search(data[:4096])
         lang = found.group(1).decode("ascii") if found else None
     try:
-        return decode_bytes(data, "the page", lang)
+        return decode_bytes(data, "the page", lang, legacy)
     except NeuraldaError:  # "binary": NUL bytes everywhere; the text there is still worth a look
         return data.decode("utf-8", errors="replace")
 
@@ -88,12 +92,15 @@ def decode_html(data: bytes, content_type: str = "", lang: str | None = None) ->
         if data.startswith(bom):
             return data[len(bom) :].decode(name, errors="replace")
     found = _HEADER_CHARSET.search(content_type or "")
-    codec = _codec(found.group(1)) if found else None
-    if codec is None:
-        found_meta = _META_CHARSET.search(data[:4096])
-        codec = _codec(found_meta.group(1).decode("ascii"), from_meta=True) if found_meta else None
-    if codec is None or codec == "utf-8":  # detection reads UTF-8 as such, and a page mislabelled UTF-8 as it is
-        return _detect(data, lang)
+    header, meta = _codec(found.group(1)) if found else None, None
+    if header in (None, "utf-8"):
+        found = _META_CHARSET.search(data[:4096])
+        meta = _codec(found.group(1).decode("ascii"), from_meta=True) if found else None
+    codec = header or meta
+    if codec in (None, "utf-8"):
+        # Detection reads UTF-8 as such, and a page mislabelled UTF-8 as it is: an old page under a server's default
+        # UTF-8 header has its other lines in what its <meta> names.
+        return _detect(data, lang, None if meta == "utf-8" else meta)
     return data.decode(codec, errors="replace").lstrip("\ufeff")
 
 

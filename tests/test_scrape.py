@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from neuralda import __version__
 from neuralda.corpus import normalize_text, read_corpus
 from neuralda.demo.site import serve, serve_poems
-from neuralda.errors import NeuraldaError
+from neuralda.errors import NeuraldaError, NeuraldaWarning
 from neuralda.scrape import ScrapeConfig, list_presets, scrape
 from neuralda.scrape.extract import check_selector, parse_html, select_line, select_links, select_poem
 from neuralda.scrape.fetch import backoff_wait, normalize_url
@@ -279,6 +279,11 @@ def test_every_encoding_path_gives_the_same_text(site, tmp_path, content_type, d
         ("shift_jis", "①春はあけぼの、髙き山", "cp932"),  # NEC and IBM additions, as Windows writes them
         ("euc-kr", "똠방각하 햏", "cp949"),  # two of windows-949's 8,822 extra syllables
         ("big5", "詩人嘅歌", "big5hkscs"),
+        # WHATWG's labels that Python does not know, and one it reads as another encoding than browsers do.
+        ("windows-874", "ดอกไม้บาน", "cp874"),
+        ("x-cp1250", "Árvíztűrő tükörfúrógép", "cp1250"),
+        ("iso-8859-8-i", "שיר השירים", "iso8859_8"),
+        ("iso-8859-9", "“Gözlerin ışığında” şiir", "cp1254"),  # windows-1254: its curly quotes are no C1 controls
     ],
 )
 @pytest.mark.parametrize("where", ["header", "meta"])
@@ -301,6 +306,16 @@ def test_a_page_without_a_charset_is_read_in_its_language_encodings(site, tmp_pa
     site.page("/p", f"<html{'' if told else ' lang=ja'}><p>{text}</p></html>".encode("euc_jp"), content_type="text/html")
     scrape(config(site, tmp_path, start="/p", links=None, title=None, body="p", lang="ja" if told else None))
     assert records(tmp_path)[0]["text"] == text
+
+
+def test_a_page_its_server_labels_utf8_is_read_in_what_its_meta_names(site, tmp_path):
+    # A server's default "charset=UTF-8" over an old page: the page is not UTF-8, and its <meta> knows what it is
+    # (detection read the Turkish as cp1252: "ýþýðý"). Its UTF-8 lines, if any, stay UTF-8.
+    text = "Gözlerin ışığında, hatırlıyorum seni"
+    page = f'<meta http-equiv="Content-Type" content="text/html; charset=windows-1254">\n<p>{text}</p>\n'
+    site.page("/p", page.encode("cp1254") + "<p>Ünlü şair</p>".encode(), content_type="text/html; charset=UTF-8")
+    scrape(config(site, tmp_path, start="/p", links=None, title=None, body="p"))
+    assert records(tmp_path)[0]["text"] == f"{text}\n\nÜnlü şair"
 
 
 def test_meta_charset_beats_detection(site, tmp_path):
@@ -539,8 +554,9 @@ def test_a_robots_txt_of_many_stars_or_many_rules_is_obeyed_without_stalling(sit
         ("Allow: /poems/$\nDisallow: /poems/1\n", ["/poems/1"]),  # "$": that path only, so the Disallow is longer
         ("Disallow: /poems/0*$\n", ["/poems/0"]),  # a "*" before "$" may match nothing
         ("Disallow: /*?draft=\n", ["/poems/2?draft=1"]),  # the query is part of what the rules match
+        ("Disallow: /poems/%2A\n", []),  # "%2A" is a "*" in the path, not a wildcard
     ],
-    ids=["empty-disallow", "longest-wins", "anchored-allow", "empty-star", "query"],
+    ids=["empty-disallow", "longest-wins", "anchored-allow", "empty-star", "query", "escaped-star"],
 )
 def test_robots_rules_are_matched_as_rfc_9309_says(site, tmp_path, robots, skipped):
     pages = ["/poems/0", "/poems/1", "/poems/2?draft=1"]
@@ -1011,8 +1027,11 @@ def test_interrupted_run_resumes_without_duplicates(site, tmp_path):
     output = tmp_path / "corpus.jsonl"
     with open(output, "a", encoding="utf-8") as f:
         f.write('{"title": "torn by a kill')  # a run killed in the middle of a write
-    second = scrape(config(site, tmp_path))
+    with pytest.warns(NeuraldaWarning, match=r"corpus.jsonl:3: an unfinished record .* moved to .*corpus.jsonl.torn"):
+        second = scrape(config(site, tmp_path))
     assert second.poems_written == 3 and second.already_present == 2
+    # What was cut is kept: a last line the user left unfinished looks the same as a torn one.
+    assert (tmp_path / "corpus.jsonl.torn").read_bytes() == b'{"title": "torn by a kill\n'
     urls = [r["url"] for r in records(tmp_path)]
     assert sorted(urls) == [f"{site.base}/poems/{i}" for i in range(5)]
     assert len(read_corpus(output)) == 5
@@ -1040,6 +1059,15 @@ def test_a_last_record_without_its_newline_is_kept_and_ended(site, tmp_path):
     second = scrape(config(site, tmp_path))
     assert second.poems_written == 1 and second.already_present == 2
     assert output.read_bytes().startswith(first + b"\n") and len(read_corpus(output)) == 3
+
+
+def test_an_output_corpus_that_starts_with_a_bom_is_added_to(site, tmp_path):
+    small_site(site, 1)
+    output = tmp_path / "corpus.jsonl"
+    mine = codecs.BOM_UTF8 + b'{"title": "Mine", "text": "my own poem"}\n'  # as Windows' Notepad saves it
+    output.write_bytes(mine)
+    assert scrape(config(site, tmp_path)).poems_written == 1
+    assert output.read_bytes().startswith(mine) and len(read_corpus(output)) == 2
 
 
 @pytest.mark.parametrize(

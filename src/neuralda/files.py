@@ -117,9 +117,10 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write(path, text + "\n")
 
 
-def append_line(path: str | os.PathLike, line: str) -> None:
-    """Append one line and flush it to disk, so a killed process keeps every line it finished."""
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(line.rstrip("\n") + "\n")
+def append_line(path: str | os.PathLike, line: str | bytes) -> None:
+    """Append one line (text as UTF-8) and flush it to disk, so a killed process keeps every line it finished."""
+    data = line.encode("utf-8") if isinstance(line, str) else line
+    with open(path, "ab") as f:
+        f.write(data.rstrip(b"\n") + b"\n")
         f.flush()
         os.fsync(f.fileno())

@@ -9,13 +9,14 @@ from __future__ import annotations
 import json
 import os
 import sys
+import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .. import __version__
 from ..corpus import Poem, check_language
-from ..errors import NeuraldaError
+from ..errors import NeuraldaError, NeuraldaWarning
 from ..files import append_line
 from .extract import check_selector, parse_html, poem_lang, select_line, select_links, select_poem
 from .fetch import MAX_DELAY, MAX_RETRIES, MAX_TIMEOUT, Fetcher, FetchError, Page, host_of, is_web_page, normalize_url
@@ -119,7 +120,7 @@ def _check_config(config: ScrapeConfig) -> None:
 def _corpus_record(line: bytes) -> dict | None:
     """The poem record on one JSONL line (an object with a "text" string), None when the line is JSON but no
     poem; ValueError when it is not JSON."""
-    record = json.loads(line.decode("utf-8", errors="replace"))
+    record = json.loads(line.decode("utf-8", errors="replace").removeprefix("\ufeff"))  # a BOM: as read_corpus does
     return record if isinstance(record, dict) and isinstance(record.get("text"), str) else None
 
 
@@ -127,7 +128,8 @@ def _written(path: Path) -> tuple[dict[str, str], set[str]]:
     """URLs (with the text of the poem at each) and texts of the poems an earlier run wrote to ``path``, so this run
     adds only the missing ones.
 
-    A file that is not a corpus is an error and stays as it was; only a torn last record is cut off.
+    A file that is not a corpus is an error and stays as it was; only a torn last record is cut off, its bytes kept
+    in ``PATH.torn`` (a last line the user left unfinished looks the same).
     """
     if not path.exists():
         return {}, set()
@@ -148,7 +150,12 @@ def _written(path: Path) -> tuple[dict[str, str], set[str]]:
             if last and line.startswith(b"{"):
                 # Every line before it is a record, so this is what a run killed mid-write leaves: drop it, its poem
                 # is fetched again. Anything else (whole JSON too: a one-line export) is the user's and never cut.
+                torn = path.with_name(path.name + ".torn")
+                append_line(torn, line)  # before the cut, and added to: no byte of the user's is ever lost
                 os.truncate(path, len(data) - len(line))
+                warnings.warn(
+                    f"{path}:{number}: an unfinished record (a scrape killed mid-write?) moved to {torn}", NeuraldaWarning
+                )
                 break
         if record is None:
             raise NeuraldaError(f"{path}:{number}: not a corpus line (JSONL); write to another -o file")

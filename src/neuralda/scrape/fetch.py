@@ -129,7 +129,8 @@ class RobotsRule:
 
     @classmethod
     def parse(cls, allowed: bool, pattern: str) -> RobotsRule:
-        parts = tuple(unquote(pattern.rstrip("$")).split("*"))
+        # Split before unquoting: "%2A" is a literal "*" (RFC 9309, section 2.2.3), not a wildcard.
+        parts = tuple(unquote(part) for part in pattern.rstrip("$").split("*"))
         return cls(allowed, len(pattern), parts, pattern.endswith("$"))
 
     def matches(self, path: str) -> bool:

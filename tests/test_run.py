@@ -260,6 +260,10 @@ def test_the_language_of_a_run_is_that_of_over_half_its_poems(run_copy):
         ("patience", -2, "patience must be 0 (no early stop) or more"),
         ("unk_rate", 1.5, "unk_rate must be in [0, 1]"),
         ("weight_decay", -0.5, "weight_decay must be a finite number, 0 or more"),
+        ("max_time", -5, "max_time must be 0 or more seconds, got -5"),  # it stopped the run after one batch
+        ("save_every", -3, "save_every must be 0 or more seconds"),
+        ("clip_norm", -0.5, "clip_norm must be a finite number, 0 (no clipping) or more"),  # it trained uphill
+        ("clip_value", -1, "clip_value must be a finite number, 0 (no clipping) or more"),
     ],
 )
 def test_a_training_setting_out_of_range_is_a_one_line_error_naming_the_file(run_copy, capsys, key, value, message):

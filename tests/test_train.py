@@ -198,10 +198,12 @@ def test_resume_given_the_corpus_starts_a_run_killed_before_its_config_was_writt
     out = tmp_path / "run"
     (out / "data").mkdir(parents=True)
     (out / "data" / "train.jsonl").write_text('{"text": "half a split"}\n')  # what an early kill leaves
-    (out / "data" / ".val.jsonl.k2x9_q0a.tmp").write_text('{"text": "ha')  # and atomic writes it cut short
-    (out / ".vocab.json.q8z1m3rt.tmp").write_text("")
+    partial = [out / "data" / ".val.jsonl.k2x9_q0a.tmp", out / ".vocab.json.q8z1m3rt.tmp"]  # atomic writes it cut
+    for path in partial:
+        path.write_text('{"text": "ha')
     result = train(tiny_config(corpus_file, out, epochs=1), resume=True, **QUIET)
     assert result.epochs == 1 and "last" in Run.open(out).checkpoints()
+    assert [path for path in partial if path.exists()] == []
     (tmp_path / "other").mkdir()
     with pytest.raises(NeuraldaError, match="no config.json"):  # without the corpus there is nothing to start
         train(tiny_config("", tmp_path / "other", epochs=1), resume=True, **QUIET)
@@ -716,6 +718,21 @@ def test_a_gpu_this_machine_lacks_is_a_one_line_error(tiny_run, monkeypatch, cap
     assert err.count("\n") == 1 and f"--device {device}: this machine's CUDA GPUs are cuda:0 to cuda:0" in err
 
 
+@pytest.mark.parametrize("resume", [False, True])
+def test_a_refused_precision_writes_nothing(tmp_path, corpus_file, monkeypatch, resume):
+    """bf16 for an LSTM on a GPU is refused before config.json changes: saved, it refused every resume after."""
+    out = tmp_path / "run"
+    if resume:
+        train(tiny_config(corpus_file, out, epochs=1), **QUIET)
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(NeuraldaError, match="--precision bf16 on CUDA"):
+        train(tiny_config("" if resume else corpus_file, out, epochs=2, device="cuda", precision="bf16"),
+              resume=resume, **QUIET)
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+
+
 @pytest.mark.parametrize("capability, expected", [((7, 5), "fp32"), ((7, 0), "fp32"), ((8, 0), "bf16"), ((9, 0), "bf16")])
 def test_the_transformer_takes_bf16_on_gpus_with_bf16_units_only(monkeypatch, capability, expected):
     """A T4 or a V100 only emulates bfloat16 (torch.cuda.is_bf16_supported() says yes there unless asked without
@@ -1017,6 +1034,22 @@ def test_a_run_killed_while_writing_its_split_starts_again_on_resume(tmp_path, c
         m.setattr(training, "write_corpus", killed_at_the_held_out_poems)
         train(tiny_config(corpus_file, out, epochs=1), **QUIET)
     assert train(tiny_config(corpus_file, out, epochs=1), resume=True, **QUIET).epochs == 1
+
+
+def test_a_compiler_failure_is_a_one_line_error_and_the_run_resumes_without_it(tmp_path, corpus_file, monkeypatch):
+    """torch.compile compiles at the first step; a machine without a C++ compiler fails there (Inductor's error)."""
+    from torch._inductor.exc import InductorError
+
+    class NoCompiler(torch.nn.Module):
+        def forward(self, *args):
+            raise InductorError(RuntimeError("InvalidCxxCompiler: No working C++ compiler found"), None)
+
+    monkeypatch.setattr(torch, "compile", lambda module: NoCompiler())
+    out = tmp_path / "run"
+    with pytest.raises(NeuraldaError, match=rf"--compile failed \(InductorError: .*No working C\+\+ compiler.*"
+                                            rf"continue without it: neuralda train -o {out} --resume"):
+        train(tiny_config(corpus_file, out, epochs=1, compile=True), **QUIET)
+    assert train(tiny_config("", out, epochs=1), resume=True, **QUIET).epochs == 1
 
 
 def test_compile_is_this_invocation_s_choice(tmp_path, corpus_file, monkeypatch):

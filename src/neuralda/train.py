@@ -138,6 +138,12 @@ def check_settings(c: dict, path: Path | None = None) -> None:
         raise NeuraldaError(f"{name('unk_rate')} must be in [0, 1], got {c['unk_rate']}")
     if not c["patience"] >= 0:
         raise NeuraldaError(f"{name('patience')} must be 0 (no early stop) or more, got {c['patience']}")
+    for key in ("max_time", "save_every"):  # seconds; --max-time 0: no limit, --save-every 0: every epoch
+        if c[key] is not None and not c[key] >= 0:
+            raise NeuraldaError(f"{name(key)} must be 0 or more seconds, got {c[key]}")
+    for key in ("clip_value", "clip_norm"):
+        if c[key] is not None and not 0 <= c[key] < math.inf:
+            raise NeuraldaError(f"{name(key)} must be a finite number, 0 (no clipping) or more, got {c[key]}")
 
 
 # config.json's training settings that are not a recipe's, as JSON types (a recipe's have the Recipe's annotations).
@@ -496,6 +502,8 @@ def _prepare(cfg: TrainConfig, restart: bool = False) -> Run:
             f"{out} holds {', '.join(trained)} but no config.json; it cannot be resumed without it (restore it, "
             "or choose another -o)"
         )
+    if restart:  # the killed run's partial writes (a split can be as big as the corpus)
+        remove_partial_writes(out, out / "data")
     if not restart and out.is_dir() and any(out.iterdir()):  # a data/train.jsonl can be the user's own too
         raise NeuraldaError(
             f"{out} is not empty and holds no run (no config.json); choose another -o, or add --resume to start "
@@ -723,6 +731,9 @@ class Trainer:
             torch.cuda.set_device(device)
         if self.dist.world > 1 and device == "mps":
             raise NeuraldaError("several processes on Apple's MPS: gloo cannot add MPS tensors; train in one process")
+        # Before anything is written: a refused precision saved in config.json would refuse every resume after.
+        settings = self.run.config if resume else {**DEFAULTS, **{k: v for k, v in asdict(cfg).items() if v is not None}}
+        self.precision = pick_precision(settings["precision"], device, settings["arch"])
         self.dist.init(device)
         self.dist.barrier()  # every process has looked before the first one writes
         if resume:  # the partial files of the writes a kill cut short (a checkpoint each) would pile up, kill by kill
@@ -734,7 +745,6 @@ class Trainer:
             self.run = Run.open(cfg.output)
         c = self.c = self.run.config
         self.device = device
-        self.precision = pick_precision(c["precision"], device, c["arch"])
         if device.startswith("cuda"):
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
@@ -1010,6 +1020,15 @@ class Trainer:
                     f"\ninterrupted: {self.run.path} holds epoch {self.saved['epoch']}{best}; continue with --resume"
                 )
             raise
+        except Exception as e:
+            if not (c["compile"] and type(e).__module__.startswith(("torch._dynamo", "torch._inductor"))):
+                raise
+            # torch.compile compiles at the first step: a machine without a C++ compiler (or Triton) fails there.
+            detail = next((line for line in str(e).splitlines() if line.strip()), "")
+            raise NeuraldaError(
+                f"--compile failed ({type(e).__name__}: {detail}); continue without it: neuralda train -o "
+                f"{self.run.path} --resume"
+            ) from None
         self.dist.on_main(self._finish)
         loop_seconds = time.monotonic() - loop_start
         best_ppl = None if state["best_val"] is None else perplexity(state["best_val"], 1)

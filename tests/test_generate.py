@@ -213,6 +213,14 @@ def test_a_start_mark_spaced_otherwise_is_the_mark_the_model_knows():
         start_tokens("love!", v)
 
 
+def test_a_start_word_typed_with_the_other_apostrophe_is_the_one_the_model_knows():
+    from neuralda.generate import start_tokens
+    from neuralda.tokenizer import tokenize
+
+    v = Vocab.build([tokenize("the sea’s salt and the bird's song", end=False)])
+    assert start_tokens("sea's bird’s", v) == ["sea’s", "bird's"]  # a desktop keyboard's, then a phone's
+
+
 def test_an_unknown_start_word_typed_without_its_accent_names_the_accented_one_first():
     from neuralda.generate import start_tokens
     from neuralda.tokenizer import tokenize

@@ -244,12 +244,16 @@ def _folded(word: str) -> str:
 def start_tokens(start: str, vocab: Vocab) -> list[str]:
     """The start words as tokens, cleaned as the corpus was (a soft hyphen or U+2011 typed or pasted in a word would
     make it unknown); a mark spaced otherwise than in the corpus ("love ," or "love—sea") is read as the model knows
-    it; a word the model does not know is an error naming the closest ones it does."""
+    it, and so is a word typed with the other apostrophe (a phone types "love’s", a desktop keyboard "love's"); a word
+    the model does not know is an error naming the closest ones it does."""
     tokens = tokenize(normalize_text(start), keep_case=vocab.keep_case, end=False)
     known = []
     for t in tokens:
         bare = t.strip(" ")
-        spellings = [t] if is_word(t) else [t, bare, f" {bare}", f"{bare} ", f" {bare} "]
+        if is_word(t):
+            spellings = [t, t.replace("\u2019", "'"), t.replace("'", "\u2019")]
+        else:
+            spellings = [t, bare, f" {bare}", f"{bare} ", f" {bare} "]
         spelling = next((s for s in spellings if s in vocab and s != vocab.itos[vocab.unk]), None)
         if spelling is None:
             words = [w for w in vocab.itos if is_word(w)]

@@ -547,6 +547,12 @@ def test_the_page_serves_nothing_outside_its_folder(client, path):
     assert "create_app" not in r.text
 
 
+def test_the_api_by_get_says_to_post_not_that_it_is_missing(client):
+    answer = client.get("/api/generate")  # a browser's address bar, a plain curl
+    assert answer.status_code == 405 and answer.headers["allow"] == "POST"
+    assert "POST a JSON object here" in answer.json()["detail"]
+
+
 def test_the_page_and_openapi_are_served(client):
     page = client.get("/")
     assert page.status_code == 200 and "text/html" in page.headers["content-type"]
@@ -638,4 +644,10 @@ def test_on_loopback_only_this_machine_s_names_are_answered(runs):
     finally:
         proc.terminate()
         proc.communicate(timeout=30)
-    assert allowed_hosts("0.0.0.0") == allowed_hosts("192.0.2.1") == ["*"]  # asked to face the network: any name
+    assert allowed_hosts("0.0.0.0", "0.0.0.0") == allowed_hosts("poet.example", "192.0.2.1") == ["*"]  # the network
+
+
+@pytest.mark.parametrize("host, address", [("LOCALHOST", "127.0.0.1"), ("127.1", "127.0.0.1"), ("ip6-localhost", "::1")])
+def test_every_name_of_a_loopback_address_answers_this_machine_s_names_only(host, address):
+    """The address bound decides, not how the name is spelt: "LOCALHOST" or "127.1" let any Host in before."""
+    assert allowed_hosts(host, address) == sorted({"127.0.0.1", "localhost", "[::1]", host.lower()})

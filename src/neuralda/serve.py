@@ -302,17 +302,14 @@ def _problem(error: dict) -> str:
     return f"{where}: {error['msg']}"
 
 
-def allowed_hosts(host: str) -> list[str]:
-    """The names a request may call the server by (its Host header) when it listens on ``host``: on a loopback
-    address only this machine's, so that a web page whose own name its DNS turns into 127.0.0.1 (DNS rebinding)
-    cannot read the API from the user's browser; any name on another address."""
-    try:
-        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:  # a host name: the names it also goes by are not known here
+def allowed_hosts(host: str, address: str) -> list[str]:
+    """The names a request may call the server by (its Host header) when it listens on ``host``, bound to
+    ``address``: on a loopback address only this machine's (``host`` too, as typed: "127.1"), so that a web page
+    whose own name its DNS turns into 127.0.0.1 (DNS rebinding) cannot read the API from the user's browser; any
+    name on another address. The address bound decides: "LOCALHOST" and "ip6-localhost" are loopback too."""
+    if not ipaddress.ip_address(address).is_loopback:
         return ["*"]
-    if not loopback:
-        return ["*"]
-    return sorted({"127.0.0.1", "localhost", "[::1]", url_host(host)})
+    return sorted({"127.0.0.1", "localhost", "[::1]", url_host(host.lower())})
 
 
 def url_host(host: str) -> str:
@@ -408,6 +405,11 @@ def create_app(run_dirs: list[str], hosts: Sequence[str] = ("*",)) -> FastAPI:
         words = sum(map(is_word, tokenize(poem, end=False)))
         return Poem(poem=poem, words=words, ms=round(ms, 1), seed=seed, ended=ended, run=name, checkpoint=checkpoint)
 
+    @app.get("/api/generate", include_in_schema=False)
+    async def generate_by_get() -> None:  # else the page's files answer it, "Not Found"
+        raise HTTPException(405, 'POST a JSON object here, such as {"start": "love", "words": 80}',
+                            headers={"Allow": "POST"})
+
     # Mounted last: the API routes above take precedence; StaticFiles refuses paths outside static/.
     app.mount("/", StaticFiles(packages=[("neuralda", "static")], html=True), name="page")
     return app
@@ -438,7 +440,11 @@ def serve(run_dirs: list[str], host: str = "127.0.0.1", port: int = 8000) -> Non
     """Serve the page and the API for ``run_dirs`` on ``host:port`` until interrupted."""
     import uvicorn
 
-    app = create_app(run_dirs, allowed_hosts(host))
     sock = listen(host, port)
+    try:
+        app = create_app(run_dirs, allowed_hosts(host, sock.getsockname()[0]))
+    except BaseException:
+        sock.close()
+        raise
     print(f"neuralda: writing poems at http://{url_host(host)}:{sock.getsockname()[1]}/ (Ctrl-C stops)", flush=True)
     uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])

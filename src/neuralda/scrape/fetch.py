@@ -409,7 +409,10 @@ def _http_get(url: str, user_agent: str, timeout: float) -> _Response:
     }
     resp = None
     try:
-        conn.request("GET", urlunsplit(("", "", parts.path or "/", parts.query, "")), headers=headers)
+        # Not urlunsplit: since Python 3.12.4 and 3.11.10 it writes a lone path that starts with "//" as "////..."
+        # (CPython gh-67693), the request for another page.
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        conn.request("GET", target, headers=headers)
         resp = conn.getresponse()
         body = _read_body(resp, url)
         return _Response(url=url, status=resp.status, headers=resp.headers, body=body)

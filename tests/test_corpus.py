@@ -104,11 +104,19 @@ _SONGS = ["SONG OF THE LARK\nthe lark at dawn\nsings over the wheat", "THE WELL\
     "last_line",
     ["End of the Project Gutenberg EBook of Songs, by A. Poet", "End of Project Gutenberg's Songs, by A. Poet"],
 )
-def test_import_gutenberg_drops_the_credits_and_the_end_of_book_line(tmp_path, last_line):
+@pytest.mark.parametrize(
+    "credit",
+    [
+        ("Produced by Jane Roe and the Online Distributed", "Proofreading Team at http://www.example.net"),
+        ("Transcribed from the 1914 Example and Co. edition by Jane Roe, email", "roe@example.net"),
+    ],
+    ids=["produced-by", "transcribed-from"],
+)
+def test_import_gutenberg_drops_the_credits_and_the_end_of_book_line(tmp_path, last_line, credit):
     lines = [
         "The Project Gutenberg EBook of Songs, by A. Poet", "", "This eBook is for the use of anyone anywhere", "",
         "*** START OF THIS PROJECT GUTENBERG EBOOK SONGS ***", "", "", "",
-        "Produced by Jane Roe and the Online Distributed", "Proofreading Team at http://www.example.net", "", "", "",
+        *credit, "", "", "",
         _SONGS[0], "", "", _SONGS[1], "", "", "", last_line, "",
         "*** END OF THIS PROJECT GUTENBERG EBOOK SONGS ***", "", "***** This file should be named 1.txt *****", "",
     ]  # fmt: skip
@@ -433,11 +441,12 @@ def test_a_language_reads_a_short_file_in_its_own_legacy_encodings(text, encodin
     assert decode_bytes(text.encode(encoding), "f.txt", lang) == text
 
 
-@pytest.mark.parametrize("html", [False, True], ids=["text", "saved page"])
-def test_import_reads_a_legacy_file_in_the_language_it_is_told(tmp_path, html):
+@pytest.mark.parametrize("kind", ["txt", "html", "jsonl"])
+def test_import_reads_a_legacy_file_in_the_language_it_is_told(tmp_path, kind):
     text = "Denizi hatırlıyorum,\nrüzgâr şarkı söyledi."
-    path = tmp_path / ("mar.html" if html else "mar.txt")
-    path.write_bytes((f"<html><body><p>{text}</p></body></html>" if html else text).encode("cp1254"))
+    path = tmp_path / f"mar.{kind}"
+    content = {"txt": text, "html": f"<html><body><p>{text}</p></body></html>", "jsonl": json.dumps({"text": text}, ensure_ascii=False)}
+    path.write_bytes(content[kind].encode("cp1254"))
     [poem] = import_files([path], lang="tr")
     assert poem.text.replace("\n", " ") == text.replace("\n", " ") and poem.lang == "tr"
 

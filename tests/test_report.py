@@ -155,6 +155,27 @@ def test_a_symlink_loop_as_an_output_is_no_traceback(tiny_run, tmp_path, monkeyp
     assert code == 2 and err.startswith("neuralda: error: ") and err.count("\n") == 1, err
 
 
+def test_a_link_as_output_has_its_plot_beside_the_file_it_points_to(tiny_run, tmp_path):
+    (tmp_path / "blog").mkdir()
+    (tmp_path / "blog" / "post.md").write_text("mine")
+    (tmp_path / "here").mkdir()
+    (tmp_path / "here" / "link.md").symlink_to("../blog/post.md")
+    write_report([str(tiny_run)], tmp_path / "here" / "link.md", samples=0, words=5, force=True)
+    assert "](post-perplexity.png)" in (tmp_path / "blog" / "post.md").read_text()
+    assert (tmp_path / "blog" / "post-perplexity.png").read_bytes()[:4] == b"\x89PNG"
+    assert sorted(p.name for p in (tmp_path / "here").iterdir()) == ["link.md"]
+
+
+def test_a_run_without_a_checkpoint_is_a_one_line_error_not_an_empty_report(tiny_run, tmp_path, capsys):
+    import shutil
+
+    run = tmp_path / "killed"
+    shutil.copytree(tiny_run, run)
+    shutil.rmtree(run / "checkpoints")  # killed before its first checkpoint
+    assert main(["report", str(run), "-o", str(tmp_path / "post.md"), "--samples", "0"]) == 2
+    assert "no checkpoint yet" in capsys.readouterr().err and not (tmp_path / "post.md").exists()
+
+
 def test_report_refuses_runs_it_could_not_tell_apart(tiny_run, tmp_path):
     import shutil
 

@@ -50,10 +50,10 @@ _GUTENBERG_START = re.compile(r"^\*{3}\s*START OF (?:THE|THIS) PROJECT GUTENBERG
 _GUTENBERG_OLD_START = re.compile(r"^[^\S\n]*\*END\*?[^\S\n]*THE SMALL PRINT.*$", re.M | re.I)
 _GUTENBERG_END = re.compile(r"^\*{3}\s*END OF (?:THE|THIS) PROJECT GUTENBERG.*$", re.M | re.I)
 # The volunteers' credit paragraph just after the start ("Produced by Jane Doe and the Online Distributed
-# Proofreading Team"; "This etext was prepared by ...") and the "End of the Project Gutenberg EBook of ..." line
-# just before the end: neither is a poem.
+# Proofreading Team"; "This etext was prepared by ..."; "Transcribed from the 1914 edition by ...") and the "End of
+# the Project Gutenberg EBook of ..." line just before the end: neither is a poem.
 _GUTENBERG_CREDIT = re.compile(
-    r"\A\s*(?:this )?(?:e-?(?:text|book) )?(?:was )?(?:produced|transcribed|prepared|provided|scanned) by\b"
+    r"\A\s*(?:this )?(?:e-?(?:text|book) )?(?:was )?(?:produced|transcribed|prepared|provided|scanned)\b[^\n]*?\bby\b"
     r"(?:.*?\n[^\S\n]*\n|[^\n]*)",  # to the first blank line; with none, the one line
     re.I | re.S,
 )
@@ -250,14 +250,15 @@ def _read_bytes(path: str | Path) -> bytes:
     return path.read_bytes()
 
 
-def read_corpus(path: str | Path, clean: bool = True) -> list[Poem]:
+def read_corpus(path: str | Path, clean: bool = True, lang: str | None = None) -> list[Poem]:
     """Read a JSONL corpus (one object with a "text" field per line), or one JSON array of such objects (an export);
     bad lines are errors that name the line. ``clean=False``: the texts are already clean (a run's own data/, which
-    ftfy would take 2 s to check again at a million tokens)."""
+    ftfy would take 2 s to check again at a million tokens); ``lang``: the language whose legacy encodings a file
+    that is not UTF-8 is read in (``decode_bytes``)."""
     if str(path) == "":  # Path("") is the current folder
         raise NeuraldaError("an empty corpus file name; give a .jsonl file")
     path = Path(path)
-    text = decode_bytes(_read_bytes(path), str(path))
+    text = decode_bytes(_read_bytes(path), str(path), lang)
     if text.strip() and not _JSON_START.match(text.lstrip("\ufeff")):  # poems as plain text, not yet a corpus
         raise NeuraldaError(
             f"{path} is not a JSONL corpus (one JSON object per line); make one from text files with "
@@ -385,7 +386,7 @@ def import_files(
         if kind == "html":
             found = _html_poem(data, _clean_field(Path(path).name), title_css, body_css, lang)
         elif kind == "jsonl":
-            found = read_corpus(path)
+            found = read_corpus(path, lang=lang)
         else:
             text = text.replace("\r\n", "\n").replace("\r", "\n")  # before the Gutenberg and blank-line patterns
             body = _strip_gutenberg(text, name) if kind == "gutenberg" else text

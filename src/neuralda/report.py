@@ -73,6 +73,8 @@ def collect(
     entries = []
     for run_dir, run in zip(run_dirs, runs):
         checkpoints = report_checkpoints(run)
+        if not checkpoints:  # killed before its first checkpoint
+            raise NeuraldaError(f"{run.path}: no checkpoint yet; train it (or --resume it) first")
         measured = measure_checkpoints(run_dir, checkpoints, corpus, samples, start, words, seed)
         for checkpoint, (measures, model, meta) in zip(checkpoints, measured):
             poem, _ = write_poems(model, run.vocab, start, words, 1, SamplingConfig(), seed)[0]
@@ -313,7 +315,8 @@ def report_paths(output: str | Path, html_path: str | Path | None, force: bool) 
     if html_path is not None:  # --html '' is no file name, not "no page"
         _check_file_name(html_path, "post.html")
     output = Path(output)
-    plot = output.with_name(output.stem + PLOT_SUFFIX)
+    real = Path(os.path.realpath(output))  # where a link as -o has the Markdown written: its plot goes beside it
+    plot = real.with_name(real.stem + PLOT_SUFFIX)
     page = None if html_path is None else Path(html_path)
     paths = [p for p in (output, plot, page) if p]
     if len({os.path.realpath(p) for p in paths}) < len(paths):  # Path.resolve: RuntimeError on a symlink loop

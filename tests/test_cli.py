@@ -1,4 +1,5 @@
 import argparse
+import errno
 import importlib.util
 import inspect
 import json
@@ -274,15 +275,31 @@ def test_demo_refuses_an_output_that_is_a_file_before_it_scrapes(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"] and notes.read_text() == "my notes\n"
 
 
+@pytest.mark.parametrize(
+    "failure, error",
+    [
+        (None, "summary needs a run directory, or --arch and --vocab"),
+        (OSError(errno.EISDIR, "Is a directory", "run/config.json"), "run/config.json: Is a directory"),
+        (MemoryError(), "out of memory; try a smaller model"),  # every rank had a line of each of these two
+    ],
+    ids=["neuralda", "os", "memory"],
+)
 @pytest.mark.parametrize("rank, shown", [("0", True), ("1", False)])
-def test_under_torchrun_rank_0_alone_prints_an_error(monkeypatch, capsys, rank, shown):
+def test_under_torchrun_rank_0_alone_prints_an_error(monkeypatch, capsys, rank, shown, failure, error):
+    import neuralda.cli
     from neuralda.cli import main
 
     monkeypatch.setenv("RANK", rank)
     monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(neuralda.cli, "OTHER_RANKS_WAIT", 0.0)
+    if failure is not None:
+        def cmd_summary(args):
+            raise failure
+
+        monkeypatch.setattr(neuralda.cli, "cmd_summary", cmd_summary)
     assert main(["summary"]) == 2
-    error = "neuralda: error: summary needs a run directory, or --arch and --vocab\n"
-    assert capsys.readouterr().err == error * shown
+    err = capsys.readouterr().err
+    assert (err.startswith(f"neuralda: error: {error}") and err.count("\n") == 1) if shown else err == ""
 
 
 def test_json_for_other_programs_has_null_for_an_overflowing_measure():

@@ -63,6 +63,11 @@ def test_an_error_only_rank_zero_finds_is_one_line(tmp_path, corpus_file):
     out = subprocess.run([*ddp[: -len(ARGS) - 1], str(tmp_path / "new"), *ARGS, "--device", "tpu"],
                          capture_output=True, text=True, timeout=180)
     assert out.returncode != 0 and out.stderr.count("neuralda: error: unknown device 'tpu'") == 1, out.stderr[-2000:]
+    # A model too large for memory fails as rank 0 prepares the run: rank 1 was left in a broken collective.
+    out = subprocess.run([*ddp[: -len(ARGS) - 1], str(tmp_path / "huge"), *ARGS, "--hidden", "300000"],
+                         capture_output=True, text=True, timeout=180)
+    assert out.returncode != 0 and out.stderr.count("neuralda: error: out of memory") == 1, out.stderr[-2000:]
+    assert "[rank1]" not in out.stderr and "Connection closed" not in out.stderr, out.stderr[-2000:]
 
 
 def _agree_on_rank(rank: int, port: int, results) -> None:

@@ -638,14 +638,7 @@ def main(argv: list[str] | None = None) -> int:
             warnings.showwarning = _one_line_warnings(warnings.showwarning)
             args.func(args)
     except NeuraldaError as e:
-        # Under torchrun every process has it (the same checks, or rank 0's error passed on by Dist.on_main): rank 0
-        # says it. The others wait a moment first: torchrun stops every process once one has failed, and a rank 1
-        # ahead of rank 0 had it stopped before it said anything (2 jobs in 8 given a bad --device).
-        if os.environ.get("RANK", "0") == "0" or os.environ.get("WORLD_SIZE", "1") == "1":
-            print(f"neuralda: error: {e}", file=sys.stderr)
-        else:
-            time.sleep(OTHER_RANKS_WAIT)
-        return 2
+        return _error(str(e))
     except KeyboardInterrupt:
         if argv is None:  # the program itself is ending: a second Ctrl-C while Python exits was a traceback
             signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -654,12 +647,7 @@ def main(argv: list[str] | None = None) -> int:
         out = codecs.lookup(getattr(sys.stdout, "encoding", None) or "utf-8").name
         if out == "utf-8" or out != codecs.lookup(e.encoding).name:  # not the output's doing: a bug
             raise
-        print(
-            f"neuralda: error: the output's encoding ({out}) cannot write {e.object[e.start:e.end]!r}; "
-            "set PYTHONIOENCODING=utf-8",
-            file=sys.stderr,
-        )
-        return 2
+        return _error(f"the output's encoding ({out}) cannot write {e.object[e.start:e.end]!r}; set PYTHONIOENCODING=utf-8")
     except BrokenPipeError:  # the reader went away: `generate ... | head` has what it asked for; a job was stopped
         _drop_unread_output()
         return 141 if args.func in (cmd_train, cmd_demo, cmd_scrape) else 0  # 128 + SIGPIPE, as a shell reports it
@@ -667,17 +655,24 @@ def main(argv: list[str] | None = None) -> int:
         from .files import why_not_written
 
         why = why_not_written(e.filename, e) if e.filename else e.strerror or e
-        print(f"neuralda: error: {f'{e.filename}: ' if e.filename else ''}{why}", file=sys.stderr)
-        return 2
+        return _error(f"{f'{e.filename}: ' if e.filename else ''}{why}")
     except (MemoryError, RuntimeError) as e:  # too large for this machine; torch says so (CPU, CUDA, MPS) in words
         if isinstance(e, RuntimeError) and not any(s in str(e) for s in ("out of memory", "can't allocate memory")):
             raise
-        print(
-            "neuralda: error: out of memory; try a smaller model (--hidden, --layers), --batch-size, --seq-len or --n",
-            file=sys.stderr,
-        )
-        return 2
+        return _error("out of memory; try a smaller model (--hidden, --layers), --batch-size, --seq-len or --n")
     return 0
+
+
+def _error(message: str) -> int:
+    """Say ``message`` as the one-line error; exit code 2. Under torchrun every process has it (the same checks, or
+    rank 0's error passed on by Dist.on_main): rank 0 says it. The others wait a moment first: torchrun stops every
+    process once one has failed, and a rank 1 ahead of rank 0 had it stopped before it said anything (2 jobs in 8
+    given a bad --device)."""
+    if os.environ.get("RANK", "0") == "0" or os.environ.get("WORLD_SIZE", "1") == "1":
+        print(f"neuralda: error: {message}", file=sys.stderr)
+    else:
+        time.sleep(OTHER_RANKS_WAIT)
+    return 2
 
 
 if __name__ == "__main__":

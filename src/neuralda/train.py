@@ -660,9 +660,9 @@ class Dist:
             torch.distributed.barrier()
 
     def on_main(self, work: Callable[[], None]) -> None:
-        """``work`` (writing the run directory) on rank 0 alone, the others waiting for it; where it fails with a
-        NeuraldaError or OSError (an existing run, a full disk), every rank raises, so the job ends with rank 0's one
-        line instead of the other ranks' broken collectives."""
+        """``work`` (writing the run directory) on rank 0 alone, the others waiting for it; where it fails (an
+        existing run, a full disk, a model too large for memory), every rank raises, so the job ends with rank 0's
+        one line instead of the other ranks' broken collectives."""
         if self.world == 1:
             return work()
         failure: list[str | None] = [None]
@@ -670,7 +670,7 @@ class Dist:
         if self.main:
             try:
                 work()
-            except (NeuraldaError, OSError) as e:
+            except Exception as e:  # rank 0 raises it as it is (cli.main says it, or it is a bug's traceback)
                 error, failure[0] = e, str(e)
         torch.distributed.broadcast_object_list(failure, 0)
         if error is not None:

@@ -647,7 +647,8 @@ def main(argv: list[str] | None = None) -> int:
         out = codecs.lookup(getattr(sys.stdout, "encoding", None) or "utf-8").name
         if out == "utf-8" or out != codecs.lookup(e.encoding).name:  # not the output's doing: a bug
             raise
-        return _error(f"the output's encoding ({out}) cannot write {e.object[e.start:e.end]!r}; set PYTHONIOENCODING=utf-8")
+        cannot = e.object[e.start : e.end]
+        return _error(f"the output's encoding ({out}) cannot write {cannot!r}; set PYTHONIOENCODING=utf-8")
     except BrokenPipeError:  # the reader went away: `generate ... | head` has what it asked for; a job was stopped
         _drop_unread_output()
         return 141 if args.func in (cmd_train, cmd_demo, cmd_scrape) else 0  # 128 + SIGPIPE, as a shell reports it

@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from neuralda.errors import NeuraldaError
 from neuralda.run import Run
 
 EPOCHS = 6
@@ -70,13 +71,14 @@ def small_disk(tmp_path):
 
 def fill(disk, leave: int) -> None:
     """Fill ``disk`` until only about ``leave`` bytes are free."""
-    with open(disk / "filler", "wb") as f:
-        try:
-            while True:
-                f.write(b"\0" * 65536)
-                f.flush()
-        except OSError:
+    fd = os.open(disk / "filler", os.O_WRONLY | os.O_CREAT)  # unbuffered: closing has nothing left to flush
+    try:
+        while os.write(fd, b"\0" * 65536):
             pass
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
     free = shutil.disk_usage(disk).free
     os.truncate(disk / "filler", max(0, os.path.getsize(disk / "filler") - (leave - free)))
 
@@ -105,6 +107,18 @@ def test_a_full_disk_while_saving_keeps_the_previous_checkpoint(small_disk, corp
     again = neuralda_train("--resume", "--epochs", "3")
     assert again.returncode == 0, again.stderr
     assert [row["epoch"] for row in Run.open(out).metrics()] == [1, 2, 3]
+
+
+def test_a_line_that_cannot_be_added_is_a_one_line_error_naming_the_file(small_disk):
+    """A full disk under metrics.jsonl or a scrape's corpus said only "No space left on device"."""
+    from neuralda.files import append_line
+
+    log = small_disk / "metrics.jsonl"
+    append_line(log, '{"epoch": 1}')
+    fill(small_disk, leave=0)
+    with pytest.raises(NeuraldaError, match=rf"^{log}: could not add a line to it \(No space left on device\)$"):
+        append_line(log, '{"epoch": 2, "note": "' + "x" * 100_000 + '"}')
+    assert log.read_text().startswith('{"epoch": 1}\n')
 
 
 def damage_data(run) -> None:

@@ -118,9 +118,13 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
 
 
 def append_line(path: str | os.PathLike, line: str | bytes) -> None:
-    """Append one line (text as UTF-8) and flush it to disk, so a killed process keeps every line it finished."""
+    """Append one line (text as UTF-8) and flush it to disk, so a killed process keeps every line it finished; a
+    failed write (a full disk) is a one-line error naming the file."""
     data = line.encode("utf-8") if isinstance(line, str) else line
-    with open(path, "ab") as f:
-        f.write(data.rstrip(b"\n") + b"\n")
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with open(path, "ab") as f:
+            f.write(data.rstrip(b"\n") + b"\n")
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:  # its own message names no file: "No space left on device"
+        raise NeuraldaError(f"{path}: could not add a line to it ({why_not_written(path, e)})") from None

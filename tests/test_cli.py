@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -223,14 +224,28 @@ def test_demo_scrapes_the_local_site_trains_and_writes(tmp_path):
     assert poem.startswith("love") and len(poem.split()) > 1
     scraped = [json.loads(line) for line in (tmp_path / "runs" / "demo-corpus.jsonl").read_text().splitlines()]
     assert len(scraped) == 117 and all(p["url"].startswith("http://127.0.0.1:") for p in scraped)
-    # A second demo replaces its own run and corpus, also one killed before its config.json was written; it never
-    # touches another run.
+    # A second demo killed while it trains leaves the first one's run as it was.
+    run = tmp_path / "runs" / "demo"
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    killed = subprocess.Popen([sys.executable, "-m", "neuralda", "demo", "--minutes", "1", "-o", run, "-q"],
+                              stderr=subprocess.PIPE, text=True)
+    for line in killed.stderr:
+        if "training the default model" in line:
+            time.sleep(1.0)
+            break
+    killed.kill()
+    killed.communicate(timeout=30)
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+    # A demo replaces its own run, also one killed before its config.json was written (by an earlier version, which
+    # trained in place), keeps its corpus, and leaves nothing aside; it never touches another run.
     shutil.rmtree(tmp_path / "runs" / "demo" / "checkpoints")
     for name in ("config.json", "metrics.jsonl", "samples.jsonl"):
         (tmp_path / "runs" / "demo" / name).unlink()
     again = cli("demo", "--minutes", "0.1", "-o", tmp_path / "runs" / "demo", "-q")
     assert again.returncode == 0, again.stderr[-2000:]
     assert len((tmp_path / "runs" / "demo-corpus.jsonl").read_text().splitlines()) == 117
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["demo", "demo-corpus.jsonl"]
+    assert json.loads((run / "config.json").read_text())["output"] == str(run)
 
 
 def test_demo_never_replaces_a_corpus_of_the_user_s_named_as_its_own(tmp_path):

@@ -300,6 +300,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
     from .corpus import read_corpus
     from .demo.site import serve_poems
+    from .files import write_json
     from .generate import write_poems
     from .run import Run
     from .scrape import scrape
@@ -319,25 +320,35 @@ def cmd_demo(args: argparse.Namespace) -> None:
         corpus = previous.get("corpus") if isinstance(previous, dict) else None
         if corpus is None or Path(str(corpus)).resolve() != corpus_out.resolve():
             raise NeuraldaError(f"{out} holds a run that is not the demo's; choose another -o")
-        shutil.rmtree(out)
     elif out.is_dir() and any(out.iterdir()):
-        # Training resumes what a demo killed before its config.json left there: only the demo's own split (poems
-        # scraped from 127.0.0.1) may be taken over; a vocab.json or data/*.jsonl of the user's is never replaced.
+        # What a demo of an earlier version, killed before its config.json, left there: only the demo's own split
+        # (poems scraped from 127.0.0.1) may be replaced; a vocab.json or data/*.jsonl of the user's never is.
         split = [p for p in (out / "data" / "train.jsonl", out / "data" / "val.jsonl") if p.exists()]
         orphan_vocab = (out / "vocab.json").exists() and not split  # _prepare writes the split before it
         if orphan_vocab or not all(map(_scraped_from_this_machine, split)):
             raise NeuraldaError(f"{out} holds files that are not the demo's run; choose another -o")
     if corpus_out.exists() and not _scraped_from_this_machine(corpus_out):
         raise NeuraldaError(f"{corpus_out} holds poems the demo did not scrape; choose another -o")
-    corpus_out.unlink(missing_ok=True)  # the demo's own output from an earlier run
+    # The new run is trained beside the last one and takes its place only when whole: a demo killed on its way
+    # leaves the last one as it was (one killed between the two renames below finds it aside, and puts it back).
+    new, old = out.parent / f".{out.name}.new", out.parent / f".{out.name}.old"
+    if old.is_dir() and not out.exists():
+        old.rename(out)
+    for folder in (new, old):
+        shutil.rmtree(folder, ignore_errors=True)
     poems = read_corpus(importlib.resources.files("neuralda") / "demo" / "poems.jsonl")
     with tempfile.TemporaryDirectory() as cache, serve_poems(poems) as site:
         print(f"neuralda demo: serving {len(poems)} poems at {site.url} and scraping them", file=sys.stderr)
+        # Into the last demo's corpus, if any: a scrape adds only the poems missing there.
         print(scrape(site.config(str(corpus_out), cache, progress=not args.quiet)).text(), file=sys.stderr)
     print(f"neuralda demo: training the default model for up to {args.minutes:g} min", file=sys.stderr)
-    # resume: a demo killed before its run's config.json left files there that train starts over.
-    cfg = TrainConfig(corpus=str(corpus_out), output=str(out), max_time=args.minutes * 60, progress=not args.quiet)
-    train(cfg, resume=out.exists())
+    train(TrainConfig(corpus=str(corpus_out), output=str(new), max_time=args.minutes * 60, progress=not args.quiet))
+    config = json.loads((new / "config.json").read_text(encoding="utf-8"))
+    write_json(new / "config.json", {**config, "output": str(out)})  # where the run is from now on
+    if out.exists():
+        out.rename(old)
+    new.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
     run = Run.open(out)
     model, _ = run.load_model("best")
     poem, _ = write_poems(model, run.vocab, words=80, seed=args.seed)[0]

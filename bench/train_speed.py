@@ -66,6 +66,7 @@ def bare_loop(run: Run, ids: torch.Tensor, device: str, precision: str, epochs: 
 
 
 def median(values: list[float]) -> float:
+    """The middle value (the upper of the two middle ones of an even count)."""
     return sorted(values)[len(values) // 2]
 
 
@@ -89,8 +90,8 @@ def ours_after_steps(cfg: dict, output: str, precision: str, steps: int):
 def epoch_breakdown(rows: list[dict], loop_seconds: float) -> dict:
     """Where a run of ours spent its time: its first epoch (warm-up), a typical one (the median: training,
     validation and metrics), and what lies outside the epochs (checkpoints, the last sample poem)."""
-    seconds = sorted(row["seconds"] for row in rows)
-    return {"first_epoch_s": rows[0]["seconds"], "median_epoch_s": seconds[len(seconds) // 2],
+    seconds = [row["seconds"] for row in rows]
+    return {"first_epoch_s": rows[0]["seconds"], "median_epoch_s": median(seconds),
             "outside_epochs_s": round(loop_seconds - sum(seconds), 3)}
 
 

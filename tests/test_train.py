@@ -11,7 +11,7 @@ import torch
 from conftest import make_poems, tiny_config, write_jsonl
 from neuralda.errors import NeuraldaError
 from neuralda.run import Run, read_checkpoint
-from neuralda.train import batches, parse_duration, train
+from neuralda.train import _stream, batches, parse_duration, train
 
 QUIET = dict(log=lambda s: None)
 
@@ -664,16 +664,26 @@ def test_unk_rate_reads_words_seen_once_as_unknown(tmp_path):
     assert bool((first[changed] == trainer.run.vocab.unk).all())
 
 
-def test_the_logged_held_out_perplexity_is_the_one_evaluate_measures(tmp_path, corpus_file):
-    """Training in bf16, validation still reads the held-out poems in float32: the plot and the report's table agree."""
-    from neuralda.evaluate import evaluate_run
+@pytest.mark.parametrize("precision", ["bf16", "fp32"])
+def test_the_logged_held_out_perplexity_is_the_one_evaluate_measures(tmp_path, corpus_file, precision):
+    """A CPU training in bf16 scores its held-out poems in bf16 (float32 products are the slow ones there), and
+    `evaluate` scores a checkpoint as its run did: the plot and the report's table give one number."""
+    from neuralda.evaluate import evaluate_run, token_nll
 
     out = tmp_path / "run"
-    train(tiny_config(corpus_file, out, epochs=2, precision="bf16"), **QUIET)
+    train(tiny_config(corpus_file, out, epochs=2, precision=precision), **QUIET)
     run = Run.open(out)
-    assert {r["precision"] for r in run.metrics()} == {"bf16"}
+    assert {r["precision"] for r in run.metrics()} == {precision}
     logged = run.checkpoint_meta("best")["val_loss"]  # unrounded
-    assert math.log(evaluate_run(out, "best", samples=0)["perplexity"]) == pytest.approx(logged, rel=1e-9)
+    row = evaluate_run(out, "best", samples=0)
+    assert row["precision"] == precision
+    assert math.log(row["perplexity"]) == pytest.approx(logged, rel=1e-9)
+    model, _ = run.load_model("best")
+    nll, count = token_nll(model, _stream(run, "val"), precision)
+    assert nll / count == pytest.approx(logged, rel=1e-9)
+    if precision == "bf16":  # not float32's number: the test would pass on a run that scored in float32 otherwise
+        nll, count = token_nll(model, _stream(run, "val"))
+        assert nll / count != pytest.approx(logged, rel=1e-6)
 
 
 def test_a_min_count_that_leaves_no_word_is_an_error(tmp_path, corpus_file):

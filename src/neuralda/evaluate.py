@@ -226,10 +226,12 @@ def heldout_text(poems: Iterable[Poem], vocab: Vocab) -> HeldoutText:
     )
 
 
-def heldout_measures(model, text: HeldoutText) -> dict:
-    """Perplexity per token and per word (the same total NLL over words), bits per character, OOV rate."""
-    nll, count = token_nll(model, text.ids)
+def heldout_measures(model, text: HeldoutText, precision: str = "fp32") -> dict:
+    """Perplexity per token and per word (the same total NLL over words), bits per character, OOV rate; scored in
+    ``precision`` (fp32, or bf16 autocast)."""
+    nll, count = token_nll(model, text.ids, precision)
     return {
+        "precision": precision,
         "perplexity": perplexity(nll, count),
         "perplexity_per_word": perplexity(nll, text.words) if text.words else None,  # no words: undefined
         "bits_per_char": nll / math.log(2) / text.chars,
@@ -372,7 +374,9 @@ def measure_checkpoints(
             text = heldout_text(heldout, run.vocab)
         row = {"run": str(run_dir), "checkpoint": checkpoint, "epoch": meta.get("epoch")}
         row["corpus"] = "val" if corpus is None else str(corpus)
-        row.update(heldout_measures(model, text))
+        # As training scored it (a run trained in bf16 on a CPU validated in bf16; older checkpoints say nothing):
+        # the same number as the run's metrics and plot.
+        row.update(heldout_measures(model, text, "bf16" if meta.get("val_precision") == "bf16" else "fp32"))
         poems = write_poems(model, run.vocab, start, words, samples, sampling, seed) if samples else []
         if index is None:  # read only when there are poems to check: a run shared without data/ can be measured
             index = NgramIndex.from_poems(run.poems("train") if poems else [], run.vocab.keep_case)

@@ -19,7 +19,10 @@ from ..corpus import Poem, check_language
 from ..errors import NeuraldaError, NeuraldaWarning
 from ..files import append_line
 from .extract import check_selector, parse_html, poem_lang, select_line, select_links, select_poem
-from .fetch import MAX_DELAY, MAX_RETRIES, MAX_TIMEOUT, Fetcher, FetchError, Page, host_of, is_web_page, normalize_url
+from .fetch import (
+    MAX_DELAY, MAX_RETRIES, MAX_TIMEOUT, Fetcher, FetchError, Page, host_of, is_file_link, is_web_page,
+    normalize_url,
+)
 from .sites import SELECTOR_FIELDS, get_preset, list_presets
 
 if TYPE_CHECKING:
@@ -64,8 +67,9 @@ class ScrapeSummary:
     pages_fetched: int = 0  # index and poem pages downloaded (robots.txt not counted)
     cache_hits: int = 0
     robots_skipped: int = 0
+    files_skipped: int = 0  # links to PDFs, images and other files: never requested
     failures: list[tuple[str, str]] = field(default_factory=list)  # (url, reason)
-    already_present: int = 0  # poems found that an earlier run had written
+    already_present: int = 0  # poems found that an earlier run had written (each once, however often linked)
     output: str = ""
 
     def text(self) -> str:
@@ -74,6 +78,7 @@ class ScrapeSummary:
             f"wrote {self.poems_written} poem{'s' * (self.poems_written != 1)} to {self.output}{earlier}",
             f"pages fetched: {self.pages_fetched}, from the cache: {self.cache_hits}",
             f"skipped for robots.txt: {self.robots_skipped}",
+            f"links to files (PDFs, images) skipped: {self.files_skipped}",
             f"failures: {len(self.failures)}",
         ]
         lines += [f"  {url}: {reason}" for url, reason in self.failures]
@@ -212,6 +217,10 @@ class _Crawl:
     off_host_links: list[str] = field(default_factory=list)
     pages_without_body: list[str] = field(default_factory=list)
     misses_in_a_row: int = 0  # poem pages --body matched nothing on, since the last it matched
+    earlier: set[str] = field(init=False)  # poems in the output before this scrape
+
+    def __post_init__(self) -> None:
+        self.earlier = set(self.texts)
 
     def full(self) -> bool:
         limit = self.config.max_poems
@@ -246,7 +255,6 @@ class _Crawl:
             if self.config.links is None and url in self.done:  # a poem page an earlier run wrote: not fetched again
                 self.poem_urls.add(url)
                 self.found.add(self.done[url])
-                self.summary.already_present += 1
                 return
             # An index page comes from the site each time: the same command again finds the poems added since.
             fetched = self.fetch(url, is_start, fresh=self.config.links is not None)
@@ -265,7 +273,6 @@ class _Crawl:
                     return
                 if link in self.done:
                     self.found.add(self.done[link])
-                    self.summary.already_present += 1
                 else:
                     self.write_poem(link, self.fetch(link))
                 self.progress.update(self.index_pages, len(self.poem_urls), self.summary.poems_written)
@@ -282,6 +289,8 @@ class _Crawl:
                 continue
             if host_of(url) != host:
                 self.off_host_links.append(url)
+            elif is_file_link(url):  # not requested at all: the type a server sends comes with the whole file
+                self.summary.files_skipped += 1
             elif url not in self.poem_urls:
                 self.poem_urls.add(url)
                 new.append(url)
@@ -314,7 +323,6 @@ class _Crawl:
         if final in self.done or text in self.texts:
             self.done[url] = self.done.get(final, text)
             self.found.add(self.done[url])
-            self.summary.already_present += 1
             return
         title = select_line(soup, self.config.title) if self.config.title else ""
         if self.config.author is not None:
@@ -354,6 +362,8 @@ class _Crawl:
             return f"every poem page failed, e.g. {url}: {reason}"
         if self.summary.robots_skipped:
             return f"robots.txt disallows all {self.summary.robots_skipped} poem page(s) found"
+        if self.summary.files_skipped and not self.poem_urls:
+            return f"the {self.summary.files_skipped} link(s) found lead to files (PDFs, images), not pages"
         return "no poem was found"
 
 
@@ -389,6 +399,7 @@ def scrape(config: ScrapeConfig) -> ScrapeSummary:
     finally:
         progress.close()
         summary.pages_fetched, summary.cache_hits = fetcher.pages_fetched, fetcher.cache_hits
+        summary.already_present = len(crawl.found & crawl.earlier)
     if summary.poems_written == 0 and summary.already_present == 0:
         raise NeuraldaError(f"no poem written: {crawl.why_nothing()}")
     return summary

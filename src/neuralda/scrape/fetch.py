@@ -10,6 +10,7 @@ import http.client
 import io
 import json
 import math
+import posixpath
 import re
 import socket
 import time
@@ -107,6 +108,18 @@ def is_web_page(content_type: str) -> bool:
     mime = content_type.split(";", 1)[0].strip().lower()
     xml = mime == "application/xml" or (mime.endswith("+xml") and not mime.startswith("image/"))  # not SVG
     return not mime or mime.startswith("text/") or xml
+
+
+# Links by whose name a file is known not to be a page: not requested (a server tells the type only with the file).
+FILE_SUFFIXES = frozenset(
+    ".pdf .epub .mobi .djvu .doc .docx .odt .rtf .zip .gz .tgz .rar .7z .jpg .jpeg .png .gif .webp .avif .svg .bmp "
+    ".tif .tiff .ico .mp3 .m4a .ogg .wav .flac .mp4 .m4v .webm .mov .avi".split()
+)
+
+
+def is_file_link(url: str) -> bool:
+    """Whether ``url``'s path names a PDF, an image, a sound, a video, a document or an archive."""
+    return posixpath.splitext(urlsplit(url).path.lower())[1] in FILE_SUFFIXES
 
 
 def host_of(url: str) -> str:

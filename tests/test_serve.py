@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 import shutil
 import statistics
@@ -143,8 +144,8 @@ def test_models_lists_runs_checkpoints_and_perplexity(client, runs):
     checkpoints = {c["name"]: c for c in tiny["checkpoints"]}
     assert set(checkpoints) == {"best", "last", "epoch-1"}
     rows = [json.loads(line) for line in (runs[0] / "metrics.jsonl").read_text().splitlines()]
-    assert checkpoints["last"]["epoch"] == 2 and checkpoints["last"]["val_ppl"] == rows[-1]["val_ppl"]
-    assert checkpoints["epoch-1"]["val_ppl"] == rows[0]["val_ppl"] > 1
+    assert checkpoints["last"]["epoch"] == 2 and checkpoints["last"]["val_ppl"] == pytest.approx(rows[-1]["val_ppl"], abs=5e-4)
+    assert checkpoints["epoch-1"]["val_ppl"] == pytest.approx(rows[0]["val_ppl"], abs=5e-4) and rows[0]["val_ppl"] > 1
 
 
 def test_models_read_each_checkpoint_s_epoch_from_the_checkpoint(runs, tmp_path):
@@ -159,7 +160,8 @@ def test_models_read_each_checkpoint_s_epoch_from_the_checkpoint(runs, tmp_path)
     rows = Run.open(run).metrics()
     assert [r["epoch"] for r in rows] == [1, 2]
     for info in checkpoint_infos(Run.open(run)):
-        assert (info.epoch, info.val_ppl, info.train_ppl) == (1, rows[0]["val_ppl"], rows[0]["train_ppl"])
+        assert (info.epoch, info.train_ppl) == (1, rows[0]["train_ppl"])
+        assert info.val_ppl == pytest.approx(rows[0]["val_ppl"], abs=5e-4)  # unrounded, from the checkpoint
 
 
 def test_an_epoch_logged_twice_is_shown_with_its_last_row(runs, tmp_path):
@@ -171,7 +173,8 @@ def test_an_epoch_logged_twice_is_shown_with_its_last_row(runs, tmp_path):
     stale = {**rows[0], "val_ppl": 9999.0, "train_ppl": 9999.0}
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in [stale, *rows]))
     infos = {c.name: c for c in checkpoint_infos(Run.open(run))}
-    assert (infos["epoch-1"].val_ppl, infos["epoch-1"].train_ppl) == (rows[0]["val_ppl"], rows[0]["train_ppl"])
+    assert infos["epoch-1"].train_ppl == rows[0]["train_ppl"]
+    assert infos["epoch-1"].val_ppl == pytest.approx(rows[0]["val_ppl"], abs=5e-4)
 
 
 def test_a_hand_edited_perplexity_is_shown_as_none_not_a_crash_at_start(runs, tmp_path):
@@ -185,7 +188,20 @@ def test_a_hand_edited_perplexity_is_shown_as_none_not_a_crash_at_start(runs, tm
         row["val_ppl"], row["train_ppl"] = odd, True
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     infos = {c.name: c for c in open_served(str(run)).info.checkpoints}
-    assert [(infos[n].val_ppl, infos[n].train_ppl) for n in ("epoch-1", "last")] == [(None, None)] * 2
+    assert [infos[n].train_ppl for n in ("epoch-1", "last")] == [None, None]
+    assert all(infos[n].val_ppl > 1 for n in ("epoch-1", "last"))  # the checkpoint's own, not the edited line's
+
+
+def test_the_page_shows_the_held_out_perplexity_the_report_s_table_does(runs, tmp_path):
+    """metrics.jsonl keeps 3 decimals: 138.4504 logged as 138.45 would read 138.4 where the table says 138.5."""
+    from neuralda.evaluate import format_ppl
+    from neuralda.serve import checkpoint_info
+
+    rows = [{"epoch": 2, "val_ppl": 138.45, "train_ppl": 90.0}]
+    info = checkpoint_info("best", {"epoch": 2, "val_loss": math.log(138.4504)}, rows)
+    assert format_ppl(info.val_ppl) == format_ppl(138.4504) == "138.5"
+    old = checkpoint_info("best", {"epoch": 2}, rows)  # a header without the loss: the metrics' number
+    assert old.val_ppl == 138.45 and old.train_ppl == 90.0
 
 
 def test_a_run_whose_training_poems_cannot_be_read_is_still_served(runs, tmp_path):
@@ -211,8 +227,8 @@ def test_a_checkpoint_replaced_while_served_is_listed_as_the_weights_written_wit
         assert write(c, words=10, seed=1, checkpoint="last").status_code == 200
         listed = {x["name"]: x for x in c.get("/api/models").json()["runs"][0]["checkpoints"]}
     rows = Run.open(run).metrics()
-    assert (listed["last"]["epoch"], listed["last"]["val_ppl"]) == (1, rows[0]["val_ppl"])
-    assert (listed["best"]["epoch"], listed["best"]["val_ppl"]) == (2, rows[1]["val_ppl"])
+    assert listed["last"]["epoch"] == 1 and listed["last"]["val_ppl"] == pytest.approx(rows[0]["val_ppl"], abs=5e-4)
+    assert listed["best"]["epoch"] == 2 and listed["best"]["val_ppl"] == pytest.approx(rows[1]["val_ppl"], abs=5e-4)
 
 
 def test_a_run_with_a_long_folder_name_can_be_named(runs, tmp_path):

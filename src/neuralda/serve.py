@@ -32,6 +32,7 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from . import __version__
 from .errors import NeuraldaError
+from .evaluate import perplexity
 from .generate import FORMS, MIN_TEMPERATURE, CopyGuards, SamplingConfig, batch_invariant, default_start, write_poems
 from .report import plottable
 from .run import Run
@@ -144,10 +145,14 @@ class ServedRun:
 def checkpoint_info(name: str, meta: dict, rows: list[dict]) -> CheckpointInfo:
     """Checkpoint ``name`` with the epoch it holds (from its own header ``meta``: ``best`` and ``last`` are written
     less often than metrics.jsonl grows) and that epoch's perplexities in the run's metrics ``rows`` (none for a
-    hand-edited one that is not a number)."""
+    hand-edited one that is not a number). The held-out one from the header's unrounded loss where it has one: the
+    metrics keep 3 decimals, and 138.4504 written as 138.45 reads 138.4 where the report's table says 138.5."""
     epoch = meta.get("epoch")
     row = next((r for r in reversed(rows) if r["epoch"] == epoch), {})  # a repeated epoch: its last row
-    val, train = (plottable(row.get(key)) for key in ("val_ppl", "train_ppl"))
+    loss = meta.get("val_loss")
+    exact = isinstance(loss, (int, float)) and not isinstance(loss, bool)
+    val = plottable(perplexity(loss, 1) if exact else row.get("val_ppl"))
+    train = plottable(row.get("train_ppl"))
     return CheckpointInfo(
         name=name, epoch=epoch, val_ppl=None if math.isnan(val) else val, train_ppl=None if math.isnan(train) else train
     )

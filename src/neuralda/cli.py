@@ -530,7 +530,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--device", default="cpu", help="cpu (default), auto, cuda or mps")
     g.add_argument(
         "--precision", default="auto", choices=("auto", "fp32", "bf16"),
-        help="auto: bfloat16 weights for an LSTM on a CPU with bf16 units (twice as fast there), else float32; "
+        help="auto: bfloat16 weights on a CPU with bf16 units (twice as fast there), else float32; "
              "bf16: bfloat16 for any model",
     )
     g.set_defaults(func=cmd_generate)

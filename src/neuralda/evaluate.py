@@ -375,8 +375,12 @@ def measure_checkpoints(
         row = {"run": str(run_dir), "checkpoint": checkpoint, "epoch": meta.get("epoch")}
         row["corpus"] = "val" if corpus is None else str(corpus)
         # As training scored it (a run trained in bf16 on a CPU validated in bf16; older checkpoints say nothing):
-        # the same number as the run's metrics and plot.
-        row.update(heldout_measures(model, text, "bf16" if meta.get("val_precision") == "bf16" else "fp32"))
+        # the same number as the run's metrics and plot. Not an LSTM on CUDA, where autocast runs cuDNN's LSTM in
+        # float16 (see train.pick_precision).
+        precision = "bf16" if meta.get("val_precision") == "bf16" else "fp32"
+        if precision == "bf16" and torch.device(device).type == "cuda" and run.config["arch"] != "gpt":
+            precision = "fp32"
+        row.update(heldout_measures(model, text, precision))
         poems = write_poems(model, run.vocab, start, words, samples, sampling, seed) if samples else []
         if index is None:  # read only when there are poems to check: a run shared without data/ can be measured
             index = NgramIndex.from_poems(run.poems("train") if poems else [], run.vocab.keep_case)

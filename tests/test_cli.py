@@ -280,6 +280,32 @@ def test_demo_never_replaces_a_folder_whose_config_json_is_not_a_run_s(tmp_path,
     assert path.read_bytes() == config and not (tmp_path / "app-corpus.jsonl").exists()
 
 
+@pytest.mark.parametrize("with_run", [False, True], ids=["folder", "demo-run"])
+def test_demo_never_deletes_other_files_in_its_run_folder(tmp_path, with_run):
+    """The demo's run replaces its folder whole: a thesis and photos beside it were deleted (exit 0)."""
+    folder = tmp_path / "proj"
+    (folder / "photos").mkdir(parents=True)
+    (folder / "thesis.txt").write_text("important\n")
+    (folder / "photos" / "a.jpg").write_bytes(b"\xff\xd8")
+    if with_run:  # the demo's own run, with the user's files added
+        (folder / "config.json").write_text(json.dumps({"corpus": str(tmp_path / "proj-corpus.jsonl")}))
+    out = cli("demo", "--minutes", "0.1", "-o", folder, "-q", timeout=60)
+    assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
+    assert "holds files that are not a run's (photos, thesis.txt); choose another -o" in out.stderr
+    assert (folder / "thesis.txt").read_text() == "important\n" and (folder / "photos" / "a.jpg").exists()
+    assert not (tmp_path / "proj-corpus.jsonl").exists()  # refused before it scraped
+
+
+@pytest.mark.parametrize("output", [".", ".."])
+def test_demo_never_takes_the_current_folder_for_its_run(tmp_path, output):
+    here = tmp_path / "work"
+    here.mkdir()
+    out = cli("demo", "--minutes", "0.1", "-o", output, "-q", cwd=here, timeout=60)
+    assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
+    assert "is the current folder or one above it" in out.stderr
+    assert list(tmp_path.iterdir()) == [here] and not list(here.iterdir())
+
+
 def test_demo_refuses_an_output_that_is_a_file_before_it_scrapes(tmp_path):
     # It scraped 117 poems beside the file, said the file held "no run yet (killed before it was written)", then failed.
     notes = tmp_path / "notes.txt"

@@ -304,13 +304,19 @@ def cmd_demo(args: argparse.Namespace) -> None:
     from .generate import write_poems
     from .run import Run
     from .scrape import scrape
-    from .train import TrainConfig, train
+    from .train import TrainConfig, _foreign_files, train
 
     if not 0 < args.minutes < math.inf:  # 0 would be no limit at all to training; NaN compares False
         raise NeuraldaError(f"--minutes must be a number above 0, got {args.minutes:g}")
     out = Path(args.output)
     if out.exists() and not out.is_dir():  # found only after the scrape, by train, which said it held "no run yet"
         raise NeuraldaError(f"{out} is a file, not a folder; choose another -o")
+    if out.resolve() in (Path.cwd(), *Path.cwd().parents):  # the run replaces the folder: never this one or above
+        raise NeuraldaError(f"-o {out} is the current folder or one above it; name a folder for the demo's run")
+    # The folder is replaced whole: anything in it that is not a run's file (a user's notes, a report) is refused.
+    foreign = _foreign_files(out)
+    if foreign:
+        raise NeuraldaError(f"{out} holds files that are not a run's ({', '.join(foreign[:3])}); choose another -o")
     corpus_out = out.parent / f"{out.name}-corpus.jsonl"
     if (out / "config.json").exists():
         try:

@@ -552,12 +552,18 @@ def _check_ahead(cfg: TrainConfig, run: Run) -> None:
 
 
 def _foreign_files(out: Path) -> list[str]:
-    """What ``out`` holds besides ``RUN_FILES`` and the temporary files of their atomic writes."""
+    """What ``out`` holds besides ``RUN_FILES``, its config.json and checkpoints, and the temporary files of their
+    atomic writes."""
     if not out.is_dir():
         return []
-    paths = [*out.iterdir(), *((out / "data").iterdir() if (out / "data").is_dir() else [])]
+    folders = [out / name for name in ("data", "checkpoints") if (out / name).is_dir()]
+    paths = [*out.iterdir(), *(p for folder in folders for p in folder.iterdir())]
     names = [p.relative_to(out).as_posix() for p in paths]
-    return sorted(n for n in names if n not in RUN_FILES and not PARTIAL_WRITE.fullmatch(n.removeprefix("data/")))
+    return sorted(
+        n for n in names
+        if n not in RUN_FILES and n != "config.json" and not CHECKPOINT_FILE.fullmatch(n)
+        and not PARTIAL_WRITE.fullmatch(n.split("/", 1)[-1])
+    )
 
 
 def _stream(run: Run, split: str) -> torch.Tensor:
@@ -567,6 +573,7 @@ def _stream(run: Run, split: str) -> torch.Tensor:
 
 
 BEST_AT_LAST = ".best-at-last.safetensors"  # 'best' as of checkpoint 'last', kept aside by an interrupted run
+CHECKPOINT_FILE = re.compile(rf"checkpoints/((best|last|epoch-\d+)\.safetensors|{re.escape(BEST_AT_LAST)})")
 
 
 def _keep_best_aside(checkpoints: Path) -> None:

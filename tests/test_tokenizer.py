@@ -207,6 +207,15 @@ def test_a_damaged_vocabulary_is_refused(tmp_path, tokens, message):
         Vocab.load(tmp_path / "vocab.json")
 
 
+@pytest.mark.parametrize("min_count", ["1e400", "1.5", "true", "0", '"2"'])
+def test_a_vocabulary_s_min_count_is_a_whole_number_above_0(tmp_path, min_count):
+    # 1e400 is JSON's infinity to Python: int() of it was an OverflowError traceback; 1.5 was read as 1.
+    tokens = [UNK, LINE, STANZA, POEM_END, "sea"]
+    (tmp_path / "vocab.json").write_text(f'{{"keep_case": false, "min_count": {min_count}, "tokens": {json.dumps(tokens)}}}')
+    with pytest.raises(NeuraldaError, match="min_count must be a whole number above 0"):
+        Vocab.load(tmp_path / "vocab.json")
+
+
 def test_a_keep_case_vocabulary_encodes_poems_with_their_case():
     """--keep-case: the training stream keeps "Love" as the vocabulary's "Love", not as <unk>."""
     vocab = Vocab.build([tokenize("Love the Sea", keep_case=True)], keep_case=True)

@@ -289,7 +289,10 @@ class Vocab:
     def load(cls, path: str | Path) -> "Vocab":
         try:
             data = json.loads(Path(path).read_text(encoding="utf-8"))
-            vocab = cls(list(data["tokens"]), keep_case=bool(data["keep_case"]), min_count=int(data["min_count"]))
+            min_count = data["min_count"]
+            if not isinstance(min_count, int) or isinstance(min_count, bool) or min_count < 1:
+                raise ValueError(f"min_count must be a whole number above 0, not {min_count!r}")
+            vocab = cls(list(data["tokens"]), keep_case=bool(data["keep_case"]), min_count=min_count)
         except FileNotFoundError:
             raise NeuraldaError(f"{path}: no vocabulary here (is this a run directory?)") from None
         except (ValueError, KeyError, TypeError) as e:

@@ -306,6 +306,12 @@ def test_demo_never_takes_the_current_folder_for_its_run(tmp_path, output):
     assert list(tmp_path.iterdir()) == [here] and not list(here.iterdir())
 
 
+def test_an_error_naming_a_file_with_a_newline_in_its_name_is_one_line(tmp_path):
+    out = cli("generate", tmp_path / "no\nsuch\x1b[2J")
+    assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
+    assert "no\\nsuch\\x1b[2J" in out.stderr and "\x1b" not in out.stderr
+
+
 def test_demo_refuses_an_output_that_is_a_file_before_it_scrapes(tmp_path):
     # It scraped 117 poems beside the file, said the file held "no run yet (killed before it was written)", then failed.
     notes = tmp_path / "notes.txt"

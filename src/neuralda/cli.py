@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 from . import __version__
-from .errors import NeuraldaError, NeuraldaWarning
+from .errors import NeuraldaError, NeuraldaWarning, shown
 from .models import ARCHS, RECIPES
 
 DEMO_RUN = Path("runs/demo")
@@ -78,10 +78,10 @@ def _interval(text: str) -> float:
 def _per_arch(name: str) -> str:
     """Help text for a train option whose default is the recipe's field ``name``, e.g. "lstm 100, gpt 100"."""
 
-    def shown(value) -> str:
+    def written(value) -> str:
         return (",".join(map(str, value)) or "none") if isinstance(value, tuple) else f"{value:g}"
 
-    return "default per --arch: " + ", ".join(f"{arch} {shown(getattr(r, name))}" for arch, r in RECIPES.items())
+    return "default per --arch: " + ", ".join(f"{arch} {written(getattr(r, name))}" for arch, r in RECIPES.items())
 
 
 def _command() -> str:
@@ -687,7 +687,7 @@ def _error(message: str) -> int:
     process once one has failed, and a rank 1 ahead of rank 0 had it stopped before it said anything (2 jobs in 8
     given a bad --device)."""
     if os.environ.get("RANK", "0") == "0" or os.environ.get("WORLD_SIZE", "1") == "1":
-        print(f"neuralda: error: {message}", file=sys.stderr)
+        print(f"neuralda: error: {shown(message)}", file=sys.stderr)  # a name with a newline in it: still one line
     else:
         time.sleep(OTHER_RANKS_WAIT)
     return 2

@@ -7,3 +7,10 @@ class NeuraldaError(Exception):
 
 class NeuraldaWarning(UserWarning):
     """A result the user may not want (an untrained checkpoint): one line on stderr from the command line."""
+
+
+def shown(text: str) -> str:
+    """``text`` as a terminal should show it in one line: each control or invisible character as its escape
+    (``\\x1b``, ``\\n``), so a server's header or a file's name cannot clear the screen, retitle the window, set
+    the clipboard or break the line."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)

@@ -23,7 +23,7 @@ from functools import partial
 from pathlib import Path
 from urllib.parse import quote, unquote, urljoin, urlsplit, urlunsplit
 
-from ..errors import NeuraldaError
+from ..errors import NeuraldaError, shown
 from ..files import atomic_write
 
 MAX_PAGE_BYTES = 5 * 1024 * 1024  # after gzip too: a small gzip bomb must not become gigabytes in memory
@@ -47,12 +47,6 @@ class FetchError(NeuraldaError):
         self.url = url
         self.reason = reason
         self.robots = robots
-
-
-def shown(text: str) -> str:
-    """``text`` from a server as the terminal should show it: each control or invisible character as its escape
-    (``\\x1b``), so a header cannot clear the screen, retitle the window or set the clipboard, and stays one line."""
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 class _Retryable(Exception):

@@ -1071,3 +1071,51 @@ def test_compile_is_this_invocation_s_choice(tmp_path, corpus_file, monkeypatch)
     assert len(compiled) == 1 and Run.open(out).config["compile"] is True
     train(tiny_config("", out, epochs=2), resume=True, **QUIET)
     assert len(compiled) == 1 and Run.open(out).config["compile"] is False
+
+
+def test_a_run_is_trained_by_one_process_at_a_time(tmp_path, corpus_file):
+    """A --resume started beside a running `train` of the same run wrote the same epochs again (each logged twice):
+    the run directory is locked while a `train` runs, a new run's too."""
+    from neuralda.files import folder_lock
+
+    out, refused = tmp_path / "run", []
+
+    def log(line: str) -> None:  # called while the run trains: its directory is locked
+        if line.startswith("training"):
+            with pytest.raises(NeuraldaError) as e, folder_lock(out):
+                pass
+            refused.append(str(e.value))
+
+    train(tiny_config(corpus_file, out, epochs=1), log=log)
+    assert refused == [f"{out}: another process is training this run; wait for it to end, or stop it"]
+    before = (out / "metrics.jsonl").read_bytes()
+    with folder_lock(out), pytest.raises(NeuraldaError, match="another process is training this run"):
+        train(tiny_config("", out, epochs=2), resume=True, **QUIET)
+    assert (out / "metrics.jsonl").read_bytes() == before
+    train(tiny_config("", out, epochs=2), resume=True, **QUIET)  # released at the end, as after an error
+    assert [r["epoch"] for r in metrics(out)] == [1, 2]
+
+
+DROP = object()  # a key taken out of the header
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [{"epoch": None}, {"epoch": 2.5}, {"trainer": "x"}, {"trainer": {"epoch": "x"}}, {"param_groups": []},
+     {"scheduler": DROP}],
+    ids=["epoch-none", "epoch-float", "trainer-str", "trainer-epoch-str", "no-groups", "no-scheduler"],
+)
+def test_a_hand_edited_checkpoint_header_is_a_one_line_error_on_resume(tmp_path, corpus_file, edit):
+    """A header without its checksums is read as an older version's, which may say anything: a traceback before."""
+    from safetensors.torch import save_file
+
+    out = tmp_path / "run"
+    train(tiny_config(corpus_file, out, epochs=1), **QUIET)
+    path = out / "checkpoints" / "last.safetensors"
+    tensors, meta = read_checkpoint(path)
+    meta = {k: v for k, v in {**meta, **edit}.items() if k not in ("sha256", "meta_sha256") and v is not DROP}
+    save_file(tensors, path, metadata={"neuralda": json.dumps(meta)})
+    before = (out / "metrics.jsonl").read_bytes()
+    with pytest.raises(NeuraldaError, match=r"last\.safetensors: damaged checkpoint \(.*\)$"):
+        train(tiny_config("", out, epochs=2), resume=True, **QUIET)
+    assert (out / "metrics.jsonl").read_bytes() == before

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -10,7 +11,7 @@ import shutil
 import stat
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from .errors import NeuraldaError
 
@@ -128,3 +129,26 @@ def append_line(path: str | os.PathLike, line: str | bytes) -> None:
             os.fsync(f.fileno())
     except OSError as e:  # its own message names no file: "No space left on device"
         raise NeuraldaError(f"{path}: could not add a line to it ({why_not_written(path, e)})") from None
+
+
+@contextlib.contextmanager
+def folder_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the folder ``path`` (flock on the folder itself: no lock file is left behind), or
+    fail with one line where another process holds it. Where locks are not to be had (Windows, some network file
+    systems) it holds none."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise NeuraldaError(f"{path}: another process is training this run; wait for it to end, or stop it") from None
+        except OSError:  # ENOLCK, EOPNOTSUPP: no locks here
+            pass
+        yield
+    finally:
+        os.close(fd)

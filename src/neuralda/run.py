@@ -122,6 +122,9 @@ def _meta(raw: bytes) -> dict:
         raise ValueError("its header is not a JSON object")
     if "meta_sha256" in meta and meta["meta_sha256"] != _meta_digest(meta):  # checkpoint_meta's readers too
         raise _Damaged("its header does not match the checksum saved with it")
+    epoch = meta.get("epoch", 0)  # a header without its checksum (as before there was one) may say anything
+    if not _whole(epoch) or epoch < 0:
+        raise _Damaged(f"its epoch is {epoch!r}, not a whole number")
     return meta
 
 

@@ -28,12 +28,13 @@ from . import __version__
 from .corpus import read_corpus, split_poems, write_corpus
 from .errors import NeuraldaError
 from .evaluate import HeldoutScorer, autocast, format_ppl, loss_chunk, perplexity
-from .files import PARTIAL_WRITE, append_line, atomic_write, remove_partial_writes, write_json
+from .files import PARTIAL_WRITE, append_line, atomic_write, folder_lock, remove_partial_writes, write_json
 from .generate import default_start, write_poems
 from .models import RECIPES, Recipe, build_model, default_size, recipe
 from .run import (
     FORMAT_VERSION,
     Run,
+    _whole,
     check_types,
     checkpoint_meta,
     load_model_tensors,
@@ -704,8 +705,13 @@ class Dist:
 class Trainer:
     """One training run: the model, its optimizer and schedule, and the epoch loop with its bookkeeping."""
 
-    def __init__(self, cfg: TrainConfig, resume: bool, log: Callable[[str], None]) -> None:
+    def __init__(
+        self, cfg: TrainConfig, resume: bool, log: Callable[[str], None], held: contextlib.ExitStack | None = None
+    ) -> None:
+        """``held``, where given, holds a lock on the run directory until it closes (rank 0's): a second `train`
+        of the same run, a --resume say, is refused while this one runs (the two wrote each other's epochs)."""
         self.cfg, self.started = cfg, time.monotonic()
+        lock = (lambda: held.enter_context(folder_lock(Path(cfg.output)))) if held is not None else (lambda: None)
         self.dist = Dist.from_env()
         self.log = log if self.dist.main else (lambda s: None)
         restart = resume and bool(cfg.corpus) and not (Path(cfg.output) / "config.json").exists()
@@ -744,11 +750,13 @@ class Trainer:
         self.dist.init(device)
         self.dist.barrier()  # every process has looked before the first one writes
         if resume:  # the partial files of the writes a kill cut short (a checkpoint each) would pile up, kill by kill
+            self.dist.on_main(lock)
             path = self.run.path
             self.dist.on_main(functools.partial(remove_partial_writes, path, path / "data", path / "checkpoints"))
             self.dist.on_main(lambda: write_json(self.run.path / "config.json", self.run.config))
         else:
             self.dist.on_main(lambda: _prepare(cfg, restart))
+            self.dist.on_main(lock)
             self.run = Run.open(cfg.output)
         c = self.c = self.run.config
         self.device = device
@@ -844,9 +852,18 @@ class Trainer:
         if "trainer" not in meta:
             raise NeuraldaError(f"{path}: holds no trainer state; cannot resume")
         optim = {k: v.to(self.device) for k, v in tensors.items() if k.startswith("optim/")}
-        load_optimizer(self.optimizer, optim, meta["param_groups"])
-        self.scheduler.load_state_dict(meta["scheduler"])
-        self.state.update(meta["trainer"])
+        trainer = meta["trainer"]
+        try:  # a header without its checksum (as before there was one) may hold anything
+            if not isinstance(trainer, dict) or not set(trainer) <= set(self.state):  # older runs' have fewer keys
+                raise TypeError("not the trainer's state")
+            counts = ("epoch", "step", "best_epoch", "bad_epochs")
+            if not all(_whole(trainer.get(k, 0)) and trainer.get(k, 0) >= 0 for k in counts):
+                raise TypeError("its counts are not whole numbers")
+            load_optimizer(self.optimizer, optim, meta["param_groups"])
+            self.scheduler.load_state_dict(meta["scheduler"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+            raise NeuraldaError(f"{path}: damaged checkpoint (its trainer state cannot be resumed: {e})") from None
+        self.state.update(trainer)
         self.dist.on_main(functools.partial(_restore_best, self.run.path / "checkpoints", self.state["epoch"]))
         for name in ("metrics.jsonl", "samples.jsonl"):
             self.dist.on_main(functools.partial(_truncate_epochs, self.run.path / name, self.state["epoch"]))
@@ -1060,17 +1077,17 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] | N
     Under ``torchrun`` each process trains on its slice of every batch and rank 0 alone writes the run directory.
     """
     log = log or (lambda s: print(s, file=sys.stderr, flush=True))
-    with _sigterm_as_interrupt():
-        trainer = Trainer(cfg, resume, log)
+    with _sigterm_as_interrupt(), contextlib.ExitStack() as held:
+        trainer = Trainer(cfg, resume, log, held)
         with _keep_freed_memory(trainer.device):
             result = trainer.fit()
-    dist = trainer.dist
-    # The model's DistributedDataParallel wrapper goes before its process group: left to the exit, a gloo thread it
-    # held was still joinable and the process aborted ("terminate called without an active exception": 8 of 37
-    # two-process runs on a busy CPU; 0 of 44 so).
-    del trainer
-    gc.collect()
-    dist.close()
+        dist = trainer.dist
+        # The model's DistributedDataParallel wrapper goes before its process group: left to the exit, a gloo thread
+        # it held was still joinable and the process aborted ("terminate called without an active exception": 8 of
+        # 37 two-process runs on a busy CPU; 0 of 44 so).
+        del trainer
+        gc.collect()
+        dist.close()
     return result
 
 

@@ -216,3 +216,23 @@ def test_recipes_train_for_the_published_epochs_and_ours_as_documented():
 def test_building_an_unknown_arch_lists_the_known_ones():
     with pytest.raises(NeuraldaError, match="choose one of .*gpt"):
         build_model("transformerxl", 50, 16, 1, 0.1)
+
+
+@pytest.mark.parametrize("hidden, layers", [(2**40, 1), (10**30, 1), (8, 10**7), (0, 1)])
+def test_sizes_past_any_machine_are_refused_before_building(hidden, layers):
+    # hidden 2**40 was torch's "Storage size calculation overflowed" traceback; layers 10**7 built for hours.
+    with pytest.raises(NeuraldaError, match=r"each from 1 up to 65,536 and 1,024"):
+        build_model("lstm", 10, hidden, layers, 0.0)
+
+
+def test_a_run_whose_config_json_asks_for_such_sizes_is_refused(tmp_path, tiny_run):
+    import json
+    import shutil
+
+    from neuralda.run import Run
+
+    run = shutil.copytree(tiny_run, tmp_path / "run")
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**config, "layers": 10**7}))
+    with pytest.raises(NeuraldaError, match=r"config\.json: layers should be a whole number from 1 to 1,024, not"):
+        Run.open(run)

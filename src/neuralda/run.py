@@ -28,6 +28,7 @@ from typing import Any
 
 from .errors import NeuraldaError
 from .files import atomic_write
+from .models import MAX_HIDDEN, MAX_LAYERS
 from .tokenizer import Vocab
 
 FORMAT_VERSION = 1
@@ -248,8 +249,8 @@ def _check_model_keys(config: dict, config_path: Path) -> None:
     """One-line errors for a model setting that is missing, of the wrong type or out of range."""
     check_types(config, _MODEL_KEYS, config_path)
     ranges = (
-        ("hidden", config["hidden"] >= 1, "a whole number of at least 1"),
-        ("layers", config["layers"] >= 1, "a whole number of at least 1"),
+        ("hidden", 1 <= config["hidden"] <= MAX_HIDDEN, f"a whole number from 1 to {MAX_HIDDEN:,}"),
+        ("layers", 1 <= config["layers"] <= MAX_LAYERS, f"a whole number from 1 to {MAX_LAYERS:,}"),
         ("dropout", 0 <= config["dropout"] < 1, "a number from 0 up to (not including) 1"),
     )
     for key, ok, expected in ranges:

@@ -74,6 +74,10 @@ RECIPES: dict[str, Recipe] = {
 }
 
 ARCHS = tuple(RECIPES)
+# Sizes far past any model a machine holds (hidden 65,536 is 34 billion weights a layer): past them torch's sizes
+# overflow (hidden 2**40 was a "Storage size calculation overflowed" traceback) or building alone takes hours
+# (layers 10**7), where a size merely too large for the machine is an out-of-memory error.
+MAX_HIDDEN, MAX_LAYERS = 1 << 16, 1 << 10
 
 
 def recipe(arch: str) -> Recipe:
@@ -90,6 +94,10 @@ def build_model(arch: str, vocab_size: int, hidden: int, layers: int, dropout: f
     from .lstm import PoetLSTM, SeedLSTM, ThouttLSTM
 
     recipe(arch)
+    if not (1 <= hidden <= MAX_HIDDEN and 1 <= layers <= MAX_LAYERS):
+        raise NeuraldaError(
+            f"hidden {hidden:,} and layers {layers:,}: each from 1 up to {MAX_HIDDEN:,} and {MAX_LAYERS:,}"
+        )
     if arch == "gpt":
         return GPT(GPTConfig(vocab_size, n_layer=layers, n_embd=hidden, n_head=heads(hidden), dropout=dropout))
     if arch == "seed":

@@ -312,6 +312,11 @@ def test_an_error_naming_a_file_with_a_newline_in_its_name_is_one_line(tmp_path)
     assert "no\\nsuch\\x1b[2J" in out.stderr and "\x1b" not in out.stderr
 
 
+def test_out_of_memory_names_the_flags_of_the_command_run(tiny_run):
+    out = cli("evaluate", tiny_run, "--samples", sys.maxsize)  # it said to try --n, a flag evaluate has not
+    assert out.returncode == 2 and out.stderr == "neuralda: error: out of memory; try fewer --samples\n"
+
+
 def test_demo_refuses_an_output_that_is_a_file_before_it_scrapes(tmp_path):
     # It scraped 117 poems beside the file, said the file held "no run yet (killed before it was written)", then failed.
     notes = tmp_path / "notes.txt"

@@ -677,8 +677,16 @@ def main(argv: list[str] | None = None) -> int:
     except (MemoryError, RuntimeError) as e:  # too large for this machine; torch says so (CPU, CUDA, MPS) in words
         if isinstance(e, RuntimeError) and not any(s in str(e) for s in ("out of memory", "can't allocate memory")):
             raise
-        return _error("out of memory; try a smaller model (--hidden, --layers), --batch-size, --seq-len or --n")
+        return _error(f"out of memory; try {OOM_HINTS.get(args.func, OOM_HINT)}")
     return 0
+
+
+# What to try when a command runs out of memory, in its own flags (evaluate has no --n).
+OOM_HINT = "a smaller model (--hidden, --layers), --batch-size or --seq-len"
+OOM_HINTS = {
+    cmd_generate: "fewer poems at once (--n)", cmd_serve: "a smaller model", cmd_evaluate: "fewer --samples",
+    cmd_compare: "fewer --samples", cmd_report: "fewer --samples",
+}
 
 
 def _error(message: str) -> int:

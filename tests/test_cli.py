@@ -149,8 +149,8 @@ def test_summary_counts_a_model_too_large_to_build():
 
 
 def test_out_of_memory_is_one_line_and_exit_2(tmp_path, corpus_file):
-    # 288 TB of embedding: more than any machine's address space, so refused at once, never half-allocated.
-    out = cli("train", corpus_file, "-o", tmp_path / "r", "--hidden", 10**12, "--epochs", 1, "-q")
+    # hidden 10**8: one LSTM matrix is 160 PB, past any machine's address space: refused at once, never half-allocated.
+    out = cli("train", corpus_file, "-o", tmp_path / "r", "--hidden", 10**8, "--epochs", 1, "-q")
     assert out.returncode == 2 and out.stderr.count("\n") == 1 and "Traceback" not in out.stderr
     assert out.stderr.startswith("neuralda: error: out of memory") and not (tmp_path / "r").exists()
 

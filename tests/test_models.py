@@ -221,7 +221,7 @@ def test_building_an_unknown_arch_lists_the_known_ones():
 @pytest.mark.parametrize("hidden, layers", [(2**40, 1), (10**30, 1), (8, 10**7), (0, 1)])
 def test_sizes_past_any_machine_are_refused_before_building(hidden, layers):
     # hidden 2**40 was torch's "Storage size calculation overflowed" traceback; layers 10**7 built for hours.
-    with pytest.raises(NeuraldaError, match=r"each from 1 up to 65,536 and 1,024"):
+    with pytest.raises(NeuraldaError, match=r"each from 1 up to 268,435,456 and 1,024"):
         build_model("lstm", 10, hidden, layers, 0.0)
 
 

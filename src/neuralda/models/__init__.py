@@ -74,10 +74,11 @@ RECIPES: dict[str, Recipe] = {
 }
 
 ARCHS = tuple(RECIPES)
-# Sizes far past any model a machine holds (hidden 65,536 is 34 billion weights a layer): past them torch's sizes
-# overflow (hidden 2**40 was a "Storage size calculation overflowed" traceback) or building alone takes hours
-# (layers 10**7), where a size merely too large for the machine is an out-of-memory error.
-MAX_HIDDEN, MAX_LAYERS = 1 << 16, 1 << 10
+# Sizes past any model a machine holds, that `summary` still counts on torch's meta device (a layer of hidden 2**28
+# holds 2**58 weights, under the 2**63 of torch's sizes): past them the sizes overflow (hidden 2**40 was a "Storage
+# size calculation overflowed" traceback) or building alone takes hours (layers 10**7); a size merely too large
+# for the machine is an out-of-memory error.
+MAX_HIDDEN, MAX_LAYERS = 1 << 28, 1 << 10
 
 
 def recipe(arch: str) -> Recipe:

@@ -2,6 +2,7 @@ import html
 import json
 import math
 import re
+import shutil
 import subprocess
 import sys
 
@@ -167,8 +168,6 @@ def test_a_link_as_output_has_its_plot_beside_the_file_it_points_to(tiny_run, tm
 
 
 def test_a_run_without_a_checkpoint_is_a_one_line_error_not_an_empty_report(tiny_run, tmp_path, capsys):
-    import shutil
-
     run = tmp_path / "killed"
     shutil.copytree(tiny_run, run)
     shutil.rmtree(run / "checkpoints")  # killed before its first checkpoint
@@ -240,6 +239,22 @@ def test_a_perplexity_that_is_not_a_positive_number_is_a_gap(value):
 
     assert math.isnan(plottable(value))
     assert plottable(50) == 50.0 and plottable(0.5) == 0.5
+
+
+def test_a_perplexity_near_float64_s_limit_is_plotted_as_a_gap_without_a_warning(tiny_run, tmp_path):
+    # 1e308 is a float: a log axis's margins around it overflowed, and numpy's warning reached the terminal.
+    import warnings
+
+    from neuralda.report import plottable
+
+    run = shutil.copytree(tiny_run, tmp_path / "run")
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    rows[0]["train_ppl"] = 1e308
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert main(["report", str(run), "-o", str(tmp_path / "r.md"), "--samples", "0", "--words", "5"]) == 0
+    assert math.isnan(plottable(1e308)) and plottable(1e300) == 1e300
 
 
 def test_a_title_that_is_not_utf8_is_shown_with_a_replacement_character(tiny_run, tmp_path):

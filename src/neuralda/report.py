@@ -165,10 +165,14 @@ def _number(value: object) -> float:
         return math.nan
 
 
+PLOT_MAX = 1e300  # past it a log axis's margins overflow float64 (matplotlib warned "overflow encountered in exp")
+
+
 def plottable(value: object) -> float:
-    """A perplexity to plot on a log scale: NaN (a gap) for a missing, overflowing, non-numeric or non-positive one."""
+    """A perplexity to plot on a log scale: NaN (a gap) for a missing, overflowing (past ``PLOT_MAX``), non-numeric
+    or non-positive one."""
     number = _number(value)
-    return number if math.isfinite(number) and number > 0 else math.nan
+    return number if 0 < number <= PLOT_MAX else math.nan
 
 
 def _poem_html(poem: str, lang: str | None) -> str:

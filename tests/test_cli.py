@@ -317,6 +317,14 @@ def test_out_of_memory_names_the_flags_of_the_command_run(tiny_run):
     assert out.returncode == 2 and out.stderr == "neuralda: error: out of memory; try fewer --samples\n"
 
 
+def test_resume_given_a_bad_corpus_for_a_run_never_started_is_its_one_line(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("not json\n")
+    out = cli("train", bad, "-o", tmp_path / "new", "--resume", "-q")
+    assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr  # "holds no run yet: starting it" first
+    assert "bad.jsonl" in out.stderr and "no run yet" not in out.stderr
+
+
 def test_demo_refuses_an_output_that_is_a_file_before_it_scrapes(tmp_path):
     # It scraped 117 poems beside the file, said the file held "no run yet (killed before it was written)", then failed.
     notes = tmp_path / "notes.txt"

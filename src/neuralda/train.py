@@ -716,7 +716,6 @@ class Trainer:
         self.log = log if self.dist.main else (lambda s: None)
         restart = resume and bool(cfg.corpus) and not (Path(cfg.output) / "config.json").exists()
         if restart:
-            self.log(f"{cfg.output} holds no run yet (killed before it was written): starting it")
             resume = False
         if resume:
             self.run = Run.open(cfg.output)
@@ -756,6 +755,8 @@ class Trainer:
             self.dist.on_main(lambda: write_json(self.run.path / "config.json", self.run.config))
         else:
             self.dist.on_main(lambda: _prepare(cfg, restart))
+            if restart:  # said once it has started: a bad corpus is its one line, not this and then that
+                self.log(f"{cfg.output} held no run yet (killed before its config.json was written): started it")
             self.dist.on_main(lock)
             self.run = Run.open(cfg.output)
         c = self.c = self.run.config

@@ -34,7 +34,7 @@ from . import __version__
 from .errors import NeuraldaError
 from .evaluate import perplexity
 from .generate import FORMS, MIN_TEMPERATURE, CopyGuards, SamplingConfig, batch_invariant, default_start, write_poems
-from .report import plottable
+from .report import _number, plottable
 from .run import Run
 from .tokenizer import is_word, tokenize
 
@@ -149,9 +149,8 @@ def checkpoint_info(name: str, meta: dict, rows: list[dict]) -> CheckpointInfo:
     metrics keep 3 decimals, and 138.4504 written as 138.45 reads 138.4 where the report's table says 138.5."""
     epoch = meta.get("epoch")
     row = next((r for r in reversed(rows) if r["epoch"] == epoch), {})  # a repeated epoch: its last row
-    loss = meta.get("val_loss")
-    exact = isinstance(loss, (int, float)) and not isinstance(loss, bool)
-    val = plottable(perplexity(loss, 1) if exact else row.get("val_ppl"))
+    loss = _number(meta.get("val_loss"))
+    val = plottable(perplexity(loss, 1) if math.isfinite(loss) else row.get("val_ppl"))
     train = plottable(row.get("train_ppl"))
     return CheckpointInfo(
         name=name, epoch=epoch, val_ppl=None if math.isnan(val) else val, train_ppl=None if math.isnan(train) else train

@@ -715,8 +715,7 @@ class Trainer:
         self.dist = Dist.from_env()
         self.log = log if self.dist.main else (lambda s: None)
         restart = resume and bool(cfg.corpus) and not (Path(cfg.output) / "config.json").exists()
-        if restart:
-            resume = False
+        resume = resume and not restart
         if resume:
             self.run = Run.open(cfg.output)
             _check_resumable(self.run)
@@ -857,8 +856,8 @@ class Trainer:
         try:  # a header without its checksum (as before there was one) may hold anything
             if not isinstance(trainer, dict) or not set(trainer) <= set(self.state):  # older runs' have fewer keys
                 raise TypeError("not the trainer's state")
-            counts = ("epoch", "step", "best_epoch", "bad_epochs")
-            if not all(_whole(trainer.get(k, 0)) and trainer.get(k, 0) >= 0 for k in counts):
+            counts = [trainer.get(k, 0) for k in ("epoch", "step", "best_epoch", "bad_epochs")]
+            if not all(_whole(n) and n >= 0 for n in counts):
                 raise TypeError("its counts are not whole numbers")
             load_optimizer(self.optimizer, optim, meta["param_groups"])
             self.scheduler.load_state_dict(meta["scheduler"])

@@ -287,6 +287,7 @@ def test_demo_never_deletes_other_files_in_its_run_folder(tmp_path, with_run):
     (folder / "photos").mkdir(parents=True)
     (folder / "thesis.txt").write_text("important\n")
     (folder / "photos" / "a.jpg").write_bytes(b"\xff\xd8")
+    (folder / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")  # a file browser's, in any folder it showed: not named
     if with_run:  # the demo's own run, with the user's files added
         (folder / "config.json").write_text(json.dumps({"corpus": str(tmp_path / "proj-corpus.jsonl")}))
     out = cli("demo", "--minutes", "0.1", "-o", folder, "-q", timeout=60)
@@ -294,6 +295,23 @@ def test_demo_never_deletes_other_files_in_its_run_folder(tmp_path, with_run):
     assert "holds files that are not a run's (photos, thesis.txt); choose another -o" in out.stderr
     assert (folder / "thesis.txt").read_text() == "important\n" and (folder / "photos" / "a.jpg").exists()
     assert not (tmp_path / "proj-corpus.jsonl").exists()  # refused before it scraped
+
+
+def test_demo_refuses_a_run_another_process_is_using(tmp_path, tiny_run):
+    """A `train` of the last demo's run, still running, wrote its epochs into the new demo's run that took its
+    place (epochs 1, 2, then 41 on), both exiting 0: the demo takes the run's lock first, as `train` does."""
+    from neuralda.files import folder_lock
+
+    folder = shutil.copytree(tiny_run, tmp_path / "demo")
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "corpus": str(tmp_path / "demo-corpus.jsonl")}))
+    before = sorted(p.relative_to(folder) for p in folder.rglob("*"))
+    with folder_lock(folder):
+        out = cli("demo", "--minutes", "0.1", "-o", folder, "-q", timeout=60)
+    assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
+    assert "another neuralda process is using this run" in out.stderr
+    assert sorted(p.relative_to(folder) for p in folder.rglob("*")) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["demo"]  # nothing scraped, nothing trained beside it
 
 
 @pytest.mark.parametrize("output", [".", ".."])
@@ -310,6 +328,37 @@ def test_an_error_naming_a_file_with_a_newline_in_its_name_is_one_line(tmp_path)
     out = cli("generate", tmp_path / "no\nsuch\x1b[2J")
     assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
     assert "no\\nsuch\\x1b[2J" in out.stderr and "\x1b" not in out.stderr
+
+
+def test_a_bad_argument_or_a_warning_naming_a_newline_is_one_line(monkeypatch, capsys):
+    import warnings
+
+    import neuralda.cli
+    from neuralda.cli import main
+    from neuralda.errors import NeuraldaWarning
+
+    out = cli("evaluate", "run", "extra\nline\x1b[2J")  # argparse's own error
+    assert out.returncode == 2 and out.stderr.count("\n") == 1 and "extra\\nline\\x1b[2J" in out.stderr, out.stderr
+    monkeypatch.setattr(neuralda.cli, "cmd_summary", lambda args: warnings.warn("w\nx.jsonl:2: torn", NeuraldaWarning))
+    assert main(["summary"]) == 0
+    assert capsys.readouterr().err == "neuralda: warning: w\\nx.jsonl:2: torn\n"
+
+
+@pytest.mark.parametrize("command", [("demo", "-o", "d", "-q"), ("corpus", "stats", "c.jsonl")])
+def test_out_of_memory_names_no_flag_a_command_has_not(tmp_path, monkeypatch, capsys, command):
+    """The demo and the corpus commands were told to try --hidden, --layers, --batch-size or --seq-len."""
+    import neuralda.corpus
+    from neuralda.cli import main
+
+    def out_of_memory(*args, **kwargs):
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 10 bytes")
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(neuralda.corpus, "read_corpus", out_of_memory)
+    assert main(list(command)) == 2
+    assert capsys.readouterr().err == "neuralda: error: out of memory; close other programs, or run it on a machine " \
+        "with more memory\n"
+    assert list(tmp_path.iterdir()) == []  # the demo's folder, made for it, is gone again
 
 
 def test_out_of_memory_names_the_flags_of_the_command_run(tiny_run):
@@ -340,7 +389,7 @@ def test_demo_refuses_an_output_that_is_a_file_before_it_scrapes(tmp_path):
     [
         (None, "summary needs a run directory, or --arch and --vocab"),
         (OSError(errno.EISDIR, "Is a directory", "run/config.json"), "run/config.json: Is a directory"),
-        (MemoryError(), "out of memory; try a smaller model"),  # every rank had a line of each of these two
+        (MemoryError(), "out of memory; close other programs"),  # every rank had a line of each of these two
     ],
     ids=["neuralda", "os", "memory"],
 )

@@ -241,20 +241,22 @@ def test_a_perplexity_that_is_not_a_positive_number_is_a_gap(value):
     assert plottable(50) == 50.0 and plottable(0.5) == 0.5
 
 
-def test_a_perplexity_near_float64_s_limit_is_plotted_as_a_gap_without_a_warning(tiny_run, tmp_path):
-    # 1e308 is a float: a log axis's margins around it overflowed, and numpy's warning reached the terminal.
+# 1e308 is a float: a log axis's margins around it overflowed, and numpy's warning reached the terminal; beside
+# usual perplexities 1e280 overflowed its ticks (a traceback) and 1e80 had its layout warn.
+@pytest.mark.parametrize("key, value", [("train_ppl", 1e308), ("val_ppl", 1e280), ("val_ppl", 1e80)])
+def test_a_perplexity_far_past_any_model_s_is_plotted_as_a_gap_without_a_warning(tiny_run, tmp_path, key, value):
     import warnings
 
     from neuralda.report import plottable
 
     run = shutil.copytree(tiny_run, tmp_path / "run")
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    rows[0]["train_ppl"] = 1e308
+    rows[0][key] = value
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert main(["report", str(run), "-o", str(tmp_path / "r.md"), "--samples", "0", "--words", "5"]) == 0
-    assert math.isnan(plottable(1e308)) and plottable(1e300) == 1e300
+    assert math.isnan(plottable(value)) and plottable(1e50) == 1e50 and plottable(1e-50) == 1e-50
 
 
 def test_a_title_that_is_not_utf8_is_shown_with_a_replacement_character(tiny_run, tmp_path):

@@ -273,3 +273,16 @@ def test_a_training_setting_out_of_range_is_a_one_line_error_naming_the_file(run
     err = one_line_error(capsys, "train", "-o", run_copy, "--resume", "--epochs", 5, "-q")
     assert f"{run_copy / 'config.json'}: {message}" in err
     assert {p: p.read_bytes() for p in run_copy.rglob("*") if p.is_file()} == before
+
+
+def test_a_header_s_state_is_read_as_the_kinds_of_value_the_state_made_now_holds():
+    from neuralda.run import json_like
+
+    fresh = {"lr": 0.001, "betas": (0.9, 0.999), "amsgrad": False, "fused": None, "mode": "min", "params": [0, 1]}
+    saved = {"lr": 1e-3, "betas": [0.9, 0.999], "amsgrad": None, "fused": True, "mode": "max", "params": [0, 1]}
+    assert json_like(saved, fresh)  # a CPU's optimizer (fused None) resumed on a GPU's (fused True), and back
+    assert json_like({**saved, "new_in_torch_3": 1}, {**fresh, "dropped": 2})  # the keys both have
+    for key, bad in [("lr", "x"), ("lr", True), ("lr", None), ("betas", [0.9]), ("amsgrad", 0), ("mode", 1),
+                     ("params", "01")]:
+        assert not json_like({**saved, key: bad}, fresh), key
+    assert json_like(3, 0.5) and not json_like(float("nan"), "x") and not json_like({}, [])

@@ -1,5 +1,6 @@
 import json
 import math
+import shutil
 import subprocess
 import sys
 import time
@@ -1087,35 +1088,71 @@ def test_a_run_is_trained_by_one_process_at_a_time(tmp_path, corpus_file):
             refused.append(str(e.value))
 
     train(tiny_config(corpus_file, out, epochs=1), log=log)
-    assert refused == [f"{out}: another process is training this run; wait for it to end, or stop it"]
+    assert refused == [f"{out}: another neuralda process is using this run; wait for it to end, or stop it"]
     before = (out / "metrics.jsonl").read_bytes()
-    with folder_lock(out), pytest.raises(NeuraldaError, match="another process is training this run"):
+    with folder_lock(out), pytest.raises(NeuraldaError, match="another neuralda process is using this run"):
         train(tiny_config("", out, epochs=2), resume=True, **QUIET)
     assert (out / "metrics.jsonl").read_bytes() == before
     train(tiny_config("", out, epochs=2), resume=True, **QUIET)  # released at the end, as after an error
     assert [r["epoch"] for r in metrics(out)] == [1, 2]
 
 
+def test_a_new_run_s_folder_is_locked_before_its_corpus_is_read(tmp_path, corpus_file):
+    """The lock came after the corpus was split and config.json written: a --resume started meanwhile trained the
+    same run too (each logged epochs 1 and 2)."""
+    from neuralda.files import folder_lock
+
+    out = tmp_path / "run"
+    out.mkdir()
+    with folder_lock(out), pytest.raises(NeuraldaError, match="another neuralda process is using this run"):
+        train(tiny_config(corpus_file, out, epochs=1), **QUIET)
+    assert list(out.iterdir()) == []
+    # The folder made for a run that could not start is gone again, with the parents made for it.
+    (tmp_path / "bad.jsonl").write_text("not json\n")
+    with pytest.raises(NeuraldaError, match="bad.jsonl"):
+        train(tiny_config(tmp_path / "bad.jsonl", tmp_path / "new" / "runs" / "a", epochs=1), **QUIET)
+    assert not (tmp_path / "new").exists()
+
+
+def _edited(meta: dict, path: str, value) -> dict:
+    """``meta`` with the value at ``path`` ("trainer.best_val", "param_groups.0.lr") set to ``value`` (DROP: taken
+    out)."""
+    *parents, last = path.split(".")
+    node = meta
+    for key in parents:
+        node = node[int(key)] if isinstance(node, list) else node[key]
+    if value is DROP:
+        del node[last]
+    elif isinstance(node, list):
+        node[int(last)] = value
+    else:
+        node[last] = value
+    return meta
+
+
 DROP = object()  # a key taken out of the header
 
 
 @pytest.mark.parametrize(
-    "edit",
-    [{"epoch": None}, {"epoch": 2.5}, {"trainer": "x"}, {"trainer": {"epoch": "x"}}, {"param_groups": []},
-     {"scheduler": DROP}],
-    ids=["epoch-none", "epoch-float", "trainer-str", "trainer-epoch-str", "no-groups", "no-scheduler"],
+    "path, value",
+    [("epoch", None), ("epoch", 2.5), ("trainer", "x"), ("trainer.epoch", "x"), ("param_groups", []),
+     ("scheduler", DROP),
+     # Each of these trained an epoch, then raised a TypeError (comparing the loss, stepping, scheduling).
+     ("trainer.best_val", "abc"), ("trainer.plateau_val", [1]), ("param_groups.0.lr", "x"),
+     ("param_groups.0.betas", [0.9]), ("scheduler.best", "x")],
+    ids=["epoch-none", "epoch-float", "trainer-str", "trainer-epoch-str", "no-groups", "no-scheduler", "best-val-str",
+         "plateau-list", "lr-str", "one-beta", "scheduler-best-str"],
 )
-def test_a_hand_edited_checkpoint_header_is_a_one_line_error_on_resume(tmp_path, corpus_file, edit):
+def test_a_hand_edited_checkpoint_header_is_a_one_line_error_on_resume(tmp_path, tiny_run, path, value):
     """A header without its checksums is read as an older version's, which may say anything: a traceback before."""
     from safetensors.torch import save_file
 
-    out = tmp_path / "run"
-    train(tiny_config(corpus_file, out, epochs=1), **QUIET)
-    path = out / "checkpoints" / "last.safetensors"
-    tensors, meta = read_checkpoint(path)
-    meta = {k: v for k, v in {**meta, **edit}.items() if k not in ("sha256", "meta_sha256") and v is not DROP}
-    save_file(tensors, path, metadata={"neuralda": json.dumps(meta)})
+    out = shutil.copytree(tiny_run, tmp_path / "run")
+    last = out / "checkpoints" / "last.safetensors"
+    tensors, meta = read_checkpoint(last)
+    meta = _edited({k: v for k, v in meta.items() if k not in ("sha256", "meta_sha256")}, path, value)
+    save_file(tensors, last, metadata={"neuralda": json.dumps(meta)})
     before = (out / "metrics.jsonl").read_bytes()
     with pytest.raises(NeuraldaError, match=r"last\.safetensors: damaged checkpoint \(.*\)$"):
-        train(tiny_config("", out, epochs=2), resume=True, **QUIET)
+        train(tiny_config("", out, epochs=6), resume=True, **QUIET)
     assert (out / "metrics.jsonl").read_bytes() == before

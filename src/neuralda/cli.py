@@ -300,11 +300,11 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
     from .corpus import read_corpus
     from .demo.site import serve_poems
-    from .files import write_json
+    from .files import folder_lock, made_folder, write_json
     from .generate import write_poems
     from .run import Run
     from .scrape import scrape
-    from .train import TrainConfig, _foreign_files, train
+    from .train import TrainConfig, _foreign_files, holds_files, train
 
     if not 0 < args.minutes < math.inf:  # 0 would be no limit at all to training; NaN compares False
         raise NeuraldaError(f"--minutes must be a number above 0, got {args.minutes:g}")
@@ -326,7 +326,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
         corpus = previous.get("corpus") if isinstance(previous, dict) else None
         if corpus is None or Path(str(corpus)).resolve() != corpus_out.resolve():
             raise NeuraldaError(f"{out} holds a run that is not the demo's; choose another -o")
-    elif out.is_dir() and any(out.iterdir()):
+    elif holds_files(out):
         # What a demo of an earlier version, killed before its config.json, left there: only the demo's own split
         # (poems scraped from 127.0.0.1) may be replaced; a vocab.json or data/*.jsonl of the user's never is.
         split = [p for p in (out / "data" / "train.jsonl", out / "data" / "val.jsonl") if p.exists()]
@@ -340,20 +340,22 @@ def cmd_demo(args: argparse.Namespace) -> None:
     new, old = out.parent / f".{out.name}.new", out.parent / f".{out.name}.old"
     if old.is_dir() and not out.exists():
         old.rename(out)
-    for folder in (new, old):
-        shutil.rmtree(folder, ignore_errors=True)
-    poems = read_corpus(importlib.resources.files("neuralda") / "demo" / "poems.jsonl")
-    with tempfile.TemporaryDirectory() as cache, serve_poems(poems) as site:
-        print(f"neuralda demo: serving {len(poems)} poems at {site.url} and scraping them", file=sys.stderr)
-        # Into the last demo's corpus, if any: a scrape adds only the poems missing there.
-        print(scrape(site.config(str(corpus_out), cache, progress=not args.quiet)).text(), file=sys.stderr)
-    print(f"neuralda demo: training the default model for up to {args.minutes:g} min", file=sys.stderr)
-    train(TrainConfig(corpus=str(corpus_out), output=str(new), max_time=args.minutes * 60, progress=not args.quiet))
-    config = json.loads((new / "config.json").read_text(encoding="utf-8"))
-    write_json(new / "config.json", {**config, "output": str(out)})  # where the run is from now on
-    if out.exists():
+    # Locked as `train` locks a run, until the new run is in its place: a `train` of the last one running meanwhile
+    # wrote its epochs into the new one, and a second demo into the same folder trained into the same .new.
+    with made_folder(out), folder_lock(out):
+        for folder in (new, old):
+            shutil.rmtree(folder, ignore_errors=True)
+        poems = read_corpus(importlib.resources.files("neuralda") / "demo" / "poems.jsonl")
+        with tempfile.TemporaryDirectory() as cache, serve_poems(poems) as site:
+            print(f"neuralda demo: serving {len(poems)} poems at {site.url} and scraping them", file=sys.stderr)
+            # Into the last demo's corpus, if any: a scrape adds only the poems missing there.
+            print(scrape(site.config(str(corpus_out), cache, progress=not args.quiet)).text(), file=sys.stderr)
+        print(f"neuralda demo: training the default model for up to {args.minutes:g} min", file=sys.stderr)
+        train(TrainConfig(corpus=str(corpus_out), output=str(new), max_time=args.minutes * 60, progress=not args.quiet))
+        config = json.loads((new / "config.json").read_text(encoding="utf-8"))
+        write_json(new / "config.json", {**config, "output": str(out)})  # where the run is from now on
         out.rename(old)
-    new.rename(out)
+        new.rename(out)
     shutil.rmtree(old, ignore_errors=True)
     run = Run.open(out)
     model, _ = run.load_model("best")
@@ -369,7 +371,7 @@ class _Parser(argparse.ArgumentParser):
     """argparse with one-line errors, like every other error of neuralda (argparse prints its usage block first)."""
 
     def error(self, message: str):
-        self.exit(2, f"neuralda: error: {message} (see {self.prog} --help)\n")
+        self.exit(2, f"neuralda: error: {shown(message)} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -616,7 +618,7 @@ def _one_line_warnings(show: Callable) -> Callable:
 
     def showwarning(message, category, *rest, **kwargs) -> None:
         if issubclass(category, NeuraldaWarning):
-            print(f"neuralda: warning: {message}", file=sys.stderr)
+            print(f"neuralda: warning: {shown(str(message))}", file=sys.stderr)
         else:
             show(message, category, *rest, **kwargs)
 
@@ -677,15 +679,17 @@ def main(argv: list[str] | None = None) -> int:
     except (MemoryError, RuntimeError) as e:  # too large for this machine; torch says so (CPU, CUDA, MPS) in words
         if isinstance(e, RuntimeError) and not any(s in str(e) for s in ("out of memory", "can't allocate memory")):
             raise
-        return _error(f"out of memory; try {OOM_HINTS.get(args.func, OOM_HINT)}")
+        return _error(f"out of memory; {OOM_HINTS.get(args.func, OOM_HINT)}")
     return 0
 
 
-# What to try when a command runs out of memory, in its own flags (evaluate has no --n).
-OOM_HINT = "a smaller model (--hidden, --layers), --batch-size or --seq-len"
+# What to try when a command runs out of memory, in its own flags (evaluate has no --n; the demo, the corpus commands
+# and scrape have none that would help).
+OOM_HINT = "close other programs, or run it on a machine with more memory"
 OOM_HINTS = {
-    cmd_generate: "fewer poems at once (--n)", cmd_serve: "a smaller model", cmd_evaluate: "fewer --samples",
-    cmd_compare: "fewer --samples", cmd_report: "fewer --samples",
+    cmd_train: "try a smaller model (--hidden, --layers), --batch-size or --seq-len", cmd_serve: "try a smaller model",
+    cmd_generate: "try fewer poems at once (--n)", cmd_evaluate: "try fewer --samples", cmd_compare: "try fewer --samples",
+    cmd_report: "try fewer --samples",
 }
 
 

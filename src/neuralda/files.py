@@ -132,10 +132,25 @@ def append_line(path: str | os.PathLike, line: str | bytes) -> None:
 
 
 @contextlib.contextmanager
+def made_folder(path: Path) -> Iterator[None]:
+    """``path`` made, with its missing parents, for the block; where the block fails, the folders made here are
+    removed again while still empty (a run whose corpus could not be read leaves no folder behind)."""
+    made = [p for p in (path, *path.parents) if not p.exists()]
+    path.mkdir(parents=True, exist_ok=True)
+    try:
+        yield
+    except BaseException:
+        for folder in made:  # the deepest first
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
+
+
+@contextlib.contextmanager
 def folder_lock(path: Path) -> Iterator[None]:
     """Hold an exclusive lock on the folder ``path`` (flock on the folder itself: no lock file is left behind), or
-    fail with one line where another process holds it. Where locks are not to be had (Windows, some network file
-    systems) it holds none."""
+    fail with one line where another process holds it (a `train` or a `demo` of that run). Where locks are not to be
+    had (Windows, some network file systems) it holds none."""
     try:
         import fcntl
     except ImportError:
@@ -146,7 +161,7 @@ def folder_lock(path: Path) -> Iterator[None]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise NeuraldaError(f"{path}: another process is training this run; wait for it to end, or stop it") from None
+            raise NeuraldaError(f"{path}: another neuralda process is using this run; wait for it to end, or stop it") from None
         except OSError:  # ENOLCK, EOPNOTSUPP: no locks here
             pass
         yield

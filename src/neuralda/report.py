@@ -165,14 +165,16 @@ def _number(value: object) -> float:
         return math.nan
 
 
-PLOT_MAX = 1e300  # past it a log axis's margins overflow float64 (matplotlib warned "overflow encountered in exp")
+# Perplexities a log axis takes beside usual ones (10-10,000): past 1e70 matplotlib's layout warned on the terminal,
+# past 1e265 its ticks overflowed (a traceback), at 1e308 its margins did. A model that far off has no curve to show.
+PLOT_RANGE = (1e-50, 1e50)
 
 
 def plottable(value: object) -> float:
-    """A perplexity to plot on a log scale: NaN (a gap) for a missing, overflowing (past ``PLOT_MAX``), non-numeric
-    or non-positive one."""
+    """A perplexity to plot on a log scale: NaN (a gap) for a missing, non-numeric or non-positive one, and one out
+    of ``PLOT_RANGE``."""
     number = _number(value)
-    return number if 0 < number <= PLOT_MAX else math.nan
+    return number if PLOT_RANGE[0] <= number <= PLOT_RANGE[1] else math.nan
 
 
 def _poem_html(poem: str, lang: str | None) -> str:

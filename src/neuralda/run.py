@@ -211,6 +211,26 @@ def _whole(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def json_like(saved: Any, fresh: Any) -> bool:
+    """Whether ``saved`` (JSON from a checkpoint header) holds the kinds of value ``fresh`` (the same state made
+    now) holds: numbers where it has numbers, lists as long, alike under the keys both have (a newer or older torch
+    adds or drops some); anything where ``fresh`` has None (a setting not chosen yet), None too where it has a flag
+    (the optimizer's ``fused`` is None on a CPU, true on a GPU)."""
+    if fresh is None:
+        return True
+    if isinstance(fresh, bool):
+        return saved is None or isinstance(saved, bool)
+    if isinstance(fresh, str):
+        return isinstance(saved, str)
+    if isinstance(fresh, (int, float)):
+        return isinstance(saved, (int, float)) and not isinstance(saved, bool)
+    if isinstance(fresh, (list, tuple)):
+        return isinstance(saved, list) and len(saved) == len(fresh) and all(map(json_like, saved, fresh))
+    if isinstance(fresh, dict):
+        return isinstance(saved, dict) and all(json_like(saved[k], fresh[k]) for k in saved.keys() & fresh.keys())
+    return False
+
+
 def check_types(config: dict, types: dict[str, Any], config_path: Path) -> None:
     """One-line errors for a key of ``types`` that ``config`` (an edited or foreign config.json) lacks or holds with
     another JSON type: int (a whole number, not true), float (any number), str, bool, ``X | None``, or

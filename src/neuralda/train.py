@@ -28,7 +28,9 @@ from . import __version__
 from .corpus import read_corpus, split_poems, write_corpus
 from .errors import NeuraldaError
 from .evaluate import HeldoutScorer, autocast, format_ppl, loss_chunk, perplexity
-from .files import PARTIAL_WRITE, append_line, atomic_write, folder_lock, remove_partial_writes, write_json
+from .files import (
+    PARTIAL_WRITE, append_line, atomic_write, folder_lock, made_folder, remove_partial_writes, write_json,
+)
 from .generate import default_start, write_poems
 from .models import RECIPES, Recipe, build_model, default_size, recipe
 from .run import (
@@ -37,6 +39,7 @@ from .run import (
     _whole,
     check_types,
     checkpoint_meta,
+    json_like,
     load_model_tensors,
     model_tensors,
     read_checkpoint,
@@ -58,6 +61,7 @@ DEFAULTS = {"arch": "lstm", "val_fraction": 0.1, "device": "auto", "precision": 
 # corpus split. A directory holding anything else is not ours to write into.
 RUN_FILES = ("vocab.json", "data", "data/train.jsonl", "data/val.jsonl", "checkpoints", "metrics.jsonl",
              "samples.jsonl")
+OS_LITTER = (".DS_Store", "Thumbs.db", "desktop.ini")  # what file browsers leave in a folder they have shown
 
 
 @dataclass
@@ -505,7 +509,7 @@ def _prepare(cfg: TrainConfig, restart: bool = False) -> Run:
         )
     if restart:  # the killed run's partial writes (a split can be as big as the corpus)
         remove_partial_writes(out, out / "data")
-    if not restart and out.is_dir() and any(out.iterdir()):  # a data/train.jsonl can be the user's own too
+    if not restart and holds_files(out):  # a data/train.jsonl can be the user's own too
         raise NeuraldaError(
             f"{out} is not empty and holds no run (no config.json); choose another -o, or add --resume to start "
             "again a run killed there before it wrote config.json"
@@ -524,6 +528,14 @@ def _prepare(cfg: TrainConfig, restart: bool = False) -> Run:
     vocab.save(out / "vocab.json")
     write_json(out / "config.json", config)  # written last: a run directory with config.json is complete
     return Run.open(out)
+
+
+def _prepare_locked(cfg: TrainConfig, restart: bool, lock: Callable[[], None]) -> None:
+    """``_prepare`` in the run directory made and locked first: a second `train` of it started while the first still
+    reads its corpus is refused (both trained it, each logging its epochs)."""
+    with made_folder(Path(cfg.output)):
+        lock()
+        _prepare(cfg, restart)
 
 
 def _check_resumable(run: Run) -> None:
@@ -552,9 +564,14 @@ def _check_ahead(cfg: TrainConfig, run: Run) -> None:
         )
 
 
+def holds_files(out: Path) -> bool:
+    """Whether the folder ``out`` holds anything but a file browser's ``OS_LITTER``."""
+    return out.is_dir() and any(p.name not in OS_LITTER for p in out.iterdir())
+
+
 def _foreign_files(out: Path) -> list[str]:
-    """What ``out`` holds besides ``RUN_FILES``, its config.json and checkpoints, and the temporary files of their
-    atomic writes."""
+    """What ``out`` holds besides ``RUN_FILES``, its config.json and checkpoints, the temporary files of their
+    atomic writes, and ``OS_LITTER``."""
     if not out.is_dir():
         return []
     folders = [out / name for name in ("data", "checkpoints") if (out / name).is_dir()]
@@ -563,7 +580,7 @@ def _foreign_files(out: Path) -> list[str]:
     return sorted(
         n for n in names
         if n not in RUN_FILES and n != "config.json" and not CHECKPOINT_FILE.fullmatch(n)
-        and not PARTIAL_WRITE.fullmatch(n.split("/", 1)[-1])
+        and not PARTIAL_WRITE.fullmatch(n.split("/", 1)[-1]) and n.rsplit("/", 1)[-1] not in OS_LITTER
     )
 
 
@@ -753,10 +770,9 @@ class Trainer:
             self.dist.on_main(functools.partial(remove_partial_writes, path, path / "data", path / "checkpoints"))
             self.dist.on_main(lambda: write_json(self.run.path / "config.json", self.run.config))
         else:
-            self.dist.on_main(lambda: _prepare(cfg, restart))
+            self.dist.on_main(lambda: _prepare_locked(cfg, restart, lock))
             if restart:  # said once it has started: a bad corpus is its one line, not this and then that
                 self.log(f"{cfg.output} held no run yet (killed before its config.json was written): started it")
-            self.dist.on_main(lock)
             self.run = Run.open(cfg.output)
         c = self.c = self.run.config
         self.device = device
@@ -859,6 +875,13 @@ class Trainer:
             counts = [trainer.get(k, 0) for k in ("epoch", "step", "best_epoch", "bad_epochs")]
             if not all(_whole(n) and n >= 0 for n in counts):
                 raise TypeError("its counts are not whole numbers")
+            losses = [trainer.get(k) for k in ("best_val", "last_val", "plateau_val")]
+            if not all(loss is None or json_like(loss, 0.0) for loss in losses):
+                raise TypeError("its held-out losses are not numbers")
+            if not json_like(meta["param_groups"], self.optimizer.state_dict()["param_groups"]):
+                raise TypeError("its optimizer settings are not of their kinds")
+            if not json_like(meta["scheduler"], self.scheduler.state_dict()):
+                raise TypeError("its schedule is not of its kinds")
             load_optimizer(self.optimizer, optim, meta["param_groups"])
             self.scheduler.load_state_dict(meta["scheduler"])
         except (KeyError, TypeError, ValueError, RuntimeError) as e:

@@ -212,6 +212,10 @@ def test_demo_needs_a_time_limit_above_0(tmp_path, minutes):
 
 
 def test_demo_scrapes_the_local_site_trains_and_writes(tmp_path):
+    # Its folder a link to one elsewhere (another disk, say): the first demo put a folder in the link's place, left
+    # the link aside, and each demo after it failed once it had trained.
+    (tmp_path / "runs" / "disk").mkdir(parents=True)
+    (tmp_path / "runs" / "demo").symlink_to(tmp_path / "runs" / "disk")
     out = cli("demo", "--minutes", "0.15", "-o", tmp_path / "runs" / "demo", "--seed", 1, "-q")
     assert out.returncode == 0, out.stderr[-2000:]
     assert "wrote 117 poems" in out.stderr and "127.0.0.1" in out.stderr
@@ -244,8 +248,9 @@ def test_demo_scrapes_the_local_site_trains_and_writes(tmp_path):
     again = cli("demo", "--minutes", "0.1", "-o", tmp_path / "runs" / "demo", "-q")
     assert again.returncode == 0, again.stderr[-2000:]
     assert len((tmp_path / "runs" / "demo-corpus.jsonl").read_text().splitlines()) == 117
-    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["demo", "demo-corpus.jsonl"]
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["demo", "demo-corpus.jsonl", "disk"]
     assert json.loads((run / "config.json").read_text())["output"] == str(run)
+    assert run.is_symlink() and (tmp_path / "runs" / "disk" / "config.json").exists()
 
 
 def test_demo_never_replaces_a_corpus_of_the_user_s_named_as_its_own(tmp_path):

@@ -667,3 +667,13 @@ def test_on_loopback_only_this_machine_s_names_are_answered(runs):
 def test_every_name_of_a_loopback_address_answers_this_machine_s_names_only(host, address):
     """The address bound decides, not how the name is spelt: "LOCALHOST" or "127.1" let any Host in before."""
     assert allowed_hosts(host, address) == sorted({"127.0.0.1", "localhost", "[::1]", host.lower()})
+
+
+def test_a_diverged_run_s_perplexities_are_served_however_large():
+    """The report's plot leaves out perplexities past 1e50 (matplotlib's ticks overflow); the API and the page did too."""
+    from neuralda.serve import checkpoint_info
+
+    info = checkpoint_info("last", {"epoch": 3, "val_loss": 150.0}, [{"epoch": 3, "train_ppl": 5.87e91}])
+    assert info.val_ppl == pytest.approx(math.exp(150.0)) and info.train_ppl == 5.87e91
+    info = checkpoint_info("last", {"epoch": 3, "val_loss": None}, [{"epoch": 3, "val_ppl": 1e300, "train_ppl": 0}])
+    assert info.val_ppl == 1e300 and info.train_ppl is None

@@ -1107,11 +1107,20 @@ def test_a_new_run_s_folder_is_locked_before_its_corpus_is_read(tmp_path, corpus
     with folder_lock(out), pytest.raises(NeuraldaError, match="another neuralda process is using this run"):
         train(tiny_config(corpus_file, out, epochs=1), **QUIET)
     assert list(out.iterdir()) == []
-    # The folder made for a run that could not start is gone again, with the parents made for it.
+
+
+def test_a_run_that_cannot_start_removes_only_the_folders_made_for_it(tmp_path, corpus_file, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     (tmp_path / "bad.jsonl").write_text("not json\n")
-    with pytest.raises(NeuraldaError, match="bad.jsonl"):
-        train(tiny_config(tmp_path / "bad.jsonl", tmp_path / "new" / "runs" / "a", epochs=1), **QUIET)
-    assert not (tmp_path / "new").exists()
+    (tmp_path / "mine").mkdir()
+    for output in ("missing/../mine", "new/runs/a"):  # "missing" not there: "mine" was taken for a folder made
+        with pytest.raises(NeuraldaError, match="bad.jsonl"):
+            train(tiny_config(tmp_path / "bad.jsonl", output, epochs=1), **QUIET)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.jsonl", "corpus.jsonl", "mine"]
+    # A link to a folder still to be made: made (it was "File exists").
+    (tmp_path / "link").symlink_to(tmp_path / "elsewhere")
+    train(tiny_config(corpus_file, "link", epochs=1), **QUIET)
+    assert (tmp_path / "elsewhere" / "config.json").exists()
 
 
 def _edited(meta: dict, path: str, value) -> dict:

@@ -337,14 +337,16 @@ def cmd_demo(args: argparse.Namespace) -> None:
         raise NeuraldaError(f"{corpus_out} holds poems the demo did not scrape; choose another -o")
     # The new run is trained beside the last one and takes its place only when whole: a demo killed on its way
     # leaves the last one as it was (one killed between the two renames below finds it aside, and puts it back).
-    new, old = out.parent / f".{out.name}.new", out.parent / f".{out.name}.old"
-    if old.is_dir() and not out.exists():
-        old.rename(out)
+    # Beside the folder a symbolic link -o names: renamed aside, the link itself went, and a folder took its place.
+    folder = out.resolve()
+    new, old = folder.parent / f".{folder.name}.new", folder.parent / f".{folder.name}.old"
+    if old.is_dir() and not folder.exists():
+        old.rename(folder)
     # Locked as `train` locks a run, until the new run is in its place: a `train` of the last one running meanwhile
     # wrote its epochs into the new one, and a second demo into the same folder trained into the same .new.
-    with made_folder(out), folder_lock(out):
-        for folder in (new, old):
-            shutil.rmtree(folder, ignore_errors=True)
+    with made_folder(folder), folder_lock(folder):
+        for leftover in (new, old):
+            shutil.rmtree(leftover, ignore_errors=True)
         poems = read_corpus(importlib.resources.files("neuralda") / "demo" / "poems.jsonl")
         with tempfile.TemporaryDirectory() as cache, serve_poems(poems) as site:
             print(f"neuralda demo: serving {len(poems)} poems at {site.url} and scraping them", file=sys.stderr)
@@ -354,8 +356,8 @@ def cmd_demo(args: argparse.Namespace) -> None:
         train(TrainConfig(corpus=str(corpus_out), output=str(new), max_time=args.minutes * 60, progress=not args.quiet))
         config = json.loads((new / "config.json").read_text(encoding="utf-8"))
         write_json(new / "config.json", {**config, "output": str(out)})  # where the run is from now on
-        out.rename(old)
-        new.rename(out)
+        folder.rename(old)
+        new.rename(folder)
     shutil.rmtree(old, ignore_errors=True)
     run = Run.open(out)
     model, _ = run.load_model("best")

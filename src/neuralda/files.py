@@ -134,7 +134,9 @@ def append_line(path: str | os.PathLike, line: str | bytes) -> None:
 @contextlib.contextmanager
 def made_folder(path: Path) -> Iterator[None]:
     """``path`` made, with its missing parents, for the block; where the block fails, the folders made here are
-    removed again while still empty (a run whose corpus could not be read leaves no folder behind)."""
+    removed again while still empty (a run whose corpus could not be read leaves no folder behind). A symbolic link
+    is followed, and ``..`` read after it (``missing/../mine`` is the folder ``mine``, never one made here)."""
+    path = path.resolve()
     made = [p for p in (path, *path.parents) if not p.exists()]
     path.mkdir(parents=True, exist_ok=True)
     try:
@@ -156,7 +158,7 @@ def folder_lock(path: Path) -> Iterator[None]:
     except ImportError:
         yield
         return
-    fd = os.open(path, os.O_RDONLY)
+    fd = os.open(os.path.realpath(path), os.O_RDONLY)  # as made_folder reads it: missing/../run is run
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -170,10 +170,15 @@ def _number(value: object) -> float:
 PLOT_RANGE = (1e-50, 1e50)
 
 
-def plottable(value: object) -> float:
-    """A perplexity to plot on a log scale: NaN (a gap) for a missing, non-numeric or non-positive one, and one out
-    of ``PLOT_RANGE``."""
+def perplexity_value(value: object) -> float:
+    """A perplexity from JSON: NaN for a missing, non-numeric, non-positive or infinite one."""
     number = _number(value)
+    return number if 0 < number < math.inf else math.nan
+
+
+def plottable(value: object) -> float:
+    """A perplexity to plot on a log scale (``perplexity_value``): NaN, a gap, out of ``PLOT_RANGE`` too."""
+    number = perplexity_value(value)
     return number if PLOT_RANGE[0] <= number <= PLOT_RANGE[1] else math.nan
 
 

@@ -34,7 +34,7 @@ from . import __version__
 from .errors import NeuraldaError
 from .evaluate import perplexity
 from .generate import FORMS, MIN_TEMPERATURE, CopyGuards, SamplingConfig, batch_invariant, default_start, write_poems
-from .report import _number, plottable
+from .report import _number, perplexity_value
 from .run import Run
 from .tokenizer import is_word, tokenize
 
@@ -150,8 +150,8 @@ def checkpoint_info(name: str, meta: dict, rows: list[dict]) -> CheckpointInfo:
     epoch = meta.get("epoch")
     row = next((r for r in reversed(rows) if r["epoch"] == epoch), {})  # a repeated epoch: its last row
     loss = _number(meta.get("val_loss"))
-    val = plottable(perplexity(loss, 1) if math.isfinite(loss) else row.get("val_ppl"))
-    train = plottable(row.get("train_ppl"))
+    val = perplexity_value(perplexity(loss, 1) if math.isfinite(loss) else row.get("val_ppl"))
+    train = perplexity_value(row.get("train_ppl"))
     return CheckpointInfo(
         name=name, epoch=epoch, val_ppl=None if math.isnan(val) else val, train_ppl=None if math.isnan(train) else train
     )

@@ -353,6 +353,7 @@ def test_a_bad_argument_or_a_warning_naming_a_newline_is_one_line(monkeypatch, c
 def test_out_of_memory_names_no_flag_a_command_has_not(tmp_path, monkeypatch, capsys, command):
     """The demo and the corpus commands were told to try --hidden, --layers, --batch-size or --seq-len."""
     import neuralda.corpus
+    import neuralda.train  # noqa: F401  imported before the patch: it binds read_corpus by name
     from neuralda.cli import main
 
     def out_of_memory(*args, **kwargs):

@@ -670,7 +670,7 @@ def test_every_name_of_a_loopback_address_answers_this_machine_s_names_only(host
 
 
 def test_a_diverged_run_s_perplexities_are_served_however_large():
-    """The report's plot leaves out perplexities past 1e50 (matplotlib's ticks overflow); the API and the page did too."""
+    """The report's plot leaves out perplexities past 1e50 (matplotlib's ticks overflow); the API and page did too."""
     from neuralda.serve import checkpoint_info
 
     info = checkpoint_info("last", {"epoch": 3, "val_loss": 150.0}, [{"epoch": 3, "train_ppl": 5.87e91}])

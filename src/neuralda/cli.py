@@ -690,8 +690,8 @@ def main(argv: list[str] | None = None) -> int:
 OOM_HINT = "close other programs, or run it on a machine with more memory"
 OOM_HINTS = {
     cmd_train: "try a smaller model (--hidden, --layers), --batch-size or --seq-len", cmd_serve: "try a smaller model",
-    cmd_generate: "try fewer poems at once (--n)", cmd_evaluate: "try fewer --samples", cmd_compare: "try fewer --samples",
-    cmd_report: "try fewer --samples",
+    cmd_generate: "try fewer poems at once (--n)",
+    **dict.fromkeys((cmd_evaluate, cmd_compare, cmd_report), "try fewer --samples"),
 }
 
 

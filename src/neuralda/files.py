@@ -163,7 +163,9 @@ def folder_lock(path: Path) -> Iterator[None]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise NeuraldaError(f"{path}: another neuralda process is using this run; wait for it to end, or stop it") from None
+            raise NeuraldaError(
+                f"{path}: another neuralda process is using this run; wait for it to end, or stop it"
+            ) from None
         except OSError:  # ENOLCK, EOPNOTSUPP: no locks here
             pass
         yield

@@ -19,11 +19,10 @@ def test_report_structure_plot_and_numbers(tiny_run, tmp_path):
     out.parent.mkdir()
     entries = write_report([str(tiny_run)], out, tmp_path / "report.html", samples=4, seed=2, words=12)
     text = out.read_text()
-    # One details block per saved epoch (the seed compares 200 and 400; this run saved 2 and 4), and the summary.
-    assert re.findall(r"<summary>(.*?)</summary>", text) == [
-        "Model summary", "After 2 training epochs", "After 4 training epochs"
-    ]
-    assert "Total params:" in text
+    # The poems of the saved epochs side by side (the seed compares 200 and 400; this run saved 2 and 4), in epoch
+    # order, and the model's summary.
+    assert re.findall(r"<th>(.*?)</th>", text) == ["run<br>After 2 training epochs", "run<br>After 4 training epochs"]
+    assert re.findall(r"<summary>(.*?)</summary>", text) == ["Model summary"] and "Total params:" in text
     # Poems keep their lines: every line break is a <br> inside a <p> per stanza.
     for entry in entries:
         assert "<br>\n".join(html.escape(ln, quote=False) for ln in entry.poem.split("\n\n")[0].split("\n")) in text
@@ -41,7 +40,24 @@ def test_report_structure_plot_and_numbers(tiny_run, tmp_path):
     # Poems of the default length differ here, so a report that ignored `words` would fail the line above.
     assert cells[10] != f"{evaluate_run(tiny_run, 'epoch-4', samples=4, seed=2)['distinct_2']:.3f}"
     page = (tmp_path / "report.html").read_text()
-    assert page.count("<details>") == 3 and "data:image/png;base64," in page
+    assert page.count("<details>") == 1 and "data:image/png;base64," in page
+    assert re.findall(r'<table class="poems">.*?</table>', page, re.S) == re.findall(
+        r'<table class="poems">.*?</table>', text, re.S)
+
+
+@pytest.mark.parametrize("n, rows", [(1, [1]), (2, [2]), (3, [3]), (4, [2, 2]), (7, [2, 2, 3])])
+def test_poems_stand_side_by_side_at_most_three_to_a_table(tiny_run, n, rows):
+    """In a blog post the seed's poems after 200 and 400 epochs, and ours, are read beside each other."""
+    from neuralda.report import Entry, markdown
+    from neuralda.run import Run
+
+    run = Run.open(tiny_run)
+    entries = [Entry(run, f"epoch-{i}", i, f"After {i} training epochs", f"poem {i}\nline", {}) for i in range(n)]
+    text = markdown([run], entries, "t", None, "")
+    tables = re.findall(r'<table class="poems">.*?</table>', text, re.S)
+    assert [t.count("<td") for t in tables] == rows and all("\n\n" not in t for t in tables)  # one HTML block each
+    poems = [p for t in tables for p in re.findall(r"<p>(.*?)</p>", t, re.S)]
+    assert poems == [f"poem {i}<br>\nline" for i in range(n)]
 
 
 def cli(*args):

@@ -1,8 +1,10 @@
-"""The blog-ready report: poems after each saved epoch, the model summary, the measures, and a perplexity plot.
+"""The blog-ready report: poems after each saved epoch side by side, the model summary, the measures, and a
+perplexity plot.
 
-The Markdown pastes into a Jekyll or GitHub Pages post: poems and summaries sit in ``<details>`` blocks written in
-HTML (Markdown inside HTML blocks is not rendered everywhere), so their line breaks survive. ``--html`` writes the
-same content as one self-contained page with the plot embedded.
+The Markdown pastes into a Jekyll or GitHub Pages post: the poems sit in HTML tables and the summaries in
+``<details>`` blocks (Markdown has no table cell of several lines, and Markdown inside HTML blocks is not rendered
+everywhere), so their line breaks survive. ``--html`` writes the same content as one self-contained page with the
+plot embedded.
 """
 
 from __future__ import annotations
@@ -195,6 +197,22 @@ def _details(summary: str, body: str) -> str:
     return f"<details>\n<summary>{html.escape(summary)}</summary>\n\n{body}\n\n</details>"
 
 
+SIDE_BY_SIDE = 3  # poems in a row: the seed's after 200 and 400 epochs beside our best, and still a readable width
+
+
+def _poem_tables(entries: list[Entry]) -> list[str]:
+    """The poems side by side, at most ``SIDE_BY_SIDE`` to a table and as many in each as can be (four poems: two
+    and two), each headed by its run and checkpoint. A table holds no blank line: Markdown keeps it one HTML block."""
+    n, tables = len(entries), []
+    count = -(-n // SIDE_BY_SIDE)
+    for i in range(count):
+        row = entries[n * i // count : n * (i + 1) // count]
+        head = "".join(f"<th>{html.escape(e.run.name)}<br>{html.escape(e.label)}</th>" for e in row)
+        cells = "".join(f'<td class="poem">\n{_poem_html(e.poem, e.run.lang)}\n</td>' for e in row)
+        tables.append(f'<table class="poems">\n<thead><tr>{head}</tr></thead>\n<tbody><tr>{cells}</tr></tbody>\n</table>')
+    return tables
+
+
 _TABLE = (  # header, key, how the value is written
     ("epoch", "epoch", "{}".format),
     ("held-out ppl", "perplexity", format_ppl),
@@ -238,11 +256,12 @@ def markdown(runs: list[Run], entries: list[Entry], title: str, plot_name: str |
     out += ["| " + " | ".join(map(_md, r)) + " |" for r in rows]
     out += ["", f'Held-out perplexity on poems the model never saw (lower is better); copies: the share of the '
             f"written poems' word runs found verbatim in the training poems. {_md(beginning)}", ""]
+    out += ["## Poems", ""]
+    for table in _poem_tables(entries):
+        out += [table, ""]
     for run in runs:
         out += [f"## {_md(run.name)}", ""]
         out += [_details("Model summary", "<pre>\n" + html.escape(run.summary(), quote=False) + "\n</pre>"), ""]
-        for e in (e for e in entries if e.run is run):
-            out += [_details(e.label, _poem_html(e.poem, e.run.lang)), ""]
     return "\n".join(out)
 
 
@@ -260,12 +279,10 @@ def html_page(runs: list[Run], entries: list[Entry], title: str, plot_png: bytes
         if plot_png
         else ""
     )
-    sections = []
+    sections = ["<h2>Poems</h2>", *_poem_tables(entries)]
     for run in runs:
-        parts = [f"<h2>{html.escape(run.name)}</h2>"]
-        parts.append(_details("Model summary", "<pre>" + html.escape(run.summary()) + "</pre>"))
-        parts += [_details(e.label, f'<div class="poem">{_poem_html(e.poem, e.run.lang)}</div>') for e in entries if e.run is run]
-        sections.append("\n".join(parts))
+        sections += [f"<h2>{html.escape(run.name)}</h2>"]
+        sections.append(_details("Model summary", "<pre>" + html.escape(run.summary()) + "</pre>"))
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{html.escape(title)}</title>
@@ -285,6 +302,9 @@ details {{ margin: .8rem 0; padding: .4rem .8rem; border-left: 3px solid #b5651d
 summary {{ cursor: pointer; font-style: italic; }}
 pre {{ font-size: 12px; overflow-x: auto; }}
 .poem p {{ margin: .9rem 0; overflow-wrap: anywhere; }}
+table.poems {{ display: table; table-layout: fixed; font: inherit; margin: 1rem 0; }}
+table.poems th, table.poems td {{ white-space: normal; text-align: left; vertical-align: top; padding: 0 .6rem; }}
+table.poems th {{ font: italic 14px/1.4 Georgia, serif; }}
 .note {{ font-size: 14px; color: #6b5a48; }}
 </style></head><body>
 <h1>{html.escape(title)}</h1>
@@ -292,7 +312,7 @@ pre {{ font-size: 12px; overflow-x: auto; }}
 {table}
 <p class="note">Held-out perplexity on poems the model never saw (lower is better); copies: the share of the written
 poems' word runs found verbatim in the training poems. {html.escape(beginning)}</p>
-{"".join(sections)}
+{chr(10).join(sections)}
 </body></html>
 """
 

@@ -22,6 +22,23 @@ def cli(*args, cwd=None, timeout=None):
     )
 
 
+def cli_here(capfd, *args) -> tuple[int, str, str]:
+    """``neuralda ARGS`` in this process, for checks of bad input (a process of its own spends 2 s importing torch):
+    (exit status, stdout, stderr). A warning fails the test, as the line it would print would."""
+    import warnings
+
+    from neuralda.cli import main
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as e:  # argparse's own errors
+            code = e.code
+    out, err = capfd.readouterr()
+    return code, out, err
+
+
 def test_help_does_not_import_torch():
     code = "import sys; from neuralda.cli import build_parser; build_parser(); print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
@@ -87,10 +104,16 @@ def test_train_then_generate_end_to_end(tmp_path, corpus_file):
         (("corpus", "import", "poems.txt", "-o", "."), ". is a directory; give a file in it, like corpus.jsonl"),
     ],
 )
-def test_errors_are_one_line_and_exit_2(tmp_path, args, message):
-    out = cli(*args, cwd=tmp_path)
-    assert out.returncode == 2
-    assert message in out.stderr and out.stderr.count("\n") == 1 and "Traceback" not in out.stderr
+def test_errors_are_one_line_and_exit_2(tmp_path, monkeypatch, capfd, args, message):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = cli_here(capfd, *args)
+    assert code == 2 and message in err and err.count("\n") == 1
+
+
+def test_an_error_in_a_process_of_its_own_is_one_line_and_exit_2(tmp_path):
+    out = cli("train", "missing.jsonl", "-o", "out", cwd=tmp_path)
+    assert out.returncode == 2 and out.stderr.startswith("neuralda: error: ") and out.stderr.count("\n") == 1
+    assert "no such file" in out.stderr and not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize(
@@ -186,10 +209,10 @@ def test_unknown_start_word_and_checkpoint(tiny_run):
         (("--unk-rate", "1.5"), "--unk-rate must be in [0, 1], got 1.5"),
     ],
 )
-def test_bad_option_values_are_one_line_and_exit_2(tmp_path, corpus_file, option, message):
-    out = cli("train", corpus_file, "-o", tmp_path / "r", *option)
-    assert out.returncode == 2 and out.stderr.startswith("neuralda: error: ") and out.stderr.count("\n") == 1
-    assert message in out.stderr and not (tmp_path / "r").exists()  # nothing half-made to block the next try
+def test_bad_option_values_are_one_line_and_exit_2(tmp_path, corpus_file, capfd, option, message):
+    code, _, err = cli_here(capfd, "train", corpus_file, "-o", tmp_path / "r", *option)
+    assert code == 2 and err.startswith("neuralda: error: ") and err.count("\n") == 1
+    assert message in err and not (tmp_path / "r").exists()  # nothing half-made to block the next try
 
 
 def test_a_foreign_config_json_is_not_a_run(tmp_path, tiny_run):
@@ -203,11 +226,11 @@ def test_a_foreign_config_json_is_not_a_run(tmp_path, tiny_run):
 
 
 @pytest.mark.parametrize("minutes", ["0", "nan", "-1", "inf"])
-def test_demo_needs_a_time_limit_above_0(tmp_path, minutes):
+def test_demo_needs_a_time_limit_above_0(tmp_path, capfd, minutes):
     # Refused before the demo scrapes or trains: 0 once meant training with no time limit at all.
-    out = cli("demo", "--minutes", minutes, "-o", tmp_path / "runs" / "demo", "-q", timeout=60)
-    assert out.returncode == 2 and out.stderr.count("\n") == 1
-    assert f"--minutes must be a number above 0, got {minutes}" in out.stderr
+    code, _, err = cli_here(capfd, "demo", "--minutes", minutes, "-o", tmp_path / "runs" / "demo", "-q")
+    assert code == 2 and err.count("\n") == 1
+    assert f"--minutes must be a number above 0, got {minutes}" in err
     assert not (tmp_path / "runs").exists()
 
 
@@ -253,40 +276,40 @@ def test_demo_scrapes_the_local_site_trains_and_writes(tmp_path):
     assert run.is_symlink() and (tmp_path / "runs" / "disk" / "config.json").exists()
 
 
-def test_demo_never_replaces_a_corpus_of_the_user_s_named_as_its_own(tmp_path):
+def test_demo_never_replaces_a_corpus_of_the_user_s_named_as_its_own(tmp_path, capfd):
     mine = tmp_path / "neruda-corpus.jsonl"
     mine.write_text('{"text": "my poem", "url": "https://example.org/poem"}\n{"text": "another"}\n')
     before = mine.read_bytes()
-    out = cli("demo", "--minutes", "0.1", "-o", tmp_path / "neruda", "-q", timeout=60)
-    assert out.returncode == 2 and out.stderr.count("\n") == 1 and "did not scrape" in out.stderr, out.stderr
+    code, _, err = cli_here(capfd, "demo", "--minutes", "0.1", "-o", tmp_path / "neruda", "-q")
+    assert code == 2 and err.count("\n") == 1 and "did not scrape" in err, err
     assert mine.read_bytes() == before and not (tmp_path / "neruda").exists()
 
 
 @pytest.mark.parametrize("mine", ["vocab.json", "data/train.jsonl"])
-def test_demo_never_replaces_files_of_the_user_s_in_its_run_folder(tmp_path, mine):
+def test_demo_never_replaces_files_of_the_user_s_in_its_run_folder(tmp_path, capfd, mine):
     # A folder without config.json: the demo resumes a run of its own killed early, never takes over a user's files.
     path = tmp_path / "neruda" / mine
     path.parent.mkdir(parents=True)
     path.write_text('{"text": "my own", "url": "https://example.org/poem"}\n')
     before = path.read_bytes()
-    out = cli("demo", "--minutes", "0.1", "-o", tmp_path / "neruda", "-q", timeout=60)
-    assert out.returncode == 2 and out.stderr.count("\n") == 1 and "not the demo's run" in out.stderr, out.stderr
+    code, _, err = cli_here(capfd, "demo", "--minutes", "0.1", "-o", tmp_path / "neruda", "-q")
+    assert code == 2 and err.count("\n") == 1 and "not the demo's run" in err, err
     assert path.read_bytes() == before
 
 
 @pytest.mark.parametrize("config", [b"[1, 2]\n", b'{"name": "app", // a comment\n}\n', b'{"name": "caf\xe9"}\n'])
-def test_demo_never_replaces_a_folder_whose_config_json_is_not_a_run_s(tmp_path, config):
+def test_demo_never_replaces_a_folder_whose_config_json_is_not_a_run_s(tmp_path, capfd, config):
     # A web app's config.json (a list, JSON with comments, Latin-1): a traceback, not the one-line refusal.
     path = tmp_path / "app" / "config.json"
     path.parent.mkdir()
     path.write_bytes(config)
-    out = cli("demo", "--minutes", "0.1", "-o", tmp_path / "app", "-q", timeout=60)
-    assert out.returncode == 2 and out.stderr.count("\n") == 1 and "not the demo's" in out.stderr, out.stderr
+    code, _, err = cli_here(capfd, "demo", "--minutes", "0.1", "-o", tmp_path / "app", "-q")
+    assert code == 2 and err.count("\n") == 1 and "not the demo's" in err, err
     assert path.read_bytes() == config and not (tmp_path / "app-corpus.jsonl").exists()
 
 
 @pytest.mark.parametrize("with_run", [False, True], ids=["folder", "demo-run"])
-def test_demo_never_deletes_other_files_in_its_run_folder(tmp_path, with_run):
+def test_demo_never_deletes_other_files_in_its_run_folder(tmp_path, capfd, with_run):
     """The demo's run replaces its folder whole: a thesis and photos beside it were deleted (exit 0)."""
     folder = tmp_path / "proj"
     (folder / "photos").mkdir(parents=True)
@@ -295,9 +318,9 @@ def test_demo_never_deletes_other_files_in_its_run_folder(tmp_path, with_run):
     (folder / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")  # a file browser's, in any folder it showed: not named
     if with_run:  # the demo's own run, with the user's files added
         (folder / "config.json").write_text(json.dumps({"corpus": str(tmp_path / "proj-corpus.jsonl")}))
-    out = cli("demo", "--minutes", "0.1", "-o", folder, "-q", timeout=60)
-    assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
-    assert "holds files that are not a run's (photos, thesis.txt); choose another -o" in out.stderr
+    code, _, err = cli_here(capfd, "demo", "--minutes", "0.1", "-o", folder, "-q")
+    assert code == 2 and err.count("\n") == 1, err
+    assert "holds files that are not a run's (photos, thesis.txt); choose another -o" in err
     assert (folder / "thesis.txt").read_text() == "important\n" and (folder / "photos" / "a.jpg").exists()
     assert not (tmp_path / "proj-corpus.jsonl").exists()  # refused before it scraped
 
@@ -320,12 +343,13 @@ def test_demo_refuses_a_run_another_process_is_using(tmp_path, tiny_run):
 
 
 @pytest.mark.parametrize("output", [".", ".."])
-def test_demo_never_takes_the_current_folder_for_its_run(tmp_path, output):
+def test_demo_never_takes_the_current_folder_for_its_run(tmp_path, capfd, monkeypatch, output):
     here = tmp_path / "work"
     here.mkdir()
-    out = cli("demo", "--minutes", "0.1", "-o", output, "-q", cwd=here, timeout=60)
-    assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
-    assert "is the current folder or one above it" in out.stderr
+    monkeypatch.chdir(here)
+    code, _, err = cli_here(capfd, "demo", "--minutes", "0.1", "-o", output, "-q")
+    assert code == 2 and err.count("\n") == 1, err
+    assert "is the current folder or one above it" in err
     assert list(tmp_path.iterdir()) == [here] and not list(here.iterdir())
 
 
@@ -380,13 +404,13 @@ def test_resume_given_a_bad_corpus_for_a_run_never_started_is_its_one_line(tmp_p
     assert "bad.jsonl" in out.stderr and "no run yet" not in out.stderr
 
 
-def test_demo_refuses_an_output_that_is_a_file_before_it_scrapes(tmp_path):
+def test_demo_refuses_an_output_that_is_a_file_before_it_scrapes(tmp_path, capfd):
     # It scraped 117 poems beside the file, said the file held "no run yet (killed before it was written)", then failed.
     notes = tmp_path / "notes.txt"
     notes.write_text("my notes\n")
-    out = cli("demo", "--minutes", "0.1", "-o", notes, "-q", timeout=60)
-    assert out.returncode == 2
-    assert out.stderr == f"neuralda: error: {notes} is a file, not a folder; choose another -o\n"
+    code, _, err = cli_here(capfd, "demo", "--minutes", "0.1", "-o", notes, "-q")
+    assert code == 2
+    assert err == f"neuralda: error: {notes} is a file, not a folder; choose another -o\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"] and notes.read_text() == "my notes\n"
 
 
@@ -446,13 +470,13 @@ def test_counts_at_their_limits_are_taken():
         build_parser().parse_args(["generate", "r", "--n", str(sys.maxsize + 1)])
 
 
-def test_demo_never_takes_over_a_split_half_of_which_is_the_user_s(tmp_path):
+def test_demo_never_takes_over_a_split_half_of_which_is_the_user_s(tmp_path, capfd):
     data = tmp_path / "neruda" / "data"
     data.mkdir(parents=True)
     (data / "train.jsonl").write_text('{"text": "scraped", "url": "http://127.0.0.1:8000/p/1"}\n')
     (data / "val.jsonl").write_text('{"text": "my own", "url": "https://example.org/poem"}\n')
-    out = cli("demo", "--minutes", "0.1", "-o", tmp_path / "neruda", "-q", timeout=60)
-    assert out.returncode == 2 and "not the demo's run" in out.stderr, out.stderr
+    code, _, err = cli_here(capfd, "demo", "--minutes", "0.1", "-o", tmp_path / "neruda", "-q")
+    assert code == 2 and "not the demo's run" in err, err
     assert (data / "val.jsonl").read_text() == '{"text": "my own", "url": "https://example.org/poem"}\n'
 
 

@@ -140,6 +140,33 @@ def test_the_report_page_shows_every_column_of_its_table(browser, tiny_run, tmp_
     page.close()
 
 
+def test_the_report_s_poems_stand_side_by_side_on_a_desktop_and_stack_on_a_phone(browser, tiny_run, tmp_path):
+    """Long run names overflowed their columns' headings; on a phone three columns broke every line of the poems;
+    an Arabic poem ran left to right, its marks at the wrong ends of its lines."""
+    import shutil
+
+    from neuralda.report import Entry, html_page
+    from neuralda.run import Run
+
+    opened = [Run.open(shutil.copytree(tiny_run, tmp_path / name))
+            for name in ("neruda_lstm_512x2_dropout05_seed42", "seed_recipe_keras_reproduction_run")]
+    entries = [Entry(run, f"epoch-{e}", e, f"After {e} training epochs", "the sea remembers\nevery ship", {})
+               for run in opened for e in (200, 400)]
+    entries[-1].poem = "البحر يتذكر كل سفينة!"
+    (tmp_path / "post.html").write_text(html_page(opened, entries, "t", None, ""))
+    cells = "[...document.querySelectorAll('table.poems td')]"
+    for width, side_by_side in ((900, True), (390, False)):
+        page = browser.new_page(viewport={"width": width, "height": 900})
+        page.goto((tmp_path / "post.html").as_uri())
+        assert page.evaluate(f"{cells}.every(c => c.querySelector('.who').scrollWidth <= c.clientWidth)")
+        assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+        tops = page.evaluate(f"{cells}.map(c => c.getBoundingClientRect().top)")
+        assert (len(set(tops)) == 2) if side_by_side else (len(set(tops)) == len(entries))  # 2 + 2, or one a row
+        direction = page.evaluate(f"getComputedStyle({cells}.at(-1).querySelector('p')).direction")
+        assert direction == "rtl"
+        page.close()
+
+
 def test_the_page_writes_perplexities_as_the_tables_do(page):
     from neuralda.evaluate import format_ppl
 

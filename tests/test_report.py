@@ -21,7 +21,9 @@ def test_report_structure_plot_and_numbers(tiny_run, tmp_path):
     text = out.read_text()
     # The poems of the saved epochs side by side (the seed compares 200 and 400; this run saved 2 and 4), in epoch
     # order, and the model's summary.
-    assert re.findall(r"<th>(.*?)</th>", text) == ["run<br>After 2 training epochs", "run<br>After 4 training epochs"]
+    assert re.findall(r'<div class="who">(.*?)</div>', text) == [
+        "run<br>After 2 training epochs", "run<br>After 4 training epochs"
+    ]
     assert re.findall(r"<summary>(.*?)</summary>", text) == ["Model summary"] and "Total params:" in text
     # Poems keep their lines: every line break is a <br> inside a <p> per stanza.
     for entry in entries:
@@ -56,7 +58,7 @@ def test_poems_stand_side_by_side_at_most_three_to_a_table(tiny_run, n, rows):
     text = markdown([run], entries, "t", None, "")
     tables = re.findall(r'<table class="poems">.*?</table>', text, re.S)
     assert [t.count("<td") for t in tables] == rows and all("\n\n" not in t for t in tables)  # one HTML block each
-    poems = [p for t in tables for p in re.findall(r"<p>(.*?)</p>", t, re.S)]
+    poems = [p for t in tables for p in re.findall(r'<p dir="auto">(.*?)</p>', t, re.S)]
     assert poems == [f"poem {i}<br>\nline" for i in range(n)]
 
 
@@ -377,7 +379,7 @@ def test_poems_are_marked_in_the_language_most_training_poems_give(tiny_run, tmp
     for name in ("post.md", "post.html"):
         text = (tmp_path / name).read_text(encoding="utf-8")
         paragraphs = re.findall(r"<p[ >][^>]*>?", text)  # the poems' stanzas, and the page's note
-        assert paragraphs.count('<p lang="es">') == len(paragraphs) - paragraphs.count('<p class="note">') > 0
+        assert paragraphs.count('<p lang="es" dir="auto">') == len(paragraphs) - paragraphs.count('<p class="note">') > 0
     for tags in (["es", "fr"], ["es", None]):  # no language holds over half: none is claimed
         relabel(tags)
         assert Run.open(run).lang is None
@@ -410,7 +412,8 @@ def test_the_table_poems_and_labels_render_as_written(tiny_run, tmp_path):
         model, _ = Run.open(run).load_model(entry.checkpoint)
         assert entry.poem == write_poems(model, Run.open(run).vocab, None, 40, 1, SamplingConfig(), 3)[0][0]
         for stanza in entry.poem.split("\n\n"):
-            assert "<p>" + "<br>\n".join(html.escape(ln, quote=False) for ln in stanza.split("\n")) + "</p>" in text
+            lines = "<br>\n".join(html.escape(ln, quote=False) for ln in stanza.split("\n"))
+            assert f'<p dir="auto">{lines}</p>' in text
 
 
 def test_poems_of_a_model_without_love_are_said_to_begin_anywhere(tiny_run, tmp_path):

@@ -286,3 +286,13 @@ def test_a_header_s_state_is_read_as_the_kinds_of_value_the_state_made_now_holds
                      ("params", "01")]:
         assert not json_like({**saved, key: bad}, fresh), key
     assert json_like(3, 0.5) and not json_like(float("nan"), "x") and not json_like({}, [])
+
+
+def test_a_run_s_name_is_one_line(tiny_run, tmp_path):
+    """A folder named with a blank line in it split the report's headings and tables, Markdown reading on between."""
+    import shutil
+
+    from neuralda.run import Run
+
+    run = shutil.copytree(tiny_run, tmp_path / "nl\n\nname\x1b[2J")
+    assert Run.open(run).name == "nl\\n\\nname\\x1b[2J"

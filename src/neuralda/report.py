@@ -187,9 +187,9 @@ def plottable(value: object) -> float:
 def _poem_html(poem: str, lang: str | None) -> str:
     """A poem as HTML: a paragraph per stanza, ``<br>`` between lines, in its language where the run knows it (the
     report speaks English: screen readers pronounce the poem, and browsers choose the forms of its characters, by
-    it)."""
+    it), its direction the text's own (an Arabic poem's lines run right to left, its marks at their ends)."""
     stanzas = [s.split("\n") for s in poem.split("\n\n")]
-    p = f'<p lang="{lang}">' if lang else "<p>"
+    p = f'<p lang="{lang}" dir="auto">' if lang else '<p dir="auto">'
     return "\n".join(p + "<br>\n".join(html.escape(line, quote=False) for line in lines) + "</p>" for lines in stanzas)
 
 
@@ -202,14 +202,18 @@ SIDE_BY_SIDE = 3  # poems in a row: the seed's after 200 and 400 epochs beside o
 
 def _poem_tables(entries: list[Entry]) -> list[str]:
     """The poems side by side, at most ``SIDE_BY_SIDE`` to a table and as many in each as can be (four poems: two
-    and two), each headed by its run and checkpoint. A table holds no blank line: Markdown keeps it one HTML block."""
+    and two), each cell headed by its run and checkpoint (a narrow page stacks the cells, each with its heading). A
+    table holds no blank line: Markdown keeps it one HTML block."""
     n, tables = len(entries), []
     count = -(-n // SIDE_BY_SIDE)
     for i in range(count):
         row = entries[n * i // count : n * (i + 1) // count]
-        head = "".join(f"<th>{html.escape(e.run.name)}<br>{html.escape(e.label)}</th>" for e in row)
-        cells = "".join(f'<td class="poem">\n{_poem_html(e.poem, e.run.lang)}\n</td>' for e in row)
-        tables.append(f'<table class="poems">\n<thead><tr>{head}</tr></thead>\n<tbody><tr>{cells}</tr></tbody>\n</table>')
+        cells = "".join(
+            f'<td class="poem"><div class="who">{html.escape(e.run.name)}<br>{html.escape(e.label)}</div>\n'
+            f"{_poem_html(e.poem, e.run.lang)}\n</td>"
+            for e in row
+        )
+        tables.append(f'<table class="poems"><tbody><tr>{cells}</tr></tbody></table>')
     return tables
 
 
@@ -289,7 +293,7 @@ def html_page(runs: list[Run], entries: list[Entry], title: str, plot_png: bytes
 <style>
 body {{ max-width: 46rem; margin: 2rem auto; padding: 0 1rem; font: 17px/1.6 Georgia, "Iowan Old Style", serif;
        color: #2b2118; background: #fbf7f0; }}
-h1, h2 {{ font-weight: normal; letter-spacing: .01em; }}
+h1, h2 {{ font-weight: normal; letter-spacing: .01em; overflow-wrap: anywhere; }}
 img {{ max-width: 100%; height: auto; border: 1px solid #e4d9c6; background: white; }}
 table {{ border-collapse: collapse; font: 12.5px/1.4 system-ui, sans-serif; width: 100%; overflow-x: auto;
         display: block; }}
@@ -303,8 +307,10 @@ summary {{ cursor: pointer; font-style: italic; }}
 pre {{ font-size: 12px; overflow-x: auto; }}
 .poem p {{ margin: .9rem 0; overflow-wrap: anywhere; }}
 table.poems {{ display: table; table-layout: fixed; font: inherit; margin: 1rem 0; }}
-table.poems th, table.poems td {{ white-space: normal; text-align: left; vertical-align: top; padding: 0 .6rem; }}
-table.poems th {{ font: italic 14px/1.4 Georgia, serif; }}
+table.poems td {{ white-space: normal; text-align: start; vertical-align: top; padding: 0 .6rem; }}
+.who {{ font: italic 14px/1.4 Georgia, serif; overflow-wrap: anywhere; border-bottom: 1px solid #e4d9c6; }}
+/* A narrow page stacks the poems: in three columns of a phone's width every line of theirs broke. */
+@media (max-width: 40rem) {{ table.poems, table.poems tbody, table.poems tr, table.poems td {{ display: block; }} }}
 .note {{ font-size: 14px; color: #6b5a48; }}
 </style></head><body>
 <h1>{html.escape(title)}</h1>

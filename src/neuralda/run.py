@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import NeuraldaError
+from .errors import NeuraldaError, shown
 from .files import atomic_write
 from .models import MAX_HIDDEN, MAX_LAYERS
 from .tokenizer import Vocab
@@ -310,8 +310,9 @@ class Run:
 
     @property
     def name(self) -> str:
-        """The folder's name, printable (see ``printable``); "." is named after the folder it stands for."""
-        return printable(Path(os.path.abspath(self.path)).name)
+        """The folder's name, printable (see ``printable``) in one line (``shown``: a report's table or heading broke
+        at a newline in it); "." is named after the folder it stands for."""
+        return shown(printable(Path(os.path.abspath(self.path)).name))
 
     def checkpoints(self) -> list[str]:
         """Saved checkpoint names: best, last, epoch-N (in epoch order)."""

@@ -311,7 +311,8 @@ def cmd_demo(args: argparse.Namespace) -> None:
     out = Path(args.output)
     if out.exists() and not out.is_dir():  # found only after the scrape, by train, which said it held "no run yet"
         raise NeuraldaError(f"{out} is a file, not a folder; choose another -o")
-    if out.resolve() in (Path.cwd(), *Path.cwd().parents):  # the run replaces the folder: never this one or above
+    folder = out.resolve()  # where a symbolic link -o leads: the run is put beside it, and the link stays
+    if folder in (Path.cwd(), *Path.cwd().parents):  # the run replaces the folder: never this one or above
         raise NeuraldaError(f"-o {out} is the current folder or one above it; name a folder for the demo's run")
     # The folder is replaced whole: anything in it that is not a run's file (a user's notes, a report) is refused.
     foreign = _foreign_files(out)
@@ -337,8 +338,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
         raise NeuraldaError(f"{corpus_out} holds poems the demo did not scrape; choose another -o")
     # The new run is trained beside the last one and takes its place only when whole: a demo killed on its way
     # leaves the last one as it was (one killed between the two renames below finds it aside, and puts it back).
-    # Beside the folder a symbolic link -o names: renamed aside, the link itself went, and a folder took its place.
-    folder = out.resolve()
+    # (Beside the link, the link itself was renamed aside and a folder took its place.)
     new, old = folder.parent / f".{folder.name}.new", folder.parent / f".{folder.name}.old"
     if old.is_dir() and not folder.exists():
         old.rename(folder)

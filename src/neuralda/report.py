@@ -285,8 +285,9 @@ def html_page(runs: list[Run], entries: list[Entry], title: str, plot_png: bytes
     )
     sections = ["<h2>Poems</h2>", *_poem_tables(entries)]
     for run in runs:
-        sections += [f"<h2>{html.escape(run.name)}</h2>"]
-        sections.append(_details("Model summary", "<pre>" + html.escape(run.summary()) + "</pre>"))
+        summary = _details("Model summary", f"<pre>{html.escape(run.summary())}</pre>")
+        sections += [f"<h2>{html.escape(run.name)}</h2>", summary]
+    body = "\n".join(sections)
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{html.escape(title)}</title>
@@ -318,7 +319,7 @@ table.poems td {{ white-space: normal; text-align: start; vertical-align: top; p
 {table}
 <p class="note">Held-out perplexity on poems the model never saw (lower is better); copies: the share of the written
 poems' word runs found verbatim in the training poems. {html.escape(beginning)}</p>
-{chr(10).join(sections)}
+{body}
 </body></html>
 """
 

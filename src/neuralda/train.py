@@ -576,11 +576,10 @@ def _foreign_files(out: Path) -> list[str]:
         return []
     folders = [out / name for name in ("data", "checkpoints") if (out / name).is_dir()]
     paths = [*out.iterdir(), *(p for folder in folders for p in folder.iterdir())]
-    names = [p.relative_to(out).as_posix() for p in paths]
     return sorted(
-        n for n in names
+        n for n, name in ((p.relative_to(out).as_posix(), p.name) for p in paths)
         if n not in RUN_FILES and n != "config.json" and not CHECKPOINT_FILE.fullmatch(n)
-        and not PARTIAL_WRITE.fullmatch(n.split("/", 1)[-1]) and n.rsplit("/", 1)[-1] not in OS_LITTER
+        and not PARTIAL_WRITE.fullmatch(name) and name not in OS_LITTER
     )
 
 

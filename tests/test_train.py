@@ -629,11 +629,13 @@ def test_damaged_checkpoint_is_a_clear_error(tmp_path, corpus_file):
 
 
 @pytest.mark.parametrize("bias", [True, False])
-def test_chunked_loss_equals_cross_entropy_and_its_gradients(monkeypatch, bias):
+@pytest.mark.parametrize("block_rows", [30, 12])
+def test_chunked_loss_equals_cross_entropy_and_its_gradients(monkeypatch, bias, block_rows):
     import neuralda.evaluate
     import neuralda.train as t
 
     monkeypatch.setattr(neuralda.evaluate, "CPU_LOSS_CHUNK", 7 * 50)  # chunks of 7 rows of 50 words, the last short
+    monkeypatch.setattr(t, "CPU_LOSS_BLOCK", block_rows * 50)  # one block of all 30 rows, or three of 10
     torch.manual_seed(0)
     h = torch.randn(30, 16, requires_grad=True)
     w = torch.randn(50, 16, requires_grad=True)

@@ -22,8 +22,9 @@ def bench(tmp_path, script, *args):
 
 def test_train_speed(tmp_path, corpus_file):
     r = bench(tmp_path, "train_speed.py", "--arch", "lstm", "--corpus", corpus_file, "--hidden", 16, "--layers", 1,
-              "--rounds", 1, "--check-steps", 2, "--precision", "bf16")
+              "--rounds", 1, "--check-steps", 2, "--check-seeds", 2, "--precision", "bf16")
     assert r["bare_tokens_per_s"] > 0 and r["ours_tokens_per_s"] > 0 and r["ratio"] > 0
+    assert len(r["val_ppl_bf16"]) == len(r["val_ppl_fp32"]) == 2 and r["bf16_ppl_ratio"] > 0
     assert "bf16_ppl_within_2pct" in r and r["peak_rss_mb"] > 0 and r["ours_alone_peak_rss_mb"] > 0
     epoch = r["ours_epochs"][0]
     assert r["epoch_ratio"] > 0 and epoch["median_epoch_s"] > 0 and isinstance(epoch["outside_epochs_s"], float)

@@ -344,8 +344,12 @@ class _LinearCrossEntropy(torch.autograd.Function):
         n, chunk = targets.numel(), loss_chunk(weight.size(0), h.device)
         block = loss_block(n, weight.size(0), chunk, h.device)
         hc, wc = h.to(dtype), weight.to(dtype)
+        # The weight's gradient is made transposed, from h's transpose (the same sums, bit for bit): on our CPUs a
+        # row group of the seed's model (3,840 rows, V 9,571) took 81 ms for its chunk products against 115 for
+        # ``part.T @ rows``, and a step 7% less time (our lstm's and gpt's: the same).
+        h_t = hc.T.contiguous()
         grad_h = torch.empty(h.shape, dtype=h.dtype, device=h.device)
-        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=h.device)
+        grad_w_t = torch.zeros(weight.shape[::-1], dtype=torch.float32, device=h.device)
         grad_b = None if bias is None else torch.zeros(bias.shape, dtype=torch.float32, device=h.device)
         total = torch.zeros((), dtype=torch.float32, device=h.device)
         for start in range(0, n, block):
@@ -374,9 +378,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 # the whole sum once, 1.6x the error (0.18% against 0.11%, our gpt after 10 steps); it trained the
                 # seed's model another 5% faster, but our gpt's perplexity after 20 steps drifted +4% from float32's
                 # (three seeds; +1.4% so).
-                grad_w += part.T @ rows[i : i + chunk]  # a bf16 product added in float32, no copy
+                grad_w_t += h_t[:, start + i : start + i + len(part)] @ part  # a bf16 product added in float32
             grad_h[start : start + block] = g @ wc
-        ctx.save_for_backward(grad_h, grad_w.to(weight.dtype), grad_b)
+        ctx.save_for_backward(grad_h, grad_w_t.T.contiguous().to(weight.dtype), grad_b)
         return total * loss_weight
 
     @staticmethod

@@ -89,6 +89,6 @@ fi
 
 for arch in ${ARCHS:-seed lstm gpt}; do
     step "train_speed $arch" 90 python3 bench/train_speed.py --arch "$arch" --device "$DEVICE" --corpus .device/corpus.jsonl \
-        --epochs "${SPEED_EPOCHS:-20}"
+        --epochs "${SPEED_EPOCHS:-20}" --rounds "${SPEED_ROUNDS:-2}"
 done
 step generate_speed 120 python3 bench/generate_speed.py --device "$DEVICE"

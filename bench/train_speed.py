@@ -2,7 +2,8 @@
 
     python bench/train_speed.py [--arch seed|thoutt|lstm|gpt] [--batch-size B] [--seq-len T] [--device D] [--epochs E]
 
-Rounds alternate (bare, ours, bare, ours ...) in one process; the best of each is compared. Ours counts whole
+Rounds alternate (bare then ours, ours then bare, ...) in one process: ``ratio`` compares the best of each,
+``paired_ratio`` is the median of each round's ratio (ours against the bare loop run next to it). Ours counts whole
 epochs: training, validation, metrics, checkpoints (on a GPU an epoch of the shared corpora is a few steps: give
 ``--epochs`` so that warm-up is not most of what is timed); ``epoch_ratio`` compares a typical (median) epoch of
 ours, validation included, with the bare loop's median epoch, and ``ours_epochs`` says where the rest went. Then
@@ -71,6 +72,11 @@ def bare_loop(run: Run, ids: torch.Tensor, device: str, precision: str, epochs: 
 def median(values: list[float]) -> float:
     """The middle value (the upper of the two middle ones of an even count)."""
     return sorted(values)[len(values) // 2]
+
+
+def median_of_pairs(ours: list[float], bare: list[float]) -> float:
+    """The median of each round's ratio of ours to the bare loop (the mean of the middle two of an even count)."""
+    return statistics.median(o / b for o, b in zip(ours, bare))
 
 
 def ours_after_steps(cfg: dict, output: str, precision: str, steps: int):
@@ -142,7 +148,7 @@ def main() -> None:
     p.add_argument("--seq-len", type=int)
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", default="auto")
-    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=4, help="rounds of each loop, alternated")
     p.add_argument("--epochs", type=int, default=1, help="epochs timed in each round, of both loops")
     p.add_argument("--check-steps", type=int, default=20, help="steps before the bf16/fp32 perplexity check (0: skip)")
     p.add_argument("--check-seeds", type=int, default=3, help="seeds the perplexity check runs from")
@@ -161,16 +167,23 @@ def main() -> None:
         ours, bare, bare_epochs, val_shares, epochs = [], [], [], [], []
         first = Run.open(train(TrainConfig(output=f"{tmp}/probe", **{**cfg, "epochs": 1}), log=lambda s: None).run)
         ids = _stream(first, "train").to(device)
-        for r in range(args.rounds):
+
+        def run_bare() -> None:
             with _keep_freed_memory(device):
                 tokens_per_s, seconds = bare_loop(first, ids, device, precision, epochs=args.epochs)
             bare.append(tokens_per_s)
             bare_epochs.append(median(seconds))
-            result = train(TrainConfig(output=f"{tmp}/ours{r}", **cfg), log=lambda s: None)
+
+        def run_ours() -> None:
+            result = train(TrainConfig(output=f"{tmp}/ours{len(ours)}", **cfg), log=lambda s: None)
             ours.append(result.tokens_trained / result.loop_seconds)
             rows = Run.open(result.run).metrics()
             val_shares.append(sum(row["val_seconds"] for row in rows) / result.loop_seconds)
             epochs.append(epoch_breakdown(rows, result.loop_seconds))
+
+        for r in range(args.rounds):  # bare, ours, then ours, bare: a machine speeding up or slowing favours neither
+            for loop in (run_bare, run_ours) if r % 2 == 0 else (run_ours, run_bare):
+                loop()
         check = {}
         if args.check_steps and precision == "bf16":
             seeds = [first.config["seed"] + i for i in range(args.check_seeds)]
@@ -184,6 +197,9 @@ def main() -> None:
             "batch_size": c["batch_size"], "seq_len": c["seq_len"], "train_tokens": c["train_tokens"],
             "epochs": args.epochs,
             "bare_tokens_per_s": max(bare), "ours_tokens_per_s": max(ours), "ratio": max(ours) / max(bare),
+            # Each round's ours against its bare loop, next to each other in time: the median of these is what a
+            # machine whose speed wanders by 2x over minutes (ours) moves least.
+            "paired_ratio": round(median_of_pairs(ours, bare), 3),
             "bare_rounds": bare, "ours_rounds": ours, "peak_rss_mb": round(peak_rss_mb()),
             "cuda_peak_mb": round(torch.cuda.max_memory_allocated() / 2**20) if device.startswith("cuda") else None,
             "ours_alone_peak_rss_mb": ours_rss and round(ours_rss), "validation_share": round(max(val_shares), 3),

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 
 
@@ -22,8 +24,11 @@ def bench(tmp_path, script, *args):
 
 def test_train_speed(tmp_path, corpus_file):
     r = bench(tmp_path, "train_speed.py", "--arch", "lstm", "--corpus", corpus_file, "--hidden", 16, "--layers", 1,
-              "--rounds", 1, "--check-steps", 2, "--check-seeds", 2, "--precision", "bf16")
+              "--rounds", 2, "--check-steps", 2, "--check-seeds", 2, "--precision", "bf16")
     assert r["bare_tokens_per_s"] > 0 and r["ours_tokens_per_s"] > 0 and r["ratio"] > 0
+    assert len(r["bare_rounds"]) == len(r["ours_rounds"]) == len(r["ours_epochs"]) == 2
+    pairs = [o / b for o, b in zip(r["ours_rounds"], r["bare_rounds"])]
+    assert r["paired_ratio"] == pytest.approx(sum(pairs) / 2, abs=1e-3)
     assert len(r["val_ppl_bf16"]) == len(r["val_ppl_fp32"]) == 2 and r["bf16_ppl_ratio"] > 0
     assert "bf16_ppl_within_2pct" in r and r["peak_rss_mb"] > 0 and r["ours_alone_peak_rss_mb"] > 0
     epoch = r["ours_epochs"][0]

@@ -77,6 +77,22 @@ def test_a_second_ctrl_c_while_exiting_is_no_traceback(tmp_path):
     assert out.returncode == 130 and out.stderr == ""
 
 
+def test_ctrl_c_while_the_command_loads_is_no_traceback():
+    code = (
+        "import importlib.abc, os, signal, sys\n"
+        "class CtrlC(importlib.abc.MetaPathFinder):\n"  # pressed while the command line's modules load
+        "    def find_spec(self, name, path, target=None):\n"
+        "        if name == 'neuralda.models': os.kill(os.getpid(), signal.SIGINT)\n"
+        "sys.meta_path.insert(0, CtrlC())\n"
+        "sys.argv = ['neuralda', '--version']\n"
+        "from neuralda.__main__ import run\n"
+        "sys.exit(run())\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    assert out.returncode == 130 and out.stderr == "" and out.stdout == ""
+
+
 def test_train_then_generate_end_to_end(tmp_path, corpus_file):
     run = tmp_path / "run"
     out = cli("train", corpus_file, "-o", run, "--epochs", 2, "--hidden", 32, "--layers", 1, "--batch-size", 8, "-q")

@@ -1,3 +1,17 @@
-from neuralda.cli import main
+"""``python -m neuralda`` and the ``neuralda`` command."""
+
 import sys
-sys.exit(main())
+
+
+def run() -> int:
+    """The command line; a Ctrl-C while it loads (~0.1 s) ends it as one during a command does: exit 130, no
+    traceback."""
+    try:
+        from neuralda.cli import main
+    except KeyboardInterrupt:
+        return 130
+    return main()
+
+
+if __name__ == "__main__":
+    sys.exit(run())

@@ -344,9 +344,10 @@ class _LinearCrossEntropy(torch.autograd.Function):
         n, chunk = targets.numel(), loss_chunk(weight.size(0), h.device)
         block = loss_block(n, weight.size(0), chunk, h.device)
         hc, wc = h.to(dtype), weight.to(dtype)
-        # The weight's gradient is made transposed, from h's transpose (the same sums, bit for bit): on our CPUs a
-        # row group of the seed's model (3,840 rows, V 9,571) took 81 ms for its chunk products against 115 for
-        # ``part.T @ rows``, and a step 7% less time (our lstm's and gpt's: the same).
+        # The weight's gradient is made transposed, from h's transpose: the same sums (bit for bit at the seed's,
+        # lstm's and gpt's sizes; the demo's small model rounds a few differently), and on our CPUs a row group of
+        # the seed's model (3,840 rows, V 9,571) took 81 ms for its chunk products against 115 for
+        # ``part.T @ rows``: a step 7% less time (our lstm's and gpt's: the same).
         h_t = hc.T.contiguous()
         grad_h = torch.empty(h.shape, dtype=h.dtype, device=h.device)
         grad_w_t = torch.zeros(weight.shape[::-1], dtype=torch.float32, device=h.device)

@@ -60,6 +60,12 @@ def test_summary_of_the_seed():
     assert out.returncode == 0 and "Total params: 11,870,525" in out.stdout
 
 
+def python_as_a_terminal_starts_it(code: str) -> subprocess.CompletedProcess:
+    """``python -c code`` with Ctrl-C interrupting it: a Python started in the background may ignore it from birth."""
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+
+
 def test_a_second_ctrl_c_while_exiting_is_no_traceback(tmp_path):
     """Ctrl-C pressed twice: the second can land while Python exits (torch's and threading's exit handlers)."""
     code = (
@@ -71,9 +77,7 @@ def test_a_second_ctrl_c_while_exiting_is_no_traceback(tmp_path):
         "sys.argv = ['neuralda', 'corpus', 'stats', 'c.jsonl']\n"
         "sys.exit(cli.main())\n"
     )
-    # A Python started in the background may ignore Ctrl-C from birth; a terminal's does not.
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
-                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    out = python_as_a_terminal_starts_it(code)
     assert out.returncode == 130 and out.stderr == ""
 
 
@@ -88,8 +92,7 @@ def test_ctrl_c_while_the_command_loads_is_no_traceback():
         "from neuralda.__main__ import run\n"
         "sys.exit(run())\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
-                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    out = python_as_a_terminal_starts_it(code)
     assert out.returncode == 130 and out.stderr == "" and out.stdout == ""
 
 

@@ -28,6 +28,8 @@ from neuralda.tokenizer import tokenize
 def test_normalize_line_ends_spaces_and_blank_lines():
     text = "  first line  \r\nsecond\tline\t\r\r\n\n\n\nnew stanza\n\n"
     assert normalize_text(text) == "first line\nsecond line\n\nnew stanza"
+    # Word's Shift+Enter, copied out of it, is a vertical tab: a line break, not two words glued together.
+    assert normalize_text("the tide is high\vand the moon\v\vis full") == "the tide is high\nand the moon\n\nis full"
 
 
 def test_normalize_repairs_mojibake_and_keeps_curly_quotes():
@@ -531,10 +533,11 @@ def test_a_json_array_export_imports_as_poems_not_as_one_poem_of_json(tmp_path):
         read_corpus(path)
 
 
-def test_a_poem_in_square_brackets_is_still_plain_text(tmp_path):
+@pytest.mark.parametrize("title", ["[Sin título]", "{Untitled}", "{ sin título }"])
+def test_a_poem_in_brackets_or_braces_is_still_plain_text(tmp_path, title):
     path = tmp_path / "poems.txt"
-    path.write_text("[Sin título]\nla noche\n", encoding="utf-8")
-    assert [p.text for p in import_files([path])] == ["[Sin título]\nla noche"]
+    path.write_text(f"{title}\nla noche\n", encoding="utf-8")
+    assert [p.text for p in import_files([path])] == [f"{title}\nla noche"]
 
 
 def test_two_blank_lines_inside_a_poem_are_one_stanza_break():

@@ -41,7 +41,8 @@ _ACCENTED_RUN = re.compile(r"[^\W\d_a-zA-Z]{3}")
 _MOJIBAKE_PASSES = 8  # Hypothesis found no text that needs more than 3; this bounds a pathological one
 # Two or more blank lines; a line of any whitespace (a no-break space, a form feed) is blank, as cleaning makes it.
 _POEM_SEPARATOR = re.compile(r"\n(?:[^\S\n]*\n){2,}")
-_JSON_START = re.compile(r"\s*(?:\{|\[\s*[{\]])")  # a JSONL line or a JSON array of objects (or []); not "[Sí]"
+# A JSONL line or a JSON array of objects (or []); not a poem that opens "[Sí]" or "{Untitled}".
+_JSON_START = re.compile(r"\s*(?:\{\s*[\"}]|\[\s*[{\]])")
 # A page saved from a browser (some put "<!-- saved from url=... -->" first).
 _HTML_START = re.compile(r"\s*(?:<!--.*?-->\s*)*(?:<!doctype\s+html|<html)", re.I | re.S)
 _HTML_SUFFIXES = (".html", ".htm", ".xhtml")
@@ -101,6 +102,9 @@ def normalize_text(text: str) -> str:
     # ftfy repairs UTF-8 read as cp1252 (the seed's "skyâ€™s"); keep curly quotes, leave entities to the parser and
     # full-width marks as they are (a Chinese poem's "，！" would become ",!").
     # A repair or a tidied line can uncover another repair ("Ã\t©" -> "Ã ©" -> "à ©"): repeat until nothing changes.
+    # A vertical tab is a line break (Word's Shift+Enter, in text copied out of it): ftfy would delete it, gluing the
+    # last word of one line to the first of the next.
+    text = text.replace("\v", "\n")
     for _ in range(_MOJIBAKE_PASSES):
         cleaned = _tidy(
             ftfy.fix_text(text, uncurl_quotes=False, unescape_html=False, fix_character_width=False, normalization="NFC")

@@ -6,6 +6,10 @@ import codecs
 import gzip
 import json
 import random
+import shutil
+import socket
+import ssl
+import subprocess
 import threading
 import time
 import tracemalloc
@@ -596,6 +600,19 @@ def test_a_redirect_to_a_page_robots_txt_disallows_is_not_followed(site, tmp_pat
     assert summary.poems_written == 1 and summary.robots_skipped == 1
 
 
+def test_robots_txt_redirected_to_another_host_is_followed_and_obeyed(site, tmp_path):
+    # RFC 9309 2.3.1.2: "example.org/robots.txt" may live at "www.example.org"; here "localhost:PORT" stands for it.
+    port = site.base.rsplit(":", 1)[1]
+    small_site(site, 2)
+    site.routes["/robots.txt"] = (301, {"Location": f"http://localhost:{port}/rules.txt"}, b"")
+    site.page("/rules.txt", "User-agent: *\nDisallow: /poems/1\n", content_type="text/plain")
+    summary = scrape(config(site, tmp_path))
+    assert [(h.path, h.host.split(":")[0]) for h in site.hits] == [
+        ("/robots.txt", "127.0.0.1"), ("/rules.txt", "localhost"), ("/", "127.0.0.1"), ("/poems/0", "127.0.0.1")
+    ]
+    assert summary.poems_written == 1 and summary.robots_skipped == 1
+
+
 def test_robots_txt_404_allows_everything(site, tmp_path):
     small_site(site, 2)
     summary = scrape(config(site, tmp_path))
@@ -767,6 +784,48 @@ def test_404_is_not_retried_and_the_others_continue(site, tmp_path):
     assert "wrote 1 poem to" in text and f"{site.base}/poems/1: HTTP 404" in text and "failures: 2" in text
 
 
+def test_408_is_retried_as_429_and_5xx_are(site, tmp_path):
+    small_site(site, 2)
+    site.page("/poems/0", "took too long", status=408)
+    summary = scrape(config(site, tmp_path, retries=2))
+    assert site.paths().count("/poems/0") == 3
+    assert summary.failures == [(site.base + "/poems/0", "HTTP 408 (tried 3 times)")]
+
+
+def test_an_untrusted_certificate_fails_at_once_not_after_retries(tmp_path):
+    openssl = shutil.which("openssl") or pytest.skip("no openssl here to make a certificate with")
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(
+        [openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1",
+         "-subj", "/CN=127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    handshakes = []
+
+    def answer(listener):
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:  # closed: the test is over
+                return
+            handshakes.append(1)
+            try:
+                context.wrap_socket(conn, server_side=True).close()
+            except OSError:  # the client refused the certificate
+                conn.close()
+
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        threading.Thread(target=answer, args=(listener,), daemon=True).start()
+        url = f"https://127.0.0.1:{listener.getsockname()[1]}/poem"
+        cfg = ScrapeConfig(start_urls=[url], output=str(tmp_path / "c.jsonl"), body="p", delay=DELAY, retries=2,
+                           timeout=2.0, cache_dir=str(tmp_path / "cache"), progress=False)
+        with pytest.raises(NeuraldaError, match="certificate not trusted"):
+            scrape(cfg)
+    assert len(handshakes) == 1  # robots.txt's one try; the page itself never asked
+
+
 @pytest.mark.parametrize("status", [206, 300, 302])
 def test_a_partial_page_or_a_redirect_without_a_location_is_no_poem(site, tmp_path, status):
     small_site(site, 2)
@@ -816,6 +875,7 @@ def test_urls_that_name_the_same_page_are_one_url():
     assert {normalize_url(url) for url in same} == {"http://example.org/a%20b"}
     assert normalize_url("https://example.org:443") == "https://example.org/"
     assert normalize_url("https://example.org:8443/") == "https://example.org:8443/"
+    assert normalize_url("http://127.0.0.1 x/") is None  # no host: http.client would refuse it with a traceback
 
 
 def test_a_redirect_to_another_host_is_not_followed(site, tmp_path):

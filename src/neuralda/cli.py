@@ -436,7 +436,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--timeout", type=float, default=30.0, help="seconds for a whole response before it is retried (default %(default)g)"
     )
     sc.add_argument(
-        "--retries", type=int, default=3, help="retries on 429, 5xx and timeouts (default %(default)s, at most 10)"
+        "--retries", type=int, default=3, help="retries on 408, 429, 5xx and timeouts (default %(default)s, at most 10)"
     )
     sc.add_argument(
         "--cache", type=_name, dest="cache_dir", metavar="DIR", help="the HTTP cache (default: the user's cache folder)"

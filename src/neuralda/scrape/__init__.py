@@ -52,7 +52,7 @@ class ScrapeConfig:
     max_pages: int | None = None  # index pages to visit at most
     delay: float = 1.0  # seconds between requests to a host (a larger robots.txt Crawl-delay wins)
     timeout: float = 30.0  # seconds for a whole response
-    retries: int = 3  # more tries on 429, 5xx and timeouts
+    retries: int = 3  # more tries on 408, 429, 5xx and timeouts
     cache_dir: str | None = None  # None: the user's cache folder, neuralda/http
     refresh: bool = False  # fetch again what is in the cache
     user_agent: str | None = None  # None: neuralda/VERSION

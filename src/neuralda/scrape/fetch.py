@@ -13,6 +13,7 @@ import math
 import posixpath
 import re
 import socket
+import ssl
 import time
 import zlib
 from dataclasses import dataclass, field
@@ -83,7 +84,8 @@ def normalize_url(url: str, base: str | None = None) -> str | None:
             parts.hostname.encode("idna")  # the check a connection would make: labels of 1 to 63 characters
     except ValueError:  # "http://[oops", a port out of range, "www..example.com": not a URL anyone can follow
         return None
-    if parts.hostname and not parts.hostname.isprintable():  # "x\x1bc.com": no host, and an ESC for the terminal
+    # "x\x1bc.com": no host, and an ESC for the terminal; "a b.com": no host either (http.client refuses it).
+    if parts.hostname and (not parts.hostname.isprintable() or " " in parts.hostname):
         return None
     scheme = parts.scheme.lower()
     if scheme not in _DEFAULT_PORTS or not parts.hostname:
@@ -425,6 +427,8 @@ def _http_get(url: str, user_agent: str, timeout: float) -> _Response:
         return _Response(url=url, status=resp.status, headers=resp.headers, body=body)
     except TimeoutError:
         raise _Retryable(f"no complete answer within {timeout:g} s") from None
+    except ssl.SSLCertVerificationError as e:  # the same certificate at the next try: not worth a wait
+        raise FetchError(url, f"certificate not trusted ({e.verify_message or e.reason})") from None
     except (OSError, http.client.HTTPException) as e:
         raise _Retryable(f"connection failed ({e or type(e).__name__})") from None
     finally:
@@ -508,7 +512,8 @@ class Fetcher:
             raise FetchError(url, robots.deny_all or "disallowed by robots.txt", robots=True)
 
     def _get_with_retries(self, url: str, check_robots: bool) -> _Response:
-        """A response that is not 429 or 5xx, trying up to ``retries`` more times; FetchError when none came."""
+        """A response that is not 408, 429 or 5xx, trying up to ``retries`` more times (Scrapy's RETRY_HTTP_CODES
+        and every other 5xx); FetchError when none came."""
         host = host_of(url)
         reason, retry_after = "", None
         for attempt in range(self.retries + 1):
@@ -522,7 +527,7 @@ class Fetcher:
             except _Retryable as e:
                 reason, retry_after = str(e), None
                 continue
-            if resp.status == 429 or resp.status >= 500:
+            if resp.status in (408, 429) or resp.status >= 500:
                 reason, retry_after = f"HTTP {resp.status}", parse_retry_after(resp.headers.get("Retry-After"))
                 if retry_after is not None and retry_after > MAX_WAIT:
                     # Retry-After is about the server, not this page: its other pages may not be asked for either.
@@ -546,7 +551,9 @@ class Fetcher:
             target = normalize_url(location, base=url)
             if target is None:
                 raise FetchError(url, f"redirects to {location!r}, not an http(s) URL; not followed")
-            if host_of(target) != host_of(url):
+            # A page stays on its host; robots.txt is followed anywhere, as RFC 9309 (2.3.1.2) asks, and its rules
+            # are the first host's ("example.org/robots.txt" -> "www.example.org/robots.txt").
+            if check_robots and host_of(target) != host_of(url):
                 raise FetchError(url, f"redirects to another host ({location}); not followed")
             if target in visited:
                 # We send no cookies, so coming back to a URL means the same answer again: stop now, not after 5.

@@ -230,6 +230,8 @@ def test_an_unknown_start_word_typed_without_its_accent_names_the_accented_one_f
         start_tokens("mio", v)
     with pytest.raises(NeuraldaError, match="close words it knows: tú"):
         start_tokens("tu", v)
+    with pytest.raises(NeuraldaError, match="does not know the start word '<'$"):  # as typed, not "< "
+        start_tokens("<poembreak>", v)
 
 
 def test_sampling_follows_the_model_probabilities():
@@ -680,6 +682,17 @@ def test_the_copy_guard_blocks_a_character_in_each_of_its_spellings():
     model = _peaked(v, {"蛙": 5.0, " 蛙": 5.0, "池": 0.0})  # a copy, in either spelling, is far likelier
     poems = write_poems(model, v, "や", words=2, n=8, seed=0, guard=CopyGuard.build(training, v, 2))
     assert [p for p, _ in poems] == ["や池"] * 8
+
+
+def test_the_repetition_penalty_lowers_a_character_in_each_of_its_spellings():
+    """" 蛙" and "蛙" are one word to the penalty too: written once, in either spelling, it is lowered in both."""
+    from neuralda.tokenizer import tokenize
+
+    v = Vocab.build([tokenize(t) for t in ["古池や 蛙飛び込む", "蛙 蛙"]])
+    model = _peaked(v, {"蛙": 2.0, " 蛙": 2.0, "池": 1.5, "飛": 1.4})  # halved, 蛙 is the least likely
+    for start in ("蛙", "や"):  # the start's word, and a word written
+        poem, _ = write_poems(model, v, start, words=3, sampling=_GREEDY, seed=0)[0]
+        assert poem.replace(" ", "").count("蛙") == 1, poem
 
 
 @pytest.mark.parametrize("arch, hidden", [("lstm", 32), ("gpt", 64)])

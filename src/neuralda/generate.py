@@ -262,7 +262,7 @@ def start_tokens(start: str, vocab: Vocab) -> list[str]:
             same = [w for w in words if _folded(w) == _folded(t)]
             close = (same + [w for w in difflib.get_close_matches(t, words, n=5, cutoff=0.6) if w not in same])[:5]
             hint = f"; close words it knows: {', '.join(close)}" if close else ""
-            raise NeuraldaError(f"the model does not know the start word {t!r}{hint}")
+            raise NeuraldaError(f"the model does not know the start word {bare!r}{hint}")  # "<", not "< "
         known.append(spelling)
     return known
 
@@ -511,10 +511,13 @@ def _write_batch(
         for token, token_id in zip(prime, prime_ids):
             d.add(token, same_word[token_id], word_mask[token_id], words, 0)
         d.done = d.words >= words or 0 < lines <= d.lines
-    seen = None  # the words each poem has written, where the repetition penalty reads them
+    def spelled(token_id: int) -> list[int]:  # a word's ids: " 蛙" is "蛙" to the penalty, as to the copy guard
+        return spellings.get(same_word[token_id], [token_id]) if word_mask[token_id] else []
+
+    seen = None  # the words each poem has written, in each of their spellings, where the repetition penalty reads them
     if sampling.repetition_penalty != 1.0:
         seen = torch.zeros(n, len(vocab), dtype=torch.bool, device=device)
-        seen[:, [i for i in prime_ids if word_mask[i]]] = True
+        seen[:, [j for i in prime_ids for j in spelled(i)]] = True
     stanza, line, end = vocab.stoi[STANZA], vocab.stoi[LINE], vocab.stoi[POEM_END]
     step = writing_steps(model, device, precision)
     batch_dim = getattr(step, "state_batch_dim", None)  # where its state keeps each poem (none: unknown)
@@ -554,9 +557,10 @@ def _write_batch(
                 d.done = d.ended = True
                 continue
             d.add(vocab.itos[token_id], same_word[token_id], word_mask[token_id], words, lines)
-            if word_mask[token_id]:
-                rows.append(r)
-                cols.append(token_id)
+            if seen is not None:
+                ids = spelled(token_id)
+                rows += [r] * len(ids)
+                cols += ids
         if seen is not None:
             seen[rows, cols] = True
         kept = [r for r, i in enumerate(live) if not drafts[i].done]

@@ -113,6 +113,34 @@ def test_packed_steps_write_a_lone_row_as_a_pair_where_its_product_would_differ(
         assert torch.equal(a, b[:1])
 
 
+def test_steps_without_onednn_s_packed_products_are_not_batch_invariant(monkeypatch):
+    """A build without them writes with plain products, whose rows round otherwise in other batch sizes: a poem then
+    need not be the one written alone, and the server writes each request alone."""
+    from neuralda import models
+    from neuralda.models.gpt import GPTSteps
+    from neuralda.models.lstm import LSTMSteps
+
+    def missing(*args):
+        raise RuntimeError("this build has no packed products")
+
+    torch.manual_seed(0)
+    lstm, gpt = build_model("lstm", 50, 16, 2, 0.0).eval(), build_model("gpt", 50, 64, 1, 0.0).eval()
+    assert LSTMSteps(lstm, torch.float32).batch_invariant and GPTSteps(gpt, torch.float32).batch_invariant
+    try:
+        with monkeypatch.context() as m:
+            m.setattr(torch.ops.mkldnn, "_reorder_linear_weight", missing)
+            models.packed_products.cache_clear()
+            steps = LSTMSteps(lstm, torch.float32)
+            assert not steps.batch_invariant and not GPTSteps(gpt, torch.float32).batch_invariant
+            ids = torch.randint(0, 50, (3, 6))
+            state = None
+            for t in range(ids.size(1)):  # the plain products still write what the model says
+                logits, state = steps(ids[:, t : t + 1], state)
+            assert torch.allclose(logits[:, 0], lstm(ids)[0][:, -1], atol=1e-5)
+    finally:
+        models.packed_products.cache_clear()
+
+
 @pytest.mark.parametrize("dtype, tolerance", [(torch.bfloat16, 0.02), (torch.float32, 1e-5)])
 @pytest.mark.parametrize("arch", ["seed", "thoutt", "lstm"])
 def test_packed_steps_follow_every_lstm_token_by_token(arch, dtype, tolerance):

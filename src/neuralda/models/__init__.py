@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 from ..errors import NeuraldaError
@@ -129,21 +130,37 @@ PACKED_ROWS = 32  # the rows oneDNN lays packed weights out for: float32 steps o
 # packed for 32 rows than for 1 (bfloat16 ones the same), and gave one row the bits it gets in a batch
 
 
+@functools.cache
+def packed_products(dtype) -> bool:
+    """Whether this build runs oneDNN's packed products in ``dtype`` (``packed_matmul``), which give a row the same
+    bits in a batch of any size. Where it does not, plain products stand in, and they round a row otherwise in
+    batches of other sizes (against 40 rows: float32 at 1, 2, 3, 5, 8 and 15 rows, bfloat16 at 3 to 31): a poem
+    written in a batch is then not always the one written alone, and the steps are not ``batch_invariant``."""
+    import torch
+
+    w = torch.ones(4, 4, dtype=dtype)
+    try:
+        packed = torch.ops.mkldnn._reorder_linear_weight(w, PACKED_ROWS)
+        torch.ops.mkldnn._linear_pointwise(w[:2], packed, torch.zeros(4), "none", [], "")
+    except (AttributeError, RuntimeError):
+        return False
+    return True
+
+
 def packed_matmul(weight, dtype, bias=None):
     """``x -> x @ weight.T + bias`` in ``dtype``, the weight packed once for oneDNN (the packing PyTorch's own
     compiler uses on CPUs), for writing one token at a time on a CPU (``LSTMSteps``, ``GPTSteps``); a plain product
-    where this build's private oneDNN ops differ. A float32 ``bias`` is added to the float32 sums inside the product
-    (adding it after took 0.05 ms of a 0.23 ms bfloat16 product of 32 rows here, converting it to float32)."""
+    where this build's private oneDNN ops differ (``packed_products``). A float32 ``bias`` is added to the float32 sums
+    inside the product (adding it after took 0.05 ms of a 0.23 ms bfloat16 product of 32 rows here, converting it to
+    float32)."""
     import torch
 
     w = weight.detach().to(dtype)
     b = None if bias is None else bias.detach().float()
-    try:
-        packed = torch.ops.mkldnn._reorder_linear_weight(w, PACKED_ROWS)
-        torch.ops.mkldnn._linear_pointwise(w.new_zeros(2, w.size(1)), packed, b, "none", [], "")
-    except (AttributeError, RuntimeError):
+    if not packed_products(dtype):
         b = None if b is None else b.to(dtype)
         return lambda x: torch.nn.functional.linear(x.to(dtype), w, b)
+    packed = torch.ops.mkldnn._reorder_linear_weight(w, PACKED_ROWS)
     return lambda x: torch.ops.mkldnn._linear_pointwise(x.to(dtype), packed, b, "none", [], "")
 
 

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from ..errors import NeuraldaError
-from . import embedding, normal_, packed_matmul, same_alone_as_in_pairs
+from . import embedding, normal_, packed_matmul, packed_products, same_alone_as_in_pairs
 
 BLOCK_SIZE = 128  # tokens of context; the recipe trains on windows of this length
 HEAD_SIZE = 64  # units per attention head: --hidden 256 gives 4 heads
@@ -227,7 +227,7 @@ class GPTSteps:
     def __init__(self, model: GPT, dtype: torch.dtype = torch.bfloat16) -> None:
         self.dtype = dtype
         self.model = copy.deepcopy(model).eval()
-        self.batch_invariant = True
+        self.batch_invariant = packed_products(dtype)
         for module in list(self.model.modules()):
             for name, child in list(module.named_children()):
                 if isinstance(child, nn.Linear):

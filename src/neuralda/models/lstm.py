@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from . import embedding, packed_matmul, same_alone_as_in_pairs
+from . import embedding, packed_matmul, packed_products, same_alone_as_in_pairs
 
 State = list[tuple[Tensor, Tensor]]
 SummaryRow = tuple[str, str, str, int]
@@ -162,7 +162,7 @@ class LSTMSteps:
         columns = [w.size(1) for w in weights] + [model.decoder.in_features]
         alone_ok = all(same_alone_as_in_pairs(f, n) for f, n in zip([*matmuls, self.decoder], columns))
         self.min_rows = 1 if alone_ok else 2
-        self.batch_invariant = True  # with lone rows written as pairs where needed
+        self.batch_invariant = packed_products(dtype)  # with lone rows written as pairs where needed
 
     @torch.no_grad()
     def __call__(self, x: Tensor, state: State | None = None) -> tuple[Tensor, State]:

@@ -563,10 +563,22 @@ def test_the_page_serves_nothing_outside_its_folder(client, path):
     assert "create_app" not in r.text
 
 
-def test_the_api_by_get_says_to_post_not_that_it_is_missing(client):
-    answer = client.get("/api/generate")  # a browser's address bar, a plain curl
+@pytest.mark.parametrize("method", ["GET", "PUT", "DELETE", "PATCH"])
+def test_the_api_by_another_method_says_to_post_not_that_it_is_missing(client, method):
+    answer = client.request(method, "/api/generate")  # GET: a browser's address bar, a plain curl
     assert answer.status_code == 405 and answer.headers["allow"] == "POST"
     assert "POST a JSON object here" in answer.json()["detail"]
+    answer = client.request(method, "/api/models")
+    if method == "GET":
+        assert answer.status_code == 200
+    else:
+        assert answer.status_code == 405 and answer.headers["allow"] == "GET"
+
+
+@pytest.mark.parametrize("method", ["GET", "POST"])
+def test_a_mistyped_api_path_is_not_found_whatever_the_method(client, method):
+    answer = client.request(method, "/api/generat", json={"start": "love"})
+    assert answer.status_code == 404 and "no API at /api/generat" in answer.json()["detail"]
 
 
 def test_the_page_and_openapi_are_served(client):

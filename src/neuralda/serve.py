@@ -321,6 +321,10 @@ def url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
+GENERATE_HINT = 'POST a JSON object here, such as {"start": "love", "words": 80}'
+OTHER_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
 def create_app(run_dirs: list[str], hosts: Sequence[str] = ("*",)) -> FastAPI:
     """The web app serving ``run_dirs`` to requests that name one of ``hosts`` (see ``allowed_hosts``); a run that
     cannot be served is a ``NeuraldaError`` now."""
@@ -409,10 +413,17 @@ def create_app(run_dirs: list[str], hosts: Sequence[str] = ("*",)) -> FastAPI:
         words = sum(map(is_word, tokenize(poem, end=False)))
         return Poem(poem=poem, words=words, ms=round(ms, 1), seed=seed, ended=ended, run=name, checkpoint=checkpoint)
 
-    @app.get("/api/generate", include_in_schema=False)
-    async def generate_by_get() -> None:  # else the page's files answer it, "Not Found"
-        raise HTTPException(405, 'POST a JSON object here, such as {"start": "love", "words": 80}',
-                            headers={"Allow": "POST"})
+    # Any other request under /api/ is answered here, not by the page's files ("use GET or HEAD" to a PUT on
+    # /api/generate, and to a POST on a mistyped path).
+    allowed = {"/api/models": ("GET", "GET it"), "/api/generate": ("POST", GENERATE_HINT)}
+
+    @app.api_route("/api/{path:path}", methods=list(OTHER_METHODS), include_in_schema=False)
+    async def other_api_requests(request: Request) -> None:
+        path = request.url.path
+        if path not in allowed:
+            raise HTTPException(404, f"no API at {path}; there are {' and '.join(allowed)} (see /openapi.json)")
+        method, hint = allowed[path]
+        raise HTTPException(405, hint, headers={"Allow": method})
 
     # Mounted last: the API routes above take precedence; StaticFiles refuses paths outside static/.
     app.mount("/", StaticFiles(packages=[("neuralda", "static")], html=True), name="page")

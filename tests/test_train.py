@@ -259,6 +259,45 @@ def test_a_resume_refuses_epochs_and_saves_behind_it(tmp_path, corpus_file):
     assert {"epoch-2", "epoch-4"} <= set(Run.open(out).checkpoints())
 
 
+@pytest.mark.parametrize("damage", ["checkpoints/last.safetensors", "data/train.jsonl"])
+def test_a_refused_resume_records_none_of_its_settings(tmp_path, corpus_file, damage):
+    """config.json took a resume's --epochs and --patience before its checkpoint and data were read: a later plain
+    --resume then trained to the refused --epochs."""
+    out = tmp_path / "run"
+    train(tiny_config(corpus_file, out, epochs=1), **QUIET)
+    config, path = (out / "config.json").read_text(), out / damage
+    path.write_bytes(path.read_bytes()[:-1] + b"!")
+    with pytest.raises(NeuraldaError):
+        train(tiny_config("", out, epochs=5, patience=0), resume=True, **QUIET)
+    assert (out / "config.json").read_text() == config
+
+
+def test_an_epoch_checkpoint_written_after_last_goes_on_resume(tmp_path, corpus_file):
+    """Killed while writing 'last' just after 'epoch-2': a resume drops epoch 2's metrics and sample, and its
+    checkpoint too, which the resumed run writes again if it gets there."""
+    out = tmp_path / "run"
+    train(tiny_config(corpus_file, out, epochs=1, save_at=(2,)), **QUIET)
+    after = tmp_path / "after"
+    train(tiny_config(corpus_file, after, epochs=2, save_at=(2,)), **QUIET)
+    shutil.copyfile(after / "checkpoints" / "epoch-2.safetensors", out / "checkpoints" / "epoch-2.safetensors")
+    train(tiny_config("", out, epochs=1), resume=True, **QUIET)  # stops where it is: epoch 2 never happened
+    assert "epoch-2" not in Run.open(out).checkpoints()
+    train(tiny_config("", out, epochs=2), resume=True, **QUIET)
+    assert "epoch-2" in Run.open(out).checkpoints()
+
+
+def test_an_output_through_a_symlink_loop_is_one_line(tmp_path, corpus_file):
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    with pytest.raises(NeuraldaError, match="loop/run: a symbolic link on the way loops back to itself"):
+        train(tiny_config(corpus_file, tmp_path / "loop" / "run", epochs=1), **QUIET)
+
+
+def test_a_save_at_past_the_epochs_is_said(tmp_path, corpus_file):
+    said = []
+    train(tiny_config(corpus_file, tmp_path / "run", epochs=1, save_at=(1, 4, 5)), log=said.append)
+    assert "note: --save-at 4,5 is past --epochs 1: saved if a --resume gets there" in said
+
+
 def samples(run_dir):
     return [json.loads(line) for line in (run_dir / "samples.jsonl").read_text().splitlines()]
 
@@ -604,7 +643,7 @@ def test_parse_duration(text, seconds):
     assert parse_duration(text) == seconds
 
 
-@pytest.mark.parametrize("text", ["ten minutes", "-5", "0", "5d"])
+@pytest.mark.parametrize("text", ["ten minutes", "-5", "0", "5d", "inf", "1e999m", "nan"])
 def test_parse_duration_errors(text):
     with pytest.raises(NeuraldaError):
         parse_duration(text)

@@ -136,7 +136,10 @@ def made_folder(path: Path) -> Iterator[None]:
     """``path`` made, with its missing parents, for the block; where the block fails, the folders made here are
     removed again while still empty (a run whose corpus could not be read leaves no folder behind). A symbolic link
     is followed, and ``..`` read after it (``missing/../mine`` is the folder ``mine``, never one made here)."""
-    path = path.resolve()
+    try:
+        path = path.resolve()
+    except RuntimeError:  # Python 3.11's word for a link that leads back to itself
+        raise NeuraldaError(f"{path}: a symbolic link on the way loops back to itself") from None
     made = [p for p in (path, *path.parents) if not p.exists()]
     path.mkdir(parents=True, exist_ok=True)
     try:

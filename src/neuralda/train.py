@@ -238,7 +238,9 @@ def parse_duration(text: str, zero: bool = False) -> float:
     try:
         value = float(text[:-1]) * units[text[-1]] if text and text[-1] in units else float(text)
     except ValueError:
-        raise NeuraldaError(f"not a duration: {text!r} (use 90s, 10m, 1h or seconds)") from None
+        value = math.nan
+    if not math.isfinite(value):  # "inf" too: config.json would hold Infinity, which JSON has not
+        raise NeuraldaError(f"not a duration: {text!r} (use 90s, 10m, 1h or seconds)")
     if not (value > 0 or zero and value == 0):
         raise NeuraldaError(f"a duration must be {'0 or more' if zero else 'above 0'}, got {text!r}")
     return value
@@ -652,6 +654,15 @@ def _restore_best(checkpoints: Path, last_epoch: int) -> None:
         aside.unlink()
 
 
+def _drop_later_epochs(checkpoints: Path, last_epoch: int) -> None:
+    """On resume: the ``epoch-N`` checkpoints of epochs after ``last_epoch`` go (a run killed while writing 'last'
+    just after one), as their metrics and samples do; the resumed run writes them again, the same, if it gets there."""
+    for path in checkpoints.glob("epoch-*.safetensors"):
+        epoch = re.fullmatch(r"epoch-(\d+)\.safetensors", path.name)
+        if epoch and int(epoch[1]) > last_epoch:
+            path.unlink(missing_ok=True)
+
+
 def _truncate_epochs(path: Path, epoch: int) -> None:
     """Keep each epoch once: drop lines written after the checkpoint a resumed run starts from, and the sample of
     the ``last`` checkpoint, which the resumed run writes anew when it ends."""
@@ -797,7 +808,6 @@ class Trainer:
             self.dist.on_main(lock)
             path = self.run.path
             self.dist.on_main(functools.partial(remove_partial_writes, path, path / "data", path / "checkpoints"))
-            self.dist.on_main(lambda: write_json(self.run.path / "config.json", self.run.config))
         else:
             self.dist.on_main(lambda: _prepare_locked(cfg, restart, lock))
             if restart:  # said once it has started: a bad corpus is its one line, not this and then that
@@ -847,6 +857,11 @@ class Trainer:
                 self.log(f"{self.run.path} has no checkpoint yet: starting from the beginning")
             # Epoch 0: a run killed in its first epoch can resume too.
             self.dist.on_main(lambda: self._save("last", with_optimizer=True))
+        if resume:  # the settings it changed, once its checkpoint and data were read: a refused one changes none
+            self.dist.on_main(lambda: write_json(self.run.path / "config.json", self.run.config))
+        past = [str(e) for e in c["save_at"] if e > c["epochs"]]
+        if past:
+            self.log(f"note: --save-at {','.join(past)} is past --epochs {c['epochs']}: saved if a --resume gets there")
         self.saved = {"epoch": self.state["epoch"], "at": time.monotonic()}  # the last checkpoint on disk
         self.best: tuple[dict, dict] | None = None  # the best weights and meta not yet on disk
         self.save_every = SAVE_EVERY if c.get("save_every") is None else c["save_every"]
@@ -917,6 +932,7 @@ class Trainer:
             raise NeuraldaError(f"{path}: damaged checkpoint (its trainer state cannot be resumed: {e})") from None
         self.state.update(trainer)
         self.dist.on_main(functools.partial(_restore_best, self.run.path / "checkpoints", self.state["epoch"]))
+        self.dist.on_main(functools.partial(_drop_later_epochs, self.run.path / "checkpoints", self.state["epoch"]))
         for name in ("metrics.jsonl", "samples.jsonl"):
             self.dist.on_main(functools.partial(_truncate_epochs, self.run.path / name, self.state["epoch"]))
         self.log(f"resuming {self.run.path} after epoch {self.state['epoch']}")

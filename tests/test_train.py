@@ -272,18 +272,20 @@ def test_a_refused_resume_records_none_of_its_settings(tmp_path, corpus_file, da
     assert (out / "config.json").read_text() == config
 
 
-def test_an_epoch_checkpoint_written_after_last_goes_on_resume(tmp_path, corpus_file):
-    """Killed while writing 'last' just after 'epoch-2': a resume drops epoch 2's metrics and sample, and its
-    checkpoint too, which the resumed run writes again if it gets there."""
+def test_an_epoch_checkpoint_written_after_last_is_kept_on_resume(tmp_path, corpus_file):
+    """Killed while writing 'last' just after 'epoch-2': a resume drops epoch 2's metrics and sample, which it writes
+    again, but deletes no weights; reaching epoch 2, it writes the same ones."""
     out = tmp_path / "run"
     train(tiny_config(corpus_file, out, epochs=1, save_at=(2,)), **QUIET)
     after = tmp_path / "after"
     train(tiny_config(corpus_file, after, epochs=2, save_at=(2,)), **QUIET)
-    shutil.copyfile(after / "checkpoints" / "epoch-2.safetensors", out / "checkpoints" / "epoch-2.safetensors")
-    train(tiny_config("", out, epochs=1), resume=True, **QUIET)  # stops where it is: epoch 2 never happened
-    assert "epoch-2" not in Run.open(out).checkpoints()
+    epoch_2 = out / "checkpoints" / "epoch-2.safetensors"
+    shutil.copyfile(after / "checkpoints" / "epoch-2.safetensors", epoch_2)
+    weights = read_checkpoint(epoch_2)[0]
+    train(tiny_config("", out, epochs=1), resume=True, **QUIET)  # stops where it is
+    assert all(torch.equal(weights[k], v) for k, v in read_checkpoint(epoch_2)[0].items())
     train(tiny_config("", out, epochs=2), resume=True, **QUIET)
-    assert "epoch-2" in Run.open(out).checkpoints()
+    assert all(torch.equal(weights[k], v) for k, v in read_checkpoint(epoch_2)[0].items())
 
 
 def test_an_output_through_a_symlink_loop_is_one_line(tmp_path, corpus_file):
@@ -509,9 +511,15 @@ def test_a_resume_that_stops_before_the_interrupted_best_keeps_a_best_of_its_own
     train_until_ctrl_c(tiny_config(corpus_file, out, epochs=8, save_at=(2,)), 5, monkeypatch)
     run = Run.open(out)
     assert run.checkpoint_meta("last")["epoch"] == 2 and run.checkpoint_meta("best")["epoch"] in (3, 4)
-    assert train(tiny_config("", out, epochs=2), resume=True, **QUIET).epochs == 2  # nothing left to train
+    interrupted, weights = run.checkpoint_meta("best")["epoch"], read_checkpoint(run.checkpoint_path("best"))[0]
+    said = []
+    assert train(tiny_config("", out, epochs=2), resume=True, log=said.append).epochs == 2  # nothing left to train
     best = [r["epoch"] for r in run.metrics() if r["best"]][-1]
     assert run.checkpoint_meta("best")["epoch"] == best <= 2
+    # ... and the weights Ctrl-C wrote are not lost: they are their epoch's checkpoint.
+    kept = read_checkpoint(run.checkpoint_path(f"epoch-{interrupted}"))[0]
+    assert kept.keys() == weights.keys() and all(torch.equal(weights[k], v) for k, v in kept.items())
+    assert f"the interrupted run's best weights, of epoch {interrupted}, are kept as checkpoint" in said[0]
 
 
 def test_a_run_killed_between_its_best_and_last_checkpoints_resumes_with_a_best_of_its_own(

@@ -632,35 +632,39 @@ def _keep_best_aside(checkpoints: Path) -> None:
     best, aside = checkpoints / "best.safetensors", checkpoints / BEST_AT_LAST
     if best.exists():  # a link, not a move: a second Ctrl-C while the new best is written leaves the old one
         aside.unlink(missing_ok=True)
-        try:
-            os.link(best, aside)
-        except OSError:  # a file system without hard links
-            shutil.copyfile(best, aside)
+        _link_or_copy(best, aside)
 
 
-def _restore_best(checkpoints: Path, last_epoch: int) -> None:
-    """On resume: the 'best' kept aside comes back where 'best' is of an epoch after ``last_epoch`` (or cannot be
-    read); else 'last' was written after it (a run killed just before the aside was removed) and it is dropped."""
-    best, aside = checkpoints / "best.safetensors", checkpoints / BEST_AT_LAST
-    if not aside.exists():
-        return
+def _link_or_copy(path: Path, to: Path) -> None:
+    """``to`` made a hard link to ``path``, or a copy of it on a file system without hard links."""
     try:
-        epoch = checkpoint_meta(best).get("epoch")
+        os.link(path, to)
+    except OSError:
+        shutil.copyfile(path, to)
+
+
+def _restore_best(checkpoints: Path, last_epoch: int) -> int | None:
+    """On resume: a 'best' of an epoch after ``last_epoch`` (written at Ctrl-C, or by a checkpoint killed before its
+    'last') is kept as that epoch's checkpoint, 'epoch-N', where there is none: the resume trains those epochs
+    again and may stop before them, and it deletes no weights. Then the 'best' kept aside comes back where 'best'
+    is of such an epoch (or cannot be read); else 'last' was written after it (a run killed just before the aside
+    was removed) and it is dropped. Returns the epoch of the 'best' kept as 'epoch-N', if one was."""
+    best, aside = checkpoints / "best.safetensors", checkpoints / BEST_AT_LAST
+    try:
+        epoch = checkpoint_meta(best).get("epoch") if best.exists() else last_epoch
     except (NeuraldaError, OSError):
         epoch = None
-    if not isinstance(epoch, int) or epoch > last_epoch:
-        os.replace(aside, best)
-    else:
-        aside.unlink()
-
-
-def _drop_later_epochs(checkpoints: Path, last_epoch: int) -> None:
-    """On resume: the ``epoch-N`` checkpoints of epochs after ``last_epoch`` go (a run killed while writing 'last'
-    just after one), as their metrics and samples do; the resumed run writes them again, the same, if it gets there."""
-    for path in checkpoints.glob("epoch-*.safetensors"):
-        epoch = re.fullmatch(r"epoch-(\d+)\.safetensors", path.name)
-        if epoch and int(epoch[1]) > last_epoch:
-            path.unlink(missing_ok=True)
+    kept = None
+    if isinstance(epoch, int) and epoch > last_epoch:
+        kept = checkpoints / f"epoch-{epoch}.safetensors"
+        if not kept.exists():
+            _link_or_copy(best, kept)
+    if aside.exists():
+        if not isinstance(epoch, int) or epoch > last_epoch:
+            os.replace(aside, best)
+        else:
+            aside.unlink()
+    return epoch if kept else None
 
 
 def _truncate_epochs(path: Path, epoch: int) -> None:
@@ -931,8 +935,12 @@ class Trainer:
         except (KeyError, TypeError, ValueError, RuntimeError) as e:
             raise NeuraldaError(f"{path}: damaged checkpoint (its trainer state cannot be resumed: {e})") from None
         self.state.update(trainer)
-        self.dist.on_main(functools.partial(_restore_best, self.run.path / "checkpoints", self.state["epoch"]))
-        self.dist.on_main(functools.partial(_drop_later_epochs, self.run.path / "checkpoints", self.state["epoch"]))
+        def restore_best() -> None:
+            kept = _restore_best(self.run.path / "checkpoints", self.state["epoch"])
+            if kept:
+                self.log(f"the interrupted run's best weights, of epoch {kept}, are kept as checkpoint 'epoch-{kept}'")
+
+        self.dist.on_main(restore_best)
         for name in ("metrics.jsonl", "samples.jsonl"):
             self.dist.on_main(functools.partial(_truncate_epochs, self.run.path / name, self.state["epoch"]))
         self.log(f"resuming {self.run.path} after epoch {self.state['epoch']}")

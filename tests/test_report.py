@@ -251,6 +251,23 @@ def test_names_that_are_not_utf8_are_shown_with_a_replacement_character(tiny_run
     assert "<h2>r\ufffd</h2>" in (tmp_path / "p.html").read_text()
 
 
+@pytest.mark.parametrize("command", [["evaluate", "--json"], ["evaluate"], ["compare"]])
+def test_evaluate_and_compare_print_names_that_are_not_utf8(tiny_run, tmp_path, capsys, command):
+    import os
+
+    run = shutil.copytree(tiny_run, tmp_path / os.fsdecode(b"r\xff"))
+    corpus = shutil.copyfile(run / "data" / "val.jsonl", tmp_path / os.fsdecode(b"c\xff.jsonl"))
+    args = [command[0], str(run), "--samples", "0", *command[1:]]
+    assert main(args) == 0 and main([*args, "--corpus", str(corpus)]) == 0
+    assert "r\ufffd" in capsys.readouterr().out
+
+
+def test_a_title_and_start_are_said_as_they_read(tiny_run, tmp_path):
+    write_report([str(tiny_run)], tmp_path / "r.md", title="Two\nlines", samples=1, words=5, start="   ")
+    text = (tmp_path / "r.md").read_text()
+    assert text.startswith("# Two lines\n") and "Poems begin where the model likes." in text
+
+
 @pytest.mark.parametrize("value", [None, "x", "50", True, False, 0, -3, -0.5, math.inf, math.nan, 10**400, [1], {}])
 def test_a_perplexity_that_is_not_a_positive_number_is_a_gap(value):
     from neuralda.report import plottable

@@ -22,7 +22,7 @@ from torch.nn import functional as F
 from .corpus import Poem, read_corpus
 from .errors import NeuraldaError
 from .generate import SamplingConfig, write_poems
-from .run import Run
+from .run import Run, printable
 from .tokenizer import POEM_END, Vocab, detokenize, is_word, tokenize
 
 EVAL_STREAMS = 16  # held-out text is read as 16 parallel streams on a CPU, the state carried along each
@@ -372,8 +372,9 @@ def measure_checkpoints(
                     f"{run.path}: no held-out poems (trained with --val-fraction 0); pass --corpus FILE"
                 )
             text = heldout_text(heldout, run.vocab)
-        row = {"run": str(run_dir), "checkpoint": checkpoint, "epoch": meta.get("epoch")}
-        row["corpus"] = "val" if corpus is None else str(corpus)
+        # Names as a terminal can print them: a byte that is not UTF-8 made printing the row a traceback.
+        row = {"run": printable(str(run_dir)), "checkpoint": checkpoint, "epoch": meta.get("epoch")}
+        row["corpus"] = "val" if corpus is None else printable(str(corpus))
         # As training scored it (a run trained in bf16 on a CPU validated in bf16; older checkpoints say nothing):
         # the same number as the run's metrics and plot. Not an LSTM on CUDA, where autocast runs cuDNN's LSTM in
         # float16 (see train.pick_precision).

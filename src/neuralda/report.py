@@ -326,7 +326,7 @@ poems' word runs found verbatim in the training poems. {html.escape(beginning)}<
 
 def _beginning(runs: list[Run], start: str | None) -> str:
     """How the report's poems begin, as a sentence (``start`` none: "love", or anywhere for a model without it)."""
-    starts = {default_start(run.vocab) if start is None else start for run in runs}
+    starts = {default_start(run.vocab) if start is None else start.strip() for run in runs}  # "  ": none
     if starts == {""}:
         return "Poems begin where the model likes."
     word = next(s for s in starts if s)
@@ -387,7 +387,7 @@ def write_report(
     """
     output, plot, html_path = report_paths(output, html_path, force)
     runs, entries = collect(run_dirs, start, seed, samples, words, corpus)
-    title = printable(title)
+    title = " ".join(printable(title).split())  # one line: a Markdown heading ends at a line break
     plot_png = plot_perplexity(runs)
     # Everything is made before anything is written: a failure leaves no plot without its report.
     beginning = _beginning(runs, start)

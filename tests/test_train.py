@@ -147,6 +147,32 @@ def test_the_optimizer_steps_as_torchs_own(kind, weight_decay):
         assert all(torch.equal(state[k], own["state"][i][k]) for k in state)
 
 
+@pytest.mark.parametrize("arch, epsilon_hat", [("seed", 1e-7), ("thoutt", 1e-8)])
+def test_the_published_recipes_step_as_keras_and_tensorflow_1_adam(arch, epsilon_hat):
+    """Keras and TF1 add epsilon to sqrt(v) before the bias correction: their update is lr * sqrt(1 - b2^t) /
+    (1 - b1^t) * m / (sqrt(v) + epsilon), written out here in float64, with gradients as small as the seed's."""
+    import math
+
+    from neuralda.models import recipe
+    from neuralda.train import make_optimizer
+
+    r = recipe(arch)
+    assert (r.optimizer, r.epsilon_hat) == ("adam", epsilon_hat) and recipe("lstm").epsilon_hat is None
+    torch.manual_seed(0)
+    w = torch.nn.Parameter(torch.randn(64, dtype=torch.float64))
+    cfg = {"optimizer": "adam", "lr": r.lr, "weight_decay": 0.0, "epsilon_hat": r.epsilon_hat}
+    opt = make_optimizer(torch.nn.ParameterList([w]), cfg)
+    expected, m, v = w.detach().clone(), torch.zeros(64, dtype=torch.float64), torch.zeros(64, dtype=torch.float64)
+    for t in range(1, 8):
+        g = torch.randn(64, dtype=torch.float64) * 10.0 ** -torch.randint(6, 10, (64,))
+        w.grad = g.clone()
+        opt.step()
+        m, v = 0.9 * m + 0.1 * g, 0.999 * v + 0.001 * g * g
+        expected -= r.lr * math.sqrt(1 - 0.999**t) / (1 - 0.9**t) * m / (v.sqrt() + epsilon_hat)
+        assert torch.allclose(w.detach(), expected, rtol=0, atol=1e-15)
+    assert opt.state_dict()["param_groups"][0]["epsilon_hat_steps"] == 7  # a checkpoint keeps the count
+
+
 def test_training_never_imports_the_compiler(tmp_path, corpus_file):
     """torch.optim's wrappers import torch._dynamo at their first call (1-5 s at each training's start); a run
     without --compile, resumed too, never needs it."""
@@ -607,10 +633,10 @@ def test_a_run_made_before_carry_state_resumes_carrying_it(tmp_path, corpus_file
     out = tmp_path / "old"
     train(tiny_config(corpus_file, out, epochs=1), **QUIET)
     config = json.loads((out / "config.json").read_text())
-    del config["carry_state"]
+    del config["carry_state"], config["epsilon_hat"]  # nor epsilon_hat: it trained with torch's Adam epsilon
     (out / "config.json").write_text(json.dumps(config))
     assert train(tiny_config("", out, epochs=2, carry_state=True), resume=True, **QUIET).epochs == 2  # as it did
-    assert Run.open(out).config["carry_state"] is True
+    assert Run.open(out).config["carry_state"] is True and Run.open(out).config["epsilon_hat"] is None
 
 
 def test_keeping_the_older_best_aside_leaves_a_best_in_place(tmp_path):

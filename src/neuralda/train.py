@@ -146,6 +146,8 @@ def check_settings(c: dict, path: Path | None = None) -> None:
     for key in ("max_time", "save_every"):  # seconds; --max-time 0: no limit, --save-every 0: every epoch
         if c[key] is not None and not c[key] >= 0:
             raise NeuraldaError(f"{name(key)} must be 0 or more seconds, got {c[key]}")
+    if c.get("epsilon_hat") is not None and not 0 < c["epsilon_hat"] < 1:
+        raise NeuraldaError(f"{name('epsilon_hat')} must be a number in (0, 1), got {c['epsilon_hat']}")
     for key in ("clip_value", "clip_norm"):
         if c[key] is not None and not 0 <= c[key] < math.inf:
             raise NeuraldaError(f"{name(key)} must be a finite number, 0 (no clipping) or more, got {c[key]}")
@@ -446,13 +448,37 @@ def _uncompiled(kind: type[torch.optim.Optimizer]) -> type[torch.optim.Optimizer
     return type(kind.__name__, (kind,), wrapped)
 
 
-OPTIMIZERS = {"adam": _uncompiled(torch.optim.Adam), "adamw": _uncompiled(torch.optim.AdamW)}
+class _EpsilonHat:
+    """An optimizer whose parameter groups may hold ``epsilon_hat``: before each step their ``eps`` is set so that
+    torch's update, lr / bc1 * m / (sqrt(v) / sqrt(bc2) + eps), is Keras' and TensorFlow 1's, lr * sqrt(bc2) / bc1 *
+    m / (sqrt(v) + epsilon_hat): eps = epsilon_hat / sqrt(bc2), bc2 = 1 - beta2^t. At the seed's first step that is
+    3.2e-6 against torch's constant 1e-8, where the seed's gradients are mostly smaller (1e-9 to 1e-7 an element):
+    its first steps moved the LSTM's weights 10x as far as Keras' would. The steps are counted in the group, which a
+    checkpoint keeps."""
+
+    def step(self, closure=None):
+        for group in self.param_groups:
+            if group.get("epsilon_hat"):
+                group["epsilon_hat_steps"] += 1
+                group["eps"] = group["epsilon_hat"] / math.sqrt(1 - group["betas"][1] ** group["epsilon_hat_steps"])
+        return super().step(closure)
+
+
+OPTIMIZERS = {
+    name: type(kind.__name__, (_EpsilonHat, _uncompiled(kind)), {})
+    for name, kind in (("adam", torch.optim.Adam), ("adamw", torch.optim.AdamW))
+}
 
 
 def make_optimizer(model, cfg: dict) -> torch.optim.Optimizer:
-    """Adam or AdamW; on CUDA the fused kernels (one launch for all parameters, not a few per parameter)."""
+    """Adam or AdamW, with the recipe's ``epsilon_hat`` where it has one; on CUDA the fused kernels (one launch for
+    all parameters, not a few per parameter)."""
     fused = True if next(model.parameters()).is_cuda else None
-    return OPTIMIZERS[cfg["optimizer"]](model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"], fused=fused)
+    opt = OPTIMIZERS[cfg["optimizer"]](model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"], fused=fused)
+    if cfg.get("epsilon_hat"):  # runs made before the setting have none: torch's eps, as they trained
+        for group in opt.param_groups:
+            group.update(epsilon_hat=cfg["epsilon_hat"], epsilon_hat_steps=0)
+    return opt
 
 
 def optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict, list]:
@@ -781,6 +807,7 @@ class Trainer:
             self.run = Run.open(cfg.output)
             _check_resumable(self.run)
             self.run.config.setdefault("carry_state", True)  # runs made before the setting carried their state
+            self.run.config.setdefault("epsilon_hat", None)  # and trained with torch's Adam epsilon
             check_unchanged(cfg, self.run)
             _check_ahead(cfg, self.run)
             for key in RESUMABLE:

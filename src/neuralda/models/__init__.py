@@ -19,6 +19,9 @@ class Recipe:
     dropout: float
     weight_decay: float = 0.0
     optimizer: str = "adam"  # adam | adamw
+    # Adam's epsilon added as Keras and TensorFlow 1 add it, to sqrt(v) before the bias correction ("epsilon hat",
+    # Kingma & Ba 2015, the formula before section 2.1): Keras' default 1e-7, TF1's 1e-8 (None: torch's eps 1e-8).
+    epsilon_hat: float | None = None
     clip_value: float | None = None  # clip each gradient element to +-value (got-book-6)
     clip_norm: float | None = None  # clip the global gradient norm
     schedule: str = "none"  # none | plateau (halve the rate when validation stops improving)
@@ -31,12 +34,13 @@ class Recipe:
 
 RECIPES: dict[str, Recipe] = {
     # The seed: Keras model.fit on shuffled windows of 30 words, batches of 512, Adam 1e-3, 400 epochs.
-    "seed": Recipe(epochs=400, batch_size=512, seq_len=30, lr=1e-3, dropout=0.3, save_at=(200, 400)),
+    "seed": Recipe(epochs=400, batch_size=512, seq_len=30, lr=1e-3, dropout=0.3, epsilon_hat=1e-7, save_at=(200, 400)),
     # got-book-6: the same sizes, 512 streams of 30 words carried statefully, gradients clipped to +-1. Its own
     # training loop fed each batch's final state to `initial_state`, a tensor its tf.nn.dynamic_rnn never read (it
     # was given only dtype=, so it made its own zeros): `--no-carry-state` trains as that code did.
     "thoutt": Recipe(
-        epochs=400, batch_size=512, seq_len=30, lr=1e-3, dropout=0.3, clip_value=1.0, stateful=True, save_at=(200, 400)
+        epochs=400, batch_size=512, seq_len=30, lr=1e-3, dropout=0.3, clip_value=1.0, stateful=True, epsilon_hat=1e-8,
+        save_at=(200, 400),
     ),
     # Ours: small batches and truncated BPTT over carried state (Zaremba 2014; Merity 2017), AdamW with decoupled
     # weight decay (Loshchilov & Hutter 2019), the rate halved on a plateau, early stopping on validation loss.

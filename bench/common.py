@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import resource
@@ -31,6 +32,17 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def finite(value):
+    """``value`` with each NaN or infinity (a perplexity past float64, a mean of no requests) as None: strict JSON."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    return value
+
+
 def report(name: str, result: dict) -> None:
     """Print one JSON object and append it to bench/results/NAME.jsonl."""
     import torch
@@ -44,7 +56,7 @@ def report(name: str, result: dict) -> None:
         "threads": torch.get_num_threads(),
         **result,
     }
-    line = json.dumps(result)
+    line = json.dumps(finite(result), allow_nan=False)
     print(line)
     RESULTS.mkdir(parents=True, exist_ok=True)
     with open(RESULTS / f"{name}.jsonl", "a", encoding="utf-8") as f:

@@ -18,9 +18,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, ROOT, bench_corpus, report  # noqa: E402
+from common import RESULTS, ROOT, bench_corpus, finite, report  # noqa: E402
 
 from neuralda.evaluate import evaluate_run  # noqa: E402
+from neuralda.files import atomic_write  # noqa: E402
 from neuralda.generate import SamplingConfig  # noqa: E402
 from neuralda.run import Run  # noqa: E402
 from neuralda.train import TrainConfig, parse_duration, pick_device, train  # noqa: E402
@@ -78,7 +79,7 @@ def update_readme(table: str) -> None:
         return
     head, rest = text.split(README_START, 1)
     _, tail = rest.split(README_END, 1)
-    readme.write_text(f"{head}{README_START}\n{table}\n{README_END}{tail}", encoding="utf-8")
+    atomic_write(readme, f"{head}{README_START}\n{table}\n{README_END}{tail}")
 
 
 def main() -> None:
@@ -107,7 +108,7 @@ def main() -> None:
     table = markdown(rows, args.budget, device, corpus_name, args.samples)
     result = {"budget": args.budget, "device": device, "corpus": corpus_name, "rows": rows, "markdown": table}
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    atomic_write(args.out, json.dumps(finite(result), indent=2, allow_nan=False) + "\n")
     if args.readme:
         update_readme(table)
     report("quality", {k: v for k, v in result.items() if k != "markdown"})

@@ -30,6 +30,7 @@ def test_train_speed(tmp_path, corpus_file):
     pairs = [o / b for o, b in zip(r["ours_rounds"], r["bare_rounds"])]
     assert r["paired_ratio"] == pytest.approx(sum(pairs) / 2, abs=1e-3)
     assert len(r["val_ppl_bf16"]) == len(r["val_ppl_fp32"]) == 2 and r["bf16_ppl_ratio"] > 0
+    assert r["check_steps"] == 2  # this corpus's epoch is one batch: the check trains two epochs' worth
     assert "bf16_ppl_within_2pct" in r and r["peak_rss_mb"] > 0 and r["ours_alone_peak_rss_mb"] > 0
     epoch = r["ours_epochs"][0]
     assert r["epoch_ratio"] > 0 and epoch["median_epoch_s"] > 0 and isinstance(epoch["outside_epochs_s"], float)
@@ -39,6 +40,20 @@ def test_generate_speed(tmp_path):
     r = bench(tmp_path, "generate_speed.py", "--arch", "lstm", "--vocab", 300, "--words", 20, "--n", 4,
               "--rerun-words", 5, "--rounds", 2)
     assert r["stateful_ms_per_word"] > 0 and r["batched_equals_one_by_one"] is True and r["rounds"] == 2
+    assert r["rerun_words"] == 5 and r["precision"] in ("bf16", "fp32")
+
+
+def test_results_are_strict_json():
+    """A perplexity past float64 or a mean of nothing is null, not NaN or Infinity, which JSON has not."""
+    import math
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    from common import finite
+
+    value = {"ppl": [math.inf, 2.5], "p95": math.nan, "n": 3, "x": {"y": -math.inf}}
+    assert json.loads(json.dumps(finite(value), allow_nan=False)) == {"ppl": [None, 2.5], "p95": None, "n": 3,
+                                                                      "x": {"y": None}}
 
 
 def test_quality(tmp_path, corpus_file):

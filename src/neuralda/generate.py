@@ -511,6 +511,7 @@ def _write_batch(
         for token, token_id in zip(prime, prime_ids):
             d.add(token, same_word[token_id], word_mask[token_id], words, 0)
         d.done = d.words >= words or 0 < lines <= d.lines
+
     def spelled(token_id: int) -> list[int]:  # a word's ids: " 蛙" is "蛙" to the penalty, as to the copy guard
         return spellings.get(same_word[token_id], [token_id]) if word_mask[token_id] else []
 

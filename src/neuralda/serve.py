@@ -415,7 +415,7 @@ def create_app(run_dirs: list[str], hosts: Sequence[str] = ("*",)) -> FastAPI:
 
     # Any other request under /api/ is answered here, not by the page's files ("use GET or HEAD" to a PUT on
     # /api/generate, and to a POST on a mistyped path).
-    allowed = {"/api/models": ("GET", "GET it"), "/api/generate": ("POST", GENERATE_HINT)}
+    allowed = {"/api/models": ("GET", "GET the runs served here"), "/api/generate": ("POST", GENERATE_HINT)}
 
     @app.api_route("/api/{path:path}", methods=list(OTHER_METHODS), include_in_schema=False)
     async def other_api_requests(request: Request) -> None:

@@ -192,7 +192,8 @@ class SeedLSTM(StackedLSTM):
 
     def __init__(self, vocab_size: int, embed: int = 512, hidden: int = 512, layers: int = 3, dropout: float = 0.3):
         super().__init__(vocab_size, embed, hidden, layers)
-        # Keras' LSTM(dropout=p) drops each layer's inputs with one mask per sequence.
+        # Keras' LSTM(dropout=p) drops each layer's inputs with one mask per sequence (Keras 3, and standalone
+        # Keras 2; tf.keras 2's fused LSTM drew a fresh one each step: keras-team/keras#19993).
         self.drop = LockedDropout(dropout)
         nn.init.uniform_(self.embedding.weight, -0.05, 0.05)
         for lstm in self.lstms:

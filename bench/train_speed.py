@@ -192,9 +192,15 @@ def main() -> None:
             val_shares.append(sum(row["val_seconds"] for row in rows) / result.loop_seconds)
             epochs.append(epoch_breakdown(rows, result.loop_seconds))
 
+        loops, cuda = {"bare": run_bare, "ours": run_ours}, device.startswith("cuda")
+        cuda_peaks = dict.fromkeys(loops, 0)  # each loop's own: the process's holds the probe's and the check's too
         for r in range(args.rounds):  # bare, ours, then ours, bare: a machine speeding up or slowing favours neither
-            for loop in (run_bare, run_ours) if r % 2 == 0 else (run_ours, run_bare):
-                loop()
+            for name in ("bare", "ours") if r % 2 == 0 else ("ours", "bare"):
+                if cuda:
+                    torch.cuda.reset_peak_memory_stats()
+                loops[name]()
+                if cuda:
+                    cuda_peaks[name] = max(cuda_peaks[name], torch.cuda.max_memory_allocated())
         check = {}
         if args.check_steps and precision == "bf16":
             seeds = [first.config["seed"] + i for i in range(args.check_seeds)]
@@ -212,7 +218,7 @@ def main() -> None:
             # machine whose speed wanders by 2x over minutes (ours) moves least.
             "paired_ratio": round(median_of_pairs(ours, bare), 3),
             "bare_rounds": bare, "ours_rounds": ours, "peak_rss_mb": round(peak_rss_mb()),
-            "cuda_peak_mb": round(torch.cuda.max_memory_allocated() / 2**20) if device.startswith("cuda") else None,
+            "cuda_peak_mb": {k: round(v / 2**20) for k, v in cuda_peaks.items()} if cuda else None,
             "ours_alone_peak_rss_mb": ours_rss and round(ours_rss), "validation_share": round(max(val_shares), 3),
             # A typical (median) epoch of ours, validation included, against the bare loop's, the best round of
             # each: the ratio once a run's warm-up and end are spread over many epochs (a GPU's epoch of the shared

@@ -650,6 +650,10 @@ def test_keeping_the_older_best_aside_leaves_a_best_in_place(tmp_path):
     atomic_write(tmp_path / "best.safetensors", b"newer best")  # as checkpoints are written: a new file
     _restore_best(tmp_path, last_epoch=0)  # a 'best' whose epoch cannot be read is not kept over the older one
     assert (tmp_path / "best.safetensors").read_bytes() == b"older best" and not (tmp_path / BEST_AT_LAST).exists()
+    _keep_best_aside(tmp_path)
+    (tmp_path / "best.safetensors").unlink()  # nor is a missing one
+    _restore_best(tmp_path, last_epoch=0)
+    assert (tmp_path / "best.safetensors").read_bytes() == b"older best" and not (tmp_path / BEST_AT_LAST).exists()
 
 
 def test_window_batches_cover_each_window_once():

@@ -677,8 +677,8 @@ def _restore_best(checkpoints: Path, last_epoch: int) -> int | None:
     was removed) and it is dropped. Returns the epoch of the 'best' kept as 'epoch-N', if one was."""
     best, aside = checkpoints / "best.safetensors", checkpoints / BEST_AT_LAST
     try:
-        epoch = checkpoint_meta(best).get("epoch") if best.exists() else last_epoch
-    except (NeuraldaError, OSError):
+        epoch = checkpoint_meta(best).get("epoch")
+    except (NeuraldaError, OSError):  # missing or unreadable: the one kept aside, where there is one, comes back
         epoch = None
     kept = None
     if isinstance(epoch, int) and epoch > last_epoch:

@@ -680,17 +680,15 @@ def _restore_best(checkpoints: Path, last_epoch: int) -> int | None:
         epoch = checkpoint_meta(best).get("epoch")
     except (NeuraldaError, OSError):  # missing or unreadable: the one kept aside, where there is one, comes back
         epoch = None
-    kept = None
-    if isinstance(epoch, int) and epoch > last_epoch:
-        kept = checkpoints / f"epoch-{epoch}.safetensors"
-        if not kept.exists():
-            _link_or_copy(best, kept)
+    later = isinstance(epoch, int) and epoch > last_epoch
+    if later and not (checkpoints / f"epoch-{epoch}.safetensors").exists():
+        _link_or_copy(best, checkpoints / f"epoch-{epoch}.safetensors")
     if aside.exists():
-        if not isinstance(epoch, int) or epoch > last_epoch:
+        if later or not isinstance(epoch, int):
             os.replace(aside, best)
         else:
             aside.unlink()
-    return epoch if kept else None
+    return epoch if later else None
 
 
 def _truncate_epochs(path: Path, epoch: int) -> None:

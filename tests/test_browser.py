@@ -203,3 +203,20 @@ def test_a_poem_is_marked_in_the_language_of_its_poets_poems(page):
         sync_api.expect(page.locator("#stanzas .line").first).to_be_visible()
         assert page.get_attribute("#stanzas", "lang") == lang and page.get_attribute("#start", "lang") == lang
         assert page.evaluate("document.documentElement.lang") == "en"
+
+
+def test_a_right_to_left_poem_reads_from_the_right_and_the_policy_blocks_nothing(page):
+    """An Arabic poem's lines sat on the left with its full stop at the wrong end (the report marked its stanzas
+    dir="auto"; the page did not); and the page's Content-Security-Policy must leave its own script and style be."""
+    complaints = []
+    page.on("console", lambda m: complaints.append(m.text) if m.type in ("error", "warning") else None)
+    page.reload()
+    sync_api.expect(page.locator("#write-button")).to_be_enabled()
+    poem = {"poem": "السماء.\nبحر\n\nlove, the sea.", "words": 4, "ms": 1.0, "seed": 1, "ended": True,
+            "run": "tiny", "checkpoint": "best"}
+    page.route("**/api/generate", lambda route: route.fulfill(json=poem))
+    page.click("#write-button")
+    sync_api.expect(page.locator("#stanzas .line").first).to_have_text("السماء.")
+    directions = page.eval_on_selector_all("#stanzas .stanza", "ps => ps.map(p => getComputedStyle(p).direction)")
+    assert directions == ["rtl", "ltr"]
+    assert not [c for c in complaints if "Content Security Policy" in c], complaints

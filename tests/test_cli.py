@@ -693,3 +693,25 @@ def test_a_file_the_demo_did_not_scrape_is_never_taken_for_its_own(tmp_path, con
 
     (tmp_path / "demo-corpus.jsonl").write_bytes(content)
     assert not _scraped_from_this_machine(tmp_path / "demo-corpus.jsonl")
+
+
+def test_a_start_word_that_is_not_utf_8_is_written_as_u_fffd_in_json_and_markdown(tiny_run, tmp_path):
+    """A corpus with damaged text has U+FFFD in its vocabulary, which a byte that is not UTF-8 on the command line
+    reaches: generate wrote that byte raw into its JSON (invalid UTF-8) and its Markdown heading (a traceback where
+    stdout is strict UTF-8), and report failed after writing its plot."""
+    run = shutil.copytree(tiny_run, tmp_path / "damaged")
+    vocab = json.loads((run / "vocab.json").read_text(encoding="utf-8"))
+    vocab["tokens"][vocab["tokens"].index("harvest")] = "\ufffd"
+    (run / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
+    start = "love \udcff"  # how Python reads the byte 0xFF from the command line
+    env = {**os.environ, "PYTHONIOENCODING": "utf-8"}
+    for fmt in ("json", "markdown"):
+        out = subprocess.run([sys.executable, "-m", "neuralda", "generate", str(run), "--start", start, "--seed", "1",
+                              "--words", "8", "--format", fmt], capture_output=True, env=env)
+        assert out.returncode == 0, out.stderr
+        text = out.stdout.decode("utf-8")  # strict: valid UTF-8
+        assert (json.loads(text)[0]["start"] == "love \ufffd") if fmt == "json" else text.startswith("### love \ufffd")
+    out = subprocess.run([sys.executable, "-m", "neuralda", "report", str(run), "-o", str(tmp_path / "post.md"),
+                          "--start", start, "--samples", "1", "--words", "8"], capture_output=True, env=env)
+    assert out.returncode == 0, out.stderr
+    assert 'Poems begin with "love \ufffd".' in (tmp_path / "post.md").read_text(encoding="utf-8")

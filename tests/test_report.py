@@ -465,3 +465,59 @@ def test_the_plot_is_log_scale_marks_saved_epochs_and_stars_the_trainer_s_best(t
     saved = sorted(line.get_xdata()[0] for line in ax.get_lines() if line.get_linestyle() == ":")
     assert saved == [2, 4]
     assert any(label.endswith("best, epoch 2 (40)") for label in ax.get_legend_handles_labels()[1])
+
+
+# What a poet, a corpus or a user may type that Markdown would read as markup (found rendering the outputs).
+HOSTILE = [
+    "*a* _b_ `c` ~~d~~ **e**", "<script>alert(1)</script>", "&amp; &lt; <!-- hidden", "</details> <b>bold</b>",
+    "# a heading #", "> a quote", "1. a list", "2) a list", "- a list", "+ a list", "===", "---", "***", "```",
+    "[x](javascript:alert(1))", "![i](x.png)", "a | b | c", "back\\slash\\", "{::comment}hidden{:/comment}",
+    "$$x^2$$ \\(y\\)", "poem #",
+]
+
+
+def rendered(text: str) -> str:
+    """``text`` as a CommonMark renderer with GitHub's tables and strikethrough shows it, as HTML."""
+    markdown_it = pytest.importorskip("markdown_it", reason="rendering Markdown needs `pip install markdown-it-py`")
+    return markdown_it.MarkdownIt("commonmark").enable(["table", "strikethrough"]).render(text)
+
+
+@pytest.mark.parametrize("text", HOSTILE)
+def test_markdown_text_shows_any_text_as_written(text):
+    """Before, "~~d~~" struck through, a title's closing "#" vanished, and (in generate's Markdown) "<script>" ran,
+    "# ", "> ", "1. " and "```" made headings, quotes, lists and code of a poem's lines."""
+    from neuralda.report import markdown_text
+
+    for wrap, tag in (("{}", "p"), ("# {}", "h1"), ("| {} |\n|---|\n| {} |", "table")):
+        out = rendered(wrap.format(markdown_text(text), markdown_text(text)))
+        if tag == "table":  # one column: neither "|" nor anything else split the row
+            cells = re.findall(r"<t[hd]>(.*?)</t[hd]>", out)
+            assert [html.unescape(c) for c in cells] == [text, text] and out.count("<tr>") == 2
+        else:
+            shown = re.fullmatch(f"<{tag}>([^<]*)</{tag}>\n", out)  # no tag inside: no emphasis, code, link
+            assert shown and html.unescape(shown[1]) == text, out
+    # kramdown (Jekyll, GitHub Pages) reads "{::" and "$$" as markup too, which CommonMark shows as written.
+    assert markdown_text("{::comment} $$x$$") == r"\{::comment\} \$\$x\$\$"
+
+
+def test_a_poem_in_markdown_keeps_its_lines_and_stanzas_and_shows_them_as_written():
+    from neuralda.report import markdown_poem
+
+    poem = "\n".join(HOSTILE[:7]) + "\n\n" + "\n".join(HOSTILE[7:])
+    out = rendered(markdown_poem("<b>love</b> # (seed 1)", poem))
+    heading, body = out.split("\n", 1)
+    assert heading == "<h3>&lt;b&gt;love&lt;/b&gt; # (seed 1)</h3>"
+    stanzas = re.fullmatch(r"<p>(.*)</p>\n", body, re.DOTALL)[1].split("</p>\n<p>")
+    assert "<" not in "".join(stanzas).replace("<br />\n", "")  # no tag but the line breaks
+    assert "\n\n".join(html.unescape(s.replace("<br />\n", "\n")) for s in stanzas) == poem
+
+
+def test_the_report_says_its_start_on_one_line_in_utf_8(tiny_run, tmp_path):
+    """A start with a line break opened a heading in the sentence about it; one with a byte that is not UTF-8
+    (a surrogate, as Python reads it from the command line) was a traceback after the plot was written."""
+    from neuralda.report import _beginning
+    from neuralda.run import Run
+
+    run = Run.open(tiny_run)
+    assert _beginning([run], "love\n# the sea") == 'Poems begin with "love # the sea".'
+    assert _beginning([run], "love \udcff") == 'Poems begin with "love \ufffd".'

@@ -668,7 +668,8 @@ def test_on_loopback_only_this_machine_s_names_are_answered(runs):
         url = proc.stdout.readline().split(" at ")[1].split()[0]
         port = url.rsplit(":", 1)[1].strip("/")
         for host, status in [(f"attacker.example:{port}", 400), (f"127.0.0.1:{port}", 200), (f"localhost:{port}", 200)]:
-            assert httpx.get(url + "api/models", headers={"Host": host}, timeout=30).status_code == status, host
+            answer = httpx.get(url + "api/models", headers={"Host": host}, timeout=30)
+            assert answer.status_code == status and answer.headers["x-content-type-options"] == "nosniff", host
     finally:
         proc.terminate()
         proc.communicate(timeout=30)
@@ -689,3 +690,14 @@ def test_a_diverged_run_s_perplexities_are_served_however_large():
     assert info.val_ppl == pytest.approx(math.exp(150.0)) and info.train_ppl == 5.87e91
     info = checkpoint_info("last", {"epoch": 3, "val_loss": None}, [{"epoch": 3, "val_ppl": 1e300, "train_ppl": 0}])
     assert info.val_ppl == 1e300 and info.train_ppl is None
+
+
+def test_every_answer_says_the_page_loads_only_its_own_files_and_is_framed_by_no_site(client):
+    """A second line of defence behind writing poems as text: no other site's script, frame or referrer."""
+    for path, status in [("/", 200), ("/app.js", 200), ("/api/models", 200), ("/api/nothing", 404), ("/nope.html", 404)]:
+        answer = client.get(path)
+        policy = dict(rule.strip().split(" ", 1) for rule in answer.headers["content-security-policy"].split(";"))
+        assert answer.status_code == status, path
+        assert policy["default-src"] == "'none'" and policy["script-src"] == "'self'", path
+        assert policy["frame-ancestors"] == "'none'" and answer.headers["referrer-policy"] == "no-referrer", path
+        assert answer.headers["x-content-type-options"] == "nosniff", path

@@ -151,21 +151,22 @@ def _print_poems(poems: list[tuple[str, bool]], fmt: str, start: str, seed: int)
         rows = [{"poem": p, "ended": e, "start": start, "seed": seed + i} for i, (p, e) in enumerate(poems)]
         print(json.dumps(rows, ensure_ascii=False, indent=2))
     elif fmt == "markdown":
+        from .report import markdown_poem
+
         for i, (poem, _) in enumerate(poems):
-            # Two trailing spaces keep each line break in Markdown; a blank line keeps each stanza.
-            title = " ".join(start.split()) or "Poem"  # a heading is one line
-            print(f"### {title} (seed {seed + i})\n\n" + "\n".join(ln + "  " if ln else "" for ln in poem.split("\n")) + "\n")
+            print(markdown_poem(f"{start.strip() or 'Poem'} (seed {seed + i})", poem))
     else:
         print("\n\n* * *\n\n".join(p for p, _ in poems))
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
     from .generate import Poet, SamplingConfig, default_start, write_poems
+    from .run import printable
 
     poet = Poet.load(args.run, args.checkpoint, device=args.device, precision=args.precision)
     seed = int.from_bytes(os.urandom(4), "little") if args.seed is None else args.seed
     sampling = SamplingConfig(args.temperature, args.top_k, args.top_p, args.repetition_penalty)
-    start = default_start(poet.vocab) if args.start is None else args.start
+    start = default_start(poet.vocab) if args.start is None else printable(args.start)  # JSON and Markdown are UTF-8
     poems = write_poems(
         poet.model, poet.vocab, start, args.words, args.n, sampling, seed, args.lines, args.form,
         poet.guards.get(args.max_copy), poet.precision,

@@ -240,31 +240,43 @@ def _table_rows(entries: list[Entry]) -> tuple[list[str], list[list[str]]]:
 
 
 NBH = "\u2011"  # a non-breaking hyphen
-_MARKDOWN_MARKS = re.compile(r"([\\`*_\[\]|])")
+# The marks that make Markdown of text: emphasis, code, links, table cells, a heading's closing "#", GFM's ~~strike~~,
+# kramdown's (Jekyll's) {::comment} and $$math$$.
+_MARKDOWN_MARKS = re.compile(r"([\\`*_\[\]|#~${}])")
+# What opens a block at a line's start: a list item ("- ", "1. ", "2) ") or a heading's underline ("===").
+_BLOCK_START = re.compile(r"^([-+=]|\d+[.)])", re.MULTILINE)
 
 
-def _md(text: str) -> str:
-    """``text`` shown as written in Markdown: HTML and the marks that would make emphasis, links, code or table
-    cells of it ("poet|a*b*" would split a row and italicise) are escaped."""
-    return _MARKDOWN_MARKS.sub(r"\\\1", html.escape(text, quote=False))
+def markdown_text(text: str) -> str:
+    """``text`` shown as written in Markdown (CommonMark, GFM, kramdown): its HTML and every mark that would make
+    emphasis, code, links, table cells or a block of it ("poet|a*b*" would split a row and italicise) escaped."""
+    escaped = _MARKDOWN_MARKS.sub(r"\\\1", html.escape(text, quote=False))
+    return _BLOCK_START.sub(lambda m: m[0][:-1] + "\\" + m[0][-1], escaped)
+
+
+def markdown_poem(heading: str, poem: str) -> str:
+    """``poem`` under a level-3 ``heading`` in Markdown: two trailing spaces keep each line break, a blank line each
+    stanza; both shown as written."""
+    lines = (markdown_text(line) + "  " if line else "" for line in poem.split("\n"))
+    return f"### {markdown_text(' '.join(heading.split()))}\n\n" + "\n".join(lines) + "\n"
 
 
 def markdown(runs: list[Run], entries: list[Entry], title: str, plot_name: str | None, beginning: str) -> str:
     header, rows = _table_rows(entries)
-    out = [f"# {_md(title)}", ""]
+    out = [f"# {markdown_text(title)}", ""]
     if plot_name:
         # Percent-encoded: a space ends a bare link; a byte that is not UTF-8 is kept as that byte (%FF).
         link = quote(plot_name, errors="surrogateescape")
         out += [f"![Training and held-out perplexity per epoch]({link})", ""]
     out += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    out += ["| " + " | ".join(map(_md, r)) + " |" for r in rows]
+    out += ["| " + " | ".join(map(markdown_text, r)) + " |" for r in rows]
     out += ["", f'Held-out perplexity on poems the model never saw (lower is better); copies: the share of the '
-            f"written poems' word runs found verbatim in the training poems. {_md(beginning)}", ""]
+            f"written poems' word runs found verbatim in the training poems. {markdown_text(beginning)}", ""]
     out += ["## Poems", ""]
     for table in _poem_tables(entries):
         out += [table, ""]
     for run in runs:
-        out += [f"## {_md(run.name)}", ""]
+        out += [f"## {markdown_text(run.name)}", ""]
         out += [_details("Model summary", "<pre>\n" + html.escape(run.summary(), quote=False) + "\n</pre>"), ""]
     return "\n".join(out)
 
@@ -326,7 +338,8 @@ poems' word runs found verbatim in the training poems. {html.escape(beginning)}<
 
 def _beginning(runs: list[Run], start: str | None) -> str:
     """How the report's poems begin, as a sentence (``start`` none: "love", or anywhere for a model without it)."""
-    starts = {default_start(run.vocab) if start is None else start.strip() for run in runs}  # "  ": none
+    # One line ("  ": none), written as UTF-8: a Markdown sentence ends at a line break.
+    starts = {default_start(run.vocab) if start is None else " ".join(printable(start).split()) for run in runs}
     if starts == {""}:
         return "Poems begin where the model likes."
     word = next(s for s in starts if s)
@@ -391,8 +404,8 @@ def write_report(
     plot_png = plot_perplexity(runs)
     # Everything is made before anything is written: a failure leaves no plot without its report.
     beginning = _beginning(runs, start)
-    text = markdown(runs, entries, title, plot.name if plot_png else None, beginning) + "\n"
-    page = html_page(runs, entries, title, plot_png, beginning) if html_path else None
+    text = (markdown(runs, entries, title, plot.name if plot_png else None, beginning) + "\n").encode()
+    page = html_page(runs, entries, title, plot_png, beginning).encode() if html_path else None
     remove_partial_writes_of(plot, output, *([html_path] if page is not None else []))  # what a killed report left
     if plot_png:
         atomic_write(plot, plot_png)

@@ -75,6 +75,7 @@ function showPoem(body) {
   for (const stanza of body.poem.split(/\n\s*\n/)) {
     const block = document.createElement("p");
     block.className = "stanza";
+    block.dir = "auto"; // a right-to-left poem (Arabic, Hebrew) reads from the right, its marks at the right ends
     for (const line of stanza.split("\n")) {
       const span = document.createElement("span");
       span.className = "line";

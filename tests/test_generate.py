@@ -713,3 +713,13 @@ def test_loading_a_run_and_writing_never_imports_the_compiler(tmp_path, corpus_f
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["True", "True", "False"]
+
+
+@pytest.mark.parametrize("option, value, least", [("words", 0, 1), ("n", 0, 1), ("lines", -1, 0)])
+def test_a_count_out_of_range_is_named_alone(tiny_run, option, value, least):
+    """One message named three options ("--words and --n must be at least 1, --lines 0 or more") whichever was
+    wrong."""
+    poet = Poet.load(tiny_run)
+    options = {"n": 1, "words": 5, "lines": 0, option: value}
+    with pytest.raises(NeuraldaError, match=f"^--{option} must be {least} or more, got {value}$"):
+        poet.write_many(**options)

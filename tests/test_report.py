@@ -486,10 +486,11 @@ def rendered(text: str) -> str:
 def test_markdown_text_shows_any_text_as_written(text):
     """Before, "~~d~~" struck through, a title's closing "#" vanished, and (in generate's Markdown) "<script>" ran,
     "# ", "> ", "1. " and "```" made headings, quotes, lists and code of a poem's lines."""
-    from neuralda.report import markdown_text
+    from neuralda.report import markdown_poem, markdown_text
 
     for wrap, tag in (("{}", "p"), ("# {}", "h1"), ("| {} |\n|---|\n| {} |", "table")):
-        out = rendered(wrap.format(markdown_text(text), markdown_text(text)))
+        shown = markdown_text(text)
+        out = rendered(markdown_poem("", text).split("\n", 2)[2] if tag == "p" else wrap.format(shown, shown))
         if tag == "table":  # one column: neither "|" nor anything else split the row
             cells = re.findall(r"<t[hd]>(.*?)</t[hd]>", out)
             assert [html.unescape(c) for c in cells] == [text, text] and out.count("<tr>") == 2
@@ -498,6 +499,7 @@ def test_markdown_text_shows_any_text_as_written(text):
             assert shown and html.unescape(shown[1]) == text, out
     # kramdown (Jekyll, GitHub Pages) reads "{::" and "$$" as markup too, which CommonMark shows as written.
     assert markdown_text("{::comment} $$x$$") == r"\{::comment\} \$\$x\$\$"
+    assert markdown_text("1.5") == "1.5" and markdown_text("-") == "-"  # inside a line (the report's numbers) as is
 
 
 def test_a_poem_in_markdown_keeps_its_lines_and_stanzas_and_shows_them_as_written():

@@ -228,9 +228,15 @@ def test_resume_given_the_corpus_starts_a_run_killed_before_its_config_was_writt
     partial = [out / "data" / ".val.jsonl.k2x9_q0a.tmp", out / ".vocab.json.q8z1m3rt.tmp"]  # atomic writes it cut
     for path in partial:
         path.write_text('{"text": "ha')
-    result = train(tiny_config(corpus_file, out, epochs=1), resume=True, **QUIET)
+    said = []
+    result = train(tiny_config(corpus_file, out, epochs=1), resume=True, log=said.append)
     assert result.epochs == 1 and "last" in Run.open(out).checkpoints()
     assert [path for path in partial if path.exists()] == []
+    assert f"{out} held no run yet (killed before its config.json was written): started it" in said
+    assert said[-1].startswith("done after 1 epoch (")  # not "1 epochs"
+    said.clear()  # a folder not there yet was never killed
+    train(tiny_config(corpus_file, tmp_path / "new", epochs=1), resume=True, log=said.append)
+    assert f"{tmp_path / 'new'} held no run yet: started it" in said
     (tmp_path / "other").mkdir()
     with pytest.raises(NeuraldaError, match="no config.json"):  # without the corpus there is nothing to start
         train(tiny_config("", tmp_path / "other", epochs=1), resume=True, **QUIET)

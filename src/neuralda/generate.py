@@ -470,8 +470,9 @@ def write_poems(
     sampling.check()
     for name, value in (("words", words), ("n", n), ("lines", lines)):
         _check_type(name, value, numbers.Integral)
-    if words < 1 or n < 1 or lines < 0:
-        raise NeuraldaError("--words and --n must be at least 1, --lines 0 or more")
+    for name, value, least in (("words", words, 1), ("n", n, 1), ("lines", lines, 0)):
+        if value < least:
+            raise NeuraldaError(f"--{name} must be {least} or more, got {value}")
     if start is not None and not isinstance(start, str):
         raise NeuraldaError(f"start must be text, got {start!r}")
     if not isinstance(form, str) or form not in FORMS:  # a list is no key of FORMS: a TypeError otherwise

@@ -244,20 +244,19 @@ NBH = "\u2011"  # a non-breaking hyphen
 # kramdown's (Jekyll's) {::comment} and $$math$$.
 _MARKDOWN_MARKS = re.compile(r"([\\`*_\[\]|#~${}])")
 # What opens a block at a line's start: a list item ("- ", "1. ", "2) ") or a heading's underline ("===").
-_BLOCK_START = re.compile(r"^([-+=]|\d+[.)])", re.MULTILINE)
+_BLOCK_START = re.compile(r"^(\d*)([-+=.)])")
 
 
 def markdown_text(text: str) -> str:
-    """``text`` shown as written in Markdown (CommonMark, GFM, kramdown): its HTML and every mark that would make
-    emphasis, code, links, table cells or a block of it ("poet|a*b*" would split a row and italicise) escaped."""
-    escaped = _MARKDOWN_MARKS.sub(r"\\\1", html.escape(text, quote=False))
-    return _BLOCK_START.sub(lambda m: m[0][:-1] + "\\" + m[0][-1], escaped)
+    """``text`` shown as written inside a line of Markdown (CommonMark, GFM, kramdown): its HTML and every mark that
+    would make emphasis, code, links or table cells of it ("poet|a*b*" would split a row and italicise) escaped."""
+    return _MARKDOWN_MARKS.sub(r"\\\1", html.escape(text, quote=False))
 
 
 def markdown_poem(heading: str, poem: str) -> str:
-    """``poem`` under a level-3 ``heading`` in Markdown: two trailing spaces keep each line break, a blank line each
-    stanza; both shown as written."""
-    lines = (markdown_text(line) + "  " if line else "" for line in poem.split("\n"))
+    """``poem`` under a level-3 ``heading`` in Markdown, shown as written: two trailing spaces keep each line break,
+    a blank line each stanza, and no line opens a list or underlines a heading."""
+    lines = (_BLOCK_START.sub(r"\1\\\2", markdown_text(line)) + "  " if line else "" for line in poem.split("\n"))
     return f"### {markdown_text(' '.join(heading.split()))}\n\n" + "\n".join(lines) + "\n"
 
 

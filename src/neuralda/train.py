@@ -800,6 +800,7 @@ class Trainer:
         self.dist = Dist.from_env()
         self.log = log if self.dist.main else (lambda s: None)
         restart = resume and bool(cfg.corpus) and not (Path(cfg.output) / "config.json").exists()
+        why = " (killed before its config.json was written)" if restart and holds_files(Path(cfg.output)) else ""
         resume = resume and not restart
         if resume:
             self.run = Run.open(cfg.output)
@@ -840,7 +841,7 @@ class Trainer:
         else:
             self.dist.on_main(lambda: _prepare_locked(cfg, restart, lock))
             if restart:  # said once it has started: a bad corpus is its one line, not this and then that
-                self.log(f"{cfg.output} held no run yet (killed before its config.json was written): started it")
+                self.log(f"{cfg.output} held no run yet{why}: started it")
             self.run = Run.open(cfg.output)
         c = self.c = self.run.config
         self.device = device
@@ -1166,7 +1167,8 @@ class Trainer:
         loop_seconds = time.monotonic() - loop_start
         best_ppl = None if state["best_val"] is None else perplexity(state["best_val"], 1)
         self.log(
-            f"done after {state['epoch']} epochs ({stopped}); best epoch {state['best_epoch']}"
+            f"done after {state['epoch']} epoch{'' if state['epoch'] == 1 else 's'} ({stopped}); best epoch "
+            f"{state['best_epoch']}"
             + (f", val ppl {format_ppl(best_ppl)}" if best_ppl is not None else "")
         )
         return TrainResult(self.run.path, state["epoch"], state["best_epoch"], best_ppl, stopped, loop_seconds, tokens_trained)

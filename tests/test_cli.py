@@ -123,7 +123,8 @@ def test_train_then_generate_end_to_end(tmp_path, corpus_file):
         (("summary", "--vocab", "10"), "--arch and --vocab"),
         (("scrape", "http://127.0.0.1:9/"), "scrape needs START_URL... and -o CORPUS.jsonl"),
         (("summary", "runs/ours", "--arch", "seed"), "a run directory or --arch and --vocab, not both"),
-        (("corpus", "import", "poems.txt", "-o", "."), ". is a directory; give a file in it, like corpus.jsonl"),
+        (("corpus", "import", "poems.txt", "-o", "."), "no file name in '.'; give one like corpus.jsonl"),
+        (("corpus", "import", "poems.txt", "-o", "poems/"), "no file name in 'poems/'; give one like corpus.jsonl"),
     ],
 )
 def test_errors_are_one_line_and_exit_2(tmp_path, monkeypatch, capfd, args, message):
@@ -224,9 +225,10 @@ def test_unknown_start_word_and_checkpoint(tiny_run):
         (("--max-time", "soon"), "not a duration"),
         (("--patience", "-1"), "argument --patience: must be at least 0, got -1"),
         (("--save-at", "200,0"), "argument --save-at: epochs must be at least 1"),
-        (("--weight-decay", "-1"), "--weight-decay must be a finite number, 0 or more, got -1.0"),
-        (("--lr", "nan"), "--lr must be a finite number above 0, got nan"),
-        (("--lr", "0"), "--lr must be a finite number above 0, got 0.0"),
+        (("--weight-decay", "-1"), "--weight-decay must be a number from 0 to 1e+06, got -1.0"),
+        (("--lr", "nan"), "--lr must be a number above 0, at most 1e+06, got nan"),
+        (("--lr", "0"), "--lr must be a number above 0, at most 1e+06, got 0.0"),
+        (("--lr", "1e39"), "--lr must be a number above 0, at most 1e+06, got 1e+39"),  # Adam's step overflowed
         (("--dropout", "1"), "--dropout must be in [0, 1), got 1.0"),
         (("--unk-rate", "1.5"), "--unk-rate must be in [0, 1], got 1.5"),
     ],
@@ -256,13 +258,17 @@ def test_demo_needs_a_time_limit_above_0(tmp_path, capfd, minutes):
     assert not (tmp_path / "runs").exists()
 
 
-def test_demo_scrapes_the_local_site_trains_and_writes(tmp_path):
+def test_demo_scrapes_the_local_site_trains_and_writes(tmp_path, monkeypatch):
     # Its folder a link to one elsewhere (another disk, say): the first demo put a folder in the link's place, left
-    # the link aside, and each demo after it failed once it had trained.
+    # the link aside, and each demo after it failed once it had trained. The link's name has a byte that is not
+    # UTF-8, which the poem's heading printed to a strict UTF-8 stdout as a traceback once the demo had trained.
+    run = tmp_path / "runs" / "demo\udcff"
     (tmp_path / "runs" / "disk").mkdir(parents=True)
-    (tmp_path / "runs" / "demo").symlink_to(tmp_path / "runs" / "disk")
-    out = cli("demo", "--minutes", "0.15", "-o", tmp_path / "runs" / "demo", "--seed", 1, "-q")
+    run.symlink_to(tmp_path / "runs" / "disk")
+    monkeypatch.setenv("PYTHONIOENCODING", "utf-8")
+    out = cli("demo", "--minutes", "0.15", "-o", run, "--seed", 1, "-q")
     assert out.returncode == 0, out.stderr[-2000:]
+    assert f'A poem from "love" ({tmp_path / "runs" / "demo"}\ufffd, best checkpoint)' in out.stdout
     assert "wrote 117 poems" in out.stderr and "127.0.0.1" in out.stderr
     assert 'A poem from "love"' in out.stdout
     # As this user runs neuralda (python -m here): `make demo` has no venv activated, so no `neuralda` on PATH.
@@ -271,10 +277,10 @@ def test_demo_scrapes_the_local_site_trains_and_writes(tmp_path):
     # A poem of its own after "love": how long depends on how many epochs a busy machine fits in 9 s (it may end
     # itself after a few words).
     assert poem.startswith("love") and len(poem.split()) > 1
-    scraped = [json.loads(line) for line in (tmp_path / "runs" / "demo-corpus.jsonl").read_text().splitlines()]
+    corpus = tmp_path / "runs" / "demo\udcff-corpus.jsonl"  # the run's name, then -corpus.jsonl
+    scraped = [json.loads(line) for line in corpus.read_text().splitlines()]
     assert len(scraped) == 117 and all(p["url"].startswith("http://127.0.0.1:") for p in scraped)
     # A second demo killed while it trains leaves the first one's run as it was.
-    run = tmp_path / "runs" / "demo"
     before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
     killed = subprocess.Popen([sys.executable, "-m", "neuralda", "demo", "--minutes", "1", "-o", run, "-q"],
                               stderr=subprocess.PIPE, text=True)
@@ -287,13 +293,13 @@ def test_demo_scrapes_the_local_site_trains_and_writes(tmp_path):
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
     # A demo replaces its own run, also one killed before its config.json was written (by an earlier version, which
     # trained in place), keeps its corpus, and leaves nothing aside; it never touches another run.
-    shutil.rmtree(tmp_path / "runs" / "demo" / "checkpoints")
+    shutil.rmtree(run / "checkpoints")
     for name in ("config.json", "metrics.jsonl", "samples.jsonl"):
-        (tmp_path / "runs" / "demo" / name).unlink()
-    again = cli("demo", "--minutes", "0.1", "-o", tmp_path / "runs" / "demo", "-q")
+        (run / name).unlink()
+    again = cli("demo", "--minutes", "0.1", "-o", run, "-q")
     assert again.returncode == 0, again.stderr[-2000:]
-    assert len((tmp_path / "runs" / "demo-corpus.jsonl").read_text().splitlines()) == 117
-    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["demo", "demo-corpus.jsonl", "disk"]
+    assert len(corpus.read_text().splitlines()) == 117
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == [run.name, corpus.name, "disk"]
     assert json.loads((run / "config.json").read_text())["output"] == str(run)
     assert run.is_symlink() and (tmp_path / "runs" / "disk" / "config.json").exists()
 

@@ -3,6 +3,7 @@
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -11,8 +12,11 @@ import time
 
 import pytest
 
+from conftest import tiny_config
+
 from neuralda.errors import NeuraldaError
 from neuralda.run import Run
+from neuralda.train import train
 
 EPOCHS = 6
 # Checkpoints after every epoch: kills then land between them too, and each resume starts mid-run.
@@ -42,11 +46,11 @@ def test_sigkill_ten_times_then_resume(tmp_path, corpus_file):
 @pytest.mark.parametrize("save_every", ["0", "3600"])  # 3600: epochs trained after the last checkpoint are cut
 def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, corpus_file, save_every):
     out = tmp_path / "run"
-    args = ["--epochs", "5", "--hidden", "32", "--layers", "1", "--lr", "1e30", "--precision", "fp32", "-q",
+    args = ["--epochs", "8", "--hidden", "32", "--layers", "1", "--lr", "1e6", "--precision", "fp32", "-q",
             "--save-every", save_every]
     result = subprocess.run([sys.executable, "-m", "neuralda", "train", str(corpus_file), "-o", str(out), *args],
                             capture_output=True, text=True)
-    assert result.returncode == 2 and "the training loss became nan" in result.stderr
+    assert result.returncode == 2 and re.search("the training loss became (nan|inf) in epoch", result.stderr)
     assert "start a new run with a lower --lr" in result.stderr  # a resume keeps the run's --lr
     assert "Traceback" not in result.stderr
     epochs = [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -54,6 +58,14 @@ def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, c
     _, meta = run.load_model("last")
     assert epochs == list(range(1, meta["epoch"] + 1)) and meta["epoch"] < 5  # cut back to the checkpoint
     assert f"the checkpoints of epoch {meta['epoch']} are kept" in result.stderr
+
+
+def test_a_run_whose_scores_overflow_while_its_loss_is_finite_says_it_diverged(tmp_path, corpus_file):
+    """At --lr 1e5 the loss stays finite (1e22 by epoch 4) while the scores overflow: the poem written at the end
+    failed with "is the checkpoint damaged?"."""
+    config = tiny_config(corpus_file, tmp_path / "run", epochs=4, lr=1e5, precision="fp32", batch_size=32, seq_len=35)
+    with pytest.raises(NeuraldaError, match="^after epoch 4 the model's next-word scores overflow: the training diverged"):
+        train(config, log=lambda s: None)
 
 
 @pytest.fixture
@@ -215,3 +227,17 @@ def test_a_poem_reader_that_goes_away_is_no_error(tiny_run):
     proc.stdout.readline()
     proc.stdout.close()
     assert proc.wait(timeout=120) == 0 and proc.stderr.read() == b""
+
+
+def test_a_report_whose_page_cannot_be_written_replaces_nothing(small_disk, tiny_run, tmp_path):
+    """With --force it had replaced the user's post.md and written the plot before failing on the page (a full or
+    read-only disk); without, it left them, and the same command again said they already existed."""
+    from neuralda.report import write_report
+
+    out = tmp_path / "post.md"
+    out.write_text("my notes\n")
+    fill(small_disk, leave=0)
+    with pytest.raises(NeuraldaError, match="page.html: could not write it"):
+        write_report([str(tiny_run)], out, small_disk / "page.html", samples=1, words=8, force=True)
+    assert out.read_text() == "my notes\n" and sorted(p.name for p in tmp_path.iterdir()) == ["disk", "post.md"]
+    assert sorted(p.name for p in small_disk.iterdir()) == ["filler"]

@@ -255,15 +255,16 @@ def test_the_language_of_a_run_is_that_of_over_half_its_poems(run_copy):
 @pytest.mark.parametrize(
     "key, value, message",
     [
-        ("lr", -1, "lr must be a finite number above 0, got -1"),
+        ("lr", -1, "lr must be a number above 0, at most 1e+06, got -1"),
         ("batch_size", 0, "batch_size must be at least 1, got 0"),
         ("patience", -2, "patience must be 0 (no early stop) or more"),
         ("unk_rate", 1.5, "unk_rate must be in [0, 1]"),
-        ("weight_decay", -0.5, "weight_decay must be a finite number, 0 or more"),
+        ("weight_decay", -0.5, "weight_decay must be a number from 0 to 1e+06"),
         ("max_time", -5, "max_time must be 0 or more seconds, got -5"),  # it stopped the run after one batch
         ("save_every", -3, "save_every must be 0 or more seconds"),
-        ("clip_norm", -0.5, "clip_norm must be a finite number, 0 (no clipping) or more"),  # it trained uphill
-        ("clip_value", -1, "clip_value must be a finite number, 0 (no clipping) or more"),
+        ("clip_norm", -0.5, "clip_norm must be a number from 0 (no clipping) to 1e+06"),  # it trained uphill
+        ("clip_value", -1, "clip_value must be a number from 0 (no clipping) to 1e+06"),
+        ("clip_value", 1e39, "clip_value must be a number from 0 (no clipping) to 1e+06"),  # clipping overflowed
     ],
 )
 def test_a_training_setting_out_of_range_is_a_one_line_error_naming_the_file(run_copy, capsys, key, value, message):
@@ -296,3 +297,19 @@ def test_a_run_s_name_is_one_line(tiny_run, tmp_path):
 
     run = shutil.copytree(tiny_run, tmp_path / "nl\n\nname\x1b[2J")
     assert Run.open(run).name == "nl\\n\\nname\\x1b[2J"
+
+
+DEEP = "[" * 5000 + "]" * 5000  # JSON nested deeper than Python's parser goes: a RecursionError traceback before
+
+
+@pytest.mark.parametrize("name, command", [("config.json", "summary"), ("vocab.json", "generate")])
+def test_a_run_file_nested_too_deeply_is_a_one_line_error(run_copy, capsys, name, command):
+    (run_copy / name).write_text('{"tokens": ' + DEEP + "}")
+    assert name in one_line_error(capsys, command, run_copy)
+
+
+def test_a_log_line_nested_too_deeply_is_skipped_as_any_line_that_is_not_json(run_copy):
+    before = Run.open(run_copy).metrics()
+    with open(run_copy / "metrics.jsonl", "a") as f:
+        f.write('{"epoch": 9, "note": ' + DEEP + "}\n")
+    assert Run.open(run_copy).metrics() == before and len(before) == 4

@@ -876,6 +876,17 @@ def test_urls_that_name_the_same_page_are_one_url():
     assert normalize_url("https://example.org:443") == "https://example.org/"
     assert normalize_url("https://example.org:8443/") == "https://example.org:8443/"
     assert normalize_url("http://127.0.0.1 x/") is None  # no host: http.client would refuse it with a traceback
+    # A byte that is not UTF-8 from the command line (a lone surrogate to Python) was a UnicodeEncodeError traceback.
+    assert normalize_url("http://example.org/po\udcffma?q=\udcfe") == "http://example.org/po%FFma?q=%FE"
+
+
+def test_an_author_given_with_a_byte_that_is_not_utf_8_is_written_as_u_fffd(site, tmp_path):
+    """It was a UnicodeEncodeError traceback after every page was fetched, and no poem written."""
+    site.page("/", "<ul class='poems'><li><a href='/p/0'>a poem</a></li></ul>")
+    site.poem("/p/0", "Named", "a line")
+    summary = scrape(config(site, tmp_path, author="Pablo \udcff"))
+    assert summary.poems_written == 1
+    assert json.loads((tmp_path / "corpus.jsonl").read_text(encoding="utf-8"))["author"] == "Pablo \ufffd"
 
 
 def test_a_redirect_to_another_host_is_not_followed(site, tmp_path):

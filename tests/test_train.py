@@ -223,8 +223,9 @@ def test_resume_drops_metrics_written_after_the_last_checkpoint(tmp_path, corpus
 
 def test_resume_given_the_corpus_starts_a_run_killed_before_its_config_was_written(tmp_path, corpus_file):
     out = tmp_path / "run"
-    (out / "data").mkdir(parents=True)
-    (out / "data" / "train.jsonl").write_text('{"text": "half a split"}\n')  # what an early kill leaves
+    train(tiny_config(corpus_file, out, epochs=1), **QUIET)
+    for name in ("config.json", "vocab.json", "metrics.jsonl", "samples.jsonl", "checkpoints"):  # an early kill
+        shutil.rmtree(out / name) if name == "checkpoints" else (out / name).unlink()
     partial = [out / "data" / ".val.jsonl.k2x9_q0a.tmp", out / ".vocab.json.q8z1m3rt.tmp"]  # atomic writes it cut
     for path in partial:
         path.write_text('{"text": "ha')
@@ -237,6 +238,19 @@ def test_resume_given_the_corpus_starts_a_run_killed_before_its_config_was_writt
     said.clear()  # a folder not there yet was never killed
     train(tiny_config(corpus_file, tmp_path / "new", epochs=1), resume=True, log=said.append)
     assert f"{tmp_path / 'new'} held no run yet: started it" in said
+
+
+@pytest.mark.parametrize("name", ["data/train.jsonl", "data/val.jsonl", "vocab.json"])
+def test_a_restart_never_replaces_a_file_of_the_user_s_of_a_run_s_name(tmp_path, corpus_file, name):
+    """"-o mine is not empty ...; add --resume to start again a run killed there" and --resume replaced the user's
+    data/train.jsonl (their only copy of a poem) or vocab.json with the new run's."""
+    out = tmp_path / "mine"
+    (out / "data").mkdir(parents=True)
+    (out / name).write_text('{"text": "my only copy of this poem"}\n')
+    with pytest.raises(NeuraldaError, match=f"holds {name}, which this run would replace with other contents"):
+        train(tiny_config(corpus_file, out, epochs=1), resume=True, **QUIET)
+    assert (out / name).read_text() == '{"text": "my only copy of this poem"}\n'
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == ["data", name]
     (tmp_path / "other").mkdir()
     with pytest.raises(NeuraldaError, match="no config.json"):  # without the corpus there is nothing to start
         train(tiny_config("", tmp_path / "other", epochs=1), resume=True, **QUIET)
@@ -1119,15 +1133,15 @@ def test_a_run_killed_while_writing_its_split_starts_again_on_resume(tmp_path, c
     corpus starts again, not a run directory that cannot be opened."""
     import neuralda.train as training
 
-    real, out = training.write_corpus, tmp_path / "run"
+    real, out = training.atomic_write, tmp_path / "run"
 
-    def killed_at_the_held_out_poems(path, poems):
+    def killed_at_the_held_out_poems(path, data):
         if Path(path).name == "val.jsonl":
             raise Killed
-        real(path, poems)
+        real(path, data)
 
     with monkeypatch.context() as m, pytest.raises(Killed):
-        m.setattr(training, "write_corpus", killed_at_the_held_out_poems)
+        m.setattr(training, "atomic_write", killed_at_the_held_out_poems)
         train(tiny_config(corpus_file, out, epochs=1), **QUIET)
     assert train(tiny_config(corpus_file, out, epochs=1), resume=True, **QUIET).epochs == 1
 

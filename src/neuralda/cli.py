@@ -110,10 +110,9 @@ def _config(cls, args: argparse.Namespace, **given):
 
 def cmd_corpus_import(args: argparse.Namespace) -> None:
     from .corpus import import_files, write_corpus
-    from .files import remove_partial_writes_of
+    from .files import check_file_name, remove_partial_writes_of
 
-    if Path(args.output).is_dir():
-        raise NeuraldaError(f"{args.output} is a directory; give a file in it, like {Path(args.output) / 'corpus.jsonl'}")
+    check_file_name(args.output, "corpus.jsonl")  # "-o poems/" wrote a file named poems
     if Path(args.output).exists() and not args.force:
         raise NeuraldaError(f"{args.output} already exists; choose another -o, or add --force to replace it")
     poems = import_files(args.files, args.format, args.author, args.title, args.body, args.lang)
@@ -276,12 +275,14 @@ def _scraped_from_this_machine(path: Path) -> bool:
     tore is skipped): a corpus of the user's with the demo's file name is never replaced."""
     from urllib.parse import urlsplit
 
+    from .files import parse_json
+
     lines = path.read_bytes().split(b"\n")
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
+            record = parse_json(line)
         except ValueError:
             if number == len(lines) and line.startswith(b"{"):  # a torn record, as scrape reads one
                 continue
@@ -301,9 +302,9 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
     from .corpus import read_corpus
     from .demo.site import serve_poems
-    from .files import folder_lock, made_folder, write_json
+    from .files import folder_lock, made_folder, parse_json, write_json
     from .generate import write_poems
-    from .run import Run
+    from .run import Run, printable
     from .scrape import scrape
     from .train import TrainConfig, _foreign_files, holds_files, train
 
@@ -322,7 +323,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
     corpus_out = out.parent / f"{out.name}-corpus.jsonl"
     if (out / "config.json").exists():
         try:
-            previous = json.loads((out / "config.json").read_text(encoding="utf-8"))
+            previous = parse_json((out / "config.json").read_text(encoding="utf-8"))
         except ValueError:  # not JSON, or not UTF-8: a file of the user's, never the demo's
             previous = None
         corpus = previous.get("corpus") if isinstance(previous, dict) else None
@@ -363,7 +364,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
     run = Run.open(out)
     model, _ = run.load_model("best")
     poem, _ = write_poems(model, run.vocab, words=80, seed=args.seed)[0]
-    print(f"\nA poem from \"love\" ({out}, best checkpoint):\n\n{poem}\n")
+    print(f"\nA poem from \"love\" ({printable(str(out))}, best checkpoint):\n\n{poem}\n")  # stdout: strict UTF-8
     print(f"Write more: {_command()} generate {shlex.quote(str(out))} --start \"the sea\" --n 3", file=sys.stderr)
 
 

@@ -78,11 +78,11 @@ class Poem:
         """A poem from a corpus record; ``clean=False`` takes its text as it is (a file this project wrote)."""
         fetched_at = d.get("fetched_at")
         return cls(
-            title=_clean_field(d.get("title") or ""),
-            author=_clean_field(d.get("author") or ""),
+            title=clean_field(d.get("title") or ""),
+            author=clean_field(d.get("author") or ""),
             text=normalize_text(str(d["text"])) if clean else str(d["text"]),
-            url=_clean_field(d.get("url") or d.get("source") or ""),
-            fetched_at=None if fetched_at is None else _clean_field(fetched_at),
+            url=clean_field(d.get("url") or d.get("source") or ""),
+            fetched_at=None if fetched_at is None else clean_field(fetched_at),
             lang=language_tag(d.get("lang")),
         )
 
@@ -135,7 +135,7 @@ def check_language(value: str | None) -> str | None:
     return value
 
 
-def _clean_field(value: object) -> str:
+def clean_field(value: object) -> str:
     """A title, author or URL as one tidy line; not ftfy's repairs, so a title cut from a line stays as it was cut.
     A list (two authors) is its items, comma-separated."""
     if isinstance(value, list):
@@ -317,7 +317,7 @@ def _split_text(text: str, source: str) -> list[Poem]:
     for chunk in _POEM_SEPARATOR.split(text):
         body = normalize_text(chunk)
         if body:
-            poems.append(Poem(title=_clean_field(body.split("\n", 1)[0][:80]), author="", text=body, url=source))
+            poems.append(Poem(title=clean_field(body.split("\n", 1)[0][:80]), author="", text=body, url=source))
     return poems
 
 
@@ -379,7 +379,7 @@ def import_files(
     for option, css in (("title", title_css), ("body", body_css)):
         if css:
             check_selector(option, css)
-    author = _clean_field(author) if author else None
+    author = clean_field(author) if author else None
     lang = check_language(lang)
     poems: list[Poem] = []
     for path in paths:
@@ -388,14 +388,14 @@ def import_files(
         text = "" if fmt == "html" else decode_bytes(data, name, lang)  # a page is decoded by its own rules
         kind = _detect_format(text, path) if fmt == "auto" else fmt
         if kind == "html":
-            found = _html_poem(data, _clean_field(Path(path).name), title_css, body_css, lang)
+            found = _html_poem(data, clean_field(Path(path).name), title_css, body_css, lang)
         elif kind == "jsonl":
             found = read_corpus(path, lang=lang)
         else:
             text = text.replace("\r\n", "\n").replace("\r", "\n")  # before the Gutenberg and blank-line patterns
             body = _strip_gutenberg(text, name) if kind == "gutenberg" else text
             # A file name need not be UTF-8: Python keeps its stray bytes as lone surrogates, which cannot be written.
-            found = _split_text(body, _clean_field(Path(path).name))
+            found = _split_text(body, clean_field(Path(path).name))
         if not found:
             raise NeuraldaError(f"{name}: no poems found")
         for p in found:

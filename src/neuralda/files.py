@@ -22,34 +22,64 @@ _TEMPORARY = r"\.{}\.[a-z0-9_]{{8}}\.tmp"
 PARTIAL_WRITE = re.compile(_TEMPORARY.format(".+"))
 
 
-def atomic_write(path: str | os.PathLike, data: bytes | str | Callable[[Path], None]) -> None:
+Payload = bytes | str | Callable[[Path], None]
+
+
+def atomic_write(path: str | os.PathLike, data: Payload) -> None:
     """Write ``data`` to ``path`` through a temporary file in the same folder, fsync it, then rename; ``data`` may
     also be a function that writes the file at the path it is given (a checkpoint streamed from its tensors).
 
     A write that fails (a full disk, no permission) leaves the old file as it was and is a one-line error. A
     symlink is written through: the file it points to is replaced, and the link stays.
     """
-    path = Path(path)
-    real = Path(os.path.realpath(path))  # renaming onto a link would replace the link, not the file the user meant
-    payload = data.encode("utf-8") if isinstance(data, str) else data
-    tmp = ""
+    write_together({path: data})
+
+
+def write_together(files: dict[str | os.PathLike, Payload]) -> None:
+    """``atomic_write`` for several files that belong together (a report, its plot and its page): each is written
+    and synced to a temporary file first, and renamed into place only once all are, so a failed write leaves every
+    old file as it was and no new one beside them."""
+    staged: list[tuple[str, Path]] = []
+    path = Path()
     try:
-        try:
-            special = not stat.S_ISREG(os.stat(path).st_mode)
-        except FileNotFoundError:
-            special = False
-        if special:  # /dev/null, /dev/stdout, a FIFO: write into it; a rename would replace the device itself
-            with open(path, "wb") as f:
-                if callable(payload):  # given the device's path, safetensors would rename a file over it
-                    with tempfile.TemporaryDirectory() as folder:
-                        payload(Path(folder) / real.name)
-                        with open(Path(folder) / real.name, "rb") as written:
-                            shutil.copyfileobj(written, f)
-                else:
-                    f.write(payload)
-            return
-        real.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{real.name}.", suffix=".tmp", dir=real.parent)
+        for path, data in files.items():
+            path = Path(path)
+            tmp = _stage(path, data.encode("utf-8") if isinstance(data, str) else data)
+            if tmp:
+                staged.append((tmp, Path(os.path.realpath(path))))
+        for tmp, real in staged:
+            os.replace(tmp, real)
+    except BaseException as e:
+        for tmp, _ in staged:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            kept = "; the previous file is untouched" if path.exists() else ""
+            raise NeuraldaError(f"{path}: could not write it ({why_not_written(path, e)}){kept}") from None
+        raise
+
+
+def _stage(path: Path, payload: bytes | Callable[[Path], None]) -> str | None:
+    """``payload`` written and synced to a temporary file beside the file ``path`` names (through a symlink: renaming
+    onto a link would replace the link, not the file the user meant), which it returns; a device or FIFO
+    (/dev/null, /dev/stdout) is written into at once, and None returned: a rename would replace the device."""
+    real = Path(os.path.realpath(path))
+    try:
+        special = not stat.S_ISREG(os.stat(path).st_mode)
+    except FileNotFoundError:
+        special = False
+    if special:
+        with open(path, "wb") as f:
+            if callable(payload):  # given the device's path, safetensors would rename a file over it
+                with tempfile.TemporaryDirectory() as folder:
+                    payload(Path(folder) / real.name)
+                    with open(Path(folder) / real.name, "rb") as written:
+                        shutil.copyfileobj(written, f)
+            else:
+                f.write(payload)
+        return None
+    real.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{real.name}.", suffix=".tmp", dir=real.parent)
+    try:
         if callable(payload):
             os.close(fd)
             payload(Path(tmp))  # it may put a file of its own there (safetensors renames one over it): reopened
@@ -62,14 +92,10 @@ def atomic_write(path: str | os.PathLike, data: bytes | str | Callable[[Path], N
                 f.write(payload)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, real)
-    except BaseException as e:
-        if tmp:
-            Path(tmp).unlink(missing_ok=True)
-        if isinstance(e, OSError):
-            kept = "; the previous file is untouched" if path.exists() else ""
-            raise NeuraldaError(f"{path}: could not write it ({why_not_written(path, e)}){kept}") from None
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
         raise
+    return tmp
 
 
 def _umask() -> int:
@@ -108,14 +134,40 @@ def why_not_written(path: str | os.PathLike, error: OSError) -> str:
     return str(error.strerror or error)
 
 
-def write_json(path: str | os.PathLike, obj: Any) -> None:
-    """Atomically write ``obj`` as pretty, UTF-8 JSON."""
+def check_file_name(given: str | os.PathLike, example: str) -> None:
+    """Refuse a path that cannot be written as a file: no file name, a directory, or a file where a folder goes."""
+    path = Path(given)
+    if str(given).endswith("/") or path.name in ("", ".."):
+        raise NeuraldaError(f"no file name in {str(given)!r}; give one like {example}")
+    if path.is_dir():
+        raise NeuraldaError(f"{given} is a directory; give a file in it, like {path / example}")
+    folder = next(p for p in path.parents if p.exists())  # the nearest existing one ("." or "/" at worst)
+    if not folder.is_dir():
+        raise NeuraldaError(f"{given}: {folder} is a file, not a folder")
+
+
+def parse_json(text: str | bytes) -> Any:
+    """``json.loads``, where JSON nested deeper than Python's parser goes (a thousand brackets on a line of a hand-
+    edited file) is a ``ValueError``, as any other malformed JSON, not a ``RecursionError``."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply to read") from None
+
+
+def json_text(obj: Any) -> str:
+    """``obj`` as the pretty, UTF-8 JSON ``write_json`` writes."""
     text = json.dumps(obj, ensure_ascii=False, indent=2)
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:  # a path that is not UTF-8 (a lone surrogate): its \\udcXX escape reads back the same
         text = json.dumps(obj, indent=2)
-    atomic_write(path, text + "\n")
+    return text + "\n"
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Atomically write ``obj`` as pretty, UTF-8 JSON."""
+    atomic_write(path, json_text(obj))
 
 
 def append_line(path: str | os.PathLike, line: str | bytes) -> None:

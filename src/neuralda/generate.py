@@ -40,6 +40,10 @@ WRITE_BATCH = 256
 WRITE_SCORES = 1 << 23
 
 
+class NoDistribution(NeuraldaError):
+    """The model's next-word scores hold NaN or +inf, or block every word: there is nothing to draw from."""
+
+
 @dataclass
 class SamplingConfig:
     """How the next word is drawn. Temperature 1 with no filter samples from the model's own probabilities, as the
@@ -113,7 +117,7 @@ def sample_next(
     weights = (weights.div_(temperature) if temperature != 1.0 else weights).exp_()
     cdf = _running_sum(weights)
     if not bool(cdf[:, -1].isfinite().all()):  # NaN or +inf scores, or none above -inf, make the odds NaN
-        raise NeuraldaError(
+        raise NoDistribution(
             "the model gave no usable next-word probabilities (NaN or infinite scores, or every word blocked): "
             "is the checkpoint damaged?"
         )

@@ -21,7 +21,7 @@ from urllib.parse import quote
 
 from .errors import NeuraldaError
 from .evaluate import format_ppl, measure_checkpoints
-from .files import atomic_write, remove_partial_writes_of
+from .files import check_file_name, remove_partial_writes_of, write_together
 from .generate import SamplingConfig, default_start, write_poems
 from .run import Run, printable
 
@@ -346,24 +346,12 @@ def _beginning(runs: list[Run], start: str | None) -> str:
     return f'Poems begin with "{word}"{unknown}.'
 
 
-def _check_file_name(given: str | Path, example: str) -> None:
-    """Refuse a path that cannot be written as a file: no file name, a directory, or a file where a folder goes."""
-    path = Path(given)
-    if str(given).endswith("/") or path.name in ("", ".."):
-        raise NeuraldaError(f"no file name in {str(given)!r}; give one like {example}")
-    if path.is_dir():
-        raise NeuraldaError(f"{given} is a directory; give a file in it, like {path / example}")
-    folder = next(p for p in path.parents if p.exists())  # the nearest existing one ("." or "/" at worst)
-    if not folder.is_dir():
-        raise NeuraldaError(f"{given}: {folder} is a file, not a folder")
-
-
 def report_paths(output: str | Path, html_path: str | Path | None, force: bool) -> tuple[Path, Path, Path | None]:
     """The Markdown file, the plot beside it and the HTML page; a bad path, or an existing file without ``force``,
     is a one-line error."""
-    _check_file_name(output, "post.md")
+    check_file_name(output, "post.md")
     if html_path is not None:  # --html '' is no file name, not "no page"
-        _check_file_name(html_path, "post.html")
+        check_file_name(html_path, "post.html")
     output = Path(output)
     real = Path(os.path.realpath(output))  # where a link as -o has the Markdown written: its plot goes beside it
     plot = real.with_name(real.stem + PLOT_SUFFIX)
@@ -406,9 +394,7 @@ def write_report(
     text = (markdown(runs, entries, title, plot.name if plot_png else None, beginning) + "\n").encode()
     page = html_page(runs, entries, title, plot_png, beginning).encode() if html_path else None
     remove_partial_writes_of(plot, output, *([html_path] if page is not None else []))  # what a killed report left
-    if plot_png:
-        atomic_write(plot, plot_png)
-    atomic_write(output, text)
-    if page is not None:
-        atomic_write(html_path, page)
+    # All or none: a page that cannot be written (a read-only folder) leaves the report it would have replaced.
+    files = {plot: plot_png, output: text, html_path: page}
+    write_together({path: data for path, data in files.items() if data})
     return entries

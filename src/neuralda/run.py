@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import NeuraldaError, shown
-from .files import atomic_write
+from .files import atomic_write, parse_json
 from .models import MAX_HIDDEN, MAX_LAYERS
 from .tokenizer import Vocab
 
@@ -117,8 +117,8 @@ def checkpoint_meta(path: Path) -> dict:
 
 def _meta(raw: bytes) -> dict:
     """Our JSON header from the bytes of a safetensors file (its 8-byte length, then its JSON header, at least)."""
-    header = json.loads(raw[8 : 8 + int.from_bytes(raw[:8], "little")])
-    meta = json.loads(header.get("__metadata__", {}).get(_META_KEY, "{}"))
+    header = parse_json(raw[8 : 8 + int.from_bytes(raw[:8], "little")])
+    meta = parse_json(header.get("__metadata__", {}).get(_META_KEY, "{}"))
     if not isinstance(meta, dict):
         raise ValueError("its header is not a JSON object")
     if "meta_sha256" in meta and meta["meta_sha256"] != _meta_digest(meta):  # checkpoint_meta's readers too
@@ -192,7 +192,7 @@ def read_epoch_rows(path: Path) -> list[dict]:
     # A bad byte becomes U+FFFD: in a string the row is kept, elsewhere the line is not JSON and is skipped.
     for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
         try:
-            row = json.loads(line)
+            row = parse_json(line)
         except ValueError:
             continue
         if isinstance(row, dict) and isinstance(row.get("epoch"), int):
@@ -293,7 +293,7 @@ class Run:
             raise NeuraldaError(f"{path}: no such run directory")
         config_path = path / "config.json"
         try:
-            config = json.loads(config_path.read_text(encoding="utf-8"))
+            config = parse_json(config_path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise NeuraldaError(f"{path}: not a run directory (no config.json); train one with `neuralda train`") from None
         except ValueError as e:

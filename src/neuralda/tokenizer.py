@@ -10,7 +10,6 @@ space (" --", " -- ", " ,"), so ``detokenize(tokenize(text, keep_case=True)) == 
 from __future__ import annotations
 
 import functools
-import json
 import re
 import unicodedata
 from collections import Counter
@@ -19,7 +18,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from .errors import NeuraldaError
-from .files import write_json
+from .files import parse_json, write_json
 
 LINE = "<nl>"
 STANZA = "<stanza>"
@@ -282,13 +281,17 @@ class Vocab:
         """One id stream for many poems, each ending with ``<poembreak>``."""
         return [i for text in texts for i in self.encode(tokenize(text, keep_case=self.keep_case))]
 
+    def to_dict(self) -> dict:
+        """What vocab.json holds."""
+        return {"keep_case": self.keep_case, "min_count": self.min_count, "tokens": self.itos}
+
     def save(self, path: str | Path) -> None:
-        write_json(path, {"keep_case": self.keep_case, "min_count": self.min_count, "tokens": self.itos})
+        write_json(path, self.to_dict())
 
     @classmethod
     def load(cls, path: str | Path) -> "Vocab":
         try:
-            data = json.loads(Path(path).read_text(encoding="utf-8"))
+            data = parse_json(Path(path).read_text(encoding="utf-8"))
             min_count = data["min_count"]
             if not isinstance(min_count, int) or isinstance(min_count, bool) or min_count < 1:
                 raise ValueError(f"min_count must be a whole number above 0, not {min_count!r}")

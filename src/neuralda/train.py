@@ -25,13 +25,13 @@ import torch
 from torch.nn import functional as F
 
 from . import __version__
-from .corpus import read_corpus, split_poems, write_corpus
+from .corpus import corpus_jsonl, read_corpus, split_poems
 from .errors import NeuraldaError
 from .evaluate import HeldoutScorer, autocast, format_ppl, loss_chunk, perplexity
 from .files import (
-    PARTIAL_WRITE, append_line, atomic_write, folder_lock, made_folder, remove_partial_writes, write_json,
+    PARTIAL_WRITE, append_line, atomic_write, folder_lock, made_folder, json_text, remove_partial_writes, write_json,
 )
-from .generate import default_start, write_poems
+from .generate import NoDistribution, default_start, write_poems
 from .models import RECIPES, Recipe, build_model, default_size, recipe
 from .run import (
     FORMAT_VERSION,
@@ -123,6 +123,11 @@ class TrainConfig:
         return out
 
 
+# The most a rate, weight decay or clipping bound may be: far past any that trains, and inside float32's range, where
+# the optimizer's products overflowed as a traceback (Adam's first step with --lr 1e38 is 1e39).
+MAX_SETTING = 1e6
+
+
 def check_settings(c: dict, path: Path | None = None) -> None:
     """One-line errors for values no run can train with (ranges written so that NaN fails them too), named as flags,
     or as keys of ``path`` (a resumed run's config.json, where the values came from)."""
@@ -135,10 +140,10 @@ def check_settings(c: dict, path: Path | None = None) -> None:
             raise NeuraldaError(f"{name(key)} must be at least 1, got {c[key]}")
     if not 0 <= c["dropout"] < 1:
         raise NeuraldaError(f"{name('dropout')} must be in [0, 1), got {c['dropout']}")
-    if not 0 < c["lr"] < math.inf:
-        raise NeuraldaError(f"{name('lr')} must be a finite number above 0, got {c['lr']}")
-    if not 0 <= c["weight_decay"] < math.inf:
-        raise NeuraldaError(f"{name('weight_decay')} must be a finite number, 0 or more, got {c['weight_decay']}")
+    if not 0 < c["lr"] <= MAX_SETTING:
+        raise NeuraldaError(f"{name('lr')} must be a number above 0, at most {MAX_SETTING:g}, got {c['lr']}")
+    if not 0 <= c["weight_decay"] <= MAX_SETTING:
+        raise NeuraldaError(f"{name('weight_decay')} must be a number from 0 to {MAX_SETTING:g}, got {c['weight_decay']}")
     if not 0 <= c["unk_rate"] <= 1:
         raise NeuraldaError(f"{name('unk_rate')} must be in [0, 1], got {c['unk_rate']}")
     if not c["patience"] >= 0:
@@ -149,8 +154,8 @@ def check_settings(c: dict, path: Path | None = None) -> None:
     if c.get("epsilon_hat") is not None and not 0 < c["epsilon_hat"] < 1:
         raise NeuraldaError(f"{name('epsilon_hat')} must be a number in (0, 1), got {c['epsilon_hat']}")
     for key in ("clip_value", "clip_norm"):
-        if c[key] is not None and not 0 <= c[key] < math.inf:
-            raise NeuraldaError(f"{name(key)} must be a finite number, 0 (no clipping) or more, got {c[key]}")
+        if c[key] is not None and not 0 <= c[key] <= MAX_SETTING:
+            raise NeuraldaError(f"{name(key)} must be a number from 0 (no clipping) to {MAX_SETTING:g}, got {c[key]}")
 
 
 # config.json's training settings that are not a recipe's, as JSON types (a recipe's have the Recipe's annotations).
@@ -581,11 +586,28 @@ def _prepare(cfg: TrainConfig, restart: bool = False) -> Run:
     train_tokens = counts.total()  # each poem's tokens and its end, as the training stream has them
     config = cfg.resolved(train_tokens)
     build_model(config["arch"], len(vocab), config["hidden"], config["layers"], config["dropout"])  # sizes it refuses
-    write_corpus(out / "data" / "train.jsonl", train_poems)
-    write_corpus(out / "data" / "val.jsonl", val_poems)
-    vocab.save(out / "vocab.json")
+    files = {
+        out / "data" / "train.jsonl": corpus_jsonl(train_poems).encode(),
+        out / "data" / "val.jsonl": corpus_jsonl(val_poems).encode(),
+        out / "vocab.json": json_text(vocab.to_dict()).encode(),
+    }
+    # A run killed before its config.json left these as this one writes them again (the same corpus and settings);
+    # a file of those names that differs is the user's (or another corpus's run's): never replaced.
+    other = [path.relative_to(out).as_posix() for path, data in files.items() if not _holds(path, data)]
+    if other:
+        raise NeuraldaError(
+            f"{out} holds {', '.join(other)}, which this run would replace with other contents (a file of yours, or a "
+            "run killed there with another corpus or settings); move it away or choose another -o"
+        )
+    for path, data in files.items():
+        atomic_write(path, data)
     write_json(out / "config.json", config)  # written last: a run directory with config.json is complete
     return Run.open(out)
+
+
+def _holds(path: Path, data: bytes) -> bool:
+    """Whether ``path`` holds ``data`` or nothing yet."""
+    return not os.path.lexists(path) or (path.is_file() and path.read_bytes() == data)
 
 
 def _prepare_locked(cfg: TrainConfig, restart: bool, lock: Callable[[], None]) -> None:
@@ -1254,7 +1276,13 @@ def _json_number(value: float) -> float | None:
 def _write_sample(run: Run, model, epoch: int, checkpoint: str | None = None) -> None:
     """A poem from "love" (or from a poem break when the corpus lacks the word), for the report."""
     start = default_start(run.vocab)
-    poem, _ = write_poems(model, run.vocab, start, words=80, n=1, seed=SAMPLE_SEED)[0]
+    try:
+        poem, _ = write_poems(model, run.vocab, start, words=80, n=1, seed=SAMPLE_SEED)[0]
+    except NoDistribution:  # a loss still finite (1e26 at --lr 1e5) from scores that overflow
+        raise NeuraldaError(
+            f"after epoch {epoch} the model's next-word scores overflow: the training diverged; start a new run with "
+            "a lower --lr"
+        ) from None
     model.train()
     row = {"epoch": epoch, "checkpoint": checkpoint or f"epoch-{epoch}", "start": start, "seed": SAMPLE_SEED, "poem": poem}
     append_line(run.path / "samples.jsonl", json.dumps(row, ensure_ascii=False))

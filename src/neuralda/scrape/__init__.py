@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .. import __version__
-from ..corpus import Poem, check_language
+from ..corpus import Poem, check_language, clean_field
 from ..errors import NeuraldaError, NeuraldaWarning
-from ..files import append_line
+from ..files import append_line, parse_json
 from .extract import check_selector, parse_html, poem_lang, select_line, select_links, select_poem
 from .fetch import (
     MAX_DELAY, MAX_RETRIES, MAX_TIMEOUT, Fetcher, FetchError, Page, host_of, is_file_link, is_web_page,
@@ -125,7 +125,7 @@ def _check_config(config: ScrapeConfig) -> None:
 def _corpus_record(line: bytes) -> dict | None:
     """The poem record on one JSONL line (an object with a "text" string), None when the line is JSON but no
     poem; ValueError when it is not JSON."""
-    record = json.loads(line.decode("utf-8", errors="replace").removeprefix("\ufeff"))  # a BOM: as read_corpus does
+    record = parse_json(line.decode("utf-8", errors="replace").removeprefix("\ufeff"))  # a BOM: as read_corpus does
     return record if isinstance(record, dict) and isinstance(record.get("text"), str) else None
 
 
@@ -326,7 +326,7 @@ class _Crawl:
             return
         title = select_line(soup, self.config.title) if self.config.title else ""
         if self.config.author is not None:
-            author = self.config.author
+            author = clean_field(self.config.author)  # as corpus import has it: a byte not UTF-8 is U+FFFD
         else:
             author = select_line(soup, self.config.author_css) if self.config.author_css else ""
         poem = Poem(

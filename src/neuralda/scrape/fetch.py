@@ -25,7 +25,7 @@ from pathlib import Path
 from urllib.parse import quote, unquote, urljoin, urlsplit, urlunsplit
 
 from ..errors import NeuraldaError, shown
-from ..files import atomic_write
+from ..files import atomic_write, parse_json
 
 MAX_PAGE_BYTES = 5 * 1024 * 1024  # after gzip too: a small gzip bomb must not become gigabytes in memory
 MAX_REDIRECTS = 5
@@ -93,8 +93,9 @@ def normalize_url(url: str, base: str | None = None) -> str | None:
     host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
     netloc = host if port in (None, _DEFAULT_PORTS[scheme]) else f"{host}:{port}"
     # Quote only what is unsafe, so "/a%20b" and "/a b" become the same URL and an encoded "/" keeps its meaning.
-    path = quote(parts.path or "/", safe="/%:@!$&'()*+,;=-._~")
-    query = quote(parts.query, safe="/%:@!$&'()*+,;=-._~?")
+    # A byte that is not UTF-8 (from the command line, as a lone surrogate) is sent as that byte: "%FF".
+    path = quote(parts.path or "/", safe="/%:@!$&'()*+,;=-._~", errors="surrogateescape")
+    query = quote(parts.query, safe="/%:@!$&'()*+,;=-._~?", errors="surrogateescape")
     return urlunsplit((scheme, netloc, path, query, ""))
 
 
@@ -274,7 +275,7 @@ def read_cached(cache_dir: Path, url: str) -> Page | None:
         return None
     header, _, body = data.partition(b"\n")
     try:
-        meta = json.loads(header)
+        meta = parse_json(header)
     except ValueError:
         return None
     if not isinstance(meta, dict) or meta.get("requested") != url:

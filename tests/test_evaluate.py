@@ -1,4 +1,5 @@
 import math
+import re
 import shutil
 from pathlib import Path
 
@@ -382,3 +383,13 @@ def test_a_run_directory_with_a_colon_in_its_name_is_a_run(tmp_path):
     run.mkdir()
     assert parse_spec(str(run)) == (str(run), "best")
     assert parse_spec(f"{run}:epoch-2") == (str(run), "epoch-2")
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"device": "gpu"}, "unknown device 'gpu'; choose auto, cpu, cuda or mps"),
+    ({"checkpoint": None}, "a checkpoint is named by text (best, last or epoch-N), not None"),
+])
+def test_evaluating_on_a_device_or_checkpoint_that_is_none_is_one_line(tiny_run, options, message):
+    """torch's list of every device type it knows, and a regular expression's TypeError, before."""
+    with pytest.raises(NeuraldaError, match=f"^{re.escape(message)}$"):
+        evaluate_run(tiny_run, samples=0, **options)

@@ -723,3 +723,25 @@ def test_a_count_out_of_range_is_named_alone(tiny_run, option, value, least):
     options = {"n": 1, "words": 5, "lines": 0, option: value}
     with pytest.raises(NeuraldaError, match=f"^--{option} must be {least} or more, got {value}$"):
         poet.write_many(**options)
+
+
+def test_loading_a_poet_leaves_the_caller_s_random_numbers_be(tiny_run):
+    """Building the model drew its first weights (replaced at once) from torch's generator: a notebook's seeded
+    draws after Poet.load came out otherwise."""
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    Poet.load(tiny_run)
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_a_fraction_or_a_numpy_float_is_a_number_to_sample_with(tiny_run):
+    """A Fraction passed the number check and failed inside torch (div_() of a Fraction)."""
+    from fractions import Fraction
+
+    import numpy as np
+
+    poet = Poet.load(tiny_run)
+    half = poet.write(seed=1, words=12, temperature=0.5, top_p=0.5)
+    assert poet.write(seed=1, words=12, temperature=Fraction(1, 2), top_p=Fraction(1, 2)) == half
+    assert poet.write(seed=1, words=12, temperature=np.float16(0.5), top_p=np.float32(0.5)) == half

@@ -241,3 +241,24 @@ def test_a_report_whose_page_cannot_be_written_replaces_nothing(small_disk, tiny
         write_report([str(tiny_run)], out, small_disk / "page.html", samples=1, words=8, force=True)
     assert out.read_text() == "my notes\n" and sorted(p.name for p in tmp_path.iterdir()) == ["disk", "post.md"]
     assert sorted(p.name for p in small_disk.iterdir()) == ["filler"]
+
+
+def test_a_rename_refused_after_others_names_its_file_and_those_written_before_it(tmp_path, monkeypatch):
+    """An immutable post.md (chattr +i) refused its rename after the plot's: the error named the page, said the
+    previous file was untouched, and did not say the plot had been replaced."""
+    import errno
+
+    from neuralda import files
+
+    real = os.replace
+
+    def refused_for_the_report(source, target):
+        if str(target).endswith("post.md"):
+            raise PermissionError(errno.EPERM, "Operation not permitted")
+        real(source, target)
+
+    monkeypatch.setattr(files.os, "replace", refused_for_the_report)
+    paths = [tmp_path / name for name in ("post-perplexity.png", "post.md", "post.html")]
+    with pytest.raises(NeuraldaError, match=rf"^{paths[1]}: could not write it .*written before it: {paths[0]}\)$"):
+        files.write_together(dict.fromkeys(paths, b"new"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["post-perplexity.png"]  # no temporary file left

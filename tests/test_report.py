@@ -147,6 +147,7 @@ def test_report_keeps_existing_files_unless_forced(tiny_run, tmp_path, monkeypat
     [
         (("-o", "."), "no file name in '.'"),
         (("-o", "somedir/"), "no file name in 'somedir/'"),
+        (("-o", "somedir/."), "no file name in 'somedir/.'"),  # wrote a file named somedir
         (("-o", "somedir"), "somedir is a directory; give a file in it, like somedir/post.md"),
         (("-o", "post.md", "--html", "somedir"), "somedir is a directory"),
         (("-o", "notes.txt/post.md"), "notes.txt is a file, not a folder"),
@@ -523,3 +524,17 @@ def test_the_report_says_its_start_on_one_line_in_utf_8(tiny_run, tmp_path):
     run = Run.open(tiny_run)
     assert _beginning([run], "love\n# the sea") == 'Poems begin with "love # the sea".'
     assert _beginning([run], "love \udcff") == 'Poems begin with "love \ufffd".'
+
+
+def test_the_report_leaves_the_caller_s_plotting_backend_and_figures_be(tiny_run, tmp_path):
+    """matplotlib.use("Agg") switched a notebook's backend for the whole process: its plots stopped showing."""
+    import matplotlib.pyplot as plt
+
+    plt.switch_backend("svg")
+    try:
+        figure = plt.figure()
+        write_report([str(tiny_run)], tmp_path / "post.md", samples=1, words=8)
+        assert plt.get_backend() == "svg" and plt.get_fignums() == [figure.number]
+    finally:
+        plt.close("all")
+        plt.switch_backend("agg")

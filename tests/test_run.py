@@ -10,6 +10,7 @@ import torch
 
 from conftest import tiny_config
 from neuralda.cli import main
+from neuralda.errors import NeuraldaError
 from neuralda.run import Run
 from neuralda.train import train
 
@@ -313,3 +314,25 @@ def test_a_log_line_nested_too_deeply_is_skipped_as_any_line_that_is_not_json(ru
     with open(run_copy / "metrics.jsonl", "a") as f:
         f.write('{"epoch": 9, "note": ' + DEEP + "}\n")
     assert Run.open(run_copy).metrics() == before and len(before) == 4
+
+
+@pytest.mark.parametrize("call", ["import_files", "write_report", "create_app", "encode", "detokenize", "scrape"])
+def test_one_string_where_a_list_goes_is_an_error_not_its_characters(tiny_run, tmp_path, call):
+    """import_files("poems.txt") looked for files "p", "o", ...; Vocab.encode("love") gave four <unk>s."""
+    from neuralda.corpus import import_files
+    from neuralda.report import write_report
+    from neuralda.scrape import ScrapeConfig, scrape
+    from neuralda.serve import create_app
+    from neuralda.tokenizer import detokenize
+
+    calls = {
+        "import_files": lambda: import_files("poems.txt"),
+        "write_report": lambda: write_report(str(tiny_run), tmp_path / "post.md"),
+        "create_app": lambda: create_app(str(tiny_run)),
+        "encode": lambda: Run.open(tiny_run).vocab.encode("love"),
+        "detokenize": lambda: detokenize("hello world"),
+        "scrape": lambda: scrape(ScrapeConfig(start_urls="http://127.0.0.1:9/", output=str(tmp_path / "c.jsonl"),
+                                              body="p")),
+    }
+    with pytest.raises(NeuraldaError, match=r"must be a list, not one str: \['"):
+        calls[call]()

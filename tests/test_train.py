@@ -1264,3 +1264,13 @@ def test_a_hand_edited_checkpoint_header_is_a_one_line_error_on_resume(tmp_path,
     with pytest.raises(NeuraldaError, match=r"last\.safetensors: damaged checkpoint \(.*\)$"):
         train(tiny_config("", out, epochs=6), resume=True, **QUIET)
     assert (out / "metrics.jsonl").read_bytes() == before
+
+
+def test_training_gives_the_caller_s_random_numbers_back(tmp_path, corpus_file):
+    """train() seeded torch's generator (per epoch) and left it so: a caller's draws after it followed the run's
+    seed, not their own."""
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    train(tiny_config(corpus_file, tmp_path / "run", epochs=1), **QUIET)
+    assert torch.equal(torch.rand(3), expected)

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from .errors import NeuraldaError
+from .errors import NeuraldaError, listed
 from .files import atomic_write
 
 FORMATS = ("auto", "jsonl", "text", "gutenberg", "html")
@@ -382,7 +382,7 @@ def import_files(
     author = clean_field(author) if author else None
     lang = check_language(lang)
     poems: list[Poem] = []
-    for path in paths:
+    for path in listed(paths, "paths"):
         name = str(path)
         data = _read_bytes(path)
         text = "" if fmt == "html" else decode_bytes(data, name, lang)  # a page is decoded by its own rules

@@ -1,5 +1,8 @@
 """The one user-facing error type: a one-line message, caught once in ``cli.py`` (exit code 2)."""
 
+import os
+from typing import Any
+
 
 class NeuraldaError(Exception):
     """Bad input from the user (a file, an option, a run directory): say what and how to fix it."""
@@ -14,3 +17,11 @@ def shown(text: str) -> str:
     (``\\x1b``, ``\\n``), so a server's header or a file's name cannot clear the screen, retitle the window, set
     the clipboard or break the line."""
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
+def listed(value: Any, name: str) -> list:
+    """``value``, a list (or any iterable) of items, as a list; one string, bytes or path is an error, not a list of
+    its characters ("runs/x" read as the runs "r", "u", ...)."""
+    if isinstance(value, (str, bytes, os.PathLike)):
+        raise NeuraldaError(f"{name} must be a list, not one {type(value).__name__}: [{value!r}]")
+    return list(value)

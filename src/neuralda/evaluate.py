@@ -20,7 +20,7 @@ import torch
 from torch.nn import functional as F
 
 from .corpus import Poem, read_corpus
-from .errors import NeuraldaError
+from .errors import NeuraldaError, listed
 from .generate import SamplingConfig, write_poems
 from .run import Run, printable
 from .tokenizer import POEM_END, Vocab, detokenize, is_word, tokenize
@@ -361,9 +361,12 @@ def measure_checkpoints(
 ) -> Iterator[tuple[dict, torch.nn.Module, dict]]:
     """``evaluate_run``'s row of each checkpoint of one run, with the checkpoint's model and meta; the held-out
     text and the index of the training poems are made once for all (at a million tokens: 5 s a checkpoint)."""
+    from .train import pick_device
+
+    device = pick_device(device)  # "gpu": one line naming the choices, not torch's list of its device types
     run = Run.open(run_dir)
     text, index = None, None
-    for checkpoint in checkpoints:
+    for checkpoint in listed(checkpoints, "checkpoints"):
         model, meta = run.load_model(checkpoint, device=device)
         if text is None:
             heldout = run.poems("val") if corpus is None else read_corpus(corpus)  # --corpus '': no file, an error

@@ -40,20 +40,24 @@ def write_together(files: dict[str | os.PathLike, Payload]) -> None:
     and synced to a temporary file first, and renamed into place only once all are, so a failed write leaves every
     old file as it was and no new one beside them."""
     staged: list[tuple[str, Path]] = []
+    replaced: list[Path] = []
     path = Path()
     try:
         for path, data in files.items():
             path = Path(path)
             tmp = _stage(path, data.encode("utf-8") if isinstance(data, str) else data)
             if tmp:
-                staged.append((tmp, Path(os.path.realpath(path))))
-        for tmp, real in staged:
-            os.replace(tmp, real)
+                staged.append((tmp, path))
+        for tmp, path in staged:
+            os.replace(tmp, os.path.realpath(path))
+            replaced.append(path)
     except BaseException as e:
         for tmp, _ in staged:
             Path(tmp).unlink(missing_ok=True)
         if isinstance(e, OSError):
             kept = "; the previous file is untouched" if path.exists() else ""
+            if replaced:  # a rename refused (an immutable file) after others were done: a rare failure, said
+                kept += f" (written before it: {', '.join(map(str, replaced))})"
             raise NeuraldaError(f"{path}: could not write it ({why_not_written(path, e)}){kept}") from None
         raise
 
@@ -137,7 +141,7 @@ def why_not_written(path: str | os.PathLike, error: OSError) -> str:
 def check_file_name(given: str | os.PathLike, example: str) -> None:
     """Refuse a path that cannot be written as a file: no file name, a directory, or a file where a folder goes."""
     path = Path(given)
-    if str(given).endswith("/") or path.name in ("", ".."):
+    if str(given).endswith("/") or os.path.basename(os.fspath(given)) in ("", ".", ".."):  # "x/." is a folder too
         raise NeuraldaError(f"no file name in {str(given)!r}; give one like {example}")
     if path.is_dir():
         raise NeuraldaError(f"{given} is a directory; give a file in it, like {path / example}")

@@ -58,7 +58,9 @@ class SamplingConfig:
     def check(self) -> None:
         for name in ("temperature", "top_p", "repetition_penalty"):
             _check_type(name, getattr(self, name), numbers.Real)
+            setattr(self, name, float(getattr(self, name)))  # a Fraction, numpy's float16: a float for torch
         _check_type("top_k", self.top_k, numbers.Integral)
+        self.top_k = int(self.top_k)
         # Below the least, float32 scores turn into 0/0; above the most, float32 has no such number: -inf / inf.
         if not MIN_TEMPERATURE <= self.temperature <= MAX_TEMPERATURE:
             raise NeuraldaError(

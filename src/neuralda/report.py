@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
-from .errors import NeuraldaError
+from .errors import NeuraldaError, listed
 from .evaluate import format_ppl, measure_checkpoints
 from .files import check_file_name, remove_partial_writes_of, write_together
 from .generate import SamplingConfig, default_start, write_poems
@@ -68,7 +68,9 @@ def collect(
 ) -> tuple[list[Run], list[Entry]]:
     """The runs, and a poem and the measures of each reported checkpoint of each (perplexity on ``corpus`` when
     given, else on each run's held-out poems)."""
-    runs = [Run.open(d) for d in run_dirs]
+    runs = [Run.open(d) for d in listed(run_dirs, "run_dirs")]
+    if not runs:
+        raise NeuraldaError("give at least one run directory")
     names = [run.name for run in runs]
     if len(set(names)) < len(names):  # headings, table rows and the plot's legend name runs by their folder
         raise NeuraldaError("two runs have the same folder name; report runs whose folders have different names")
@@ -103,13 +105,14 @@ def plot_perplexity(runs: list[Run]) -> bytes | None:
     rows_of = [[r for r in run.metrics() if math.isfinite(_number(r["epoch"]))] for run in runs]
     if not any(rows_of):
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import matplotlib.ticker
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=120)
+    # A figure of its own, not pyplot's: the caller's backend (a notebook's) and open figures stay as they were.
+    fig = Figure(figsize=(8, 4.5), dpi=120)
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
     # A name is shown as written: "$" is not math, and a label matplotlib would hide ("_draft") gets a zero-width space.
     names = ["\u200b" * n.startswith("_") + n.replace("$", r"\$") for n in (run.name for run in runs)]
     plotted = False  # any perplexity drawn: a log scale of none raises (axvline's 0..1 are axes fractions, not data)
@@ -153,7 +156,6 @@ def plot_perplexity(runs: list[Run]) -> bytes | None:
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
-    plt.close(fig)
     return buffer.getvalue()
 
 

@@ -324,6 +324,8 @@ class Run:
 
     def checkpoint_path(self, name: str) -> Path:
         """The file of checkpoint ``name``; only names neuralda writes are accepted (no paths)."""
+        if not isinstance(name, str):
+            raise NeuraldaError(f"a checkpoint is named by text (best, last or epoch-N), not {name!r}")
         path = self.path / "checkpoints" / f"{name}.safetensors"
         if not _CHECKPOINT_NAME.match(name) or not path.is_file():
             have = ", ".join(self.checkpoints()) or "none yet"
@@ -359,7 +361,8 @@ class Run:
         tensors, meta = read_checkpoint(path)
         with torch.device("meta"):
             check_sizes(self.build_model(), tensors, path)
-        model = self.build_model()
+        with torch.random.fork_rng(devices=[]):  # its first weights, replaced at once, leave the caller's draws be
+            model = self.build_model()
         load_model_tensors(model, tensors, path)
         return model.to(device).eval(), meta
 

@@ -31,7 +31,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from . import __version__
-from .errors import NeuraldaError
+from .errors import NeuraldaError, listed
 from .evaluate import perplexity
 from .generate import FORMS, MIN_TEMPERATURE, CopyGuards, SamplingConfig, batch_invariant, default_start, write_poems
 from .report import _number, perplexity_value
@@ -357,6 +357,7 @@ OTHER_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 def create_app(run_dirs: list[str], hosts: Sequence[str] = ("*",)) -> FastAPI:
     """The web app serving ``run_dirs`` to requests that name one of ``hosts`` (see ``allowed_hosts``); a run that
     cannot be served is a ``NeuraldaError`` now."""
+    run_dirs, hosts = listed(run_dirs, "run_dirs"), listed(hosts, "hosts")
     if not run_dirs:
         raise NeuraldaError("serve needs at least one run directory")
     served: dict[str, ServedRun] = {}
@@ -376,8 +377,8 @@ def create_app(run_dirs: list[str], hosts: Sequence[str] = ("*",)) -> FastAPI:
         redoc_url=None,
     )
     app.add_middleware(BodyLimit, limit=MAX_BODY)
-    app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(hosts))  # checked first (the last added runs first)
-    app.add_middleware(SecurityHeaders)  # around it: its refusals carry the headers too
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=hosts)  # checked before the body is read
+    app.add_middleware(SecurityHeaders)  # added last, so around both: their refusals carry the headers too
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:

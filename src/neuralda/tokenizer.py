@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from .errors import NeuraldaError
+from .errors import NeuraldaError, listed
 from .files import parse_json, write_json
 
 LINE = "<nl>"
@@ -203,7 +203,7 @@ def detokenize(tokens: Iterable[str]) -> str:
     lines: list[str] = []
     current: list[str] = []
     quotes = _no_open_quotes()
-    for tok in tokens:
+    for tok in listed(tokens, "tokens"):
         if tok in BREAKS:
             lines.append(_join_line(current, quotes))
             current = []
@@ -272,7 +272,8 @@ class Vocab:
         return cls(itos, keep_case=keep_case, min_count=min_count)
 
     def encode(self, tokens: Iterable[str]) -> list[int]:
-        return [self.stoi.get(t, self.unk) for t in tokens]
+        """The ids of ``tokens`` (``tokenize``'s), ``<unk>``'s for a word not in the vocabulary."""
+        return [self.stoi.get(t, self.unk) for t in listed(tokens, "tokens")]
 
     def decode(self, ids: Iterable[int]) -> list[str]:
         return [self.itos[i] for i in ids]

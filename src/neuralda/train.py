@@ -199,6 +199,8 @@ def check_unchanged(cfg: TrainConfig, run: Run) -> None:
 
 def pick_device(name: str) -> str:
     """``auto``: CUDA, then Apple's MPS, then the CPU; an unavailable device is an error."""
+    if not isinstance(name, str):
+        raise NeuraldaError(f"a device is named by text (auto, cpu, cuda or mps), not {name!r}")
     if name == "auto":
         if torch.cuda.is_available():
             return "cuda"
@@ -1202,7 +1204,7 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] | N
     Under ``torchrun`` each process trains on its slice of every batch and rank 0 alone writes the run directory.
     """
     log = log or (lambda s: print(s, file=sys.stderr, flush=True))
-    with _sigterm_as_interrupt(), contextlib.ExitStack() as held:
+    with _sigterm_as_interrupt(), _torch_state_kept(), contextlib.ExitStack() as held:
         trainer = Trainer(cfg, resume, log, held)
         with _keep_freed_memory(trainer.device):
             result = trainer.fit()
@@ -1214,6 +1216,19 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] | N
         gc.collect()
         dist.close()
     return result
+
+
+@contextlib.contextmanager
+def _torch_state_kept():
+    """Training seeds torch's generators (each epoch: a resumed run draws as an uninterrupted one) and turns TF32 on
+    for CUDA's products: the caller's generators (a GPU's where the caller has used one) and settings come back."""
+    cuda = [torch.cuda.current_device()] if torch.cuda.is_initialized() else []
+    tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    try:
+        with torch.random.fork_rng(devices=cuda):
+            yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
 
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_MMAP_MAX = -1, -3, -4  # glibc's mallopt parameters (malloc.h)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from .. import __version__
 from ..corpus import Poem, check_language, clean_field
-from ..errors import NeuraldaError, NeuraldaWarning
+from ..errors import NeuraldaError, NeuraldaWarning, listed
 from ..files import append_line, parse_json
 from .extract import check_selector, parse_html, poem_lang, select_line, select_links, select_poem
 from .fetch import (
@@ -94,7 +94,7 @@ def apply_preset(config: ScrapeConfig) -> ScrapeConfig:
 
 
 def _check_config(config: ScrapeConfig) -> None:
-    if not config.start_urls:
+    if not listed(config.start_urls, "start_urls"):
         raise NeuraldaError("give at least one start URL")
     for url in config.start_urls:
         if normalize_url(url) is None:

@@ -1,5 +1,6 @@
 import json
 import math
+import re
 import shutil
 import subprocess
 import sys
@@ -1274,3 +1275,31 @@ def test_training_gives_the_caller_s_random_numbers_back(tmp_path, corpus_file):
     torch.manual_seed(5)
     train(tiny_config(corpus_file, tmp_path / "run", epochs=1), **QUIET)
     assert torch.equal(torch.rand(3), expected)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("epochs", 1.5, "epochs must be a whole number, got 1.5"),  # trained 2 epochs and recorded 1.5
+    ("epochs", True, "epochs must be a whole number, got True"),
+    ("seed", 1.5, "seed must be a whole number, got 1.5"),  # torch's error once the run's files were written
+    ("keep_case", 1, "keep_case must be true or false, got 1"),  # trained, then every resume refused
+    ("save_at", (1.5,), "save_at must be a list of whole numbers, got (1.5,)"),  # saved nothing
+    ("lr", "0.01", "lr must be a number, got '0.01'"),
+])
+def test_a_setting_of_the_wrong_type_from_python_is_one_line_and_writes_nothing(tmp_path, corpus_file, field, value,
+                                                                                message):
+    with pytest.raises(NeuraldaError, match=f"^{re.escape(message)}$"):
+        train(tiny_config(corpus_file, tmp_path / "run", **{field: value}), **QUIET)
+    assert not (tmp_path / "run").exists()
+
+
+def test_numpy_numbers_and_paths_are_settings_as_python_s_own(tmp_path, corpus_file):
+    """A Path as output, numpy's int64 epochs or float32 rate failed in json.dumps once the split was written."""
+    from dataclasses import replace
+
+    import numpy as np
+
+    config = replace(tiny_config(corpus_file, tmp_path / "run", epochs=np.int64(1), lr=np.float32(0.01)),
+                     output=tmp_path / "run")
+    result = train(config, **QUIET)
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert result.epochs == 1 and config["epochs"] == 1 and config["output"] == str(tmp_path / "run")

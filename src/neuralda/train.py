@@ -8,6 +8,7 @@ import functools
 import gc
 import json
 import math
+import numbers
 import os
 import re
 import reprlib
@@ -95,6 +96,13 @@ class TrainConfig:
     progress: bool = True
     compile: bool = False  # this invocation's choice: a speed-up that trains the same model
 
+    def checked(self) -> "TrainConfig":
+        """This config with every value of its field's type (numpy's numbers and paths made plain ones), or a
+        one-line error naming the field: from Python, epochs=1.5 trained 2 epochs, and a Path or seed=1.5 failed in
+        json or torch once the run's files were written."""
+        hints = typing.get_type_hints(TrainConfig)
+        return replace(self, **{f.name: _as_type(f.name, getattr(self, f.name), hints[f.name]) for f in fields(self)})
+
     def with_defaults(self) -> "TrainConfig":
         """This config with ``DEFAULTS`` for the options left at None, as a new run takes them."""
         return replace(self, **{k: v for k, v in DEFAULTS.items() if getattr(self, k) is None})
@@ -121,6 +129,29 @@ class TrainConfig:
         out.update(format_version=FORMAT_VERSION, neuralda_version=__version__, train_tokens=train_tokens)
         check_settings(out)
         return out
+
+
+def _as_type(name: str, value: object, hint: object) -> object:
+    """``value`` as the type ``hint`` names (``TrainConfig``'s: str, int, float, bool, a tuple of ints, or None)."""
+    args = typing.get_args(hint)
+    if type(None) in args:
+        return None if value is None else _as_type(name, value, next(a for a in args if a is not type(None)))
+    if typing.get_origin(hint) is tuple:
+        listed = not isinstance(value, (str, bytes)) and isinstance(value, typing.Iterable)
+        items = list(value) if listed else []
+        if not listed or any(isinstance(v, bool) or not isinstance(v, numbers.Integral) for v in items):
+            raise NeuraldaError(f"{name} must be a list of whole numbers, got {value!r}")
+        return tuple(int(v) for v in items)
+    if hint is str and isinstance(value, (str, os.PathLike)):
+        return os.fspath(value)
+    if hint is bool and isinstance(value, bool):
+        return value
+    if hint is int and isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return int(value)
+    if hint is float and isinstance(value, numbers.Real) and not isinstance(value, bool):
+        return float(value)
+    what = {str: "text", int: "a whole number", float: "a number", bool: "true or false"}[hint]
+    raise NeuraldaError(f"{name} must be {what}, got {value!r}")
 
 
 # The most a rate, weight decay or clipping bound may be: far past any that trains, and inside float32's range, where
@@ -725,6 +756,10 @@ def _truncate_epochs(path: Path, epoch: int) -> None:
 
 @dataclass
 class TrainResult:
+    """What ``train`` did: the run directory, the epochs it reached, the best one and its held-out perplexity (None
+    without held-out poems), why it stopped ("epochs", "patience" or "time"), the seconds its epochs took
+    (validation, checkpoints and the last sample included) and the tokens it trained on."""
+
     run: Path
     epochs: int
     best_epoch: int
@@ -1201,9 +1236,13 @@ class Trainer:
 def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] | None = None) -> TrainResult:
     """Train a model into ``cfg.output`` (or continue the run there with ``resume``).
 
-    Under ``torchrun`` each process trains on its slice of every batch and rank 0 alone writes the run directory.
+    ``log`` takes each line of progress (default: stderr; ``cfg.progress`` adds a bar on a terminal). While it runs,
+    SIGTERM stops it as Ctrl-C does (writing the best weights); torch's random generator and settings are the
+    caller's again after. Under ``torchrun`` each process trains on its slice of every batch and rank 0 alone writes
+    the run directory.
     """
     log = log or (lambda s: print(s, file=sys.stderr, flush=True))
+    cfg = cfg.checked()  # before anything is written
     with _sigterm_as_interrupt(), _torch_state_kept(), contextlib.ExitStack() as held:
         trainer = Trainer(cfg, resume, log, held)
         with _keep_freed_memory(trainer.device):

@@ -339,12 +339,19 @@ def test_a_run_given_as_dot_is_named_after_its_folder(tiny_run, monkeypatch):
     assert Run.open(".").name == tiny_run.name
 
 
+def saved_figures(monkeypatch) -> list:
+    """The figures the report saves as PNG, in order (to look at their axes)."""
+    from matplotlib.figure import Figure
+
+    figures, save = [], Figure.savefig
+    monkeypatch.setattr(Figure, "savefig", lambda self, *args, **kw: (figures.append(self), save(self, *args, **kw)))
+    return figures
+
+
 def test_a_plot_of_400_epochs_keeps_its_line_styles_and_readable_ticks(tiny_run, tmp_path, monkeypatch):
     """Markers at each of 400 epochs made the dashed training line solid like the held-out one, and labelling every
     2..9 of four decades piled the y-axis labels on one another (the seed's 400 epochs, memorising)."""
     import shutil
-
-    import matplotlib.pyplot as plt
 
     from neuralda.report import plot_perplexity
     from neuralda.run import Run
@@ -353,8 +360,7 @@ def test_a_plot_of_400_epochs_keeps_its_line_styles_and_readable_ticks(tiny_run,
     rows = [{"epoch": e, "train_ppl": 2000 * math.exp(-e / 40) + 1.3, "val_ppl": 500 + 4 * e, "best": e == 1}
             for e in range(1, 401)]
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    figures = []
-    monkeypatch.setattr(plt, "close", lambda fig=None: figures.append(fig))
+    figures = saved_figures(monkeypatch)
     plot_perplexity([Run.open(run)])
     ax = figures[0].axes[0]
     training = next(line for line in ax.get_lines() if line.get_linestyle() == "--")
@@ -449,8 +455,6 @@ def test_the_plot_is_log_scale_marks_saved_epochs_and_stars_the_trainer_s_best(t
     """The star is the epoch the trainer kept as best, not a later one a hair lower (under its 0.01% rule)."""
     import shutil
 
-    import matplotlib.pyplot as plt
-
     from neuralda.report import plot_perplexity
     from neuralda.run import Run
 
@@ -458,8 +462,7 @@ def test_the_plot_is_log_scale_marks_saved_epochs_and_stars_the_trainer_s_best(t
     rows = [{"epoch": e, "train_ppl": 60 - e, "val_ppl": v, "best": b}
             for e, v, b in [(1, 50.0, True), (2, 40.0, True), (3, 39.999, False), (4, 45.0, False)]]
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    figures = []
-    monkeypatch.setattr(plt, "close", lambda fig=None: figures.append(fig))
+    figures = saved_figures(monkeypatch)
     plot_perplexity([Run.open(run)])
     ax = figures[0].axes[0]
     assert ax.get_yscale() == "log"

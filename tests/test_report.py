@@ -541,3 +541,11 @@ def test_the_report_leaves_the_caller_s_plotting_backend_and_figures_be(tiny_run
     finally:
         plt.close("all")
         plt.switch_backend("agg")
+
+
+def test_a_report_with_no_run_or_a_title_that_is_not_text_is_one_line(tiny_run, tmp_path):
+    """A bare StopIteration, and an AttributeError once every poem had been written."""
+    with pytest.raises(NeuraldaError, match="^give at least one run directory$"):
+        write_report([], tmp_path / "post.md")
+    with pytest.raises(NeuraldaError, match="^the title must be text, got None$"):
+        write_report([str(tiny_run)], tmp_path / "post.md", title=None)

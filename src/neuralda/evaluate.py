@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import numbers
 from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
 from pathlib import Path
@@ -364,6 +365,8 @@ def measure_checkpoints(
     from .train import pick_device
 
     device = pick_device(device)  # "gpu": one line naming the choices, not torch's list of its device types
+    if isinstance(samples, bool) or not isinstance(samples, numbers.Integral) or samples < 0:  # not "--n"
+        raise NeuraldaError(f"--samples must be 0 or more, got {samples!r}")
     run = Run.open(run_dir)
     text, index = None, None
     for checkpoint in listed(checkpoints, "checkpoints"):

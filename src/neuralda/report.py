@@ -387,6 +387,8 @@ def write_report(
 
     The outputs are checked before any poem is written: an existing one is replaced only with ``force``.
     """
+    if not isinstance(title, str):
+        raise NeuraldaError(f"the title must be text, got {title!r}")
     output, plot, html_path = report_paths(output, html_path, force)
     runs, entries = collect(run_dirs, start, seed, samples, words, corpus)
     title = " ".join(printable(title).split())  # one line: a Markdown heading ends at a line break

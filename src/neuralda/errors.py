@@ -20,8 +20,9 @@ def shown(text: str) -> str:
 
 
 def listed(value: Any, name: str) -> list:
-    """``value``, a list (or any iterable) of items, as a list; one string, bytes or path is an error, not a list of
-    its characters ("runs/x" read as the runs "r", "u", ...)."""
+    """``value``, a list (or any iterable) of items, as a list (a list as it is: no copy on a hot path such as
+    ``Vocab.encode``); one string, bytes or path is an error, not a list of its characters ("runs/x" read as the runs
+    "r", "u", ...)."""
     if isinstance(value, (str, bytes, os.PathLike)):
         raise NeuraldaError(f"{name} must be a list, not one {type(value).__name__}: [{value!r}]")
-    return list(value)
+    return value if isinstance(value, list) else list(value)

@@ -339,8 +339,8 @@ poems' word runs found verbatim in the training poems. {html.escape(beginning)}<
 
 def _beginning(runs: list[Run], start: str | None) -> str:
     """How the report's poems begin, as a sentence (``start`` none: "love", or anywhere for a model without it)."""
-    # One line ("  ": none), written as UTF-8: a Markdown sentence ends at a line break.
-    starts = {default_start(run.vocab) if start is None else " ".join(printable(start).split()) for run in runs}
+    given = None if start is None else " ".join(printable(start).split())  # one line, UTF-8 ("  ": none)
+    starts = {default_start(run.vocab) if given is None else given for run in runs}
     if starts == {""}:
         return "Poems begin where the model likes."
     word = next(s for s in starts if s)
@@ -395,8 +395,8 @@ def write_report(
     plot_png = plot_perplexity(runs)
     # Everything is made before anything is written: a failure leaves no plot without its report.
     beginning = _beginning(runs, start)
-    text = (markdown(runs, entries, title, plot.name if plot_png else None, beginning) + "\n").encode()
-    page = html_page(runs, entries, title, plot_png, beginning).encode() if html_path else None
+    text = markdown(runs, entries, title, plot.name if plot_png else None, beginning) + "\n"
+    page = html_page(runs, entries, title, plot_png, beginning) if html_path else None
     remove_partial_writes_of(plot, output, *([html_path] if page is not None else []))  # what a killed report left
     # All or none: a page that cannot be written (a read-only folder) leaves the report it would have replaced.
     files = {plot: plot_png, output: text, html_path: page}

@@ -37,6 +37,7 @@ from .models import RECIPES, Recipe, build_model, default_size, recipe
 from .run import (
     FORMAT_VERSION,
     Run,
+    _describe,
     _whole,
     check_types,
     checkpoint_meta,
@@ -137,21 +138,19 @@ def _as_type(name: str, value: object, hint: object) -> object:
     if type(None) in args:
         return None if value is None else _as_type(name, value, next(a for a in args if a is not type(None)))
     if typing.get_origin(hint) is tuple:
-        listed = not isinstance(value, (str, bytes)) and isinstance(value, typing.Iterable)
-        items = list(value) if listed else []
-        if not listed or any(isinstance(v, bool) or not isinstance(v, numbers.Integral) for v in items):
-            raise NeuraldaError(f"{name} must be a list of whole numbers, got {value!r}")
-        return tuple(int(v) for v in items)
-    if hint is str and isinstance(value, (str, os.PathLike)):
+        iterable = not isinstance(value, (str, bytes)) and isinstance(value, typing.Iterable)
+        items = list(value) if iterable else []
+        if iterable and not any(isinstance(v, bool) or not isinstance(v, numbers.Integral) for v in items):
+            return tuple(int(v) for v in items)
+    elif hint is str and isinstance(value, (str, os.PathLike)):
         return os.fspath(value)
-    if hint is bool and isinstance(value, bool):
+    elif hint is bool and isinstance(value, bool):
         return value
-    if hint is int and isinstance(value, numbers.Integral) and not isinstance(value, bool):
+    elif hint is int and isinstance(value, numbers.Integral) and not isinstance(value, bool):
         return int(value)
-    if hint is float and isinstance(value, numbers.Real) and not isinstance(value, bool):
+    elif hint is float and isinstance(value, numbers.Real) and not isinstance(value, bool):
         return float(value)
-    what = {str: "text", int: "a whole number", float: "a number", bool: "true or false"}[hint]
-    raise NeuraldaError(f"{name} must be {what}, got {value!r}")
+    raise NeuraldaError(f"{name} must be {_describe(hint)}, got {value!r}")
 
 
 # The most a rate, weight decay or clipping bound may be: far past any that trains, and inside float32's range, where

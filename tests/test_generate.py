@@ -14,6 +14,7 @@ from neuralda.errors import NeuraldaError, NeuraldaWarning
 from neuralda.generate import (
     MIN_TEMPERATURE,
     SamplingConfig,
+    Stopped,
     filter_logits,
     poem_generators,
     sample_next,
@@ -177,6 +178,23 @@ def test_stops_at_poem_end():
     logits = torch.full((len(v),), -1e9)
     logits[v.stoi[POEM_END]] = 0
     assert write_poems(FixedModel(logits), v, "love sea", words=50, seed=0) == [("love sea", True)]
+
+
+def test_writing_stops_when_told_and_is_the_same_when_never_told():
+    v = vocab()
+    logits = torch.zeros(len(v))
+    logits[v.stoi[POEM_END]] = -torch.inf
+    asked = []
+
+    def stop_after_5() -> bool:
+        asked.append(1)
+        return len(asked) > 5
+
+    with pytest.raises(Stopped):
+        write_poems(FixedModel(logits), v, "love", words=100, n=3, seed=0, stop=stop_after_5)
+    assert len(asked) == 6  # asked before each token of the batch, and nothing written after it said so
+    never = write_poems(FixedModel(logits), v, "love", words=20, n=3, seed=0, stop=lambda: False)
+    assert never == write_poems(FixedModel(logits), v, "love", words=20, n=3, seed=0)
 
 
 def test_unk_is_never_written():

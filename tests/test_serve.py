@@ -6,6 +6,7 @@ import json
 import math
 import re
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -19,9 +20,9 @@ import pytest
 import uvicorn
 
 from neuralda.errors import NeuraldaError
-from neuralda.generate import CopyGuard, SamplingConfig, write_poems
+from neuralda.generate import CopyGuard, SamplingConfig, Stopped, write_poems
 from neuralda.run import Run
-from neuralda.serve import MAX_BODY, Batcher, allowed_hosts, create_app, listen
+from neuralda.serve import MAX_BODY, Batcher, allowed_hosts, create_app, listen, uvicorn_server
 from neuralda.train import TrainConfig, train
 
 LOVE_LINES = [
@@ -75,8 +76,10 @@ class LiveServer:
 
     def __init__(self, run_dirs: list[str]) -> None:
         sock = listen("127.0.0.1", 0)
-        self.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-        self.server = uvicorn.Server(uvicorn.Config(create_app(run_dirs), log_level="warning"))
+        self.address = sock.getsockname()
+        self.url = f"http://127.0.0.1:{self.address[1]}"
+        self.app = create_app(run_dirs)
+        self.server = uvicorn_server(self.app)
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, daemon=True)
 
     def __enter__(self) -> LiveServer:
@@ -90,6 +93,7 @@ class LiveServer:
     def __exit__(self, *_) -> None:
         self.server.should_exit = True
         self.thread.join(10)
+        self.app.state.writers.close()
 
 
 @pytest.fixture(scope="module")
@@ -327,9 +331,9 @@ def test_requests_for_another_run_checkpoint_or_start_are_never_written_in_one_b
     early = shutil.copytree(runs[0], tmp_path / "early")  # other weights: its best is its first epoch
     shutil.copy(early / "checkpoints" / "epoch-1.safetensors", early / "checkpoints" / "best.safetensors")
 
-    def slow(*args):
+    def slow(*args, **kwargs):
         time.sleep(0.5)  # the requests that come meanwhile wait for the next batch
-        return write_poems(*args)
+        return write_poems(*args, **kwargs)
 
     first = {"run": "tiny", "checkpoint": "best", "start": "love", "words": 30, "seed": 9}
     # Each differs from the first in one of run, checkpoint and start only; all wait behind one like the first.
@@ -350,7 +354,7 @@ def test_batcher_writes_waiting_jobs_together_and_answers_each_its_own():
     calls: list[list[int]] = []
     running = threading.Event()
 
-    def work(seeds):
+    def work(seeds, stop):
         calls.append(list(seeds))
         running.set()
         time.sleep(0.2)  # jobs that come meanwhile wait for the next batch
@@ -378,6 +382,148 @@ def test_batcher_writes_waiting_jobs_together_and_answers_each_its_own():
     assert batcher.waiting == {}
 
 
+def test_a_job_whose_client_has_gone_leaves_the_queue_and_a_batch_all_gone_is_told_to_stop():
+    release, entered, stops = threading.Event(), threading.Event(), []
+
+    def work(seeds, stop):
+        entered.set()
+        while not (release.is_set() or stop()):
+            time.sleep(0.005)
+        stops.append(stop())
+        if stop():
+            raise Stopped
+        return [f"poem {s}" for s in seeds]
+
+    batcher = Batcher(max_batch=4, poll=0.01)
+    gone = [threading.Event() for _ in range(4)]
+    with ThreadPoolExecutor(4) as pool:
+        first = pool.submit(batcher.submit, "key", 0, work, gone[0])
+        assert entered.wait(5)
+        waiting = [pool.submit(batcher.submit, "key", s, work, gone[s]) for s in (1, 2, 3)]
+        time.sleep(0.1)
+        gone[1].set()
+        with pytest.raises(Stopped):  # without waiting for the batch before it
+            waiting[0].result(timeout=2)
+        assert [j.seed for j in batcher.waiting["key"]] == [2, 3] and not first.done()
+        gone[0].set()  # every client of the running batch has gone: it is told to stop
+        with pytest.raises(Stopped):
+            first.result(timeout=2)
+        release.set()
+        assert [f.result(timeout=5) for f in waiting[1:]] == ["poem 2", "poem 3"]
+    assert stops == [True, False] and batcher.waiting == {}
+
+
+def post_and_leave_open(address: tuple, body: dict) -> socket.socket:
+    """A connection that has sent a generate request and reads nothing."""
+    data = json.dumps(body).encode()
+    sock = socket.create_connection(address)
+    sock.sendall(b"POST /api/generate HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: %d\r\n\r\n%s" % (len(data), data))
+    return sock
+
+
+def endless_when_cold(monkeypatch) -> tuple[threading.Event, threading.Event]:
+    """``write_poems`` made to write for ever at temperature 0.5 (until told to stop): the events of such writing
+    begun and stopped."""
+    import neuralda.serve
+
+    begun, stopped = threading.Event(), threading.Event()
+
+    def writer(model, vocab, start, words, n, sampling, *rest, stop=None, **kwargs):
+        if sampling.temperature != 0.5:
+            return write_poems(model, vocab, start, words, n, sampling, *rest, stop=stop, **kwargs)
+        begun.set()
+        while not stop():
+            time.sleep(0.01)
+        stopped.set()
+        raise Stopped
+
+    monkeypatch.setattr(neuralda.serve, "write_poems", writer)
+    return begun, stopped
+
+
+def test_poems_whose_clients_have_left_stop_and_hold_up_no_one(runs, monkeypatch):
+    """More requests than worker threads, all abandoned: their writing stops, and the next request is answered."""
+    begun, stopped = endless_when_cold(monkeypatch)
+    with LiveServer([str(runs[0])]) as live, httpx.Client(base_url=live.url, timeout=20) as c:
+        left = [post_and_leave_open(live.address, {"words": 500, "temperature": 0.5, "seed": s}) for s in range(60)]
+        assert begun.wait(10)
+        time.sleep(0.5)
+        for sock in left:
+            sock.close()
+        assert stopped.wait(5)
+        assert write(c, words=5, seed=1).status_code == 200
+        assert live.app.state.writers.pending == 0
+
+
+def test_more_poems_at_once_than_the_server_takes_are_503_with_when_to_ask_again(runs, monkeypatch):
+    begun, _ = endless_when_cold(monkeypatch)
+    with LiveServer([str(runs[0])]) as live, httpx.Client(base_url=live.url, timeout=20) as c:
+        live.app.state.writers.limit = 2
+        held = [post_and_leave_open(live.address, {"words": 50, "temperature": 0.5}) for _ in range(2)]
+        assert begun.wait(10)
+        r = write(c, words=5)
+        for sock in held:
+            sock.close()
+    assert r.status_code == 503 and r.headers["retry-after"] == "1" and "ask again" in r.json()["detail"]
+
+
+def test_a_server_told_to_stop_finishes_short_poems_and_stops_the_rest_with_503(runs, monkeypatch):
+    import neuralda.serve
+
+    begun, stopped = endless_when_cold(monkeypatch)
+    monkeypatch.setattr(neuralda.serve, "SHUTDOWN_GRACE", 1)
+    with ThreadPoolExecutor(2) as pool:
+        with LiveServer([str(runs[0])]) as live:
+            c = httpx.Client(base_url=live.url, timeout=20)
+            endless = pool.submit(write, c, words=50, temperature=0.5)
+            assert begun.wait(10)
+            short = pool.submit(write, c, words=50, temperature=0.9)
+            time.sleep(0.2)
+            t0 = time.perf_counter()
+            live.server.should_exit = True  # Ctrl-C
+            live.thread.join(10)
+            assert time.perf_counter() - t0 < 5 and not live.thread.is_alive()
+        assert short.result().status_code == 200
+        assert endless.result().status_code == 503 and "stopping" in endless.result().json()["detail"]
+    assert stopped.is_set()
+
+
+def test_connections_that_are_slow_to_send_their_request_are_closed(runs, monkeypatch):
+    import neuralda.serve
+
+    monkeypatch.setattr(neuralda.serve, "REQUEST_TIMEOUT", 0.5)
+
+    def closed_within(sock: socket.socket, seconds: float, trickle: bytes = b"") -> bool:
+        sock.settimeout(0.05)
+        t0 = time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            try:
+                if trickle:  # a byte at a time
+                    sock.sendall(trickle[:1])
+                    trickle = trickle[1:]
+                if sock.recv(1000) == b"":
+                    return True
+            except socket.timeout:
+                continue
+            except ConnectionError:
+                return True
+        return False
+
+    with LiveServer([str(runs[0])]) as live:
+        silent = socket.create_connection(live.address)
+        assert closed_within(silent, 3)
+        headers = b"GET /api/models HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: " + b"." * 200
+        assert closed_within(socket.create_connection(live.address), 3, trickle=headers)
+        body = socket.create_connection(live.address)
+        body.sendall(b"POST /api/generate HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100\r\n\r\n{")
+        assert closed_within(body, 3)
+        with httpx.Client(base_url=live.url, timeout=20) as c:  # a client that sends in time is answered
+            assert [write(c, words=5, seed=s).status_code for s in range(3)] == [200] * 3
+            time.sleep(0.7)  # its connection idles past the limit and is opened again
+            assert write(c, words=5, seed=4).status_code == 200
+
+
 @pytest.mark.parametrize("invariant", [True, False], ids=["cpu", "a batch that may round otherwise"])
 def test_a_transformer_is_batched_only_where_a_batch_writes_each_poem_as_alone(tmp_path, monkeypatch, invariant):
     """On the CPU its packed steps give a row the bits it gets alone; where a batch may round otherwise (the model's
@@ -392,10 +538,10 @@ def test_a_transformer_is_batched_only_where_a_batch_writes_each_poem_as_alone(t
     run = train(cfg, log=lambda _: None).run
     sizes = []
 
-    def recorded(model, vocab, start, words, n, *rest):
+    def recorded(model, vocab, start, words, n, *rest, **kwargs):
         sizes.append(n)
         time.sleep(0.2)  # the requests that come meanwhile would join the next batch
-        return write_poems(model, vocab, start, words, n, *rest)
+        return write_poems(model, vocab, start, words, n, *rest, **kwargs)
 
     monkeypatch.setattr(neuralda.serve, "write_poems", recorded)
     with LiveServer([str(run)]) as live, httpx.Client(base_url=live.url, timeout=60) as c:
@@ -408,10 +554,10 @@ def test_a_transformer_is_batched_only_where_a_batch_writes_each_poem_as_alone(t
 def test_a_slow_poem_holds_up_no_other_request(client, monkeypatch):
     import neuralda.serve
 
-    def slow_when_cold(model, vocab, start, words, n, sampling, seeds, *shape):
+    def slow_when_cold(model, vocab, start, words, n, sampling, seeds, *shape, **kwargs):
         if sampling.temperature == 0.5:
             time.sleep(1.5)
-        return write_poems(model, vocab, start, words, n, sampling, seeds, *shape)
+        return write_poems(model, vocab, start, words, n, sampling, seeds, *shape, **kwargs)
 
     monkeypatch.setattr(neuralda.serve, "write_poems", slow_when_cold)
     with ThreadPoolExecutor(2) as pool:
@@ -431,6 +577,17 @@ def test_a_damaged_checkpoint_asked_for_is_an_error_that_says_so(runs, tmp_path)
     with LiveServer([str(run)]) as live, httpx.Client(base_url=live.url, timeout=30) as c:
         r = write(c, words=5, checkpoint="epoch-1")
     assert r.status_code == 500 and "epoch-1" in r.json()["detail"]
+
+
+def test_a_checkpoint_deleted_while_served_is_not_found_and_no_longer_listed(runs, tmp_path):
+    run = shutil.copytree(runs[0], tmp_path / "pruned")
+    with LiveServer([str(run)]) as live, httpx.Client(base_url=live.url, timeout=30) as c:
+        (run / "checkpoints" / "epoch-1.safetensors").unlink()
+        r = write(c, words=5, checkpoint="epoch-1")
+        listed = [k["name"] for k in c.get("/api/models").json()["runs"][0]["checkpoints"]]
+        assert write(c, words=5, checkpoint="best").status_code == 200  # loaded at start: still served
+    assert r.status_code == 404 and "epoch-1" in r.json()["detail"]
+    assert "epoch-1" not in listed and "best" in listed
 
 
 def test_the_longest_poem_asked_for_is_bounded(client):

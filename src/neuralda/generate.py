@@ -44,6 +44,10 @@ class NoDistribution(NeuraldaError):
     """The model's next-word scores hold NaN or +inf, or block every word: there is nothing to draw from."""
 
 
+class Stopped(Exception):
+    """Writing stopped before its poems were done: no one waits for them any more (``write_poems``' ``stop``)."""
+
+
 @dataclass
 class SamplingConfig:
     """How the next word is drawn. Temperature 1 with no filter samples from the model's own probabilities, as the
@@ -463,6 +467,7 @@ def write_poems(
     form: str = "free",
     guard: CopyGuard | None = None,
     precision: str = "auto",
+    stop: Callable[[], bool] | None = None,
 ) -> list[tuple[str, bool]]:
     """``n`` poems written at once (``WRITE_BATCH`` at a time, fewer for a big vocabulary) from ``start`` (none:
     ``default_start``): (poem text, whether it ended by itself).
@@ -470,7 +475,8 @@ def write_poems(
     Poem ``i`` draws from seed ``seed + i`` (or ``seed[i]`` for a list; none: a random seed). A poem stops at
     ``<poembreak>``, after ``words`` words or after ``lines`` lines (0: no limit); ``form`` sets the lines per
     stanza; ``guard`` blocks every word that would copy a run of words from the training poems; ``precision``
-    chooses the arithmetic (``writing_steps``).
+    chooses the arithmetic (``writing_steps``). ``stop`` is asked before each token: True raises ``Stopped`` (a
+    server's client has gone).
     """
     sampling = sampling or SamplingConfig()
     sampling.check()
@@ -490,7 +496,7 @@ def write_poems(
     return [
         poem
         for batch in batches
-        for poem in _write_batch(model, vocab, prime, words, batch, sampling, lines, FORMS[form], guard, precision)
+        for poem in _write_batch(model, vocab, prime, words, batch, sampling, lines, FORMS[form], guard, precision, stop)
     ]
 
 
@@ -505,6 +511,7 @@ def _write_batch(
     per_stanza: int,
     guard: CopyGuard | None,
     precision: str,
+    stop: Callable[[], bool] | None,
 ) -> list[tuple[str, bool]]:
     """The poems of ``seeds`` written at once from the start tokens ``prime`` (see ``write_poems``)."""
     n = len(seeds)
@@ -537,6 +544,8 @@ def _write_batch(
         logits, state = step(torch.full((n, 1), token_id, device=device), state)
     live = list(range(n))  # the poems of the batch's rows
     for _ in range(4 * words + 50):  # punctuation and breaks are not words: bound the steps too
+        if stop is not None and stop():
+            raise Stopped
         rows, cols = list(range(len(live))), [vocab.unk] * len(live)  # <unk> never; the rest each poem's own
         for r, i in enumerate(live):
             d = drafts[i]

@@ -5,8 +5,8 @@ read after that. Requests that arrive while poems like theirs are being written 
 sampling) are written together in the next batched pass (``Batcher``): writing is a Python loop over tokens that
 holds the GIL, so side-by-side passes would only take turns. Each poem draws from its own seed, so a poem is the
 same whatever it was batched with; a model whose batches are not checked to round each poem as alone
-(``batch_invariant``) writes each request alone. Only the runs and checkpoints named at start can be asked for: a request names
-them, never a path.
+(``batch_invariant``) writes each request alone. A poem whose client has left stops being written (``Writers``).
+Only the runs and checkpoints named at start can be asked for: a request names them, never a path.
 """
 
 from __future__ import annotations
@@ -18,9 +18,12 @@ import socket
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Hashable, Literal, Sequence
+from typing import Callable, Hashable, Literal, Sequence, TypeVar
 
+import anyio
+import h11
 import torch
+import uvicorn
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
@@ -29,11 +32,14 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.trustedhost import TrustedHostMiddleware
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from . import __version__
 from .errors import NeuraldaError, listed
 from .evaluate import perplexity
-from .generate import FORMS, MIN_TEMPERATURE, CopyGuards, SamplingConfig, batch_invariant, default_start, write_poems
+from .generate import (
+    FORMS, MIN_TEMPERATURE, CopyGuards, SamplingConfig, Stopped, batch_invariant, default_start, write_poems
+)
 from .report import _number, perplexity_value
 from .run import Run
 from .tokenizer import is_word, tokenize
@@ -47,6 +53,14 @@ MAX_LINES = 100
 MAX_PENALTY = 10.0
 # Each length asked for builds an index of the training poems' word runs, kept while the server runs.
 MAX_COPY = 12
+MAX_PENDING = 4 * MAX_BATCH  # poems asked for at once; more are answered 503 (each waits in memory, or a thread)
+DISCONNECT_POLL = 0.1  # seconds between asking whether a waiting request's client is still there
+REQUEST_TIMEOUT = 10.0  # seconds a client has to send a request's headers and body (a few hundred bytes)
+MAX_CONNECTIONS = 1000  # open at once; a request beyond is answered 503 (each holds a file descriptor)
+BACKLOG = 128  # connections the system holds before they are accepted
+SHUTDOWN_GRACE = 10  # seconds the poems being written have to finish once the server is told to stop
+
+T = TypeVar("T")
 
 Form = Literal[tuple(FORMS)]  # type: ignore[valid-type]
 UNREADABLE_BODY = (
@@ -130,10 +144,16 @@ class ServedRun:
         self.guards = CopyGuards(self.run.training_texts, self.run.vocab)
 
     def model(self, checkpoint: str) -> torch.nn.Module:
-        """The model of ``checkpoint``, loaded on first use; concurrent first uses load it once."""
+        """The model of ``checkpoint``, loaded on first use; concurrent first uses load it once. One that cannot be
+        loaded any more because its file is gone leaves the list of checkpoints."""
         with self.lock:
             if checkpoint not in self.models:
-                self.models[checkpoint], meta = self.run.load_model(checkpoint, device="cpu")
+                try:
+                    self.models[checkpoint], meta = self.run.load_model(checkpoint, device="cpu")
+                except NeuraldaError:
+                    kept = {*self.run.checkpoints(), *self.models}
+                    self.info.checkpoints = [c for c in self.info.checkpoints if c.name in kept]
+                    raise
                 # A run still training replaces best and last: the list describes the weights written with.
                 self.info.checkpoints = [
                     checkpoint_info(c.name, meta, self.run.metrics()) if c.name == checkpoint else c
@@ -186,9 +206,10 @@ def open_served(path: str) -> ServedRun:
     return served
 
 
-@dataclass
+@dataclass(eq=False)
 class _Job:
     seed: int
+    gone: threading.Event  # set when no one waits for its poem any more
     wake: threading.Event = field(default_factory=threading.Event)
     lead: bool = False  # this request's thread writes the next batch
     done: bool = False
@@ -197,21 +218,26 @@ class _Job:
 
 
 class Batcher:
-    """Jobs with the same key that wait at the same time are done in one call of ``work(seeds)``.
+    """Jobs with the same key that wait at the same time are done in one call of ``work(seeds, stop)``.
 
     No timer: the first job of a key runs at once, alone; jobs that come while it runs wait, and the next batch
     takes them all (up to ``max_batch``). The thread that runs a batch hands the next one to a waiting job's thread
     as soon as its own job is done, so no request waits for work that is not its own for longer than one batch.
+    A job whose ``gone`` is set leaves the queue, and ``stop()`` tells a batch that every one of its jobs is gone.
     """
 
-    def __init__(self, max_batch: int = MAX_BATCH) -> None:
-        self.max_batch = max_batch
+    def __init__(self, max_batch: int = MAX_BATCH, poll: float = 0.05) -> None:
+        self.max_batch, self.poll = max_batch, poll
         self.lock = threading.Lock()
         self.waiting: dict[Hashable, list[_Job]] = {}  # a key is here while a batch of it is being done
 
-    def submit(self, key: Hashable, seed: int, work: Callable[[Sequence[int]], Sequence]):
-        """The result for ``seed``: ``work([..., seed, ...])[its index]``; ``work``'s error is raised here too."""
-        job = _Job(seed)
+    def submit(
+        self, key: Hashable, seed: int, work: Callable[[Sequence[int], Callable[[], bool]], Sequence],
+        gone: threading.Event | None = None,
+    ):
+        """The result for ``seed``: ``work([..., seed, ...], stop)[its index]``; ``work``'s error is raised here
+        too, and ``Stopped`` where ``gone`` was set before its batch began."""
+        job = _Job(seed, gone or threading.Event())
         with self.lock:
             if key in self.waiting:
                 self.waiting[key].append(job)
@@ -220,18 +246,29 @@ class Batcher:
                 job.lead = True
         while not job.done:
             if not job.lead:
-                job.wake.wait()
+                job.wake.wait(self.poll)  # polled: a job that is gone leaves the queue without waiting its turn
                 job.wake.clear()
+                with self.lock:
+                    queue = self.waiting.get(key, [])
+                    if job.gone.is_set() and not job.lead and job in queue:
+                        queue.remove(job)  # the batch running now hands over to the next job, or ends the key
+                        raise Stopped
                 continue
             with self.lock:
-                batch = self.waiting[key][: self.max_batch]
+                taken = self.waiting[key][: self.max_batch]
                 del self.waiting[key][: self.max_batch]
-            try:
-                results, error = work([j.seed for j in batch]), None
-            except BaseException as e:  # every job of the batch answers with it
-                results, error = [None] * len(batch), e
-            for j, result in zip(batch, results):
-                j.result, j.error, j.done = result, error, True
+            batch = [j for j in taken if not j.gone.is_set()]
+            for j in taken:
+                if j not in batch:
+                    j.error, j.done = Stopped(), True
+            if batch:
+                try:
+                    results, error = work([j.seed for j in batch], lambda: all(j.gone.is_set() for j in batch)), None
+                except BaseException as e:  # every job of the batch answers with it
+                    results, error = [None] * len(batch), e
+                for j, result in zip(batch, results):
+                    j.result, j.error, j.done = result, error, True
+            for j in taken:
                 if j is not job:
                     j.wake.set()
             with self.lock:
@@ -354,6 +391,79 @@ GENERATE_HINT = 'POST a JSON object here, such as {"start": "love", "words": 80}
 OTHER_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
 
+class Writers:
+    """The poems a server is writing, each in a worker thread (writing is CPU-bound: the event loop goes on answering
+    other requests): at most ``limit`` asked for at once (more are answered 503), each stopped once its client has
+    gone, and all stopped by ``close()``."""
+
+    def __init__(self, limit: int = MAX_PENDING) -> None:
+        self.limit = limit
+        self.pending = 0  # asked for and not yet answered; read and written on the event loop only
+        self.running: set[threading.Event] = set()  # the ``gone`` of each work in a thread
+        self.changed = threading.Condition()
+        self.closed = False
+
+    async def write(self, request: Request, work: Callable[[threading.Event], T]) -> T:
+        """``work(gone)`` in a worker thread, where ``gone`` is set once the request's client has disconnected
+        (asked every ``DISCONNECT_POLL`` seconds) or the request is cancelled (a server stopping, ``SHUTDOWN_GRACE``
+        seconds after Ctrl-C): work no one waits for stops there (``Stopped``), and the answer is a 499 no one
+        reads, or a 503."""
+        if self.pending >= self.limit:
+            raise HTTPException(503, f"{self.pending} poems are being written; ask again in a moment", {"Retry-After": "1"})
+        self.pending += 1
+        gone = threading.Event()
+
+        async def watch() -> None:
+            try:
+                while not await request.is_disconnected():
+                    await anyio.sleep(DISCONNECT_POLL)
+            finally:
+                gone.set()
+            tg.cancel_scope.cancel()  # a request still waiting for a worker thread leaves at once
+
+        outcome: tuple[T | None, BaseException | None] = (None, Stopped())
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(watch)
+                outcome = await anyio.to_thread.run_sync(self._attempt, work, gone)
+                tg.cancel_scope.cancel()
+        except anyio.get_cancelled_exc_class():  # the server stopping ran out of time for this poem
+            raise HTTPException(503, "the server is stopping; ask again once it is back") from None
+        finally:
+            self.pending -= 1
+        result, error = outcome
+        if isinstance(error, Stopped):
+            raise HTTPException(499, "the client closed the request")
+        if error is not None:
+            raise error
+        return result  # type: ignore[return-value]
+
+    def _attempt(self, work: Callable[[threading.Event], T], gone: threading.Event) -> tuple[T | None, Exception | None]:
+        """``work(gone)``'s result or error, in a worker thread (the error is raised outside the task group, where
+        it is not grouped)."""
+        with self.changed:
+            if self.closed:
+                return None, Stopped()
+            self.running.add(gone)
+        try:
+            return work(gone), None
+        except Exception as e:
+            return None, e
+        finally:
+            with self.changed:
+                self.running.discard(gone)
+                self.changed.notify_all()
+
+    def close(self, timeout: float = SHUTDOWN_GRACE) -> None:
+        """Stop every poem being written and wait (at most ``timeout`` seconds) for their threads to end, so that
+        Python does not exit while one is inside torch."""
+        with self.changed:
+            self.closed = True
+            for gone in self.running:
+                gone.set()
+            self.changed.wait_for(lambda: not self.running, timeout)
+
+
 def create_app(run_dirs: list[str], hosts: Sequence[str] = ("*",)) -> FastAPI:
     """The web app serving ``run_dirs`` to requests that name one of ``hosts`` (see ``allowed_hosts``); a run that
     cannot be served is a ``NeuraldaError`` now."""
@@ -395,14 +505,23 @@ def create_app(run_dirs: list[str], hosts: Sequence[str] = ("*",)) -> FastAPI:
         """The runs served, with their checkpoints and held-out perplexities."""
         return Models(runs=[s.info for s in served.values()])
 
-    # A plain ``def``: FastAPI runs it in its thread pool, so CPU-bound writing does not hold up other requests.
+    writers = app.state.writers = Writers()
+
     @app.post(
         "/api/generate",
         response_model=Poem,
-        responses={404: {"description": "no such run or checkpoint is served"}, 422: {"description": "bad request"}},
+        responses={
+            404: {"description": "no such run or checkpoint is served"},
+            422: {"description": "bad request"},
+            503: {"description": "too many poems are being written, or the server is stopping; ask again later"},
+        },
     )
-    def generate(req: GenerateRequest) -> Poem:
+    async def generate(req: GenerateRequest, request: Request) -> Poem:
         """Write one poem."""
+        return await writers.write(request, lambda gone: write(req, gone))
+
+    def write(req: GenerateRequest, gone: threading.Event) -> Poem:
+        """The poem ``req`` asks for, written in a worker thread until its client has ``gone``."""
         name = req.run or next(iter(served))
         if name not in served:
             raise HTTPException(404, f"no run {name!r} is served here; choose one of: {', '.join(served)}")
@@ -417,8 +536,9 @@ def create_app(run_dirs: list[str], hosts: Sequence[str] = ("*",)) -> FastAPI:
             raise HTTPException(422, "max_copy: 0 (no guard) or at least 2 words")
         try:
             model = s.model(checkpoint)
-        except NeuraldaError as e:
-            raise HTTPException(500, str(e)) from None
+        except NeuraldaError as e:  # a damaged checkpoint, or one deleted while served
+            deleted = checkpoint not in [c.name for c in s.info.checkpoints]
+            raise HTTPException(404 if deleted else 500, str(e)) from None
         try:
             guard = s.guards.get(req.max_copy)
         except NeuraldaError as e:  # a run shared without data/ writes, but cannot be guarded
@@ -434,9 +554,11 @@ def create_app(run_dirs: list[str], hosts: Sequence[str] = ("*",)) -> FastAPI:
             poem, ended = batcher.submit(
                 key,
                 seed,
-                lambda seeds: write_poems(
-                    model, s.run.vocab, req.start, req.words, len(seeds), sampling, seeds, req.lines, req.form, guard
+                lambda seeds, stop: write_poems(
+                    model, s.run.vocab, req.start, req.words, len(seeds), sampling, seeds, req.lines, req.form, guard,
+                    stop=stop,
                 ),
+                gone,
             )
         except NeuraldaError as e:  # a start word the model does not know: the message names close ones
             raise HTTPException(422, str(e)) from None
@@ -478,14 +600,57 @@ def listen(host: str, port: int) -> socket.socket:
         sock.close()
         why = e.strerror if isinstance(e, OSError) else "not a host name"
         raise NeuraldaError(f"cannot listen on {host}:{port} ({why}); choose another --port or --host") from None
-    sock.listen(128)
+    sock.listen(BACKLOG)
     return sock
+
+
+class TimedProtocol(H11Protocol):
+    """uvicorn's HTTP/1.1 with a time limit on each request's arrival: a connection is closed when its headers and
+    body take over ``REQUEST_TIMEOUT`` seconds, counted from the connection or from the answer before (uvicorn
+    limits only the wait between requests, and a client that opens connections and sends nothing, or a byte at a
+    time, would otherwise hold them, and their file descriptors, for ever)."""
+
+    def connection_made(self, transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arriving = self.loop.call_later(REQUEST_TIMEOUT, self._too_slow)
+
+    def handle_events(self) -> None:
+        super().handle_events()
+        if self.conn.their_state not in (h11.IDLE, h11.SEND_BODY):  # the whole request is in
+            self._arriving.cancel()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if self.conn.their_state is h11.IDLE and not self.transport.is_closing():  # waiting for the next request
+            self._arriving.cancel()
+            self._arriving = self.loop.call_later(REQUEST_TIMEOUT, self._too_slow)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._arriving.cancel()
+        super().connection_lost(exc)
+
+    def _too_slow(self) -> None:
+        if not self.transport.is_closing():
+            self.transport.close()
+
+
+def uvicorn_server(app: FastAPI) -> uvicorn.Server:
+    """The uvicorn server ``serve`` runs ``app`` with: requests bounded in time (``TimedProtocol``) and number
+    (``MAX_CONNECTIONS``); once told to stop (Ctrl-C), the poems being written have ``SHUTDOWN_GRACE`` seconds."""
+    config = uvicorn.Config(
+        app,
+        http=TimedProtocol,
+        lifespan="off",  # the app has no start-up or shut-down steps (with them, a second Ctrl-C printed a traceback)
+        log_level="warning",
+        limit_concurrency=MAX_CONNECTIONS,
+        backlog=BACKLOG,
+        timeout_graceful_shutdown=SHUTDOWN_GRACE,
+    )
+    return uvicorn.Server(config)
 
 
 def serve(run_dirs: list[str], host: str = "127.0.0.1", port: int = 8000) -> None:
     """Serve the page and the API for ``run_dirs`` on ``host:port`` until interrupted."""
-    import uvicorn
-
     sock = listen(host, port)
     try:
         app = create_app(run_dirs, allowed_hosts(host, sock.getsockname()[0]))
@@ -493,4 +658,7 @@ def serve(run_dirs: list[str], host: str = "127.0.0.1", port: int = 8000) -> Non
         sock.close()
         raise
     print(f"neuralda: writing poems at http://{url_host(host)}:{sock.getsockname()[1]}/ (Ctrl-C stops)", flush=True)
-    uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
+    try:
+        uvicorn_server(app).run(sockets=[sock])
+    finally:
+        app.state.writers.close()

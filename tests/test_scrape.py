@@ -27,7 +27,7 @@ from neuralda.demo.site import serve, serve_poems
 from neuralda.errors import NeuraldaError, NeuraldaWarning
 from neuralda.scrape import ScrapeConfig, list_presets, scrape
 from neuralda.scrape.extract import check_selector, parse_html, select_line, select_links, select_poem
-from neuralda.scrape.fetch import backoff_wait, normalize_url
+from neuralda.scrape.fetch import backoff_wait, normalize_url, parse_robots
 from neuralda.scrape.sites import SELECTOR_FIELDS, load_presets
 
 DELAY = 0.05
@@ -355,6 +355,22 @@ def test_gzip_response_is_decompressed(site, tmp_path, encoding):
     assert records(tmp_path)[0]["text"] == "folded small\nopened whole"
 
 
+@pytest.mark.parametrize("padding", [b"", b"\0" * 10], ids=["members", "zero-padded"])
+def test_a_gzip_body_of_several_members_is_read_whole(site, tmp_path, padding):
+    # RFC 1952: a gzip file is "a series of members"; reading only the first wrote half a poem as a whole one.
+    page = poem_page("Zip", "<p>first line<br>second line<br>third line<br>fourth line</p>").encode()
+    half = page.index(b"third")
+    site.page("/p", gzip.compress(page[:half]) + gzip.compress(page[half:]) + padding, headers={"Content-Encoding": "gzip"})
+    scrape(config(site, tmp_path, start="/p", links=None))
+    assert records(tmp_path)[0]["text"] == "first line\nsecond line\nthird line\nfourth line"
+
+
+def test_a_gzip_body_followed_by_bytes_that_are_no_member_is_damaged(site, tmp_path):
+    site.page("/p", gzip.compress(poem_page("Zip", "<p>a line</p>").encode()) + b"junk", headers={"Content-Encoding": "gzip"})
+    with pytest.raises(NeuraldaError, match="/p: damaged gzip body; abandoned"):
+        scrape(config(site, tmp_path, start="/p", links=None))
+
+
 @pytest.mark.filterwarnings("error")  # nor a warning on the user's terminal
 def test_malformed_poem_pages_give_a_poem_or_a_clear_skip(site, tmp_path):
     pages = {
@@ -581,6 +597,22 @@ def test_robots_rules_are_matched_as_rfc_9309_says(site, tmp_path, robots, skipp
     assert summary.robots_skipped == len(skipped) and summary.poems_written == len(pages) - len(skipped)
 
 
+@pytest.mark.parametrize(
+    "rules, path, allowed",
+    [
+        ("Disallow: /a/\nAllow: /a%2Fb\n", "/a/b/c", False),  # "%2F" is no "/": the Allow is another path
+        ("Disallow: /a%2fb\n", "/a%2Fb/c", False),  # an escape's hex in either case
+        ("Disallow: /%7ejoe\n", "/~joe/x", False),  # an unreserved character's escape is the character
+        ("Disallow: /~joe\n", "/%7Ejoe/x", False),
+        ("Disallow: /café\n", "/caf%C3%A9/x", False),  # outside ASCII: its UTF-8 escapes
+        ("Disallow: /caf%C3%A9\n", "/café", False),
+        ("Disallow: /a%3Fb\n", "/a?b", True),  # an escaped "?" is in the path, not the query
+    ],
+)
+def test_robots_paths_are_compared_with_escapes_as_rfc_9309_reads_them(rules, path, allowed):
+    assert parse_robots(f"User-agent: *\n{rules}", "neuralda").allows(f"http://example.org{path}") is allowed
+
+
 def test_only_our_group_applies_when_robots_txt_has_one(site, tmp_path):
     small_site(site, 3)
     robots = "User-agent: *\nDisallow: /poems/0\nUser-agent: other\nDisallow: /\n\nUser-agent: neuralda\nDisallow: /poems/1\n"
@@ -611,6 +643,34 @@ def test_robots_txt_redirected_to_another_host_is_followed_and_obeyed(site, tmp_
         ("/robots.txt", "127.0.0.1"), ("/rules.txt", "localhost"), ("/", "127.0.0.1"), ("/poems/0", "127.0.0.1")
     ]
     assert summary.poems_written == 1 and summary.robots_skipped == 1
+
+
+def test_a_robots_txt_over_500_kib_is_obeyed_from_its_first_500_kib(site, tmp_path):
+    # RFC 9309 2.5: at least the first 500 KiB are read; past our 5 MB page limit it shut the scraper out before.
+    small_site(site, 3)
+    padding = "# " + "x" * 98 + "\n"
+    robots = "User-agent: *\nDisallow: /poems/1\n" + padding * 60_000 + "Disallow: /poems/2\n"  # 6 MB
+    site.page("/robots.txt", robots, content_type="text/plain")
+    summary = scrape(config(site, tmp_path))
+    assert "/poems/1" not in site.paths() and "/poems/2" in site.paths()  # the last line is past 500 KiB
+    assert summary.poems_written == 2 and summary.robots_skipped == 1
+
+
+@pytest.mark.parametrize("status", [203, 206])
+def test_a_robots_txt_answered_with_any_success_is_obeyed(site, tmp_path, status):
+    small_site(site, 2)
+    site.page("/robots.txt", "User-agent: *\nDisallow: /poems/1\n", status=status, content_type="text/plain")
+    summary = scrape(config(site, tmp_path))
+    assert "/poems/1" not in site.paths() and summary.robots_skipped == 1
+
+
+def test_robots_txt_is_asked_for_again_once_it_is_a_day_old(site, tmp_path, monkeypatch):
+    import neuralda.scrape.fetch
+
+    monkeypatch.setattr(neuralda.scrape.fetch, "ROBOTS_MAX_AGE", 0.0)  # every request finds it a day old
+    small_site(site, 2)
+    scrape(config(site, tmp_path))
+    assert site.paths() == ["/robots.txt", "/", "/robots.txt", "/poems/0", "/robots.txt", "/poems/1"]
 
 
 def test_robots_txt_404_allows_everything(site, tmp_path):
@@ -728,15 +788,34 @@ def test_429_is_retried_with_backoff_and_a_huge_retry_after_gives_up(site, tmp_p
     assert summary.failures == [(site.base + "/poems/2", "HTTP 503; the server asks to wait 86400 s, giving up")]
 
 
-@pytest.mark.parametrize("when", ["121", "date"])
+@pytest.mark.parametrize("when", ["121", "date", "asctime"])
 def test_a_retry_after_over_two_minutes_is_not_waited_for(site, tmp_path, no_waiting, when):
-    # As a number of seconds or an HTTP date, a wait over MAX_WAIT (2 minutes) gives the page up at once.
+    # As a number of seconds or an HTTP date in any of its three forms (RFC 9110 5.6.7: asctime's is GMT too), a
+    # wait over MAX_WAIT (2 minutes) gives the page up at once.
     small_site(site, 1)
-    retry_after = formatdate(time.time() + 3600, usegmt=True) if when == "date" else when
+    later = time.time() + 3600
+    retry_after = {"date": formatdate(later, usegmt=True), "asctime": time.asctime(time.gmtime(later))}.get(when, when)
     site.page("/poems/0", "busy", status=503, headers={"Retry-After": retry_after})
     with pytest.raises(NeuraldaError, match=r"HTTP 503; the server asks to wait (121|3[56]\d\d) s, giving up"):
         scrape(config(site, tmp_path, delay=0))
     assert site.paths().count("/poems/0") == 1
+
+
+def test_retries_wait_doubling_from_the_crawl_delay_when_it_is_longer(site, tmp_path):
+    small_site(site, 2)
+    site.page("/robots.txt", "User-agent: *\nCrawl-delay: 0.2\n", content_type="text/plain")
+    site.page("/poems/0", "busy", status=503)
+    scrape(config(site, tmp_path, delay=0.01, retries=2))
+    times = [h.at for h in site.hits if h.path == "/poems/0"]
+    assert len(times) == 3 and times[1] - times[0] >= 0.2 and times[2] - times[1] >= 0.4
+
+
+@pytest.mark.parametrize("status", [501, 505])
+def test_a_5xx_that_says_the_request_will_never_work_is_not_retried(site, tmp_path, status):
+    small_site(site, 2)
+    site.page("/poems/0", "no", status=status)
+    summary = scrape(config(site, tmp_path, retries=3))
+    assert site.paths().count("/poems/0") == 1 and summary.failures == [(site.base + "/poems/0", f"HTTP {status}")]
 
 
 def test_a_retry_after_on_the_last_try_still_holds_for_the_next_page(site, tmp_path):

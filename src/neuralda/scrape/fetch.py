@@ -22,18 +22,23 @@ from email.message import Message
 from email.utils import parsedate_to_datetime
 from functools import partial
 from pathlib import Path
-from urllib.parse import quote, unquote, urljoin, urlsplit, urlunsplit
+from urllib.parse import quote, urljoin, urlsplit, urlunsplit
 
 from ..errors import NeuraldaError, shown
 from ..files import atomic_write, parse_json
 
 MAX_PAGE_BYTES = 5 * 1024 * 1024  # after gzip too: a small gzip bomb must not become gigabytes in memory
+MAX_ROBOTS_BYTES = 500 * 1024  # of a longer robots.txt, the first 500 KiB are read (RFC 9309, section 2.5)
+ROBOTS_MAX_AGE = 24 * 3600.0  # seconds a robots.txt is kept before it is asked for again (RFC 9309, section 2.4)
 MAX_REDIRECTS = 5
 MAX_WAIT = 120.0  # a server asking for a longer Retry-After gets the page skipped, not a shorter wait
 MAX_DELAY = 3600.0  # seconds between requests to a host: a robots.txt asking for more gets the host left alone
 MAX_TIMEOUT = 600.0  # seconds for a response: a server that slow is as good as down
 MAX_RETRIES = 10  # each waits up to MAX_WAIT: more would keep a run on one dead page for hours
 REDIRECTS = frozenset({301, 302, 303, 307, 308})
+NOT_RETRIED = frozenset({501, 505})  # 5xx that say the request will never work: not implemented, HTTP version
+_UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")  # RFC 3986, 2.3
+_ASCII_SHOWN = "".join(chr(c) for c in range(33, 127))
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _READ_CHUNK = 64 * 1024
 _PRODUCT_TOKEN = re.compile(r"[a-z_-]*")  # RFC 9309, section 2.2.1
@@ -139,8 +144,8 @@ class RobotsRule:
 
     @classmethod
     def parse(cls, allowed: bool, pattern: str) -> RobotsRule:
-        # Split before unquoting: "%2A" is a literal "*" (RFC 9309, section 2.2.3), not a wildcard.
-        parts = tuple(unquote(part) for part in pattern.rstrip("$").split("*"))
+        # Split before the escapes are read: "%2A" is a literal "*" (RFC 9309, section 2.2.3), not a wildcard.
+        parts = tuple(robots_form(part) for part in pattern.rstrip("$").split("*"))
         return cls(allowed, len(pattern), parts, pattern.endswith("$"))
 
     def matches(self, path: str) -> bool:
@@ -174,7 +179,7 @@ class Robots:
         if self.deny_all:
             return False
         parts = urlsplit(url)
-        path = unquote(parts.path or "/") + (f"?{unquote(parts.query)}" if parts.query else "")
+        path = robots_form(parts.path or "/") + (f"?{robots_form(parts.query)}" if parts.query else "")
         # The longest matching pattern wins and Allow wins a tie (RFC 9309, section 2.2.2).
         best: tuple[int, bool] | None = None
         for rule in self.rules:
@@ -182,6 +187,18 @@ class Robots:
                 key = (rule.length, rule.allowed)
                 best = key if best is None or key > best else best
         return best is None or best[1]
+
+
+def robots_form(text: str) -> str:
+    """A path or pattern as robots.txt rules compare them (RFC 9309, section 2.2.2): an escape of an unreserved
+    character read ("%7E" is "~"), any other kept, in capitals ("%2f" is "%2F", never the "/" that separates a
+    path's parts), and characters outside ASCII written as escapes of their UTF-8 ("é" is "%C3%A9")."""
+
+    def read(escape: re.Match) -> str:
+        char = chr(int(escape[1], 16))
+        return char if char in _UNRESERVED else escape[0].upper()
+
+    return re.sub(r"%([0-9A-Fa-f]{2})", read, quote(text, safe=_ASCII_SHOWN))
 
 
 def _product_token(user_agent: str) -> str:
@@ -248,8 +265,8 @@ def parse_retry_after(value: str | None) -> float | None:
         when = parsedate_to_datetime(value)
     except (TypeError, ValueError):
         return None
-    if when.tzinfo is None:
-        return None
+    if when.tzinfo is None:  # asctime's form, or "-0000": an HTTP date is in GMT (RFC 9110, section 5.6.7)
+        when = when.replace(tzinfo=timezone.utc)
     return max(0.0, when.timestamp() - time.time())
 
 
@@ -346,52 +363,59 @@ def _too_big(url: str) -> FetchError:
     return FetchError(url, f"larger than {MAX_PAGE_BYTES // (1024 * 1024)} MB; abandoned")
 
 
-def _read_body(resp: http.client.HTTPResponse, url: str) -> bytes:
-    """Read at most MAX_PAGE_BYTES (raw and decompressed); stop early rather than read it all.
+def _read_body(resp: http.client.HTTPResponse, url: str, keep_first: int | None = None) -> bytes:
+    """Read at most MAX_PAGE_BYTES (raw and decompressed); stop early rather than read it all. With ``keep_first``,
+    a longer body is its first ``keep_first`` bytes (decompressed) up to its last line end, not an error.
 
     A compressed body that is damaged or cut short is a FetchError, and one shorter than its Content-Length is tried
-    again: half a poem must not pass for a whole one.
+    again: half a poem must not pass for a whole one. A gzip body may be several gzip files one after the other
+    (RFC 1952: "a series of members"); each is read.
     """
+    limit = MAX_PAGE_BYTES if keep_first is None else keep_first
     length = (resp.getheader("Content-Length") or "").strip()
-    if length.isdigit() and int(length) > MAX_PAGE_BYTES:
+    if keep_first is None and length.isdigit() and int(length) > MAX_PAGE_BYTES:
         raise _too_big(url)
     encoding = (resp.getheader("Content-Encoding") or "identity").strip().lower()
-    if encoding in ("gzip", "x-gzip", "deflate"):
-        inflater = zlib.decompressobj(32 + zlib.MAX_WBITS)  # 32: accept a gzip or a zlib header
-    elif encoding == "identity":
-        inflater = None
-    else:
+    if encoding not in ("gzip", "x-gzip", "deflate", "identity"):
         raise FetchError(url, f"unsupported Content-Encoding {encoding!r}")
+    inflater = None if encoding == "identity" else zlib.decompressobj(32 + zlib.MAX_WBITS)  # gzip or zlib header
     damaged = FetchError(url, f"damaged {encoding} body; abandoned")
     parts, raw_size, size = [], 0, 0
-    while True:
+    while size <= limit:
         chunk = resp.read1(_READ_CHUNK)
         if not chunk:
             break
         raw_size += len(chunk)
         if raw_size > MAX_PAGE_BYTES:
             raise _too_big(url)
-        if inflater is not None:
+        while inflater is not None:
             # max_length bounds what one call may inflate, so memory never exceeds the limit by more than a chunk.
             try:
-                chunk = inflater.decompress(chunk, MAX_PAGE_BYTES - size + 1)
+                out = inflater.decompress(chunk, limit - size + 1)
             except zlib.error:
                 raise damaged from None
-        size += len(chunk)
-        if size > MAX_PAGE_BYTES:
+            size += len(out)
+            parts.append(out)
+            if size > limit or not (inflater.eof and inflater.unused_data.strip(b"\0")):  # zeros: padding
+                break
+            chunk, inflater = inflater.unused_data, zlib.decompressobj(32 + zlib.MAX_WBITS)  # the next member
+        if inflater is None:
+            size += len(chunk)
+            parts.append(chunk)
+    if size <= limit:  # read to its end
+        if resp.length:  # the connection closed before the Content-Length it announced: half a page, worth a retry
+            raise _Retryable(f"the connection closed {resp.length} bytes before the end of the page")
+        if inflater is not None:
+            if raw_size and not inflater.eof:  # the stream began but never ended: the connection closed mid-way
+                raise damaged
+            parts.append(inflater.flush())
+            size += len(parts[-1])
+    body = b"".join(parts)
+    if size > limit:
+        if keep_first is None:
             raise _too_big(url)
-        parts.append(chunk)
-    if resp.length:  # the connection closed before the Content-Length it announced: half a page, worth a retry
-        raise _Retryable(f"the connection closed {resp.length} bytes before the end of the page")
-    if inflater is not None:
-        if raw_size and not inflater.eof:  # the stream began but never ended: the connection closed mid-way
-            raise damaged
-        tail = inflater.flush()
-        size += len(tail)
-        if size > MAX_PAGE_BYTES:
-            raise _too_big(url)
-        parts.append(tail)
-    return b"".join(parts)
+        return body[:keep_first].rpartition(b"\n")[0] + b"\n"  # no half line: "Disallow: /priv" allows "/public"
+    return body
 
 
 def _utf8_header(value: str | None) -> str | None:
@@ -405,8 +429,8 @@ def _utf8_header(value: str | None) -> str | None:
         return value
 
 
-def _http_get(url: str, user_agent: str, timeout: float) -> _Response:
-    """One GET of ``url``, the whole exchange within ``timeout`` seconds."""
+def _http_get(url: str, user_agent: str, timeout: float, keep_first: int | None = None) -> _Response:
+    """One GET of ``url``, the whole exchange within ``timeout`` seconds (``keep_first``: see ``_read_body``)."""
     parts = urlsplit(url)
     connection = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
     conn = connection(parts.hostname, parts.port, timeout=timeout)
@@ -424,7 +448,7 @@ def _http_get(url: str, user_agent: str, timeout: float) -> _Response:
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         conn.request("GET", target, headers=headers)
         resp = conn.getresponse()
-        body = _read_body(resp, url)
+        body = _read_body(resp, url, keep_first)
         return _Response(url=url, status=resp.status, headers=resp.headers, body=body)
     except TimeoutError:
         raise _Retryable(f"no complete answer within {timeout:g} s") from None
@@ -453,7 +477,7 @@ class Fetcher:
     refresh: bool = False
     pages_fetched: int = 0
     cache_hits: int = 0
-    _robots: dict[str, Robots] = field(default_factory=dict, repr=False)
+    _robots: dict[str, tuple[Robots, float]] = field(default_factory=dict, repr=False)  # origin -> rules, when read
     _not_before: dict[str, float] = field(default_factory=dict, repr=False)
     _away: dict[str, str] = field(default_factory=dict, repr=False)  # host -> why it gets no more requests
 
@@ -488,24 +512,25 @@ class Fetcher:
         return page
 
     def robots_for(self, url: str) -> Robots:
-        """The robots.txt rules of ``url``'s origin, fetched once: 4xx means all allowed, 5xx or no answer none."""
+        """The robots.txt rules of ``url``'s origin, fetched once a day: 4xx means all allowed, 5xx or no answer
+        none."""
         scheme, netloc = urlsplit(url)[:2]
         origin = f"{scheme}://{netloc}"
-        if origin not in self._robots:
+        if origin not in self._robots or time.monotonic() - self._robots[origin][1] > ROBOTS_MAX_AGE:
             robots_url = f"{origin}/robots.txt"
             try:
                 resp = self._get_with_retries(robots_url, check_robots=False)
             except FetchError as e:
                 robots = Robots(deny_all=f"robots.txt unavailable ({e.reason}); staying away from {netloc}")
             else:
-                if resp.status == 200:
+                if 200 <= resp.status < 300:  # any success: a proxy's 203 too
                     robots = parse_robots(resp.body.decode("utf-8", errors="replace"), self.user_agent)
                 else:
                     robots = Robots()  # RFC 9309: a robots.txt that is not there (4xx) allows everything
-            self._robots[origin] = robots
+            self._robots[origin] = robots, time.monotonic()
             # The pause after fetching robots.txt itself must already honour its Crawl-delay.
             self._not_before[netloc] = max(self._not_before.get(netloc, 0.0), time.monotonic() + self._delay_for(url))
-        return self._robots[origin]
+        return self._robots[origin][0]
 
     def _check_robots(self, url: str) -> None:
         robots = self.robots_for(url)
@@ -514,12 +539,12 @@ class Fetcher:
 
     def _get_with_retries(self, url: str, check_robots: bool) -> _Response:
         """A response that is not 408, 429 or 5xx, trying up to ``retries`` more times (Scrapy's RETRY_HTTP_CODES
-        and every other 5xx); FetchError when none came."""
+        and every other 5xx but ``NOT_RETRIED``), waits doubling from the host's delay; FetchError when none came."""
         host = host_of(url)
         reason, retry_after = "", None
         for attempt in range(self.retries + 1):
             if attempt:
-                wait = backoff_wait(attempt, self.delay, retry_after)
+                wait = backoff_wait(attempt, self._delay_for(url), retry_after)
                 self._not_before[host] = max(self._not_before.get(host, 0.0), time.monotonic() + wait)
             if host in self._away:
                 raise FetchError(url, self._away[host])
@@ -528,7 +553,7 @@ class Fetcher:
             except _Retryable as e:
                 reason, retry_after = str(e), None
                 continue
-            if resp.status in (408, 429) or resp.status >= 500:
+            if resp.status in (408, 429) or (resp.status >= 500 and resp.status not in NOT_RETRIED):
                 reason, retry_after = f"HTTP {resp.status}", parse_retry_after(resp.headers.get("Retry-After"))
                 if retry_after is not None and retry_after > MAX_WAIT:
                     # Retry-After is about the server, not this page: its other pages may not be asked for either.
@@ -545,7 +570,7 @@ class Fetcher:
         visited: set[str] = set()
         for _ in range(MAX_REDIRECTS + 1):
             visited.add(url)
-            resp = self._get_once(url)
+            resp = self._get_once(url, None if check_robots else MAX_ROBOTS_BYTES)  # robots.txt: its first 500 KiB
             location = _utf8_header(resp.headers.get("Location"))
             if resp.status not in REDIRECTS or not location:
                 return resp
@@ -564,19 +589,19 @@ class Fetcher:
             url = target
         raise FetchError(url, f"more than {MAX_REDIRECTS} redirects")
 
-    def _get_once(self, url: str) -> _Response:
+    def _get_once(self, url: str, keep_first: int | None = None) -> _Response:
         host = host_of(url)
         pause = self._not_before.get(host, 0.0) - time.monotonic()
         if pause > 0:
             time.sleep(pause)
         try:
-            return _http_get(url, self.user_agent, self.timeout)
+            return _http_get(url, self.user_agent, self.timeout, keep_first)
         finally:
             # Counted from the end of this exchange, so the gap the server sees is never shorter than the delay.
             self._not_before[host] = time.monotonic() + self._delay_for(url)
 
     def _delay_for(self, url: str) -> float:
         scheme, netloc = urlsplit(url)[:2]
-        robots = self._robots.get(f"{scheme}://{netloc}")
-        crawl_delay = robots.crawl_delay if robots and robots.crawl_delay else 0.0
+        robots = self._robots.get(f"{scheme}://{netloc}", (Robots(), 0.0))[0]
+        crawl_delay = robots.crawl_delay or 0.0
         return max(self.delay, crawl_delay)

@@ -494,27 +494,20 @@ def test_connections_that_are_slow_to_send_their_request_are_closed(runs, monkey
 
     monkeypatch.setattr(neuralda.serve, "REQUEST_TIMEOUT", 0.5)
 
-    def closed_within(sock: socket.socket, seconds: float, trickle: bytes = b"") -> bool:
-        sock.settimeout(0.05)
-        t0 = time.perf_counter()
-        while time.perf_counter() - t0 < seconds:
+    def trickled_until_closed(sock: socket.socket, data: bytes) -> bool:  # a byte every 0.05 s
+        for byte in data:
             try:
-                if trickle:  # a byte at a time
-                    sock.sendall(trickle[:1])
-                    trickle = trickle[1:]
-                if sock.recv(1000) == b"":
-                    return True
-            except socket.timeout:
-                continue
-            except ConnectionError:
+                sock.sendall(bytes([byte]))
+            except OSError:
+                return True
+            if closed_within(sock, 0.05):
                 return True
         return False
 
     with LiveServer([str(runs[0])]) as live:
-        silent = socket.create_connection(live.address)
-        assert closed_within(silent, 3)
+        assert closed_within(socket.create_connection(live.address), 3)  # silent
         headers = b"GET /api/models HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: " + b"." * 200
-        assert closed_within(socket.create_connection(live.address), 3, trickle=headers)
+        assert trickled_until_closed(socket.create_connection(live.address), headers)
         body = socket.create_connection(live.address)
         body.sendall(b"POST /api/generate HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100\r\n\r\n{")
         assert closed_within(body, 3)
@@ -522,6 +515,66 @@ def test_connections_that_are_slow_to_send_their_request_are_closed(runs, monkey
             assert [write(c, words=5, seed=s).status_code for s in range(3)] == [200] * 3
             time.sleep(0.7)  # its connection idles past the limit and is opened again
             assert write(c, words=5, seed=4).status_code == 200
+
+
+def closed_within(sock: socket.socket, seconds: float) -> bool:
+    """Whether the server closes ``sock`` within ``seconds`` (what it answers before is read and dropped)."""
+    sock.settimeout(0.05)
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        try:
+            if sock.recv(65536) == b"":
+                return True
+        except socket.timeout:
+            continue
+        except ConnectionError:
+            return True
+    return False
+
+
+def test_a_half_request_pipelined_behind_an_answered_one_is_timed_too(runs, monkeypatch):
+    import neuralda.serve
+
+    monkeypatch.setattr(neuralda.serve, "REQUEST_TIMEOUT", 0.5)
+    with LiveServer([str(runs[0])]) as live:
+        sock = post_and_leave_open(live.address, {"words": 5})
+        sock.sendall(b"POST /api/generate HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100\r\n\r\n{")
+        assert closed_within(sock, 3)
+
+
+def test_a_connection_sending_far_ahead_of_its_answer_is_closed_and_its_poem_stops(runs, monkeypatch):
+    # Asking whether a client is still there reads what it sent: pipelined bytes piled up in h11 (2.5 MB/s).
+    import neuralda.serve
+
+    begun, stopped = endless_when_cold(monkeypatch)
+    monkeypatch.setattr(neuralda.serve, "MAX_AHEAD", 8 * 1024)
+    with LiveServer([str(runs[0])]) as live:
+        sock = post_and_leave_open(live.address, {"words": 50, "temperature": 0.5})
+        assert begun.wait(10)
+        sock.settimeout(5)
+        try:
+            for _ in range(200):  # 200 KB of pipelined requests
+                sock.sendall(b"GET /api/models HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Pad: " + b"." * 1000 + b"\r\n\r\n")
+                time.sleep(0.005)
+        except OSError:
+            pass  # closed under it
+        assert closed_within(sock, 3) and stopped.wait(5)
+
+
+def test_connections_over_the_limit_are_closed_at_once(runs, monkeypatch):
+    import neuralda.serve
+
+    monkeypatch.setattr(neuralda.serve, "MAX_CONNECTIONS", 3)
+    with LiveServer([str(runs[0])]) as live:
+        held = [socket.create_connection(live.address) for _ in range(3)]
+        time.sleep(0.2)
+        extra = socket.create_connection(live.address)
+        assert closed_within(extra, 2) and not closed_within(held[0], 0.3)
+        for sock in held:
+            sock.close()
+        time.sleep(0.2)
+        with httpx.Client(base_url=live.url, timeout=20) as c:
+            assert write(c, words=5).status_code == 200
 
 
 @pytest.mark.parametrize("invariant", [True, False], ids=["cpu", "a batch that may round otherwise"])
@@ -586,7 +639,7 @@ def test_a_checkpoint_deleted_while_served_is_not_found_and_no_longer_listed(run
         r = write(c, words=5, checkpoint="epoch-1")
         listed = [k["name"] for k in c.get("/api/models").json()["runs"][0]["checkpoints"]]
         assert write(c, words=5, checkpoint="best").status_code == 200  # loaded at start: still served
-    assert r.status_code == 404 and "epoch-1" in r.json()["detail"]
+    assert r.status_code == 404 and "no checkpoint 'epoch-1' any more" in r.json()["detail"]
     assert "epoch-1" not in listed and "best" in listed
 
 

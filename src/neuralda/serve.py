@@ -56,7 +56,8 @@ MAX_COPY = 12
 MAX_PENDING = 4 * MAX_BATCH  # poems asked for at once; more are answered 503 (each waits in memory, or a thread)
 DISCONNECT_POLL = 0.1  # seconds between asking whether a waiting request's client is still there
 REQUEST_TIMEOUT = 10.0  # seconds a client has to send a request's headers and body (a few hundred bytes)
-MAX_CONNECTIONS = 1000  # open at once; a request beyond is answered 503 (each holds a file descriptor)
+MAX_CONNECTIONS = 512  # open at once, each a file descriptor: well below the 1,024 a process may have by default
+MAX_AHEAD = 64 * 1024  # bytes a connection may send ahead of the answers it waits for
 BACKLOG = 128  # connections the system holds before they are accepted
 SHUTDOWN_GRACE = 10  # seconds the poems being written have to finish once the server is told to stop
 
@@ -537,8 +538,13 @@ def create_app(run_dirs: list[str], hosts: Sequence[str] = ("*",)) -> FastAPI:
         try:
             model = s.model(checkpoint)
         except NeuraldaError as e:  # a damaged checkpoint, or one deleted while served
-            deleted = checkpoint not in [c.name for c in s.info.checkpoints]
-            raise HTTPException(404 if deleted else 500, str(e)) from None
+            have = [c.name for c in s.info.checkpoints]
+            if checkpoint not in have:
+                raise HTTPException(
+                    404, f"run {name!r} has no checkpoint {checkpoint!r} any more (its file is gone); choose one of: "
+                    f"{', '.join(have)}"
+                ) from None
+            raise HTTPException(500, str(e)) from None
         try:
             guard = s.guards.get(req.max_copy)
         except NeuraldaError as e:  # a run shared without data/ writes, but cannot be guarded
@@ -605,14 +611,22 @@ def listen(host: str, port: int) -> socket.socket:
 
 
 class TimedProtocol(H11Protocol):
-    """uvicorn's HTTP/1.1 with a time limit on each request's arrival: a connection is closed when its headers and
-    body take over ``REQUEST_TIMEOUT`` seconds, counted from the connection or from the answer before (uvicorn
-    limits only the wait between requests, and a client that opens connections and sends nothing, or a byte at a
-    time, would otherwise hold them, and their file descriptors, for ever)."""
+    """uvicorn's HTTP/1.1 with bounds on what one connection may hold: its request must arrive (headers and body)
+    within ``REQUEST_TIMEOUT`` seconds of the connection or of the answer before (uvicorn limits only the wait between
+    requests: a client that sent nothing, or a byte at a time, held its connection for ever); it may send at most
+    ``MAX_AHEAD`` bytes ahead of its answers (asking whether its client is still there reads them, and h11 keeps
+    them); and at most ``MAX_CONNECTIONS`` are open at once (one more is closed at once)."""
 
     def connection_made(self, transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self._arriving = self.loop.call_later(REQUEST_TIMEOUT, self._too_slow)
+        self._arriving = self.loop.call_later(REQUEST_TIMEOUT, self._close)
+        if len(self.connections) > MAX_CONNECTIONS:
+            self._close()
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self.conn.their_state is h11.DONE and len(self.conn.trailing_data[0]) > MAX_AHEAD:
+            self._close()  # pipelined requests beyond any browser's while a poem is written: its poem stops too
 
     def handle_events(self) -> None:
         super().handle_events()
@@ -621,28 +635,28 @@ class TimedProtocol(H11Protocol):
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
-        if self.conn.their_state is h11.IDLE and not self.transport.is_closing():  # waiting for the next request
+        # The next request is not in yet (or only part of it, pipelined behind the last): its time starts now.
+        if self.conn.their_state in (h11.IDLE, h11.SEND_BODY) and not self.transport.is_closing():
             self._arriving.cancel()
-            self._arriving = self.loop.call_later(REQUEST_TIMEOUT, self._too_slow)
+            self._arriving = self.loop.call_later(REQUEST_TIMEOUT, self._close)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._arriving.cancel()
         super().connection_lost(exc)
 
-    def _too_slow(self) -> None:
+    def _close(self) -> None:
         if not self.transport.is_closing():
             self.transport.close()
 
 
 def uvicorn_server(app: FastAPI) -> uvicorn.Server:
-    """The uvicorn server ``serve`` runs ``app`` with: requests bounded in time (``TimedProtocol``) and number
-    (``MAX_CONNECTIONS``); once told to stop (Ctrl-C), the poems being written have ``SHUTDOWN_GRACE`` seconds."""
+    """The uvicorn server ``serve`` runs ``app`` with: connections bounded in time, size and number
+    (``TimedProtocol``); once told to stop (Ctrl-C), the poems being written have ``SHUTDOWN_GRACE`` seconds."""
     config = uvicorn.Config(
         app,
         http=TimedProtocol,
         lifespan="off",  # the app has no start-up or shut-down steps (with them, a second Ctrl-C printed a traceback)
         log_level="warning",
-        limit_concurrency=MAX_CONNECTIONS,
         backlog=BACKLOG,
         timeout_graceful_shutdown=SHUTDOWN_GRACE,
     )

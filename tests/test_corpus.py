@@ -39,6 +39,24 @@ def test_normalize_repairs_mojibake_and_keeps_curly_quotes():
     assert normalize_text("“already fine” — isn’t it") == "“already fine” — isn’t it"
 
 
+@pytest.mark.parametrize(
+    "text",
+    ["ELA É MINHA IRMÃ—E MINHA MÃE", "«AMANHÃ»", "“MAÇÃ”, disse ela", "A IRMÃ – e o mar"],
+)
+def test_portuguese_in_capitals_is_kept_where_the_poem_is_plainly_utf8(text):
+    # A word-final "Ã" before a dash, quote or guillemet is also how "×", "Ô" or "û" look read as cp1252: ftfy made
+    # "IRMÃ—E" "IRM×E" and lost the guillemet of "«IRMÃ»", in poems whose "É" or "«" show they are UTF-8.
+    assert normalize_text(text) == text
+
+
+@pytest.mark.parametrize(
+    "broken, fixed",
+    [("CAFÃ‰ E PÃƒO", "CAFÉ E PÃO"), ("AVÃ” DORME", "AVÔ DORME"), ("o coração — “skyâ€™s”", "o coração — “sky’s”")],
+)
+def test_mojibake_is_still_repaired_in_capitals_and_beside_real_accents(broken, fixed):
+    assert normalize_text(broken) == fixed
+
+
 def test_normalize_keeps_full_width_marks():
     """ftfy would turn a Chinese poem's "，！（）" into ",!()"; spaces of any width are single plain ones, as in any
     line."""
@@ -253,6 +271,16 @@ def test_split_keeps_the_copies_of_a_poem_on_one_side():
         assert split_poems(poems, 0.1, seed) == (train, val)
 
 
+def test_split_keeps_copies_that_differ_in_case_or_quotes_on_one_side():
+    # Training lower-cases by default: "THE SEA" held out beside a trained "the sea" is a poem training saw.
+    texts = [f"the sea’s poem {i}\nline" for i in range(20)]
+    poems = [Poem("", "", t) for t in texts] + [Poem("", "", t.upper().replace("’", "'")) for t in texts[:10]]
+    for seed in range(30):
+        train, val = split_poems(poems, 0.2, seed)
+        seen = {p.text.lower().replace("’", "'") for p in train}
+        assert not any(p.text.lower().replace("’", "'") in seen for p in val)
+
+
 def test_split_holds_out_a_poem_with_all_its_copies_when_each_has_more_than_validation_wants():
     poems = [Poem("", "", text) for text in ["sea", "salt", "sea", "stone", "salt", "stone", "stone"]]
     train, val = split_poems(poems, 0.1, seed=0)  # one poem wanted; each has two or three copies
@@ -462,6 +490,14 @@ def test_a_western_sign_among_ascii_keeps_a_file_cp1252(sign):
     assert decode_bytes(f"{sign} medio kilo de pan\n".encode("cp1252"), "f.txt") == f"{sign} medio kilo de pan\n"
 
 
+@pytest.mark.parametrize("line", ["at ¾ past nine", "o mar ³ e o céu ¹", "Il était une fois ¾ de lune", "11¼ miles"])
+def test_a_sign_that_is_a_letter_in_cp1250_keeps_a_file_cp1252_where_no_letter_touches_it(line):
+    # "¾" is Slovak "ľ" in cp1250: it sent the file to a guess that read it as Shift_JIS ("at ｾ past nine").
+    text = "The moon was high above the sea,\nand I was walking home to thee,\n" * 6 + line + "\n"
+    assert decode_bytes(text.encode("cp1252"), "f.txt") == text
+    assert decode_bytes(f"{line}\n".encode("cp1252"), "f.txt") == f"{line}\n"
+
+
 # Too short for charset_normalizer, which guessed UTF-16 ("뽑痩㼊"), Big5 ("匜") and Urdu ("Olﻠ, olﻠ").
 @pytest.mark.parametrize("line", ["¿Qué?\n", "Él\n", "Déjà vu\n", "Olé, olé\n"])
 @pytest.mark.parametrize("before", ["", "uno\ndos\n"], ids=["alone", "after UTF-8 lines"])
@@ -570,6 +606,13 @@ def test_author_replaces_the_author_of_imported_jsonl(tmp_path):
     """--author applies to JSONL records too, not only to text files."""
     jsonl = write_jsonl(tmp_path / "a.jsonl", [{"text": "one", "author": "Someone"}, {"text": "two"}])
     assert {p.author for p in import_files([jsonl], author="Pablo Neruda")} == {"Pablo Neruda"}
+
+
+@pytest.mark.parametrize("separator", ["\v\v\v", "\u2029\u2029\u2029", "\u2028\u2028\u2028"])
+def test_poems_parted_by_other_line_breaks_are_two_poems(tmp_path, separator):
+    path = tmp_path / "poems.txt"
+    path.write_text(f"First poem{separator[0]}line two{separator}Second poem", encoding="utf-8")
+    assert [p.text for p in import_files([path])] == ["First poem\nline two", "Second poem"]
 
 
 def test_a_file_with_old_mac_line_ends_splits_into_poems(tmp_path):

@@ -35,10 +35,25 @@ _LONE_SIGNS = frozenset(
     if c and not c.isalpha() and not any(c.encode("cp1252").decode(e, "ignore").isalpha() for e in ("cp1250", "cp1257"))
 )
 _LONE_NON_ASCII = re.compile(r"(?<![^\x00-\x7f])[^\x00-\x7f](?![^\x00-\x7f])")
+# A sign that is a letter in cp1250 or cp1257 ("¾" Slovak "ľ"), with no letter or other non-ASCII character next to
+# it: such a letter would be part of a word ("ma³y"); "at ¾ past nine" and "11¾" are cp1252's signs.
+_SIGN_APART = re.compile(r"(?<![A-Za-z\x80-\U0010ffff])[\x80-\U0010ffff](?![A-Za-z\x80-\U0010ffff])")
 # Cyrillic, Greek or Hebrew read as cp1252 make whole words of accented letters; Western European words rarely hold
 # three in a row.
 _ACCENTED_RUN = re.compile(r"[^\W\d_a-zA-Z]{3}")
 _MOJIBAKE_PASSES = 8  # Hypothesis found no text that needs more than 3; this bounds a pathological one
+# What UTF-8 read as cp1252 looks like: a lead character and its continuations (ftfy's "sloppy" cp1252 maps the bytes
+# cp1252 leaves undefined to C1 controls).
+_CONTINUATION = "".join(bytes([b]).decode("cp1252", "ignore") or chr(b) for b in range(0x80, 0xC0))
+_MOJIBAKE_SHAPE = re.compile(f"[\u00c2-\u00df][{_CONTINUATION}]|[\u00e0-\u00ef][{_CONTINUATION}]{{2}}|"
+                             f"[\u00f0-\u00f4][{_CONTINUATION}]{{3}}")
+# A word that ends in "Ã" before a dash, a quote or a guillemet ("IRMÃ—", "«MÃE»"): Portuguese in capitals, and also
+# the shape of "×", "Ô" or "û" read as cp1252. In a poem whose other characters show it is real UTF-8, it is kept.
+_WORD_FINAL_A_TILDE = re.compile(r"(?<=[^\W\d_])Ã(?=[—–”“‘’»«™•…‹›])")
+_KEPT = "\ufdd0"  # a noncharacter: stands for a kept "Ã" while ftfy reads the rest
+# Line breaks other than "\n" and "\r": a vertical tab (Word's Shift+Enter, in text copied out of it; ftfy would
+# delete it, gluing the last word of one line to the first of the next), Unicode's line and paragraph separators.
+_LINE_BREAK = re.compile("\r\n|[\r\v\u2028\u2029]")
 # Two or more blank lines; a line of any whitespace (a no-break space, a form feed) is blank, as cleaning makes it.
 _POEM_SEPARATOR = re.compile(r"\n(?:[^\S\n]*\n){2,}")
 # A JSONL line or a JSON array of objects (or []); not a poem that opens "[Sí]" or "{Untitled}".
@@ -59,6 +74,7 @@ _GUTENBERG_CREDIT = re.compile(
     re.I | re.S,
 )
 _GUTENBERG_FOOTER = re.compile(r"^[^\S\n]*End of (?:the |this )?Project Gutenberg", re.M | re.I)
+_PLAIN_QUOTES = str.maketrans(dict.fromkeys("‘’ʼ′", "'") | dict.fromkeys("“”„«»″", '"'))  # copies differ in these
 _LANGUAGE_TAG = re.compile(r"[a-z]{2,3}(?:-[a-z0-9]{1,8})*", re.I)  # BCP 47's shape: "es", "pt-BR", "zh-Hant"
 
 
@@ -102,9 +118,10 @@ def normalize_text(text: str) -> str:
     # ftfy repairs UTF-8 read as cp1252 (the seed's "skyâ€™s"); keep curly quotes, leave entities to the parser and
     # full-width marks as they are (a Chinese poem's "，！" would become ",!").
     # A repair or a tidied line can uncover another repair ("Ã\t©" -> "Ã ©" -> "à ©"): repeat until nothing changes.
-    # A vertical tab is a line break (Word's Shift+Enter, in text copied out of it): ftfy would delete it, gluing the
-    # last word of one line to the first of the next.
-    text = text.replace("\v", "\n")
+    text = line_breaks(text)
+    kept = _KEPT not in text and _NOT_ASCII.search(_MOJIBAKE_SHAPE.sub("", text)) is not None
+    if kept:  # some character is no mojibake: the text is UTF-8, and a word-final "Ã" before a mark is Portuguese
+        text = _WORD_FINAL_A_TILDE.sub(_KEPT, text)
     for _ in range(_MOJIBAKE_PASSES):
         cleaned = _tidy(
             ftfy.fix_text(text, uncurl_quotes=False, unescape_html=False, fix_character_width=False, normalization="NFC")
@@ -112,12 +129,17 @@ def normalize_text(text: str) -> str:
         if cleaned == text:
             break
         text = cleaned
-    return text
+    return text.replace(_KEPT, "\u00c3") if kept else text
+
+
+def line_breaks(text: str) -> str:
+    """``text`` with ``\n`` for every line break (``\r\n``, ``\r``, a vertical tab, U+2028, U+2029)."""
+    return _LINE_BREAK.sub("\n", text)
 
 
 def _tidy(text: str) -> str:
     """Line ends, control characters, spaces and blank lines: the cleaning ftfy leaves to us (then NFC again)."""
-    text = text.replace("\r\n", "\n").replace("\r", "\n").translate(_HYPHENS)
+    text = line_breaks(text).translate(_HYPHENS)
     text = _SURROGATE.sub("\ufffd", _INVISIBLE.sub("", _CONTROL.sub("", text)))
     text = "\n".join(" ".join(line.split()) for line in text.split("\n"))
     return unicodedata.normalize("NFC", _BLANK_RUN.sub("\n\n", text).strip("\n"))
@@ -223,7 +245,8 @@ def _legacy_encoding(data: bytes, lang: str | None = None) -> str | None:
 
 
 def _reads_as_cp1252(data: bytes) -> bool:
-    """Whether ``data`` is Western European text in cp1252: other signs than its usual marks only among ASCII, and
+    """Whether ``data`` is Western European text in cp1252: other signs than its usual marks only among ASCII (those
+    that are letters in cp1250 or cp1257 only apart from letters), and
     under a quarter of its letters accented or, as in a line too short to count on that ("¿Qué?", "Él"), never three
     accented in a row."""
     try:
@@ -231,8 +254,12 @@ def _reads_as_cp1252(data: bytes) -> bool:
     except UnicodeDecodeError:  # a byte cp1252 leaves undefined
         return False
     lone = {m.start() for m in _LONE_NON_ASCII.finditer(text)}
+    apart = {m.start() for m in _SIGN_APART.finditer(text)}
     non_ascii = list(_NOT_ASCII.finditer(text))
-    if not all(m[0].isalpha() or m[0] in _CP1252_MARKS or m[0] in _LONE_SIGNS and m.start() in lone for m in non_ascii):
+    if not all(
+        m[0].isalpha() or m[0] in _CP1252_MARKS or m[0] in _LONE_SIGNS and m.start() in lone or m.start() in apart
+        for m in non_ascii
+    ):
         return False
     accented = sum(m[0].isalpha() for m in non_ascii)
     return accented * 4 < sum(map(str.isalpha, text)) or not _ACCENTED_RUN.search(text)
@@ -392,7 +419,7 @@ def import_files(
         elif kind == "jsonl":
             found = read_corpus(path, lang=lang)
         else:
-            text = text.replace("\r\n", "\n").replace("\r", "\n")  # before the Gutenberg and blank-line patterns
+            text = line_breaks(text)  # before the Gutenberg and blank-line patterns
             body = _strip_gutenberg(text, name) if kind == "gutenberg" else text
             # A file name need not be UTF-8: Python keeps its stray bytes as lone surrogates, which cannot be written.
             found = _split_text(body, clean_field(Path(path).name))
@@ -407,8 +434,9 @@ def import_files(
 
 def split_poems(poems: list[Poem], val_fraction: float, seed: int) -> tuple[list[Poem], list[Poem]]:
     """Hold out whole poems (never overlapping windows), the same ones for the same seed; the copies of a poem (the
-    same text: one file imported twice, overlapping anthologies) are held out together or not at all, so validation
-    holds only poems training never saw."""
+    same text but for case and the kind of quotes: one file imported twice, overlapping anthologies; lower-cased, as
+    training reads them by default, they are one poem) are held out together or not at all, so validation holds
+    only poems training never saw."""
     if not 0.0 <= val_fraction < 1.0:
         raise NeuraldaError(f"--val-fraction must be in [0, 1), got {val_fraction}")
     n_val = round(len(poems) * val_fraction)
@@ -418,7 +446,7 @@ def split_poems(poems: list[Poem], val_fraction: float, seed: int) -> tuple[list
     random.Random(seed).shuffle(order)
     copies: dict[str, list[int]] = {}  # in the shuffled order of each text's first copy
     for i in order:
-        copies.setdefault(poems[i].text, []).append(i)
+        copies.setdefault(poems[i].text.casefold().translate(_PLAIN_QUOTES), []).append(i)
     if n_val >= len(poems) and len(copies) > 1:
         raise NeuraldaError(
             f"--val-fraction {val_fraction} would hold out all {len(poems)} poems; use at most "

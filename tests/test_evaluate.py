@@ -13,6 +13,7 @@ from neuralda.corpus import Poem
 from neuralda.errors import NeuraldaError
 from neuralda.evaluate import (
     NgramIndex,
+    comparability_notes,
     compare_rows,
     copied_share,
     distinct_n,
@@ -231,6 +232,48 @@ def test_copied_runs_are_counted_but_not_across_poems():
     assert copied_share([poem], idx, 4) == pytest.approx(3 / 8)  # the first three of its eight 4-word runs
 
 
+def test_the_words_a_poem_was_given_are_not_the_model_s_copies_or_variety():
+    # Started with a training line, a poem copied 9 words of it in the table; the copy was the user's.
+    idx = index()
+    poem = poem_words("love is a lamp left burning, copper moon")  # 6 given words, all a training poem's
+    assert idx.longest_copy(poem) == 6 and idx.longest_copy(poem, given=6) == 0
+    assert idx.longest_copy(poem, given=5) == 6  # "burning" was the model's, and continued the copy
+    assert copied_share([poem], idx, 4, given=6) == 0.0  # "lamp left burning copper", "left burning copper moon"
+    assert copied_share([poem], idx, 4, given=5) == pytest.approx(1 / 3)
+    assert distinct_n([poem_words("love love love sea")], 1, given=2) == 1.0  # "love sea": the model's two
+    m = sample_measures([("love is a lamp", True)], idx, given=4)  # nothing of the model's
+    assert m["longest_copy"] is None and m["copied_4gram_share"] is None and m["words_per_poem"] == 4
+
+
+def test_evaluate_counts_a_start_s_words_as_given(tiny_run):
+    from neuralda.generate import write_poems
+
+    start = "the salt wind sings of"
+    run = Run.open(tiny_run)
+    model, _ = run.load_model("best")
+    row = evaluate_run(tiny_run, samples=3, words=12, seed=4, start=start)
+    poems = write_poems(model, run.vocab, start, 12, 3, None, 4)
+    expected = sample_measures(poems, NgramIndex.from_poems(run.poems("train")), given=5)
+    assert {k: row[k] for k in expected} == expected
+
+
+def test_compare_says_when_vocabularies_or_held_out_poems_differ(tiny_run, tmp_path):
+    rows = [
+        {"vocab_size": 1819, "min_count": 1, "keep_case": False, "heldout_poems": "a"},
+        {"vocab_size": 1020, "min_count": 3, "keep_case": False, "heldout_poems": "a"},
+    ]
+    [note] = comparability_notes(rows)
+    assert "1,819 tokens; 1,020 tokens at --min-count 3" in note and "easier task" in note
+    assert comparability_notes(rows[:1] * 2) == []
+    other = shutil.copytree(tiny_run, tmp_path / "other split")
+    val = other / "data" / "val.jsonl"
+    val.write_text(val.read_text(encoding="utf-8").splitlines(keepends=True)[0], encoding="utf-8")  # fewer poems
+    table = format_compare(compare_rows([str(tiny_run), str(other)], samples=0))
+    assert table.splitlines()[-1].startswith("note: the runs are scored on different held-out poems")
+    same = format_compare(compare_rows([str(tiny_run), str(other)], samples=0, corpus=str(val)))
+    assert "note:" not in same
+
+
 def test_suffix_array_sorts_every_suffix():
     rng = np.random.default_rng(0)
     for n in (0, 1, 2, 50):
@@ -373,7 +416,7 @@ def test_evaluate_measures_its_poems_against_the_training_poems(tiny_run, tmp_pa
     poems = write_poems(model, run.vocab, None, 40, 4, sampling, 5)
     write_corpus(run_dir / "data" / "val.jsonl", [Poem("", "", text) for text, _ in poems])
     row = evaluate_run(run_dir, samples=4, words=40, seed=5, sampling=sampling)
-    expected = sample_measures(poems, NgramIndex.from_poems(run.poems("train")))
+    expected = sample_measures(poems, NgramIndex.from_poems(run.poems("train")), given=1)  # each opens with "love"
     assert {k: row[k] for k in expected} == expected and row["copied_8gram_share"] < 1.0
 
 

@@ -35,12 +35,12 @@ def test_report_structure_plot_and_numbers(tiny_run, tmp_path):
     row = evaluate_run(tiny_run, "epoch-4", samples=4, seed=2, words=12)
     rows = [[c.strip() for c in ln.strip("|").split("|")] for ln in text.splitlines() if ln.startswith("| ")]
     cells = next(r for r in rows if r[1] == "epoch-4")
-    assert cells[3] == f"{row['perplexity']:.1f}"
-    assert cells[7] == f"{row['copied_6gram_share']:.1%}"
-    assert cells[9] == str(row["longest_copy"])
-    assert cells[10] == f"{row['distinct_2']:.3f}"
+    assert cells[3] == f"{row['perplexity']:.1f}" and cells[6] == f"{row['oov_rate']:.1%}"
+    assert cells[8] == f"{row['copied_6gram_share']:.1%}"
+    assert cells[10] == str(row["longest_copy"])
+    assert cells[11] == f"{row['distinct_2']:.3f}"
     # Poems of the default length differ here, so a report that ignored `words` would fail the line above.
-    assert cells[10] != f"{evaluate_run(tiny_run, 'epoch-4', samples=4, seed=2)['distinct_2']:.3f}"
+    assert cells[11] != f"{evaluate_run(tiny_run, 'epoch-4', samples=4, seed=2)['distinct_2']:.3f}"
     page = (tmp_path / "report.html").read_text()
     assert page.count("<details>") == 1 and "data:image/png;base64," in page
     assert re.findall(r'<table class="poems">.*?</table>', page, re.S) == re.findall(
@@ -327,7 +327,7 @@ def test_run_names_are_shown_as_written_in_markdown_and_the_plot(tiny_run, tmp_p
     write_report([str(r) for r in runs], out, samples=1, words=8)
     text = out.read_text()
     rows = [re.split(r"(?<!\\)\|", ln.strip())[1:-1] for ln in text.splitlines() if ln.startswith("| ")]
-    assert {len(r) for r in rows} == {11}  # run, checkpoint and nine measures in every row
+    assert {len(r) for r in rows} == {12}  # run, checkpoint and ten measures in every row
     assert "## poet\\|with\\*stars\\_&lt;b&gt;&amp;amp;" in text and "<b>" not in text
     assert "## \\_draft" in text
 
@@ -430,7 +430,7 @@ def test_the_table_poems_and_labels_render_as_written(tiny_run, tmp_path):
     header = next(i for i, ln in enumerate(lines) if ln.startswith("| run |"))
     assert lines[header + 1].count("---") == lines[header].count("|") - 1  # else no table renders at all
     cells = [c.strip() for c in lines[header + 2].strip("|").split("|")]
-    assert cells[:2] == ["run", "best"] and cells[6:10] == ["-"] * 4 and cells[10] == "-"
+    assert cells[:2] == ["run", "best"] and cells[7:11] == ["-"] * 4 and cells[11] == "-"
     assert "<th>held\u2011out ppl</th>" in (tmp_path / "post.html").read_text()
     for entry in entries:
         model, _ = Run.open(run).load_model(entry.checkpoint)

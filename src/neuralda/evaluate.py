@@ -9,6 +9,7 @@ checkpoint of a run; ``compare_rows`` and ``format_compare`` set several side by
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import math
 import numbers
 from bisect import bisect_left, bisect_right
@@ -22,7 +23,7 @@ from torch.nn import functional as F
 
 from .corpus import Poem, read_corpus
 from .errors import NeuraldaError, listed
-from .generate import SamplingConfig, write_poems
+from .generate import SamplingConfig, default_start, start_tokens, write_poems
 from .run import Run, printable
 from .tokenizer import POEM_END, Vocab, detokenize, is_word, tokenize
 
@@ -83,7 +84,8 @@ class HeldoutScorer:
     """Scores held-out text (`token_nll`), laid out once to be scored after every epoch of a run.
 
     The text is cut into up to ``EVAL_STREAMS`` parallel streams read in chunks with the recurrent state carried, so
-    every model is measured the way it writes: one long context, not windows. Each stream first reads, unscored, the
+    every model is measured the same way, as training reads the corpus: one long context across poems, not windows
+    (a poem is written from a fresh state; scoring each poem from one read 3-5% higher for small LSTMs). Each stream first reads, unscored, the
     ``EVAL_WARMUP`` tokens before its part: a state starting from zeros mid-text cost a small held-out set 5% of its
     perplexity against reading it as one stream; after the warm-up it is 0.04-0.06% above (Keats 98.970 against
     98.930, the demo model 68.031 against 67.989: an LSTM remembers further back than 128 tokens; 512 would bring it
@@ -250,9 +252,10 @@ def poem_words(text: str, keep_case: bool = False) -> list[str]:
     return [t.strip(" ") for t in tokenize(text, keep_case=keep_case, end=False) if is_word(t)]
 
 
-def ngrams(words: Sequence[str], n: int) -> list[tuple[str, ...]]:
-    """Every run of ``n`` consecutive words."""
-    return [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
+def ngrams(words: Sequence[str], n: int, given: int = 0) -> list[tuple[str, ...]]:
+    """Every run of ``n`` consecutive words; with ``given``, only those that reach past the first ``given`` words
+    (the start a writer was given: its words are not the model's)."""
+    return [tuple(words[i : i + n]) for i in range(max(0, given - n + 1), len(words) - n + 1)]
 
 
 def suffix_array(text: np.ndarray) -> np.ndarray:
@@ -311,38 +314,47 @@ class NgramIndex:
         """Whether ``words`` occur in this order, one after another, in one training poem."""
         return len(self._span(words)) > 0
 
-    def longest_copy(self, words: Sequence[str]) -> int:
-        """The length of the longest run of ``words`` found verbatim in the training poems."""
+    def longest_copy(self, words: Sequence[str], given: int = 0) -> int:
+        """The length of the longest run of ``words`` found verbatim in the training poems, among the runs that reach
+        past the first ``given`` words (see ``ngrams``): a copied start followed by a new word counts for nothing."""
         best = 0
         for i in range(len(words)):
-            while i + best < len(words) and self.contains(words[i : i + best + 1]):
-                best += 1
+            length = max(best, given - i) + 1  # longer than the best so far, and past the start
+            while i + length <= len(words) and self.contains(words[i : i + length]):
+                best, length = length, length + 1
         return best
 
 
-def copied_share(poems: Sequence[Sequence[str]], index: NgramIndex, n: int) -> float | None:
-    """The share of the poems' ``n``-word runs found in the training poems (None when no poem has ``n`` words)."""
-    grams = [g for words in poems for g in ngrams(words, n)]
+def copied_share(poems: Sequence[Sequence[str]], index: NgramIndex, n: int, given: int = 0) -> float | None:
+    """The share of the poems' ``n``-word runs (past ``given``: see ``ngrams``) found in the training poems (None
+    when no poem has such a run)."""
+    grams = [g for words in poems for g in ngrams(words, n, given)]
     return sum(map(index.contains, grams)) / len(grams) if grams else None
 
 
-def distinct_n(poems: Sequence[Sequence[str]], n: int) -> float | None:
+def distinct_n(poems: Sequence[Sequence[str]], n: int, given: int = 0) -> float | None:
     """Distinct ``n``-word runs over all of them, pooled over the poems; None when there are none. This is the common
-    ratio form of Li et al. 2016's distinct-n, who divide by the number of words instead (n - 1 more per poem)."""
-    grams = [g for words in poems for g in ngrams(words, n)]
+    ratio form of Li et al. 2016's distinct-n, who divide by the number of words instead (n - 1 more per poem).
+    ``given``: see ``ngrams``."""
+    grams = [g for words in poems for g in ngrams(words, n, given)]
     return len(set(grams)) / len(grams) if grams else None
 
 
-def sample_measures(poems: Sequence[tuple[str, bool]], index: NgramIndex, keep_case: bool = False) -> dict:
-    """Copying and diversity of written poems, as ``write_poems`` returns them: (text, ended by itself); a measure
-    with nothing to measure (no poems, or none long enough) is None, shown as "-", not as a misleading 0."""
+def sample_measures(
+    poems: Sequence[tuple[str, bool]], index: NgramIndex, keep_case: bool = False, given: int = 0
+) -> dict:
+    """Copying and diversity of written poems, as ``write_poems`` returns them: (text, ended by itself), each
+    beginning with the ``given`` words of its start, which count only in runs that reach past them (a start copied
+    from a training poem is the user's copy, not the model's); a measure with nothing to measure (no poems, or none
+    long enough) is None, shown as "-", not as a misleading 0."""
     words = [poem_words(text, keep_case) for text, _ in poems]
-    row: dict = {f"copied_{n}gram_share": copied_share(words, index, n) for n in COPY_LENGTHS}
-    row["longest_copy"] = max((index.longest_copy(w) for w in words if w), default=None)
-    row["distinct_1"] = distinct_n(words, 1)
-    row["distinct_2"] = distinct_n(words, 2)
+    row: dict = {f"copied_{n}gram_share": copied_share(words, index, n, given) for n in COPY_LENGTHS}
+    row["longest_copy"] = max((index.longest_copy(w, given) for w in words if len(w) > given), default=None)
+    row["distinct_1"] = distinct_n(words, 1, given)
+    row["distinct_2"] = distinct_n(words, 2, given)
     row["ended_share"] = sum(ended for _, ended in poems) / len(poems) if poems else None
     row["samples"] = len(poems)
+    row["words_per_poem"] = sum(map(len, words)) / len(words) if words else None  # distinct-n falls as poems grow
     return row
 
 
@@ -368,7 +380,8 @@ def measure_checkpoints(
     if isinstance(samples, bool) or not isinstance(samples, numbers.Integral) or samples < 0:  # not "--n"
         raise NeuraldaError(f"--samples must be 0 or more, got {samples!r}")
     run = Run.open(run_dir)
-    text, index = None, None
+    sampling = sampling or SamplingConfig()
+    text, index, given = None, None, 0
     for checkpoint in listed(checkpoints, "checkpoints"):
         model, meta = run.load_model(checkpoint, device=device)
         if text is None:
@@ -378,9 +391,16 @@ def measure_checkpoints(
                     f"{run.path}: no held-out poems (trained with --val-fraction 0); pass --corpus FILE"
                 )
             text = heldout_text(heldout, run.vocab)
+            # Which poems were scored: runs split with another --seed or from another corpus hold out others.
+            poems_hash = hashlib.sha256("\0".join(p.text for p in heldout).encode("utf-8", "surrogatepass"))
+            if samples:  # the start's words, which every poem opens with (checked as write_poems checks it)
+                given = sum(map(is_word, start_tokens(default_start(run.vocab) if start is None else start, run.vocab)))
         # Names as a terminal can print them: a byte that is not UTF-8 made printing the row a traceback.
         row = {"run": printable(str(run_dir)), "checkpoint": checkpoint, "epoch": meta.get("epoch")}
         row["corpus"] = "val" if corpus is None else printable(str(corpus))
+        row["heldout_poems"] = poems_hash.hexdigest()[:12]
+        # What the perplexity is of: a vocabulary that reads more words as <unk> makes an easier task.
+        row["vocab_size"], row["min_count"], row["keep_case"] = len(run.vocab), run.vocab.min_count, run.vocab.keep_case
         # As training scored it (a run trained in bf16 on a CPU validated in bf16; older checkpoints say nothing):
         # the same number as the run's metrics and plot. Not an LSTM on CUDA, where autocast runs cuDNN's LSTM in
         # float16 (see train.pick_precision).
@@ -391,7 +411,8 @@ def measure_checkpoints(
         poems = write_poems(model, run.vocab, start, words, samples, sampling, seed) if samples else []
         if index is None:  # read only when there are poems to check: a run shared without data/ can be measured
             index = NgramIndex.from_poems(run.poems("train") if poems else [], run.vocab.keep_case)
-        row.update(sample_measures(poems, index, run.vocab.keep_case))
+        row.update(sample_measures(poems, index, run.vocab.keep_case, given))
+        row["temperature"], row["top_p"] = sampling.temperature, sampling.top_p  # copying and diversity depend on them
         yield row, model, meta
 
 
@@ -426,6 +447,30 @@ def compare_rows(specs: Sequence[str], **options) -> list[dict]:
     return rows
 
 
+def comparability_notes(rows: Sequence[dict]) -> list[str]:
+    """Why the perplexities of ``rows`` (of ``measure_checkpoints``) are not comparable, as sentences; none when
+    they are (or a row does not say)."""
+
+    def vocabulary(size: int, min_count: int, keep_case: bool) -> str:
+        return f"{size:,} tokens" + (f" at --min-count {min_count}" if min_count != 1 else "") + (
+            " with --keep-case" if keep_case else "")
+
+    notes = []
+    vocabularies = dict.fromkeys((r.get("vocab_size"), r.get("min_count"), r.get("keep_case")) for r in rows)
+    if len(vocabularies) > 1:
+        notes.append(
+            f"the runs' vocabularies differ ({'; '.join(vocabulary(*v) for v in vocabularies)}): a run that reads more "
+            "words as <unk> has an easier task and a lower perplexity (see the OOV rate); compare runs with the same "
+            "vocabulary"
+        )
+    if len({r.get("heldout_poems") for r in rows}) > 1:
+        notes.append(
+            "the runs are scored on different held-out poems (each on its own split: another --seed or corpus); pass "
+            "--corpus FILE to score them all on the same poems"
+        )
+    return notes
+
+
 _COLUMNS = (  # header, key, how the value is written
     ("epoch", "epoch", "{}".format),
     ("ppl", "perplexity", format_ppl),
@@ -443,13 +488,12 @@ _COLUMNS = (  # header, key, how the value is written
 
 
 def format_compare(rows: Sequence[dict]) -> str:
-    """An aligned plain-text table, one line per run or checkpoint."""
+    """An aligned plain-text table, one line per run or checkpoint, and the ``comparability_notes``."""
     table = [["run"] + [header for header, _, _ in _COLUMNS]]
     for row in rows:
         cells = [f"{row['run']}:{row['checkpoint']}"]
         cells += ["-" if row.get(key) is None else write(row[key]) for _, key, write in _COLUMNS]
         table.append(cells)
     widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
-    return "\n".join(
-        "  ".join([r[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(r[1:], widths[1:])]).rstrip() for r in table
-    )
+    lines = ["  ".join([r[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(r[1:], widths[1:])]).rstrip() for r in table]
+    return "\n".join(lines + [f"note: {note}" for note in comparability_notes(rows)])

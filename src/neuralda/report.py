@@ -20,7 +20,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from .errors import NeuraldaError, listed
-from .evaluate import format_ppl, measure_checkpoints
+from .evaluate import comparability_notes, format_ppl, measure_checkpoints
 from .files import check_file_name, remove_partial_writes_of, write_together
 from .generate import SamplingConfig, default_start, write_poems
 from .run import Run, printable
@@ -224,6 +224,7 @@ _TABLE = (  # header, key, how the value is written
     ("held-out ppl", "perplexity", format_ppl),
     ("ppl per word", "perplexity_per_word", format_ppl),
     ("bits/char", "bits_per_char", "{:.2f}".format),
+    ("OOV", "oov_rate", "{:.1%}".format),
     ("4-word copies", "copied_4gram_share", "{:.1%}".format),
     ("6-word copies", "copied_6gram_share", "{:.1%}".format),
     ("8-word copies", "copied_8gram_share", "{:.1%}".format),
@@ -271,8 +272,7 @@ def markdown(runs: list[Run], entries: list[Entry], title: str, plot_name: str |
         out += [f"![Training and held-out perplexity per epoch]({link})", ""]
     out += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     out += ["| " + " | ".join(map(markdown_text, r)) + " |" for r in rows]
-    out += ["", f'Held-out perplexity on poems the model never saw (lower is better); copies: the share of the '
-            f"written poems' word runs found verbatim in the training poems. {markdown_text(beginning)}", ""]
+    out += ["", markdown_text(table_note(entries, beginning)), ""]
     out += ["## Poems", ""]
     for table in _poem_tables(entries):
         out += [table, ""]
@@ -330,11 +330,21 @@ table.poems td {{ white-space: normal; text-align: start; vertical-align: top; p
 <h1>{html.escape(title)}</h1>
 {image}
 {table}
-<p class="note">Held-out perplexity on poems the model never saw (lower is better); copies: the share of the written
-poems' word runs found verbatim in the training poems. {html.escape(beginning)}</p>
+<p class="note">{html.escape(table_note(entries, beginning))}</p>
 {body}
 </body></html>
 """
+
+
+def table_note(entries: list[Entry], beginning: str) -> str:
+    """What the measures table says, how the poems begin, and why its perplexities are not comparable if they are
+    not (``comparability_notes``)."""
+    notes = "".join(f" Note: {note[0].upper()}{note[1:]}." for note in comparability_notes([e.measures for e in entries]))
+    return (
+        "Held-out perplexity on poems the model never saw (lower is better; OOV: the share of their tokens the "
+        "vocabulary reads as <unk>); copies: the share of the written poems' word runs, past the words they were "
+        f"given, found verbatim in the training poems. {beginning}{notes}"
+    )
 
 
 def _beginning(runs: list[Run], start: str | None) -> str:

@@ -453,6 +453,9 @@ def test_poems_whose_clients_have_left_stop_and_hold_up_no_one(runs, monkeypatch
             sock.close()
         assert stopped.wait(5)
         assert write(c, words=5, seed=1).status_code == 200
+        deadline = time.perf_counter() + 5
+        while live.app.state.writers.pending and time.perf_counter() < deadline:  # each notices its client has gone
+            time.sleep(0.05)
         assert live.app.state.writers.pending == 0
 
 

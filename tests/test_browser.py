@@ -84,8 +84,9 @@ def test_the_page_names_the_model_and_offers_each_checkpoint(page):
     assert "tiny" in model and "vocabulary" in model and "held-out perplexity" in model
     assert page.locator("#choice-row").is_visible()
     labels = page.locator("#choice option").all_text_contents()
-    assert len(labels) == 6 and "other · epoch-1 (epoch 1)" in labels
-    page.select_option("#choice", label="other · epoch-1 (epoch 1)")
+    epoch_1 = next(label for label in labels if label.startswith("other · epoch-1 (epoch 1, perplexity "))
+    assert len(labels) == 6 and "perplexity" in labels[0]  # each checkpoint's, to choose among them
+    page.select_option("#choice", label=epoch_1)
     assert page.inner_text("#model").startswith("other")
     with page.expect_request("**/api/generate") as sent:
         page.click("#write-button")
@@ -220,3 +221,105 @@ def test_a_right_to_left_poem_reads_from_the_right_and_the_policy_blocks_nothing
     directions = page.eval_on_selector_all("#stanzas .stanza", "ps => ps.map(p => getComputedStyle(p).direction)")
     assert directions == ["rtl", "ltr"]
     assert not [c for c in complaints if "Content Security Policy" in c], complaints
+
+
+def test_each_slider_is_named_by_its_label(page):
+    # A label holding an <output> named the output, not the slider: a screen reader heard "slider 0.9".
+    for name in ("Temperature", "Top-p", "Length"):
+        sync_api.expect(page.get_by_role("slider", name=name)).to_have_count(1)
+    page.click("label[for=words]")
+    assert page.evaluate("document.activeElement.id") == "words"
+    assert page.get_attribute("#words", "aria-valuetext") == "120 words"
+
+
+def test_a_long_right_to_left_line_wraps_inside_a_phone_s_screen(browser, server):  # noqa: F811
+    context = browser.new_context(base_url=server.url, viewport={"width": 360, "height": 740}, is_mobile=True)
+    page = context.new_page()
+    page.goto("/")
+    sync_api.expect(page.locator("#write-button")).to_be_enabled()
+    line = " ".join(["السماء الزرقاء فوق البحر"] * 6)
+    poem = {"poem": line, "words": 24, "ms": 1.0, "seed": 1, "ended": True, "run": "tiny", "checkpoint": "best"}
+    page.route("**/api/generate", lambda route: route.fulfill(json=poem))
+    page.click("#write-button")
+    sync_api.expect(page.locator("#stanzas .line").first).to_have_text(line)
+    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+    # Where its letters are: padding-left with a hanging indent put the first part of the line past the right edge.
+    left, right = page.evaluate("""() => {
+        const range = document.createRange();
+        range.selectNodeContents(document.querySelector("#stanzas .line"));
+        const rects = [...range.getClientRects()];
+        return [Math.min(...rects.map(r => r.left)), Math.max(...rects.map(r => r.right))];
+    }""")
+    column = page.locator("#stanzas").bounding_box()
+    assert left >= column["x"] - 0.5 and right <= column["x"] + column["width"] + 0.5
+    context.close()
+
+
+def test_a_poem_being_written_can_be_stopped(page):
+    held = []
+    page.route("**/api/generate", lambda route: held.append(route))  # never answered: a slow poem
+    page.focus("#write-button")
+    page.keyboard.press("Enter")
+    sync_api.expect(page.locator("#stop")).to_be_visible()
+    assert page.evaluate("document.activeElement.id") == "stop"  # the keyboard's place moves to Stop
+    page.keyboard.press("Enter")
+    sync_api.expect(page.locator("#write-button")).to_be_enabled()
+    sync_api.expect(page.locator("#status")).to_have_text("Stopped.")
+    assert page.locator("#stop").is_hidden() and page.locator("#error").is_hidden() and len(held) == 1
+    assert page.evaluate("document.activeElement.id") == "write-button"
+
+
+def test_a_server_that_does_not_answer_is_named_and_the_poem_shown_is_marked_stale(page):
+    with page.expect_response("**/api/generate"):
+        page.click("#write-button")
+    page.route("**/api/generate", lambda route: route.abort())
+    page.click("#write-button")
+    sync_api.expect(page.locator("#error")).to_contain_text("is neuralda serve still running?")
+    assert "stale" in page.get_attribute("#poem", "class")
+    page.unroute("**/api/generate")
+    with page.expect_response("**/api/generate"):
+        page.click("#write-button")
+    sync_api.expect(page.locator("#error")).to_be_hidden()
+    sync_api.expect(page.locator("#poem")).not_to_have_class("poem stale")
+
+
+def test_a_busy_server_is_asked_again_after_its_retry_after(page):
+    answers = []
+
+    def busy_once(route):
+        answers.append(route.request.url)
+        if len(answers) == 1:
+            route.fulfill(status=503, headers={"Retry-After": "1"}, json={"detail": "ask again in a moment"})
+        else:
+            route.continue_()
+
+    page.route("**/api/generate", busy_once)
+    page.click("#write-button")
+    sync_api.expect(page.locator("#stanzas .line").first).to_be_visible()
+    assert len(answers) == 2 and page.locator("#error").is_hidden()
+
+
+def test_the_page_lists_the_poets_once_the_server_answers(browser, server):  # noqa: F811
+    context = browser.new_context(base_url=server.url)
+    page = context.new_page()
+    refused = []
+    page.route("**/api/models", lambda route: refused.append(1) or route.abort() if not refused else route.continue_())
+    page.goto("/")
+    sync_api.expect(page.locator("#error")).to_contain_text("asking again in 1 s")
+    sync_api.expect(page.locator("#write-button")).to_be_enabled()
+    sync_api.expect(page.locator("#error")).to_be_hidden()
+    context.close()
+
+
+def test_the_choices_are_kept_on_reload(page):
+    page.select_option("#choice", value='["other","last"]')
+    page.select_option("#form", label="tercets")
+    page.fill("#words", "300")
+    page.dispatch_event("#words", "change")
+    page.fill("#start", "the sea")
+    page.dispatch_event("#start", "change")
+    page.reload()
+    sync_api.expect(page.locator("#write-button")).to_be_enabled()
+    assert page.input_value("#choice") == '["other","last"]' and page.input_value("#form") == "tercet"
+    assert page.input_value("#words") == "300" and page.inner_text("#words-out") == "300"
+    assert page.input_value("#start") == "the sea" and page.inner_text("#model").startswith("other")

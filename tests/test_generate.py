@@ -13,6 +13,7 @@ from neuralda import Poet
 from neuralda.errors import NeuraldaError, NeuraldaWarning
 from neuralda.generate import (
     MIN_TEMPERATURE,
+    NoDistribution,
     SamplingConfig,
     Stopped,
     filter_logits,
@@ -388,11 +389,33 @@ def test_temperature_sharpens_or_flattens_the_odds(temperature):
 @pytest.mark.parametrize(
     "cfg",
     [SamplingConfig(temperature=t) for t in (0, 1e-60, math.inf, math.nan)]
-    + [SamplingConfig(top_k=-1), SamplingConfig(top_p=0)],
+    + [SamplingConfig(top_k=-1), SamplingConfig(top_p=0)]
+    + [SamplingConfig(repetition_penalty=p) for p in (0.5, 1e39, math.inf, math.nan)],  # 1e39 is inf in float32
 )
 def test_bad_sampling_settings(cfg):
-    with pytest.raises(NeuraldaError, match="temperature|top-k|top-p"):
+    with pytest.raises(NeuraldaError, match="temperature|top-k|top-p|repetition-penalty"):
         cfg.check()
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+def test_a_broken_score_on_a_word_never_written_is_still_an_error(bad):
+    # Setting the banned <unk> to -inf hid the model's NaN (or its +inf: "certainly <unk>"), and it wrote on.
+    v = vocab()
+    logits = torch.zeros(len(v))
+    logits[v.unk] = bad
+    with pytest.raises(NoDistribution, match="is the checkpoint damaged"):
+        write_poems(FixedModel(logits), v, "love", words=3, seed=0)
+
+
+def test_settings_that_leave_no_word_to_write_say_so_not_that_the_checkpoint_is_damaged():
+    from neuralda.generate import CopyGuard
+
+    v = Vocab.build([["a", "b"]])
+    guard = CopyGuard.build(["a b a a b b"], v, 2)  # every word after any word copies two training words
+    logits = torch.zeros(len(v))
+    with pytest.raises(NoDistribution, match="the writing settings left no word to write"):
+        # After "a" and a line break (a couplet's first line), every word is blocked, and so are the breaks.
+        write_poems(FixedModel(logits), v, "a", words=10, seed=0, form="couplet", guard=guard)
 
 
 def test_a_draw_that_rounds_up_never_picks_an_impossible_word(monkeypatch):

@@ -905,6 +905,21 @@ def test_a_diverged_run_s_perplexities_are_served_however_large():
     assert info.val_ppl == 1e300 and info.train_ppl is None
 
 
+def test_a_bug_is_a_500_with_the_security_headers_and_a_traceback_in_the_log(runs, monkeypatch, capfd):
+    import neuralda.serve
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(neuralda.serve, "write_poems", broken)
+    with LiveServer([str(runs[0])]) as live, httpx.Client(base_url=live.url, timeout=20) as c:
+        answer = write(c, words=5)
+    assert answer.status_code == 500 and "a bug: its log says where" in answer.json()["detail"]
+    assert "default-src 'none'" in answer.headers["content-security-policy"]
+    assert answer.headers["x-content-type-options"] == "nosniff"
+    assert "RuntimeError: a bug" in capfd.readouterr().err
+
+
 def test_every_answer_says_the_page_loads_only_its_own_files_and_is_framed_by_no_site(client):
     """A second line of defence behind writing poems as text: no other site's script, frame or referrer."""
     for path, status in [("/", 200), ("/app.js", 200), ("/api/models", 200), ("/api/nothing", 404), ("/nope.html", 404)]:

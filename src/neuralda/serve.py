@@ -501,6 +501,14 @@ def create_app(run_dirs: list[str], hosts: Sequence[str] = ("*",)) -> FastAPI:
             return JSONResponse({"detail": UNREADABLE_BODY}, status_code=422)
         return await http_exception_handler(request, exc)
 
+    @app.exception_handler(Exception)
+    async def bug(_: Request, exc: Exception) -> JSONResponse:
+        # Answered by Starlette's outermost middleware, outside SecurityHeaders: the headers are set here. The
+        # traceback still goes to the server's log.
+        headers = {name.decode(): value.decode() for name, value in SECURITY_HEADERS}
+        detail = "the server failed on this request (a bug: its log says where)"
+        return JSONResponse({"detail": detail}, status_code=500, headers=headers)
+
     @app.get("/api/models", response_model=Models)
     async def models() -> Models:  # on the event loop: it never waits for a thread busy writing
         """The runs served, with their checkpoints and held-out perplexities."""

@@ -191,6 +191,76 @@ def test_lines_stanzas_inline_tags_and_what_never_reaches_the_poem(site, tmp_pat
     assert set(record) == {"title", "author", "text", "url", "fetched_at"}
 
 
+@pytest.mark.parametrize(
+    "body, text",
+    [
+        pytest.param(  # Poetry Foundation's markup: a <div> a line, each ending in a <br>; an empty one parts stanzas
+            '<div class="poem"><div>Gulls over the pier<br></div><div>wheel and cry<br></div><div> <br></div>'
+            "<div>the nets are dry<br></div></div>",
+            "Gulls over the pier\nwheel and cry\n\nthe nets are dry",
+            id="div-a-line",
+        ),
+        pytest.param('<ol class="poem"><li>one line</li><li>two line</li></ol>', "one line\ntwo line", id="li-a-line"),
+        pytest.param(
+            '<div class="poem"><p>one</p><p>two</p><p>&nbsp;</p><p>three</p></div>', "one\ntwo\n\nthree", id="p-a-line"
+        ),
+        pytest.param(
+            '<div class="poem"><div class="lg"><span class="l">one</span><span class="l">two</span></div>'
+            '<div class="lg"><span class="l">three</span></div></div>',
+            "one\ntwo\n\nthree",
+            id="tei-lg-l",
+        ),
+        pytest.param(
+            '<div class="poem">the salt wind</br>the grey sea</br></br>new stanza</div>',
+            "the salt wind\nthe grey sea\n\nnew stanza",
+            id="end-tag-br",
+        ),
+        pytest.param(
+            '<div class="poem" style="white-space: pre-wrap">Gulls over the pier\nwheel and cry\n\nthe nets are dry</div>',
+            "Gulls over the pier\nwheel and cry\n\nthe nets are dry",
+            id="pre-wrap",
+        ),
+        pytest.param('<div class="poem whitespace-pre-line">one\ntwo</div>', "one\ntwo", id="tailwind-pre-line"),
+        pytest.param(
+            '<div class="poem">one line<span style="display:none">Share</span><br>two line<div hidden>Copy link</div>'
+            "<details><summary>Notes</summary>hidden notes</details><dialog>Subscribe?</dialog></div>",
+            "one line\ntwo line\nNotes",
+            id="hidden",
+        ),
+        pytest.param(
+            '<div class="poem"><p>the tide<sup class="reference"><a href="#n1">[1]</a></sup> turns<br>the 1<sup>st</sup>'
+            ' time<sup><a href="#fn2">2</a></sup></p></div>',
+            "the tide turns\nthe 1st time",
+            id="footnote-marks",
+        ),
+        pytest.param(
+            '<div class="poem">Gulls over the pier <span class="linenum">5</span><br>wheel and cry</div>',
+            "Gulls over the pier\nwheel and cry",
+            id="line-number",
+        ),
+        pytest.param(
+            '<table class="poem"><tr><td>Gulls over the pier</td><td>5</td></tr><tr><td>wheel and cry</td></tr></table>',
+            "Gulls over the pier 5\nwheel and cry",
+            id="table-cells",
+        ),
+        pytest.param(
+            '<div class="poem">the sea <img class="wp-smiley emoji" alt="🌊" src="w.png"> again <img alt="a gull"></div>',
+            "the sea 🌊 again",
+            id="emoji-image",
+        ),
+    ],
+)
+def test_a_poem_is_laid_out_as_a_browser_shows_it(body, text):
+    soup = parse_html(f"<html><body>{body}</body></html>".encode(), "text/html; charset=utf-8")
+    assert select_poem(soup, ".poem") == text
+
+
+def test_matches_that_are_lines_are_lines_and_other_matches_stanzas():
+    soup = parse_html(b'<span class="line">one</span><span class="line">two</span><p>three</p><p>four</p>')
+    assert select_poem(soup, ".line") == "one\ntwo"
+    assert select_poem(soup, "p") == "three\n\nfour"
+
+
 def test_navigation_nested_matches_pre_blocks_and_text_after_a_block(site, tmp_path):
     # The preset selectors list alternatives (".o-poem, .poem"): a match inside another is one poem, not two.
     body = """<nav><a href="/prev">Previous poem</a></nav><blockquote>The kettle hums</blockquote>its one low note.
@@ -392,7 +462,7 @@ def test_malformed_poem_pages_give_a_poem_or_a_clear_skip(site, tmp_path):
     assert texts == {
         "unclosed": "first line\nsecond line\n\nthird line",
         "misnested": "one two\n\nthree\n\nfour",
-        "deep": "top\n\nbottom",
+        "deep": "top\nbottom",  # a <div> starts a line, as in a browser
         "comment": "kept",
         "nul": "a\ufffdb c",
     }

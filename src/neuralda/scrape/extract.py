@@ -1,4 +1,6 @@
-"""HTML to poem: bytes decoded the way browsers do, then ``<br>`` ends a line and ``<p>`` (any block) a stanza."""
+"""HTML to poem: bytes decoded the way browsers do, then laid out as a browser shows them: ``<br>`` and a block's
+edges (``<div>``, ``<li>``) end a line, a paragraph's margins (``<p>``, ``<blockquote>``, ``<hr>``) make a blank line
+between stanzas; hidden text, footnote marks and line numbers are not the poem."""
 
 from __future__ import annotations
 
@@ -16,10 +18,23 @@ from bs4 import BeautifulSoup, MarkupResemblesLocatorWarning, NavigableString, T
 from ..corpus import decode_bytes, language_tag, normalize_text
 from ..errors import NeuraldaError
 
+# Elements a browser puts on lines of their own; those with margins (PARAGRAPH_TAGS) also a blank line around.
 BLOCK_TAGS = frozenset(
     "address article blockquote caption center dd details dialog div dl dt fieldset figcaption figure h1 h2 h3 h4 h5 h6"
-    " header hgroup hr li main ol p pre section summary table tbody td tfoot th thead tr ul".split()
+    " header hgroup hr li main ol p pre section summary table tbody tfoot thead tr ul".split()
 )
+PARAGRAPH_TAGS = frozenset("blockquote dl fieldset figure h1 h2 h3 h4 h5 h6 hr ol p pre table ul".split())
+CELL_TAGS = frozenset(("td", "th"))  # side by side on their row
+# Class words that say what an element of a poem is, whatever its tag: TEI's "lg" and "l", a site's "stanza", a
+# "line" made a block by its stylesheet (which a scraper never reads).
+STANZA_WORDS = frozenset(("stanza", "strophe", "lg"))
+LINE_WORDS = frozenset(("line", "l"))
+# Class words of what is beside a poem's words, not in them: line numbers, footnote marks (MediaWiki's
+# <sup class="reference">, Pandoc's <a class="footnote-ref">).
+NOT_TEXT_WORDS = frozenset("linenum lineno linenumber number numbers reference footnote noteref fn".split())
+_KEEPS_NEWLINES = re.compile(r"white-space\s*:\s*(?:pre|pre-wrap|pre-line|break-spaces)\b|^whitespace-pre", re.I)
+_HIDDEN_STYLE = re.compile(r"display\s*:\s*none|visibility\s*:\s*hidden", re.I)
+_END_TAG_BR = re.compile(r"</br\s*>", re.I)
 # Never poem text, wherever they sit: code, forms, embedded players, navigation and side boxes.
 DROPPED_TAGS = frozenset(
     "script style noscript template form button input select option textarea label iframe object embed canvas svg"
@@ -49,7 +64,6 @@ _META_CHARSET = re.compile(rb"""<meta\b[^>]*?charset\s*=\s*["']?\s*([A-Za-z0-9_:
 _HTML_LANG = re.compile(rb"""<html\b[^>]*?\slang\s*=\s*["']?\s*([A-Za-z]{2,3})\b""", re.I)
 _HTML_SPACE = re.compile(r"[ \t\n\r\f]+")
 _WORD_SPLIT = re.compile(r"[-_\s]+")
-_BLOCK_END = object()
 
 
 # --- bytes to text -----------------------------------------------------------------------------------------------
@@ -110,6 +124,8 @@ def parse_html(data: bytes, content_type: str = "", lang: str | None = None) -> 
     text = decode_html(data, content_type, lang)
     if content_type.split(";", 1)[0].strip().lower() == "text/plain":
         text = f"<html><body><pre>{html.escape(text, quote=False)}</pre></body></html>"
+    else:  # a browser reads "</br>" as "<br>" (hand-written pages have it); lxml drops it, gluing two lines
+        text = _END_TAG_BR.sub("<br>", text)
     with warnings.catch_warnings():
         # A page whose whole text is "poem.txt" or a URL is still a page, and a feed's entries and links are read as
         # a page's (lxml's HTML parser keeps them): bs4's hints about file names and XML are not for the user.
@@ -158,53 +174,135 @@ def _join(base: str, href: str) -> str | None:
 # --- elements to text --------------------------------------------------------------------------------------------
 
 
-def _is_ad(tag: Tag) -> bool:
+def _class_words(tag: Tag) -> set[str]:
     words = " ".join(tag.get_attribute_list("class") + [tag.get("id") or ""])
-    return any(word in AD_WORDS for word in _WORD_SPLIT.split(words.lower()) if word)
+    return {word for word in _WORD_SPLIT.split(words.lower()) if word}
 
 
-def _raw_text(element: Tag) -> str:
-    """Text with ``\\n`` for ``<br>`` and blank lines around blocks; not yet normalised."""
-    out: list[str] = []
-    # --body may select a <pre> itself, or an element inside one: its newlines are line breaks too.
-    in_pre = any(tag.name == "pre" for tag in (element, *element.parents))
-    # An explicit stack, not recursion: a page nested a thousand levels deep must not crash the run.
-    stack: list = [(child, in_pre) for child in reversed(element.contents)]
+def _is_ad(tag: Tag) -> bool:
+    return not AD_WORDS.isdisjoint(_class_words(tag))
+
+
+def _is_hidden(tag: Tag) -> bool:
+    """Whether a browser shows none of ``tag``: ``hidden``, ``display: none``, a dialog that is not open."""
+    style = tag.get("style") or ""
+    return tag.has_attr("hidden") or bool(_HIDDEN_STYLE.search(style)) or (tag.name == "dialog" and not tag.has_attr("open"))
+
+
+def _is_mark(tag: Tag, words: set[str]) -> bool:
+    """A line number or a footnote mark: by its class, or a superscript that only links within the page ("[1]")."""
+    if not NOT_TEXT_WORDS.isdisjoint(words) or tag.get("role") == "doc-noteref":
+        return True
+    links = tag.select("a[href]") if tag.name == "sup" else []
+    return bool(links) and all(str(a["href"]).startswith("#") for a in links) and len(tag.get_text().strip()) <= 5
+
+
+def _keeps_newlines(tag: Tag) -> bool:
+    """``<pre>``, or an element styled to keep its newlines (``white-space: pre-wrap``, Tailwind's class)."""
+    return tag.name == "pre" or any(
+        _KEEPS_NEWLINES.search(value) for value in [tag.get("style") or "", *tag.get_attribute_list("class")] if value
+    )
+
+
+class _Lines:
+    """Text laid out as a browser shows it: words, line ends (``<br>``, a block's edges) and blank lines (a
+    paragraph's margins), collapsed as a browser collapses them (an empty ``<div>`` makes no line, a ``<br>`` at the
+    end of a line's block no second one)."""
+
+    def __init__(self) -> None:
+        self.parts: list[str] = []
+        self.open = False  # the current line has something to show
+        self.blank = 0  # empty lines since the last line with something
+        self.started = False
+
+    def text(self, text: str) -> None:
+        self.parts.append(text)
+        if text.strip(" \t\n\r\f"):  # a no-break space shows: "<p>&nbsp;</p>" is an empty line
+            self.open = self.started = True
+
+    def br(self) -> None:
+        self.parts.append("\n")
+        self.blank = 0 if self.open else self.blank + 1
+        self.open = False
+
+    def line(self) -> None:
+        if self.open:
+            self.br()
+
+    def gap(self) -> None:
+        self.line()
+        if self.started and not self.blank:
+            self.br()
+
+
+def _layout(roots: list[Tag]) -> str:
+    """The text of ``roots`` (side by side, as blocks) laid out by ``_Lines``; not yet normalised."""
+    lines = _Lines()
+    # An explicit stack, not recursion: a page nested a thousand levels deep must not crash the run. Items are
+    # (node, in a <pre>, <p> is a line) or a line end to make once a block's children are done.
+    stack: list = []
+    for root in reversed(roots):
+        # --body may select a <pre> itself, or an element inside one: its newlines are line breaks too.
+        in_pre = any(_keeps_newlines(tag) for tag in root.parents if isinstance(tag, Tag))
+        # A paragraph per line, empty ones between stanzas ("<p>&nbsp;</p>"): a paragraph is a line there.
+        p_lines = any(not p.get_text().strip() for p in root.find_all("p"))
+        stack.append((root, in_pre, p_lines, True))
     while stack:
         item = stack.pop()
-        if item is _BLOCK_END:
-            out.append("\n\n")
+        if callable(item):
+            item()
             continue
-        node, in_pre = item
+        node, in_pre, p_lines, root = item
         if isinstance(node, Tag):
-            name = node.name.lower()
-            if name in DROPPED_TAGS or _is_ad(node):
+            name, words = node.name.lower(), _class_words(node)
+            dropped = name in DROPPED_TAGS or _is_ad(node) or _is_hidden(node) or _is_mark(node, words)
+            if dropped and not root:  # what a selector chose is read, even a <title>
                 continue
             if name == "br":
-                out.append("\n")
+                lines.br()
                 continue
-            if name in BLOCK_TAGS:
-                out.append("\n\n")
-                stack.append(_BLOCK_END)
-            stack.extend((child, in_pre or name == "pre") for child in reversed(node.contents))
+            if name == "img" and "emoji" in words:  # WordPress's picture of an emoji: its alt is the character
+                lines.text(str(node.get("alt") or ""))
+                continue
+            if words & LINE_WORDS or (name == "p" and p_lines):
+                edge = lines.line
+            elif words & STANZA_WORDS or name in PARAGRAPH_TAGS or root:  # each --body match a stanza, as before
+                edge = lines.gap
+            else:
+                edge = lines.line if name in BLOCK_TAGS else None
+            if name in CELL_TAGS:
+                lines.text(" ")
+            if edge is not None:
+                edge()
+                stack.append(edge)
+            children = node.contents
+            if name == "details" and not node.has_attr("open"):  # closed: only its summary shows
+                children = [child for child in children if isinstance(child, Tag) and child.name == "summary"]
+            in_pre = in_pre or _keeps_newlines(node)
+            stack.extend((child, in_pre, p_lines, False) for child in reversed(children))
         elif type(node) is NavigableString:  # subclasses are comments, CDATA, doctypes and script/style text
-            text = str(node)
-            # In HTML a newline in the source is only a space; <pre> is the one place where it is a line break.
-            out.append(text if in_pre else _HTML_SPACE.sub(" ", text))
-    return "".join(out)
+            if not in_pre:  # in HTML a newline in the source is only a space, but where newlines are kept
+                lines.text(_HTML_SPACE.sub(" ", str(node)))
+                continue
+            for i, piece in enumerate(str(node).replace("\r\n", "\n").replace("\r", "\n").split("\n")):
+                if i:
+                    lines.br()
+                lines.text(piece)
+    return "".join(lines.parts)
 
 
 def element_text(element: Tag) -> str:
     """The poem text of ``element``: lines and stanzas from the markup, cleaned by :func:`normalize_text`."""
-    return normalize_text(_raw_text(element))
+    return normalize_text(_layout([element]))
 
 
 def select_poem(soup: BeautifulSoup, css: str) -> str:
-    """The text of every element ``css`` selects (an element inside another match counts once), as stanzas."""
+    """The text of every element ``css`` selects (an element inside another match counts once), each a block: a
+    stanza, or a line where it is one (``<div class="line">``)."""
     matches = soup.select(css)
     chosen = {id(m) for m in matches}  # by identity: Tags compare equal when their markup is equal
     outermost = [m for m in matches if not any(id(parent) in chosen for parent in m.parents)]
-    return normalize_text("\n\n".join(_raw_text(m) for m in outermost))
+    return normalize_text(_layout(outermost))
 
 
 def poem_lang(soup: BeautifulSoup, css: str) -> str | None:

@@ -51,7 +51,16 @@ def test_portuguese_in_capitals_is_kept_where_the_poem_is_plainly_utf8(text):
 
 @pytest.mark.parametrize(
     "broken, fixed",
-    [("CAFÃ‰ E PÃƒO", "CAFÉ E PÃO"), ("AVÃ” DORME", "AVÔ DORME"), ("o coração — “skyâ€™s”", "o coração — “sky’s”")],
+    [
+        ("CAFÃ‰ E PÃƒO", "CAFÉ E PÃO"),
+        ("AVÃ” DORME", "AVÔ DORME"),
+        ("o coração — “skyâ€™s”", "o coração — “sky’s”"),
+        # Beside a real "’" or "—" (an HTML entity read right, the letters wrong): "Ã" inside a word is mojibake.
+        ("Une flÃ»te dans l’air", "Une flûte dans l’air"),
+        ("cafÃ© et flÃ»te dans l’air", "café et flûte dans l’air"),
+        ("VIVA ESPAÃ‘A — olé", "VIVA ESPAÑA — olé"),
+        ("KÃ–NIG – Lied", "KÖNIG – Lied"),
+    ],
 )
 def test_mojibake_is_still_repaired_in_capitals_and_beside_real_accents(broken, fixed):
     assert normalize_text(broken) == fixed
@@ -606,6 +615,15 @@ def test_author_replaces_the_author_of_imported_jsonl(tmp_path):
     """--author applies to JSONL records too, not only to text files."""
     jsonl = write_jsonl(tmp_path / "a.jsonl", [{"text": "one", "author": "Someone"}, {"text": "two"}])
     assert {p.author for p in import_files([jsonl], author="Pablo Neruda")} == {"Pablo Neruda"}
+
+
+def test_an_initial_of_a_cp1250_letter_still_reads_as_cp1250():
+    text = "Ľ. Štúr: Báseň o láske\nKeď príde jeseň"  # "Ľ." is "¼." in cp1252: a letter, not a sign
+    assert decode_bytes(text.encode("cp1250"), "f.txt") == text
+
+
+def test_a_carriage_return_before_a_vertical_tab_is_one_line_break():
+    assert normalize_text("a line\r\vnext line") == "a line\nnext line"
 
 
 @pytest.mark.parametrize("separator", ["\v\v\v", "\u2029\u2029\u2029", "\u2028\u2028\u2028"])

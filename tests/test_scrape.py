@@ -13,6 +13,7 @@ import subprocess
 import threading
 import time
 import tracemalloc
+import zlib
 from dataclasses import dataclass, field
 from email.utils import formatdate
 from pathlib import Path
@@ -255,6 +256,28 @@ def test_a_poem_is_laid_out_as_a_browser_shows_it(body, text):
     assert select_poem(soup, ".poem") == text
 
 
+@pytest.mark.parametrize(
+    "body, text",
+    [
+        pytest.param(  # an empty or picture paragraph (WordPress) does not make paragraphs lines
+            '<div class="poem"><p><img src="x.jpg"></p><p>a b<br>c d</p><p>e f<br>g</p><p></p></div>',
+            "a b\nc d\n\ne f\ng",
+            id="stray-empty-paragraphs",
+        ),
+        pytest.param(  # utility classes are whole classes, not their pieces: "text-lg" is no stanza, "line-through" no line
+            '<div class="poem"><span class="text-lg">O</span>nce I <span class="line-through">loved</span> you,<br>'
+            'the sonnet <span class="number">18</span></div>',
+            "Once I loved you,\nthe sonnet 18",
+            id="utility-classes",
+        ),
+        pytest.param('<div class="poem">one<br></br>two</br>three</div>', "one\ntwo\nthree", id="br-end-br"),
+    ],
+)
+def test_ordinary_markup_reads_as_before(body, text):
+    soup = parse_html(f"<html><body>{body}</body></html>".encode(), "text/html; charset=utf-8")
+    assert select_poem(soup, ".poem") == text
+
+
 def test_matches_that_are_lines_are_lines_and_other_matches_stanzas():
     soup = parse_html(b'<span class="line">one</span><span class="line">two</span><p>three</p><p>four</p>')
     assert select_poem(soup, ".line") == "one\ntwo"
@@ -435,10 +458,34 @@ def test_a_gzip_body_of_several_members_is_read_whole(site, tmp_path, padding):
     assert records(tmp_path)[0]["text"] == "first line\nsecond line\nthird line\nfourth line"
 
 
-def test_a_gzip_body_followed_by_bytes_that_are_no_member_is_damaged(site, tmp_path):
-    site.page("/p", gzip.compress(poem_page("Zip", "<p>a line</p>").encode()) + b"junk", headers={"Content-Encoding": "gzip"})
-    with pytest.raises(NeuraldaError, match="/p: damaged gzip body; abandoned"):
-        scrape(config(site, tmp_path, start="/p", links=None))
+@pytest.mark.parametrize("encoding, compress", [("gzip", gzip.compress), ("deflate", zlib.compress)])
+def test_bytes_after_a_compressed_body_that_are_no_member_are_ignored_as_browsers_do(site, tmp_path, encoding, compress):
+    page = compress(poem_page("Zip", "<p>a line</p>").encode())
+    site.page("/p", page + b"\njunk", headers={"Content-Encoding": encoding})
+    scrape(config(site, tmp_path, start="/p", links=None))
+    assert records(tmp_path)[0]["text"] == "a line"
+
+
+class _Pieces:
+    """A response whose body arrives in the pieces given (``_read_body`` reads it)."""
+
+    def __init__(self, pieces: list[bytes], encoding: str) -> None:
+        self.pieces, self.encoding, self.length = list(pieces), encoding, None
+
+    def getheader(self, name: str) -> str | None:
+        return self.encoding if name == "Content-Encoding" else None
+
+    def read1(self, _: int) -> bytes:
+        return self.pieces.pop(0) if self.pieces else b""
+
+
+def test_a_gzip_member_whose_first_byte_ends_a_read_is_read_whole():
+    from neuralda.scrape.fetch import _read_body
+
+    first, second = gzip.compress(b"first half, "), gzip.compress(b"second half")
+    for cut in range(len(first) - 2, len(first) + 3):  # the next member's magic split across two reads, or not
+        body = first + second
+        assert _read_body(_Pieces([body[:cut], body[cut:]], "gzip"), "u") == b"first half, second half"
 
 
 @pytest.mark.filterwarnings("error")  # nor a warning on the user's terminal
@@ -756,6 +803,15 @@ def test_robots_txt_5xx_means_stay_away(site, tmp_path):
     with pytest.raises(NeuraldaError, match="robots.txt unavailable"):
         scrape(config(site, tmp_path, retries=1))
     assert set(site.paths()) == {"/robots.txt"}
+
+
+@pytest.mark.parametrize("status", [501, 505])
+def test_a_robots_txt_answered_with_a_5xx_that_is_not_retried_still_means_stay_away(site, tmp_path, status):
+    small_site(site, 2)
+    site.page("/robots.txt", "no", status=status, content_type="text/plain")
+    with pytest.raises(NeuraldaError, match=f"robots.txt unavailable \\(HTTP {status}\\)"):
+        scrape(config(site, tmp_path))
+    assert site.paths() == ["/robots.txt"]
 
 
 def test_robots_txt_that_never_answers_means_stay_away(site, tmp_path):

@@ -35,9 +35,13 @@ _LONE_SIGNS = frozenset(
     if c and not c.isalpha() and not any(c.encode("cp1252").decode(e, "ignore").isalpha() for e in ("cp1250", "cp1257"))
 )
 _LONE_NON_ASCII = re.compile(r"(?<![^\x00-\x7f])[^\x00-\x7f](?![^\x00-\x7f])")
-# A sign that is a letter in cp1250 or cp1257 ("¾" Slovak "ľ"), with no letter or other non-ASCII character next to
-# it: such a letter would be part of a word ("ma³y"); "at ¾ past nine" and "11¾" are cp1252's signs.
-_SIGN_APART = re.compile(r"(?<![A-Za-z\x80-\U0010ffff])[\x80-\U0010ffff](?![A-Za-z\x80-\U0010ffff])")
+# A sign that is a letter in cp1250 or cp1257 ("¾" Slovak "ľ", "³" Polish "ł") between spaces or digits: such a
+# letter is part of a word ("ma³y", an initial "¼. Štúr"); "at ¾ past nine" and "11¾" are cp1252's signs.
+_LETTER_SIGNS = "".join(
+    c for c in (bytes([b]).decode("cp1252", "ignore") for b in range(0x80, 0x100))
+    if c and not c.isalpha() and c not in _LONE_SIGNS
+)
+_SIGN_APART = re.compile(f"(?<![^\\s\\d])[{_LETTER_SIGNS}](?![^\\s\\d])")
 # Cyrillic, Greek or Hebrew read as cp1252 make whole words of accented letters; Western European words rarely hold
 # three in a row.
 _ACCENTED_RUN = re.compile(r"[^\W\d_a-zA-Z]{3}")
@@ -47,13 +51,17 @@ _MOJIBAKE_PASSES = 8  # Hypothesis found no text that needs more than 3; this bo
 _CONTINUATION = "".join(bytes([b]).decode("cp1252", "ignore") or chr(b) for b in range(0x80, 0xC0))
 _MOJIBAKE_SHAPE = re.compile(f"[\u00c2-\u00df][{_CONTINUATION}]|[\u00e0-\u00ef][{_CONTINUATION}]{{2}}|"
                              f"[\u00f0-\u00f4][{_CONTINUATION}]{{3}}")
-# A word that ends in "Ã" before a dash, a quote or a guillemet ("IRMÃ—", "«MÃE»"): Portuguese in capitals, and also
-# the shape of "×", "Ô" or "û" read as cp1252. In a poem whose other characters show it is real UTF-8, it is kept.
-_WORD_FINAL_A_TILDE = re.compile(r"(?<=[^\W\d_])Ã(?=[—–”“‘’»«™•…‹›])")
+# "Ã" after a letter and before a dash, a quote or a guillemet ("IRMÃ—E", "«AMANHÃ»"): Portuguese in capitals, and
+# also the shape of "×", "Ñ" or "û" read as cp1252 ("ESPAÃ‘A", "flÃ»te"). Kept where the poem has an "Ã" that cannot
+# be mojibake ("MÃE": "Ã" before a letter), and before a closing mark that ends a word where the poem has other
+# characters that cannot be mojibake ("«", "É"); else repaired.
+_A_TILDE_BEFORE_MARK = re.compile(r"(?<=[^\W\d_])Ã(?=[—–”“‘’»«™•…‹›])")
+_A_TILDE_ENDING_WORD = re.compile(r"(?<=[^\W\d_])Ã(?=[”’»›™…](?![^\W\d_]))")
+_A_TILDE_PLAIN = re.compile(f"Ã(?![{_CONTINUATION}])")
 _KEPT = "\ufdd0"  # a noncharacter: stands for a kept "Ã" while ftfy reads the rest
 # Line breaks other than "\n" and "\r": a vertical tab (Word's Shift+Enter, in text copied out of it; ftfy would
 # delete it, gluing the last word of one line to the first of the next), Unicode's line and paragraph separators.
-_LINE_BREAK = re.compile("\r\n|[\r\v\u2028\u2029]")
+_LINE_BREAK = re.compile("\r?[\n\v\u2028\u2029]|\r")  # "\r\v" one break, as it was read before
 # Two or more blank lines; a line of any whitespace (a no-break space, a form feed) is blank, as cleaning makes it.
 _POEM_SEPARATOR = re.compile(r"\n(?:[^\S\n]*\n){2,}")
 # A JSONL line or a JSON array of objects (or []); not a poem that opens "[Sí]" or "{Untitled}".
@@ -119,9 +127,14 @@ def normalize_text(text: str) -> str:
     # full-width marks as they are (a Chinese poem's "，！" would become ",!").
     # A repair or a tidied line can uncover another repair ("Ã\t©" -> "Ã ©" -> "à ©"): repeat until nothing changes.
     text = line_breaks(text)
-    kept = _KEPT not in text and _NOT_ASCII.search(_MOJIBAKE_SHAPE.sub("", text)) is not None
-    if kept:  # some character is no mojibake: the text is UTF-8, and a word-final "Ã" before a mark is Portuguese
-        text = _WORD_FINAL_A_TILDE.sub(_KEPT, text)
+    kept = None
+    if _KEPT not in text:
+        if _A_TILDE_PLAIN.search(text):
+            kept = _A_TILDE_BEFORE_MARK
+        elif _NOT_ASCII.search(_MOJIBAKE_SHAPE.sub("", text)):
+            kept = _A_TILDE_ENDING_WORD
+    if kept:
+        text = kept.sub(_KEPT, text)
     for _ in range(_MOJIBAKE_PASSES):
         cleaned = _tidy(
             ftfy.fix_text(text, uncurl_quotes=False, unescape_html=False, fix_character_width=False, normalization="NFC")

@@ -501,7 +501,9 @@ def write_poems(
     return [
         poem
         for batch in batches
-        for poem in _write_batch(model, vocab, prime, words, batch, sampling, lines, FORMS[form], guard, precision, stop)
+        for poem in _write_batch(
+            model, vocab, prime, words, batch, sampling, lines, FORMS[form], guard, precision, stop
+        )
     ]
 
 
@@ -566,12 +568,11 @@ def _write_batch(
             rows += [r] * len(banned)
             cols += banned
         scores = logits[:, -1].to(torch.float32, copy=True)  # a model may hand out a tensor it keeps
-        banned = scores[rows, cols]  # a NaN or +inf stays, for sample_next to refuse: the model's scores are broken
-        scores[rows, cols] = torch.where(banned.isnan() | (banned == torch.inf), banned, -torch.inf)
+        hidden = scores[rows, cols]  # a NaN or +inf stays, for sample_next to refuse: the model's scores are broken
+        scores[rows, cols] = torch.where(hidden.isnan() | (hidden == torch.inf), hidden, -torch.inf)
+        drawing = [generators[i] for i in live]
         try:
-            nxt = sample_next(
-                filter_logits(scores, sampling, seen), [generators[i] for i in live], sampling.top_p, sampling.temperature
-            ).cpu()
+            nxt = sample_next(filter_logits(scores, sampling, seen), drawing, sampling.top_p, sampling.temperature).cpu()
         except NoDistribution:
             raw = logits[:, -1].float()
             if not bool((raw.isnan() | (raw == torch.inf)).any()) and bool((raw > -torch.inf).any(-1).all()):

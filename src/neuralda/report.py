@@ -339,11 +339,12 @@ table.poems td {{ white-space: normal; text-align: start; vertical-align: top; p
 def table_note(entries: list[Entry], beginning: str) -> str:
     """What the measures table says, how the poems begin, and why its perplexities are not comparable if they are
     not (``comparability_notes``)."""
-    notes = "".join(f" Note: {note[0].upper()}{note[1:]}." for note in comparability_notes([e.measures for e in entries]))
+    notes = comparability_notes([e.measures for e in entries])
+    said = "".join(f" Note: {note[0].upper()}{note[1:]}." for note in notes)
     return (
         "Held-out perplexity on poems the model never saw (lower is better; OOV: the share of their tokens the "
         "vocabulary reads as <unk>); copies: the share of the written poems' word runs, past the words they were "
-        f"given, found verbatim in the training poems. {beginning}{notes}"
+        f"given, found verbatim in the training poems. {beginning}{said}"
     )
 
 

@@ -410,7 +410,8 @@ class Writers:
         seconds after Ctrl-C): work no one waits for stops there (``Stopped``), and the answer is a 499 no one
         reads, or a 503."""
         if self.pending >= self.limit:
-            raise HTTPException(503, f"{self.pending} poems are being written; ask again in a moment", {"Retry-After": "1"})
+            busy = f"{self.pending} poems are being written; ask again in a moment"
+            raise HTTPException(503, busy, {"Retry-After": "1"})
         self.pending += 1
         gone = threading.Event()
 
@@ -439,7 +440,9 @@ class Writers:
             raise error
         return result  # type: ignore[return-value]
 
-    def _attempt(self, work: Callable[[threading.Event], T], gone: threading.Event) -> tuple[T | None, Exception | None]:
+    def _attempt(
+        self, work: Callable[[threading.Event], T], gone: threading.Event
+    ) -> tuple[T | None, Exception | None]:
         """``work(gone)``'s result or error, in a worker thread (the error is raised outside the task group, where
         it is not grouped)."""
         with self.changed:

@@ -15,7 +15,7 @@ import soupsieve
 import webencodings
 from bs4 import BeautifulSoup, MarkupResemblesLocatorWarning, NavigableString, Tag, XMLParsedAsHTMLWarning
 
-from ..corpus import decode_bytes, language_tag, normalize_text
+from ..corpus import decode_bytes, language_tag, line_breaks, normalize_text
 from ..errors import NeuraldaError
 
 # Elements a browser puts on lines of their own; those with margins (PARAGRAPH_TAGS) also a blank line around.
@@ -25,16 +25,21 @@ BLOCK_TAGS = frozenset(
 )
 PARAGRAPH_TAGS = frozenset("blockquote dl fieldset figure h1 h2 h3 h4 h5 h6 hr ol p pre table ul".split())
 CELL_TAGS = frozenset(("td", "th"))  # side by side on their row
-# Class words that say what an element of a poem is, whatever its tag: TEI's "lg" and "l", a site's "stanza", a
-# "line" made a block by its stylesheet (which a scraper never reads).
-STANZA_WORDS = frozenset(("stanza", "strophe", "lg"))
-LINE_WORDS = frozenset(("line", "l"))
-# Class words of what is beside a poem's words, not in them: line numbers, footnote marks (MediaWiki's
+# Classes (whole, not "text-lg" or "line-through") that say what an element of a poem is, whatever its tag: TEI's
+# "lg" and "l", a site's "stanza", a "line" made a block by its stylesheet (which a scraper never reads).
+STANZA_CLASSES = frozenset(("stanza", "strophe", "lg", "poem-stanza"))
+LINE_CLASSES = frozenset(("line", "l", "verse-line", "poem-line"))
+# Classes of what is beside a poem's words, not in them: line numbers, footnote marks (MediaWiki's
 # <sup class="reference">, Pandoc's <a class="footnote-ref">).
-NOT_TEXT_WORDS = frozenset("linenum lineno linenumber number numbers reference footnote noteref fn".split())
+NOT_TEXT_CLASSES = frozenset(
+    "linenum lineno linenumber line-number line-num reference footnote footnote-ref noteref fnref".split()
+)
+# What can hold no line of text: a paragraph of only these is an empty line, where it has a <br> or a no-break space.
+_PICTURES = ("img", "picture", "svg", "video", "audio", "iframe", "object", "embed", "canvas", "input")
 _KEEPS_NEWLINES = re.compile(r"white-space\s*:\s*(?:pre|pre-wrap|pre-line|break-spaces)\b|^whitespace-pre", re.I)
 _HIDDEN_STYLE = re.compile(r"display\s*:\s*none|visibility\s*:\s*hidden", re.I)
-_END_TAG_BR = re.compile(r"</br\s*>", re.I)
+# "<br></br>" (XML writers) is one line break; a lone "</br>" (hand-written pages) one too, as browsers read it.
+_END_TAG_BR = re.compile(r"(?:<br\b[^>]*>\s*)?</br\s*>", re.I)
 # Never poem text, wherever they sit: code, forms, embedded players, navigation and side boxes.
 DROPPED_TAGS = frozenset(
     "script style noscript template form button input select option textarea label iframe object embed canvas svg"
@@ -174,24 +179,21 @@ def _join(base: str, href: str) -> str | None:
 # --- elements to text --------------------------------------------------------------------------------------------
 
 
-def _class_words(tag: Tag) -> set[str]:
-    words = " ".join(tag.get_attribute_list("class") + [tag.get("id") or ""])
-    return {word for word in _WORD_SPLIT.split(words.lower()) if word}
-
-
 def _is_ad(tag: Tag) -> bool:
-    return not AD_WORDS.isdisjoint(_class_words(tag))
+    words = " ".join(tag.get_attribute_list("class") + [tag.get("id") or ""])
+    return any(word in AD_WORDS for word in _WORD_SPLIT.split(words.lower()) if word)
 
 
 def _is_hidden(tag: Tag) -> bool:
     """Whether a browser shows none of ``tag``: ``hidden``, ``display: none``, a dialog that is not open."""
     style = tag.get("style") or ""
-    return tag.has_attr("hidden") or bool(_HIDDEN_STYLE.search(style)) or (tag.name == "dialog" and not tag.has_attr("open"))
+    closed_dialog = tag.name == "dialog" and not tag.has_attr("open")
+    return tag.has_attr("hidden") or bool(_HIDDEN_STYLE.search(style)) or closed_dialog
 
 
-def _is_mark(tag: Tag, words: set[str]) -> bool:
+def _is_mark(tag: Tag, classes: set[str]) -> bool:
     """A line number or a footnote mark: by its class, or a superscript that only links within the page ("[1]")."""
-    if not NOT_TEXT_WORDS.isdisjoint(words) or tag.get("role") == "doc-noteref":
+    if not NOT_TEXT_CLASSES.isdisjoint(classes) or tag.get("role") == "doc-noteref":
         return True
     links = tag.select("a[href]") if tag.name == "sup" else []
     return bool(links) and all(str(a["href"]).startswith("#") for a in links) and len(tag.get_text().strip()) <= 5
@@ -235,6 +237,12 @@ class _Lines:
             self.br()
 
 
+def _is_empty_line(p: Tag) -> bool:
+    """Whether paragraph ``p`` shows as an empty line: no text but a ``<br>`` or a no-break space, and no picture."""
+    text = p.get_text()
+    return not text.strip() and ("\xa0" in text or p.find("br") is not None) and p.find(_PICTURES) is None
+
+
 def _layout(roots: list[Tag]) -> str:
     """The text of ``roots`` (side by side, as blocks) laid out by ``_Lines``; not yet normalised."""
     lines = _Lines()
@@ -245,7 +253,9 @@ def _layout(roots: list[Tag]) -> str:
         # --body may select a <pre> itself, or an element inside one: its newlines are line breaks too.
         in_pre = any(_keeps_newlines(tag) for tag in root.parents if isinstance(tag, Tag))
         # A paragraph per line, empty ones between stanzas ("<p>&nbsp;</p>"): a paragraph is a line there.
-        p_lines = any(not p.get_text().strip() for p in root.find_all("p"))
+        paragraphs = root.find_all("p")
+        empty = {id(p) for p in paragraphs if _is_empty_line(p)}  # by identity: equal markup is an equal Tag
+        p_lines = bool(empty) and not any(p.find("br") for p in paragraphs if id(p) not in empty)
         stack.append((root, in_pre, p_lines, True))
     while stack:
         item = stack.pop()
@@ -254,19 +264,19 @@ def _layout(roots: list[Tag]) -> str:
             continue
         node, in_pre, p_lines, root = item
         if isinstance(node, Tag):
-            name, words = node.name.lower(), _class_words(node)
-            dropped = name in DROPPED_TAGS or _is_ad(node) or _is_hidden(node) or _is_mark(node, words)
+            name, classes = node.name.lower(), {c.lower() for c in node.get_attribute_list("class")}
+            dropped = name in DROPPED_TAGS or _is_ad(node) or _is_hidden(node) or _is_mark(node, classes)
             if dropped and not root:  # what a selector chose is read, even a <title>
                 continue
             if name == "br":
                 lines.br()
                 continue
-            if name == "img" and "emoji" in words:  # WordPress's picture of an emoji: its alt is the character
+            if name == "img" and "emoji" in classes:  # WordPress's picture of an emoji: its alt is the character
                 lines.text(str(node.get("alt") or ""))
                 continue
-            if words & LINE_WORDS or (name == "p" and p_lines):
+            if classes & LINE_CLASSES or (name == "p" and p_lines):
                 edge = lines.line
-            elif words & STANZA_WORDS or name in PARAGRAPH_TAGS or root:  # each --body match a stanza, as before
+            elif classes & STANZA_CLASSES or name in PARAGRAPH_TAGS or root:  # each --body match a stanza, as before
                 edge = lines.gap
             else:
                 edge = lines.line if name in BLOCK_TAGS else None
@@ -284,7 +294,7 @@ def _layout(roots: list[Tag]) -> str:
             if not in_pre:  # in HTML a newline in the source is only a space, but where newlines are kept
                 lines.text(_HTML_SPACE.sub(" ", str(node)))
                 continue
-            for i, piece in enumerate(str(node).replace("\r\n", "\n").replace("\r", "\n").split("\n")):
+            for i, piece in enumerate(line_breaks(str(node)).split("\n")):
                 if i:
                     lines.br()
                 lines.text(piece)

@@ -40,6 +40,7 @@ NOT_RETRIED = frozenset({501, 505})  # 5xx that say the request will never work:
 _UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")  # RFC 3986, 2.3
 _ASCII_SHOWN = "".join(chr(c) for c in range(33, 127))
 _DEFAULT_PORTS = {"http": 80, "https": 443}
+_GZIP_MAGIC = b"\x1f\x8b"
 _READ_CHUNK = 64 * 1024
 _PRODUCT_TOKEN = re.compile(r"[a-z_-]*")  # RFC 9309, section 2.2.1
 
@@ -369,7 +370,7 @@ def _read_body(resp: http.client.HTTPResponse, url: str, keep_first: int | None 
 
     A compressed body that is damaged or cut short is a FetchError, and one shorter than its Content-Length is tried
     again: half a poem must not pass for a whole one. A gzip body may be several gzip files one after the other
-    (RFC 1952: "a series of members"); each is read.
+    (RFC 1952: "a series of members"); each is read, and other bytes after the end are ignored, as browsers do.
     """
     limit = MAX_PAGE_BYTES if keep_first is None else keep_first
     length = (resp.getheader("Content-Length") or "").strip()
@@ -380,7 +381,7 @@ def _read_body(resp: http.client.HTTPResponse, url: str, keep_first: int | None 
         raise FetchError(url, f"unsupported Content-Encoding {encoding!r}")
     inflater = None if encoding == "identity" else zlib.decompressobj(32 + zlib.MAX_WBITS)  # gzip or zlib header
     damaged = FetchError(url, f"damaged {encoding} body; abandoned")
-    parts, raw_size, size = [], 0, 0
+    parts, raw_size, size, ended = [], 0, 0, False
     while size <= limit:
         chunk = resp.read1(_READ_CHUNK)
         if not chunk:
@@ -388,7 +389,7 @@ def _read_body(resp: http.client.HTTPResponse, url: str, keep_first: int | None 
         raw_size += len(chunk)
         if raw_size > MAX_PAGE_BYTES:
             raise _too_big(url)
-        while inflater is not None:
+        while inflater is not None and not ended:
             # max_length bounds what one call may inflate, so memory never exceeds the limit by more than a chunk.
             try:
                 out = inflater.decompress(chunk, limit - size + 1)
@@ -396,9 +397,15 @@ def _read_body(resp: http.client.HTTPResponse, url: str, keep_first: int | None 
                 raise damaged from None
             size += len(out)
             parts.append(out)
-            if size > limit or not (inflater.eof and inflater.unused_data.strip(b"\0")):  # zeros: padding
+            if size > limit or not inflater.eof:
                 break
-            chunk, inflater = inflater.unused_data, zlib.decompressobj(32 + zlib.MAX_WBITS)  # the next member
+            chunk = inflater.unused_data
+            if _GZIP_MAGIC.startswith(chunk):  # nothing yet after the stream, or the first byte of a member
+                break
+            if not chunk.startswith(_GZIP_MAGIC):  # padding or junk after the stream: ignored, as browsers do
+                ended = True
+                break
+            inflater = zlib.decompressobj(32 + zlib.MAX_WBITS)  # the next gzip member
         if inflater is None:
             size += len(chunk)
             parts.append(chunk)
@@ -519,12 +526,14 @@ class Fetcher:
         if origin not in self._robots or time.monotonic() - self._robots[origin][1] > ROBOTS_MAX_AGE:
             robots_url = f"{origin}/robots.txt"
             try:
-                resp = self._get_with_retries(robots_url, check_robots=False)
+                resp = self._get_with_retries(robots_url, check_robots=False, keep_first=MAX_ROBOTS_BYTES)
             except FetchError as e:
                 robots = Robots(deny_all=f"robots.txt unavailable ({e.reason}); staying away from {netloc}")
             else:
                 if 200 <= resp.status < 300:  # any success: a proxy's 203 too
                     robots = parse_robots(resp.body.decode("utf-8", errors="replace"), self.user_agent)
+                elif resp.status >= 500:  # one not retried (501, 505): unreachable all the same
+                    robots = Robots(deny_all=f"robots.txt unavailable (HTTP {resp.status}); staying away from {netloc}")
                 else:
                     robots = Robots()  # RFC 9309: a robots.txt that is not there (4xx) allows everything
             self._robots[origin] = robots, time.monotonic()
@@ -537,7 +546,7 @@ class Fetcher:
         if not robots.allows(url):
             raise FetchError(url, robots.deny_all or "disallowed by robots.txt", robots=True)
 
-    def _get_with_retries(self, url: str, check_robots: bool) -> _Response:
+    def _get_with_retries(self, url: str, check_robots: bool, keep_first: int | None = None) -> _Response:
         """A response that is not 408, 429 or 5xx, trying up to ``retries`` more times (Scrapy's RETRY_HTTP_CODES
         and every other 5xx but ``NOT_RETRIED``), waits doubling from the host's delay; FetchError when none came."""
         host = host_of(url)
@@ -549,7 +558,7 @@ class Fetcher:
             if host in self._away:
                 raise FetchError(url, self._away[host])
             try:
-                resp = self._get_following_redirects(url, check_robots)
+                resp = self._get_following_redirects(url, check_robots, keep_first)
             except _Retryable as e:
                 reason, retry_after = str(e), None
                 continue
@@ -566,11 +575,13 @@ class Fetcher:
         tries = "once" if self.retries == 0 else f"{self.retries + 1} times"
         raise FetchError(url, f"{reason} (tried {tries})")
 
-    def _get_following_redirects(self, url: str, check_robots: bool) -> _Response:
+    def _get_following_redirects(self, url: str, check_robots: bool, keep_first: int | None) -> _Response:
+        """``url``'s answer after its redirects (``check_robots``: each target's robots.txt obeyed; ``keep_first``:
+        see ``_read_body``)."""
         visited: set[str] = set()
         for _ in range(MAX_REDIRECTS + 1):
             visited.add(url)
-            resp = self._get_once(url, None if check_robots else MAX_ROBOTS_BYTES)  # robots.txt: its first 500 KiB
+            resp = self._get_once(url, keep_first)
             location = _utf8_header(resp.headers.get("Location"))
             if resp.status not in REDIRECTS or not location:
                 return resp

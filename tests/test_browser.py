@@ -5,7 +5,8 @@ from __future__ import annotations
 import shutil
 
 import pytest
-from test_serve import runs, server  # noqa: F401  (the tiny runs and the live server, as fixtures)
+# The tiny runs and the live server as fixtures, and a server of one's own with a poem written until it is stopped.
+from test_serve import LiveServer, endless_when_cold, runs, server  # noqa: F401
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="the browser test needs `pip install playwright`")
 CHROMIUM = next(filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))), None)
@@ -323,3 +324,19 @@ def test_the_choices_are_kept_on_reload(page):
     assert page.input_value("#choice") == '["other","last"]' and page.input_value("#form") == "tercet"
     assert page.input_value("#words") == "300" and page.inner_text("#words-out") == "300"
     assert page.input_value("#start") == "the sea" and page.inner_text("#model").startswith("other")
+
+
+def test_stop_on_the_page_stops_the_poem_on_the_server(browser, runs, monkeypatch):  # noqa: F811
+    begun, stopped = endless_when_cold(monkeypatch)  # a poem at temperature 0.5 is written until it is stopped
+    with LiveServer([str(runs[0])]) as live:
+        context = browser.new_context(base_url=live.url)
+        page = context.new_page()
+        page.goto("/")
+        sync_api.expect(page.locator("#write-button")).to_be_enabled()
+        page.fill("#temperature", "0.5")
+        page.click("#write-button")
+        assert begun.wait(10)
+        page.click("#stop")
+        assert stopped.wait(5)  # the browser closed the request; the server saw it and stopped writing
+        sync_api.expect(page.locator("#status")).to_have_text("Stopped.")
+        context.close()

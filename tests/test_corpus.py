@@ -66,6 +66,13 @@ def test_mojibake_is_still_repaired_in_capitals_and_beside_real_accents(broken, 
     assert normalize_text(broken) == fixed
 
 
+@pytest.mark.parametrize("text", ["Ã\tAÃ«", "Ã IRMÃ» à", "«AMANHÃ» Ã\t©"])
+def test_cleaning_again_changes_nothing_when_a_repair_removes_what_kept_a_mark(text):
+    # "Ã\t" showed the text was UTF-8 and kept "AÃ«"; once repaired, cleaning again repaired "AÃ«" too (Hypothesis).
+    once = normalize_text(text)
+    assert normalize_text(once) == once
+
+
 def test_normalize_keeps_full_width_marks():
     """ftfy would turn a Chinese poem's "，！（）" into ",!()"; spaces of any width are single plain ones, as in any
     line."""

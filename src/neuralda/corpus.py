@@ -121,32 +121,38 @@ def normalize_text(text: str) -> str:
     zero-width space, ``-`` for U+2010 and U+2011, no lone surrogate (each becomes U+FFFD), no blank line at either
     end, single spaces inside a line and none at its ends; it is NFC, and cleaning it again changes nothing.
     """
-    import ftfy  # imported here: it is only needed when text is cleaned
-
     # ftfy repairs UTF-8 read as cp1252 (the seed's "skyâ€™s"); keep curly quotes, leave entities to the parser and
     # full-width marks as they are (a Chinese poem's "，！" would become ",!").
     # A repair or a tidied line can uncover another repair ("Ã\t©" -> "Ã ©" -> "à ©"): repeat until nothing changes.
     text = line_breaks(text)
+    for _ in range(_MOJIBAKE_PASSES):
+        cleaned = _repaired(text)
+        if cleaned == text:
+            break
+        text = cleaned
+    return text
+
+
+def _repaired(text: str) -> str:
+    """One pass of ftfy's repairs and our tidying over ``text``, a Portuguese "Ã" before a mark kept where the text
+    shows it is UTF-8 (see ``_A_TILDE_BEFORE_MARK``): decided again at each pass, so that cleaning stops where cleaning
+    again changes nothing."""
+    import ftfy  # imported here: it is only needed when text is cleaned
+
     kept = None
     if _KEPT not in text:
         if _A_TILDE_PLAIN.search(text):
             kept = _A_TILDE_BEFORE_MARK
         elif _NOT_ASCII.search(_MOJIBAKE_SHAPE.sub("", text)):
             kept = _A_TILDE_ENDING_WORD
-    if kept:
-        text = kept.sub(_KEPT, text)
-    for _ in range(_MOJIBAKE_PASSES):
-        cleaned = _tidy(
-            ftfy.fix_text(text, uncurl_quotes=False, unescape_html=False, fix_character_width=False, normalization="NFC")
-        )
-        if cleaned == text:
-            break
-        text = cleaned
-    return text.replace(_KEPT, "\u00c3") if kept else text
+    held = kept.sub(_KEPT, text) if kept else text
+    options = dict(uncurl_quotes=False, unescape_html=False, fix_character_width=False, normalization="NFC")
+    cleaned = _tidy(ftfy.fix_text(held, **options))
+    return cleaned.replace(_KEPT, "\u00c3") if kept else cleaned
 
 
 def line_breaks(text: str) -> str:
-    """``text`` with ``\n`` for every line break (``\r\n``, ``\r``, a vertical tab, U+2028, U+2029)."""
+    """``text`` with ``\\n`` for every line break (``\\r\\n``, ``\\r``, a vertical tab, U+2028, U+2029)."""
     return _LINE_BREAK.sub("\n", text)
 
 

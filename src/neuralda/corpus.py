@@ -30,17 +30,17 @@ _CP1252_MARKS = set("\xa0¡¿«»“”‘’–—…°ºª·•©€")  # not 
 # Another sign among ASCII, as Western European text has one ("11´30", "½ kilo", "§ 3"): one whose byte is a sign
 # in cp1250 and cp1257 too ("£" is their "Ł", "³" Polish "ł"), and alone, where a multi-byte encoding read as cp1252
 # puts signs next to other non-ASCII characters ("‚±‚ñ").
+_CP1252_SIGNS = [
+    c for c in (bytes([b]).decode("cp1252", "ignore") for b in range(0x80, 0x100)) if c and not c.isalpha()
+]
 _LONE_SIGNS = frozenset(
-    c for c in (bytes([b]).decode("cp1252", "ignore") for b in range(0x80, 0x100))
-    if c and not c.isalpha() and not any(c.encode("cp1252").decode(e, "ignore").isalpha() for e in ("cp1250", "cp1257"))
+    c for c in _CP1252_SIGNS
+    if not any(c.encode("cp1252").decode(e, "ignore").isalpha() for e in ("cp1250", "cp1257"))
 )
 _LONE_NON_ASCII = re.compile(r"(?<![^\x00-\x7f])[^\x00-\x7f](?![^\x00-\x7f])")
 # A sign that is a letter in cp1250 or cp1257 ("¾" Slovak "ľ", "³" Polish "ł") between spaces or digits: such a
 # letter is part of a word ("ma³y", an initial "¼. Štúr"); "at ¾ past nine" and "11¾" are cp1252's signs.
-_LETTER_SIGNS = "".join(
-    c for c in (bytes([b]).decode("cp1252", "ignore") for b in range(0x80, 0x100))
-    if c and not c.isalpha() and c not in _LONE_SIGNS
-)
+_LETTER_SIGNS = "".join(c for c in _CP1252_SIGNS if c not in _LONE_SIGNS)
 _SIGN_APART = re.compile(f"(?<![^\\s\\d])[{_LETTER_SIGNS}](?![^\\s\\d])")
 # Cyrillic, Greek or Hebrew read as cp1252 make whole words of accented letters; Western European words rarely hold
 # three in a row.
@@ -59,6 +59,9 @@ _A_TILDE_BEFORE_MARK = re.compile(r"(?<=[^\W\d_])Ã(?=[—–”“‘’»«™
 _A_TILDE_ENDING_WORD = re.compile(r"(?<=[^\W\d_])Ã(?=[”’»›™…](?![^\W\d_]))")
 _A_TILDE_PLAIN = re.compile(f"Ã(?![{_CONTINUATION}])")
 _KEPT = "\ufdd0"  # a noncharacter: stands for a kept "Ã" while ftfy reads the rest
+# ftfy's repairs, but curly quotes kept, entities left to the parser and full-width marks as they are (a Chinese
+# poem's "，！" would become ",!").
+_FTFY_OPTIONS = dict(uncurl_quotes=False, unescape_html=False, fix_character_width=False, normalization="NFC")
 # Line breaks other than "\n" and "\r": a vertical tab (Word's Shift+Enter, in text copied out of it; ftfy would
 # delete it, gluing the last word of one line to the first of the next), Unicode's line and paragraph separators.
 _LINE_BREAK = re.compile("\r?[\n\v\u2028\u2029]|\r")  # "\r\v" one break, as it was read before
@@ -121,8 +124,7 @@ def normalize_text(text: str) -> str:
     zero-width space, ``-`` for U+2010 and U+2011, no lone surrogate (each becomes U+FFFD), no blank line at either
     end, single spaces inside a line and none at its ends; it is NFC, and cleaning it again changes nothing.
     """
-    # ftfy repairs UTF-8 read as cp1252 (the seed's "skyâ€™s"); keep curly quotes, leave entities to the parser and
-    # full-width marks as they are (a Chinese poem's "，！" would become ",!").
+    # ftfy repairs UTF-8 read as cp1252 (the seed's "skyâ€™s"), with _FTFY_OPTIONS.
     # A repair or a tidied line can uncover another repair ("Ã\t©" -> "Ã ©" -> "à ©"): repeat until nothing changes.
     text = line_breaks(text)
     for _ in range(_MOJIBAKE_PASSES):
@@ -146,8 +148,7 @@ def _repaired(text: str) -> str:
         elif _NOT_ASCII.search(_MOJIBAKE_SHAPE.sub("", text)):
             kept = _A_TILDE_ENDING_WORD
     held = kept.sub(_KEPT, text) if kept else text
-    options = dict(uncurl_quotes=False, unescape_html=False, fix_character_width=False, normalization="NFC")
-    cleaned = _tidy(ftfy.fix_text(held, **options))
+    cleaned = _tidy(ftfy.fix_text(held, **_FTFY_OPTIONS))
     return cleaned.replace(_KEPT, "\u00c3") if kept else cleaned
 
 

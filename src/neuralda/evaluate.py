@@ -393,13 +393,13 @@ def measure_checkpoints(
                 )
             text = heldout_text(heldout, run.vocab)
             # Which poems were scored: runs split with another --seed or from another corpus hold out others.
-            poems_hash = hashlib.sha256("\0".join(p.text for p in heldout).encode("utf-8", "surrogatepass"))
+            heldout_id = hashlib.sha256("\0".join(p.text for p in heldout).encode("utf-8", "surrogatepass")).hexdigest()
             if samples:  # the start's words, which every poem opens with (checked as write_poems checks it)
                 given = sum(map(is_word, start_tokens(default_start(run.vocab) if start is None else start, run.vocab)))
         # Names as a terminal can print them: a byte that is not UTF-8 made printing the row a traceback.
         row = {"run": printable(str(run_dir)), "checkpoint": checkpoint, "epoch": meta.get("epoch")}
         row["corpus"] = "val" if corpus is None else printable(str(corpus))
-        row["heldout_poems"] = poems_hash.hexdigest()[:12]
+        row["heldout_poems"] = heldout_id[:12]
         # What the perplexity is of: a vocabulary that reads more words as <unk> makes an easier task.
         row["vocab_size"], row["min_count"], row["keep_case"] = len(run.vocab), run.vocab.min_count, run.vocab.keep_case
         # As training scored it (a run trained in bf16 on a CPU validated in bf16; older checkpoints say nothing):

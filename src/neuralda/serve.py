@@ -258,10 +258,12 @@ class Batcher:
             with self.lock:
                 taken = self.waiting[key][: self.max_batch]
                 del self.waiting[key][: self.max_batch]
-            batch = [j for j in taken if not j.gone.is_set()]
-            for j in taken:
-                if j not in batch:
+            batch = []
+            for j in taken:  # a job whose client has gone answers Stopped; the rest are written
+                if j.gone.is_set():
                     j.error, j.done = Stopped(), True
+                else:
+                    batch.append(j)
             if batch:
                 try:
                     results, error = work([j.seed for j in batch], lambda: all(j.gone.is_set() for j in batch)), None

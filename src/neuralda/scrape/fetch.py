@@ -525,17 +525,20 @@ class Fetcher:
         origin = f"{scheme}://{netloc}"
         if origin not in self._robots or time.monotonic() - self._robots[origin][1] > ROBOTS_MAX_AGE:
             robots_url = f"{origin}/robots.txt"
+            why = None  # robots.txt unreachable: the whole host is off limits
             try:
                 resp = self._get_with_retries(robots_url, check_robots=False, keep_first=MAX_ROBOTS_BYTES)
             except FetchError as e:
-                robots = Robots(deny_all=f"robots.txt unavailable ({e.reason}); staying away from {netloc}")
+                why = e.reason
             else:
                 if 200 <= resp.status < 300:  # any success: a proxy's 203 too
                     robots = parse_robots(resp.body.decode("utf-8", errors="replace"), self.user_agent)
                 elif resp.status >= 500:  # one not retried (501, 505): unreachable all the same
-                    robots = Robots(deny_all=f"robots.txt unavailable (HTTP {resp.status}); staying away from {netloc}")
+                    why = f"HTTP {resp.status}"
                 else:
                     robots = Robots()  # RFC 9309: a robots.txt that is not there (4xx) allows everything
+            if why is not None:
+                robots = Robots(deny_all=f"robots.txt unavailable ({why}); staying away from {netloc}")
             self._robots[origin] = robots, time.monotonic()
             # The pause after fetching robots.txt itself must already honour its Crawl-delay.
             self._not_before[netloc] = max(self._not_before.get(netloc, 0.0), time.monotonic() + self._delay_for(url))

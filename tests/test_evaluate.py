@@ -431,7 +431,7 @@ def test_a_run_directory_with_a_colon_in_its_name_is_a_run(tmp_path):
 @pytest.mark.parametrize("options, message", [
     ({"device": "gpu"}, "unknown device 'gpu'; choose auto, cpu, cuda or mps"),
     ({"checkpoint": None}, "a checkpoint is named by text (best, last or epoch-N), not None"),
-    ({"samples": -1}, "--samples must be 0 or more, got -1"),  # "--n must be 1 or more", an option it has not
+    ({"samples": -1}, "samples must be 0 or more, got -1"),  # "n must be 1 or more", an option it has not
 ])
 def test_evaluating_on_a_device_or_checkpoint_that_is_none_is_one_line(tiny_run, options, message):
     """torch's list of every device type it knows, and a regular expression's TypeError, before."""

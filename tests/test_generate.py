@@ -601,11 +601,27 @@ def test_a_library_user_gets_one_line_errors_for_names_of_the_wrong_type(tiny_ru
         Poet.load(tiny_run).write(form=["quatrain"])
 
 
+@pytest.mark.parametrize("option, value, problem", [
+    ("top_p", 2, "must be in (0, 1], got 2.0"), ("top_k", -1, "must be 0 or more, got -1"),
+    ("max_copy", 1, "must be at least 2 words, got 1"), ("lines", -1, "must be 0 or more, got -1"),
+    ("repetition_penalty", 0.5, "must be a number from 1 to 3.4e+38, got 0.5"),
+])
+def test_a_bad_option_is_named_as_python_spells_it_and_as_the_command_line_does(tiny_run, capsys, option, value, problem):
+    """A library user who passed top_p=2 was told about --top-p, a flag they never saw; the command line keeps it."""
+    from neuralda.cli import main
+
+    with pytest.raises(NeuraldaError) as e:
+        Poet.load(tiny_run).write(words=5, **{option: value})
+    assert str(e.value) == f"{option} {problem}"
+    flag = "--" + option.replace("_", "-")
+    assert main(["generate", str(tiny_run), flag, str(value), "--words", "5"]) == 2
+    assert capsys.readouterr().err == f"neuralda: error: {flag} {problem}\n"
+
 @pytest.mark.parametrize("temperature", [1e39, 1e308])
 def test_a_temperature_float32_cannot_hold_is_an_error_naming_it_not_a_damaged_checkpoint(tiny_run, temperature):
     """Scores are divided by the temperature in float32, where 1e39 is infinite: every blocked word's -inf / inf
     was NaN, and the error blamed the checkpoint."""
-    with pytest.raises(NeuraldaError, match="^--temperature must be a number from"):
+    with pytest.raises(NeuraldaError, match="^temperature must be a number from"):
         Poet.load(tiny_run).write(words=5, seed=1, temperature=temperature)
     assert Poet.load(tiny_run).write(words=5, seed=1, temperature=3e38)
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 from . import __version__
-from .errors import NeuraldaError, NeuraldaWarning, shown
+from .errors import NeuraldaError, NeuraldaWarning, OptionError, shown
 from .models import ARCHS, RECIPES
 
 DEMO_RUN = Path("runs/demo")
@@ -661,7 +661,7 @@ def main(argv: list[str] | None = None) -> int:
             warnings.showwarning = _one_line_warnings(warnings.showwarning)
             args.func(args)
     except NeuraldaError as e:
-        return _error(str(e))
+        return _error(e.flagged() if isinstance(e, OptionError) else str(e))
     except KeyboardInterrupt:
         if argv is None:  # the program itself is ending: a second Ctrl-C while Python exits was a traceback
             signal.signal(signal.SIGINT, signal.SIG_IGN)

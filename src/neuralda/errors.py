@@ -8,6 +8,18 @@ class NeuraldaError(Exception):
     """Bad input from the user (a file, an option, a run directory): say what and how to fix it."""
 
 
+class OptionError(NeuraldaError):
+    """A bad value of one option, named as Python spells it (``top_p must be in (0, 1]``) for a caller of ``Poet``
+    or a JSON field; the command line names its flag instead (``--top-p must be in (0, 1]``: ``flagged``)."""
+
+    def __init__(self, option: str, problem: str) -> None:
+        super().__init__(f"{option} {problem}")
+        self.option, self.problem = option, problem
+
+    def flagged(self) -> str:
+        return f"--{self.option.replace('_', '-')} {self.problem}"
+
+
 class NeuraldaWarning(UserWarning):
     """A result the user may not want (an untrained checkpoint): one line on stderr from the command line."""
 

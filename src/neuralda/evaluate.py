@@ -22,7 +22,7 @@ import torch
 from torch.nn import functional as F
 
 from .corpus import Poem, read_corpus
-from .errors import NeuraldaError, listed
+from .errors import NeuraldaError, OptionError, listed
 from .generate import SamplingConfig, default_start, start_tokens, write_poems
 from .run import Run, printable
 from .tokenizer import POEM_END, Vocab, detokenize, is_word, tokenize
@@ -379,7 +379,7 @@ def measure_checkpoints(
 
     device = pick_device(device)  # "gpu": one line naming the choices, not torch's list of its device types
     if isinstance(samples, bool) or not isinstance(samples, numbers.Integral) or samples < 0:  # not "--n"
-        raise NeuraldaError(f"--samples must be 0 or more, got {samples!r}")
+        raise OptionError("samples", f"must be 0 or more, got {samples!r}")
     run = Run.open(run_dir)
     sampling = sampling or SamplingConfig()
     text, index, given = None, None, 0

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from .corpus import normalize_text
-from .errors import NeuraldaError, NeuraldaWarning
+from .errors import NeuraldaError, NeuraldaWarning, OptionError
 from .tokenizer import LINE, POEM_END, STANZA, Vocab, detokenize, is_word, tokenize
 
 
@@ -67,17 +67,16 @@ class SamplingConfig:
         self.top_k = int(self.top_k)
         # Below the least, float32 scores turn into 0/0; above the most, float32 has no such number: -inf / inf.
         if not MIN_TEMPERATURE <= self.temperature <= MAX_TEMPERATURE:
-            raise NeuraldaError(
-                f"--temperature must be a number from {MIN_TEMPERATURE} to {MAX_TEMPERATURE:.3g}, "
-                f"got {self.temperature}"
+            raise OptionError(
+                "temperature", f"must be a number from {MIN_TEMPERATURE} to {MAX_TEMPERATURE:.3g}, got {self.temperature}"
             )
         if self.top_k < 0:
-            raise NeuraldaError(f"--top-k must be 0 or more, got {self.top_k}")
+            raise OptionError("top_k", f"must be 0 or more, got {self.top_k}")
         if not 0 < self.top_p <= 1:
-            raise NeuraldaError(f"--top-p must be in (0, 1], got {self.top_p}")
+            raise OptionError("top_p", f"must be in (0, 1], got {self.top_p}")
         if not 1 <= self.repetition_penalty <= MAX_TEMPERATURE:  # above, float32 makes it inf, and 0 * inf NaN
-            raise NeuraldaError(
-                f"--repetition-penalty must be a number from 1 to {MAX_TEMPERATURE:.3g}, got {self.repetition_penalty}"
+            raise OptionError(
+                "repetition_penalty", f"must be a number from 1 to {MAX_TEMPERATURE:.3g}, got {self.repetition_penalty}"
             )
 
 
@@ -85,7 +84,7 @@ def _check_type(name: str, value: object, kind: type) -> None:
     """A one-line error unless ``value`` is a ``kind`` (numbers.Real or numbers.Integral; numpy's count, bool not)."""
     if isinstance(value, bool) or not isinstance(value, kind):
         what = "a whole number" if kind is numbers.Integral else "a number"
-        raise NeuraldaError(f"{name} must be {what}, got {value!r}")
+        raise OptionError(name, f"must be {what}, got {value!r}")
 
 
 def filter_logits(logits: torch.Tensor, cfg: SamplingConfig, seen: torch.Tensor | None = None) -> torch.Tensor:
@@ -374,7 +373,7 @@ class CopyGuard:
     def from_words(cls, words: np.ndarray, n: int) -> "CopyGuard":
         """The guard of ``training_words``."""
         if n < 2:
-            raise NeuraldaError(f"--max-copy must be at least 2 words, got {n}")
+            raise OptionError("max_copy", f"must be at least 2 words, got {n}")
         if n > len(words):  # no run that long to block; hashing n - 1 words a run would loop n times for nothing
             return cls(n, np.zeros(0, dtype=np.uint64), np.zeros(0, dtype=np.int32))
         starts = np.arange(max(len(words) - n + 1, 0))
@@ -489,7 +488,7 @@ def write_poems(
         _check_type(name, value, numbers.Integral)
     for name, value, least in (("words", words, 1), ("n", n, 1), ("lines", lines, 0)):
         if value < least:
-            raise NeuraldaError(f"--{name} must be {least} or more, got {value}")
+            raise OptionError(name, f"must be {least} or more, got {value}")
     if start is not None and not isinstance(start, str):
         raise NeuraldaError(f"start must be text, got {start!r}")
     if not isinstance(form, str) or form not in FORMS:  # a list is no key of FORMS: a TypeError otherwise

@@ -27,7 +27,7 @@ from torch.nn import functional as F
 
 from . import __version__
 from .corpus import corpus_jsonl, read_corpus, split_poems
-from .errors import NeuraldaError
+from .errors import NeuraldaError, OptionError
 from .evaluate import HeldoutScorer, autocast, format_ppl, loss_chunk, perplexity
 from .files import (
     PARTIAL_WRITE, append_line, atomic_write, folder_lock, made_folder, json_text, remove_partial_writes, write_json,
@@ -238,13 +238,13 @@ def pick_device(name: str) -> str:
     if name not in ("cpu", "cuda", "mps") and not name.startswith("cuda:"):
         raise NeuraldaError(f"unknown device {name!r}; choose auto, cpu, cuda or mps")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise NeuraldaError("--device cuda: no CUDA GPU is available here")
+        raise OptionError("device", f"{name}: no CUDA GPU is available here")
     if name.startswith("cuda:"):  # torch takes a bad index or a missing GPU as a RuntimeError at first use
         count = torch.cuda.device_count()
         if not re.fullmatch(r"cuda:(0|[1-9][0-9]*)", name) or int(name[len("cuda:") :]) >= count:
-            raise NeuraldaError(f"--device {name}: this machine's CUDA GPUs are cuda:0 to cuda:{count - 1}")
+            raise OptionError("device", f"{name}: this machine's CUDA GPUs are cuda:0 to cuda:{count - 1}")
     if name == "mps" and not torch.backends.mps.is_available():
-        raise NeuraldaError("--device mps: Apple's MPS is not available here")
+        raise OptionError("device", "mps: Apple's MPS is not available here")
     return name
 
 
@@ -257,8 +257,8 @@ def pick_precision(name: str, device: str, arch: str = "lstm") -> str:
     if name == "bf16" and device.startswith("cuda") and arch != "gpt":
         # aten/src/ATen/cudnn/AutocastRNN.cpp casts a cuDNN LSTM to float16 whatever autocast's dtype, and float16
         # gradients without loss scaling underflow.
-        raise NeuraldaError(
-            "--precision bf16 on CUDA: autocast runs cuDNN's LSTM in float16, not bfloat16; use fp32 (auto) there"
+        raise OptionError(
+            "precision", "bf16 on CUDA: autocast runs cuDNN's LSTM in float16, not bfloat16; use fp32 (auto) there"
         )
     if name != "auto":
         return name

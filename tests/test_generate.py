@@ -778,7 +778,7 @@ def test_a_count_out_of_range_is_named_alone(tiny_run, option, value, least):
     wrong."""
     poet = Poet.load(tiny_run)
     options = {"n": 1, "words": 5, "lines": 0, option: value}
-    with pytest.raises(NeuraldaError, match=f"^--{option} must be {least} or more, got {value}$"):
+    with pytest.raises(NeuraldaError, match=f"^{option} must be {least} or more, got {value}$"):
         poet.write_many(**options)
 
 

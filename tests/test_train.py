@@ -838,7 +838,7 @@ def test_a_refused_precision_writes_nothing(tmp_path, corpus_file, monkeypatch, 
     before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    with pytest.raises(NeuraldaError, match="--precision bf16 on CUDA"):
+    with pytest.raises(NeuraldaError, match="^precision bf16 on CUDA"):
         train(tiny_config("" if resume else corpus_file, out, epochs=2, device="cuda", precision="bf16"),
               resume=resume, **QUIET)
     assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before

@@ -102,7 +102,8 @@ class TrainConfig:
         one-line error naming the field: from Python, epochs=1.5 trained 2 epochs, and a Path or seed=1.5 failed in
         json or torch once the run's files were written."""
         hints = typing.get_type_hints(TrainConfig)
-        return replace(self, **{f.name: _as_type(f.name, getattr(self, f.name), hints[f.name]) for f in fields(self)})
+        c = replace(self, **{f.name: _as_type(f.name, getattr(self, f.name), hints[f.name]) for f in fields(self)})
+        return c if c.save_at is None else replace(c, save_at=tuple(sorted(set(c.save_at))))
 
     def with_defaults(self) -> "TrainConfig":
         """This config with ``DEFAULTS`` for the options left at None, as a new run takes them."""
@@ -124,7 +125,7 @@ class TrainConfig:
         hidden, layers = default_size(self.arch, train_tokens)
         out["hidden"] = out["hidden"] or hidden
         out["layers"] = out["layers"] or layers
-        out["save_at"] = sorted(set(out["save_at"]))
+        out["save_at"] = list(out["save_at"])
         out["corpus"] = str(Path(self.corpus).resolve())  # a resume from another folder names the same file
         out.pop("progress")
         out.update(format_version=FORMAT_VERSION, neuralda_version=__version__, train_tokens=train_tokens)
@@ -556,11 +557,10 @@ class Progress:
 
             self.bar = tqdm(total=self.steps, desc=f"epoch {epoch}/{self.epochs}", unit="batch", leave=False)
 
-    def step(self, done: int, loss: float | None, tokens_per_s: float) -> None:
+    def step(self, done: int, loss: float, tokens_per_s: float) -> None:
         if self.bar is not None:
             self.bar.n = done
-            if loss is not None:
-                self.bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tokens_per_s:,.0f}", refresh=False)
+            self.bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tokens_per_s:,.0f}", refresh=False)
             self.bar.refresh()
 
     def close(self) -> None:
@@ -745,12 +745,13 @@ def _restore_best(checkpoints: Path, last_epoch: int) -> int | None:
     return epoch if later else None
 
 
-def _truncate_epochs(path: Path, epoch: int) -> None:
-    """Keep each epoch once: drop lines written after the checkpoint a resumed run starts from, and the sample of
-    the ``last`` checkpoint, which the resumed run writes anew when it ends."""
-    if path.exists():
-        keep = [row for row in read_epoch_rows(path) if row["epoch"] <= epoch and row.get("checkpoint") != "last"]
-        atomic_write(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in keep))
+def _truncate_logs(run_path: Path, epoch: int) -> None:
+    """Keep each epoch once: drop the metrics and samples written after the checkpoint a resumed run starts from, and
+    the sample of the ``last`` checkpoint, which the resumed run writes anew when it ends."""
+    for path in (run_path / "metrics.jsonl", run_path / "samples.jsonl"):
+        if path.exists():
+            keep = [row for row in read_epoch_rows(path) if row["epoch"] <= epoch and row.get("checkpoint") != "last"]
+            atomic_write(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in keep))
 
 
 @dataclass
@@ -870,12 +871,14 @@ class Trainer:
             for key in RESUMABLE:
                 value = getattr(cfg, key)
                 if value is not None:
-                    self.run.config[key] = sorted(set(value)) if key == "save_at" else value
+                    self.run.config[key] = list(value) if key == "save_at" else value
             self.run.config["compile"] = cfg.compile
             check_setting_types(self.run.config, self.run.path / "config.json")
             # The flags a resume may change are checked as they are parsed: a value out of range here is the file's.
             check_settings(self.run.config, self.run.path / "config.json")
-        device = pick_device(self.run.config["device"] if resume else cfg.device or DEFAULTS["device"])
+        # A resume's settings are its config.json's (with the ones given changed); a new run's, these with defaults.
+        settings = self.run.config if resume else asdict(cfg.with_defaults())
+        device = pick_device(settings["device"])
         if self.dist.world > 1 and device.startswith("cuda"):
             per_machine = int(os.environ.get("LOCAL_WORLD_SIZE", self.dist.local_rank + 1))  # every rank sees it
             if per_machine > torch.cuda.device_count():
@@ -888,7 +891,6 @@ class Trainer:
         if self.dist.world > 1 and device == "mps":
             raise NeuraldaError("several processes on Apple's MPS: gloo cannot add MPS tensors; train in one process")
         # Before anything is written: a refused precision saved in config.json would refuse every resume after.
-        settings = self.run.config if resume else {**DEFAULTS, **{k: v for k, v in asdict(cfg).items() if v is not None}}
         self.precision = pick_precision(settings["precision"], device, settings["arch"])
         self.dist.init(device)
         self.dist.barrier()  # every process has looked before the first one writes
@@ -975,23 +977,23 @@ class Trainer:
         in between resumes from the older ``last`` and writes ``best`` again when it gets there). Until ``last`` is
         written the older 'best' is kept aside, as on Ctrl-C: a resume that stops before the newer one's epoch (fewer
         --epochs, a shorter --patience) puts it back."""
-        checkpoints = self.run.path / "checkpoints"
         if self.best is not None:
-            _keep_best_aside(checkpoints)
-            try:
-                self._save_best()
-            finally:
-                if self.best is not None:  # not written (a full disk): 'best' is as it was
-                    (checkpoints / BEST_AT_LAST).unlink(missing_ok=True)
+            self._write_best()
         self._save("last", with_optimizer=True)
-        (checkpoints / BEST_AT_LAST).unlink(missing_ok=True)
+        (self.run.path / "checkpoints" / BEST_AT_LAST).unlink(missing_ok=True)
         self.saved = {"epoch": self.state["epoch"], "at": time.monotonic()}
 
-    def _save_best(self) -> None:
-        """Write the best weights held back since the last checkpoint, if any."""
-        if self.best is not None:
-            save_checkpoint(self.run.path / "checkpoints" / "best.safetensors", *self.best)
+    def _write_best(self) -> None:
+        """Write the best weights held back since the last checkpoint, the older 'best' kept aside until ``last``
+        is written (``_keep_best_aside``)."""
+        checkpoints = self.run.path / "checkpoints"
+        _keep_best_aside(checkpoints)
+        try:
+            save_checkpoint(checkpoints / "best.safetensors", *self.best)
             self.best = None
+        finally:
+            if self.best is not None:  # not written (a full disk): 'best' is as it was
+                (checkpoints / BEST_AT_LAST).unlink(missing_ok=True)
 
     def _load_last(self) -> None:
         path = self.run.checkpoint_path("last")
@@ -1025,8 +1027,7 @@ class Trainer:
                 self.log(f"the interrupted run's best weights, of epoch {kept}, are kept as checkpoint 'epoch-{kept}'")
 
         self.dist.on_main(restore_best)
-        for name in ("metrics.jsonl", "samples.jsonl"):
-            self.dist.on_main(functools.partial(_truncate_epochs, self.run.path / name, self.state["epoch"]))
+        self.dist.on_main(functools.partial(_truncate_logs, self.run.path, self.state["epoch"]))
         self.log(f"resuming {self.run.path} after epoch {self.state['epoch']}")
 
     # --- one epoch -----------------------------------------------------------------------------------------------
@@ -1088,8 +1089,9 @@ class Trainer:
             if progress.tty and now - last_report > 1.0:  # a host sync, so only once a second
                 progress.step(done, float(total) / tokens, tokens * self.dist.world / (now - t0))  # the job's, about
                 last_report = now
-        summed = self.dist.sum(torch.stack([total, torch.tensor(float(tokens), device=self.device)]))
-        return float(summed[0]) / max(float(summed[1]), 1.0), int(summed[1]), time.monotonic() - t0, done, cut
+        # Summed apart: as float32, a count over 2**24 tokens was rounded.
+        tokens = int(self.dist.sum(torch.tensor(tokens, dtype=torch.int64, device=self.device)))
+        return float(self.dist.sum(total)) / max(tokens, 1), tokens, time.monotonic() - t0, done, cut
 
     def _end_epoch(
         self, epoch: int, train_loss: float, tokens: int, train_seconds: float, t0: float, batches: int, cut: bool
@@ -1098,8 +1100,7 @@ class Trainer:
         c, state = self.c, self.state
         if not math.isfinite(train_loss):
             if self.dist.main:  # the run directory as a resume would see it: up to the last checkpoint
-                for name in ("metrics.jsonl", "samples.jsonl"):
-                    _truncate_epochs(self.run.path / name, self.saved["epoch"])
+                _truncate_logs(self.run.path, self.saved["epoch"])
             raise NeuraldaError(
                 f"the training loss became {train_loss} in epoch {epoch}; the checkpoints of epoch "
                 f"{self.saved['epoch']} are kept in {self.run.path / 'checkpoints'} (start a new run with a lower --lr)"
@@ -1163,7 +1164,7 @@ class Trainer:
 
     def _finish(self) -> None:
         """Rank 0's part of a run's end: the last checkpoint and the sample of "last" (also when no epoch was left
-        to train: resuming dropped the sample, see _truncate_epochs)."""
+        to train: resuming dropped the sample, see _truncate_logs)."""
         if self.state["epoch"] > self.saved["epoch"]:
             self._checkpoint()
         if self.state["epoch"] not in self.c["save_at"]:
@@ -1200,12 +1201,14 @@ class Trainer:
                 if c["max_time"]:
                     left = min(left, c["max_time"] - (time.monotonic() - self.started))
                 progress.end_epoch(row, left)
+                if cut:  # the last epoch too: it did not train all its batches
+                    stopped = "time"
+                    break
         except (KeyboardInterrupt, BrokenPipeError):  # Ctrl-C, or the log's reader went away (`2>&1 | head`)
             best = ""
             if self.dist.main and self.best is not None:  # a whole epoch's weights: the run has a model to write with
                 best = f" (its best weights so far, of epoch {self.best[1]['epoch']}, are in checkpoint 'best')"
-                _keep_best_aside(self.run.path / "checkpoints")
-                self._save_best()
+                self._write_best()
             with contextlib.suppress(BrokenPipeError):
                 progress.close()
                 self.log(

@@ -133,6 +133,21 @@ def test_errors_are_one_line_and_exit_2(tmp_path, monkeypatch, capfd, args, mess
     assert code == 2 and message in err and err.count("\n") == 1
 
 
+
+@pytest.mark.parametrize("args, line", [
+    # An unknown option pointed to neuralda's list of commands, not to the command's options.
+    (("generate", "runs/x", "--tempurature", "1"),
+     "unrecognized arguments: --tempurature 1 (see neuralda generate --help)"),
+    (("corpus", "stats", "poems.jsonl", "--jsn"), "unrecognized arguments: --jsn (see neuralda corpus stats --help)"),
+    (("generate", "poems.jsonl"), "poems.jsonl: a file, not a run directory (the folder `neuralda train -o` made)"),
+    (("train", "poems.jsonl", "-o", "poems.jsonl"), "{tmp}/poems.jsonl is a file, not a folder"),  # named once
+])
+def test_errors_name_what_is_wrong_once(tmp_path, monkeypatch, capfd, args, line):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "poems.jsonl").write_text('{"text": "a line"}\n')
+    code, _, err = cli_here(capfd, *args)
+    assert (code, err) == (2, f"neuralda: error: {line.format(tmp=tmp_path)}\n")
+
 def test_an_error_in_a_process_of_its_own_is_one_line_and_exit_2(tmp_path):
     out = cli("train", "missing.jsonl", "-o", "out", cwd=tmp_path)
     assert out.returncode == 2 and out.stderr.startswith("neuralda: error: ") and out.stderr.count("\n") == 1
@@ -290,6 +305,8 @@ def test_demo_scrapes_the_local_site_trains_and_writes(tmp_path, monkeypatch):
             break
     killed.kill()
     killed.communicate(timeout=30)
+    # It said what it would replace; the first said nothing of the kind.
+    assert "; it replaces the last demo run in " in line and "replaces" not in out.stderr
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
     # A demo replaces its own run, also one killed before its config.json was written (by an earlier version, which
     # trained in place), keeps its corpus, and leaves nothing aside; it never touches another run.

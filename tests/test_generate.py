@@ -603,7 +603,7 @@ def test_a_library_user_gets_one_line_errors_for_names_of_the_wrong_type(tiny_ru
 
 @pytest.mark.parametrize("option, value, problem", [
     ("top_p", 2, "must be in (0, 1], got 2.0"), ("top_k", -1, "must be 0 or more, got -1"),
-    ("max_copy", 1, "must be at least 2 words, got 1"), ("lines", -1, "must be 0 or more, got -1"),
+    ("max_copy", 1, "must be 0 (no guard) or at least 2 words, got 1"), ("lines", -1, "must be 0 or more, got -1"),
     ("repetition_penalty", 0.5, "must be a number from 1 to 3.4e+38, got 0.5"),
 ])
 def test_a_bad_option_is_named_as_python_spells_it_and_as_the_command_line_does(tiny_run, capsys, option, value, problem):

@@ -354,7 +354,9 @@ def cmd_demo(args: argparse.Namespace) -> None:
             print(f"neuralda demo: serving {len(poems)} poems at {site.url} and scraping them", file=sys.stderr)
             # Into the last demo's corpus, if any: a scrape adds only the poems missing there.
             print(scrape(site.config(str(corpus_out), cache, progress=not args.quiet)).text(), file=sys.stderr)
-        print(f"neuralda demo: training the default model for up to {args.minutes:g} min", file=sys.stderr)
+        last = (folder / "config.json").exists()
+        replacing = f"; it replaces the last demo run in {printable(str(out))}" if last else ""
+        print(f"neuralda demo: training the default model for up to {args.minutes:g} min{replacing}", file=sys.stderr)
         train(TrainConfig(corpus=str(corpus_out), output=str(new), max_time=args.minutes * 60, progress=not args.quiet))
         config = json.loads((new / "config.json").read_text(encoding="utf-8"))
         write_json(new / "config.json", {**config, "output": str(out)})  # where the run is from now on
@@ -376,6 +378,17 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str):
         self.exit(2, f"neuralda: error: {shown(message)} (see {self.prog} --help)\n")
+
+    def set_defaults(self, **kwargs) -> None:
+        super().set_defaults(command_prog=self.prog, **kwargs)  # a command's parser: its --help is the one to see
+
+    def parse_args(self, args=None, namespace=None) -> argparse.Namespace:  # type: ignore[override]
+        """argparse's, but an unknown option points to its command's --help, not to neuralda's list of commands."""
+        parsed, unknown = self.parse_known_args(args, namespace)
+        if unknown:
+            prog = getattr(parsed, "command_prog", self.prog)
+            self.exit(2, f"neuralda: error: unrecognized arguments: {shown(' '.join(unknown))} (see {prog} --help)\n")
+        return parsed
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -678,8 +691,9 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:  # the machine's doing (a full disk, no permission), not a bug: one line too
         from .files import why_not_written
 
-        why = why_not_written(e.filename, e) if e.filename else e.strerror or e
-        return _error(f"{f'{e.filename}: ' if e.filename else ''}{why}")
+        why = str(why_not_written(e.filename, e) if e.filename else e.strerror or e)
+        named = not e.filename or why.startswith(f"{e.filename} ")  # "runs/x is a file, not a folder"
+        return _error(why if named else f"{e.filename}: {why}")
     except (MemoryError, RuntimeError) as e:  # too large for this machine; torch says so (CPU, CUDA, MPS) in words
         if isinstance(e, RuntimeError) and not any(s in str(e) for s in ("out of memory", "can't allocate memory")):
             raise

@@ -373,7 +373,7 @@ class CopyGuard:
     def from_words(cls, words: np.ndarray, n: int) -> "CopyGuard":
         """The guard of ``training_words``."""
         if n < 2:
-            raise OptionError("max_copy", f"must be at least 2 words, got {n}")
+            raise OptionError("max_copy", f"must be 0 (no guard) or at least 2 words, got {n}")
         if n > len(words):  # no run that long to block; hashing n - 1 words a run would loop n times for nothing
             return cls(n, np.zeros(0, dtype=np.uint64), np.zeros(0, dtype=np.int32))
         starts = np.arange(max(len(words) - n + 1, 0))

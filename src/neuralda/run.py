@@ -290,6 +290,8 @@ class Run:
     def open(cls, path: str | Path) -> "Run":
         path = Path(path)
         if not path.is_dir():
+            if path.exists():
+                raise NeuraldaError(f"{path}: a file, not a run directory (the folder `neuralda train -o` made)")
             raise NeuraldaError(f"{path}: no such run directory")
         config_path = path / "config.json"
         try:

@@ -195,7 +195,7 @@ def test_files_a_user_did_not_make_are_one_line_and_exit_2(tiny_run, tmp_path, c
     assert err.startswith("neuralda: error:") and message in err and len(err.strip().splitlines()) == 1
 
 
-@pytest.mark.parametrize("stop, status", [("close the log", 141), ("SIGTERM", 130)])
+@pytest.mark.parametrize("stop, status", [("close the log", 141), ("SIGTERM", 143)])
 def test_a_run_stopped_midway_keeps_its_best(tmp_path, corpus_file, stop, status):
     """`neuralda train ... 2>&1 | head -3` (the log's reader goes away: the exit status of a closed pipe), or SIGTERM
     (a scheduler's time limit, `timeout`): the run stops as on Ctrl-C, writing the

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 from . import __version__
-from .errors import NeuraldaError, NeuraldaWarning, OptionError, shown
+from .errors import NeuraldaError, NeuraldaWarning, OptionError, Terminated, shown
 from .models import ARCHS, RECIPES
 
 DEMO_RUN = Path("runs/demo")
@@ -675,10 +675,10 @@ def main(argv: list[str] | None = None) -> int:
             args.func(args)
     except NeuraldaError as e:
         return _error(e.flagged() if isinstance(e, OptionError) else str(e))
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         if argv is None:  # the program itself is ending: a second Ctrl-C while Python exits was a traceback
             signal.signal(signal.SIGINT, signal.SIG_IGN)
-        return 130
+        return 128 + (signal.SIGTERM if isinstance(e, Terminated) else signal.SIGINT)  # as a shell reports them
     except UnicodeEncodeError as e:  # stdout cannot hold a poem's letters (PYTHONIOENCODING=ascii, a Windows pipe)
         out = codecs.lookup(getattr(sys.stdout, "encoding", None) or "utf-8").name
         if out == "utf-8" or out != codecs.lookup(e.encoding).name:  # not the output's doing: a bug

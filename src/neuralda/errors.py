@@ -20,6 +20,10 @@ class OptionError(NeuraldaError):
         return f"--{self.option.replace('_', '-')} {self.problem}"
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, taken as Ctrl-C is (training stops cleanly), and said as SIGTERM in the exit status (143)."""
+
+
 class NeuraldaWarning(UserWarning):
     """A result the user may not want (an untrained checkpoint): one line on stderr from the command line."""
 

@@ -27,7 +27,7 @@ from torch.nn import functional as F
 
 from . import __version__
 from .corpus import corpus_jsonl, read_corpus, split_poems
-from .errors import NeuraldaError, OptionError
+from .errors import NeuraldaError, OptionError, Terminated
 from .evaluate import HeldoutScorer, autocast, format_ppl, loss_chunk, perplexity
 from .files import (
     PARTIAL_WRITE, append_line, atomic_write, folder_lock, made_folder, json_text, remove_partial_writes, write_json,
@@ -1315,7 +1315,7 @@ def _sigterm_as_interrupt():
         return
 
     def interrupt(signum, frame):
-        raise KeyboardInterrupt
+        raise Terminated
 
     previous = signal.signal(signal.SIGTERM, interrupt)
     try:

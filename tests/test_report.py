@@ -96,6 +96,12 @@ def test_compare_and_report_measure_on_another_corpus(tiny_run, tmp_path):
     assert out.returncode == 0, out.stderr
     cells = next(ln for ln in (tmp_path / "r.md").read_text().splitlines() if "| epoch-4 |" in ln)
     assert f"| {evaluate_run(tiny_run, 'epoch-4', corpus=corpus, samples=0)['perplexity']:.1f} |" in cells
+    # Poems the run trained on are no held-out poems: the rows and the report say so; the run's own held-out poems,
+    # given as a file, are none of them.
+    assert row["poems_trained_on"] == 1.0 and "trained on 100% of the poems scored" in (tmp_path / "r.md").read_text()
+    out = cli("compare", tiny_run, "--corpus", corpus, "--samples", 0)
+    assert f"note: {tiny_run} trained on 100% of the poems scored: perplexity there says how well" in out.stdout
+    assert evaluate_run(tiny_run, corpus=tiny_run / "data" / "val.jsonl", samples=0)["poems_trained_on"] == 0
 
 
 def test_an_empty_file_name_from_python_is_an_error_not_the_default(tiny_run):

@@ -174,7 +174,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from .evaluate import evaluate_run
+    from .evaluate import comparability_notes, evaluate_run
 
     row = evaluate_run(
         args.run, args.checkpoint, corpus=args.corpus, samples=args.samples, start=args.start, words=args.words,
@@ -187,6 +187,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         # None: nothing to measure (--samples 0, poems too short), shown as in compare's and the report's tables.
         shown = "-" if value is None else f"{value:.4g}" if isinstance(value, float) else value
         print(f"{key.replace('_', ' '):<22}{shown}")
+    for note in comparability_notes([row]):
+        print(f"note: {note}")
 
 
 def cmd_compare(args: argparse.Namespace) -> None:

@@ -452,11 +452,15 @@ def import_files(
     return poems
 
 
+def copy_key(text: str) -> str:
+    """What copies of a poem share: its text but for case and the kind of quotes (one file imported twice,
+    overlapping anthologies; lower-cased, as training reads them by default, they are one poem)."""
+    return text.casefold().translate(_PLAIN_QUOTES)
+
+
 def split_poems(poems: list[Poem], val_fraction: float, seed: int) -> tuple[list[Poem], list[Poem]]:
-    """Hold out whole poems (never overlapping windows), the same ones for the same seed; the copies of a poem (the
-    same text but for case and the kind of quotes: one file imported twice, overlapping anthologies; lower-cased, as
-    training reads them by default, they are one poem) are held out together or not at all, so validation holds
-    only poems training never saw."""
+    """Hold out whole poems (never overlapping windows), the same ones for the same seed; the copies of a poem
+    (``copy_key``) are held out together or not at all, so validation holds only poems training never saw."""
     if not 0.0 <= val_fraction < 1.0:
         raise NeuraldaError(f"--val-fraction must be in [0, 1), got {val_fraction}")
     n_val = round(len(poems) * val_fraction)
@@ -466,7 +470,7 @@ def split_poems(poems: list[Poem], val_fraction: float, seed: int) -> tuple[list
     random.Random(seed).shuffle(order)
     copies: dict[str, list[int]] = {}  # in the shuffled order of each text's first copy
     for i in order:
-        copies.setdefault(poems[i].text.casefold().translate(_PLAIN_QUOTES), []).append(i)
+        copies.setdefault(copy_key(poems[i].text), []).append(i)
     if n_val >= len(poems) and len(copies) > 1:
         raise NeuraldaError(
             f"--val-fraction {val_fraction} would hold out all {len(poems)} poems; use at most "

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from .corpus import Poem, read_corpus
+from .corpus import Poem, copy_key, read_corpus
 from .errors import NeuraldaError, OptionError, listed
 from .generate import SamplingConfig, default_start, start_tokens, write_poems
 from .run import Run, printable
@@ -394,12 +394,14 @@ def measure_checkpoints(
             text = heldout_text(heldout, run.vocab)
             # Which poems were scored: runs split with another --seed or from another corpus hold out others.
             heldout_id = hashlib.sha256("\0".join(p.text for p in heldout).encode("utf-8", "surrogatepass")).hexdigest()
+            trained_on = 0.0 if corpus is None else _trained_share(heldout, run)
             if samples:  # the start's words, which every poem opens with (checked as write_poems checks it)
                 given = sum(map(is_word, start_tokens(default_start(run.vocab) if start is None else start, run.vocab)))
         # Names as a terminal can print them: a byte that is not UTF-8 made printing the row a traceback.
         row = {"run": printable(str(run_dir)), "checkpoint": checkpoint, "epoch": meta.get("epoch")}
         row["corpus"] = "val" if corpus is None else printable(str(corpus))
         row["heldout_poems"] = heldout_id[:12]
+        row["poems_trained_on"] = trained_on
         # What the perplexity is of: a vocabulary that reads more words as <unk> makes an easier task.
         row["vocab_size"], row["min_count"], row["keep_case"] = len(run.vocab), run.vocab.min_count, run.vocab.keep_case
         # As training scored it (a run trained in bf16 on a CPU validated in bf16; older checkpoints say nothing):
@@ -415,6 +417,15 @@ def measure_checkpoints(
         row.update(sample_measures(poems, index, run.vocab.keep_case, given))
         row["temperature"], row["top_p"] = sampling.temperature, sampling.top_p  # copying and diversity depend on them
         yield row, model, meta
+
+
+def _trained_share(poems: Sequence[Poem], run: Run) -> float | None:
+    """The share of ``poems`` that ``run`` trained on (or copies of them); None for a run shared without them."""
+    try:
+        trained = {copy_key(p.text) for p in run.poems("train")}
+    except NeuraldaError:
+        return None
+    return round(sum(copy_key(p.text) in trained for p in poems) / len(poems), 4)
 
 
 def evaluate_run(run_dir: str | Path, checkpoint: str = "best", **options) -> dict:
@@ -468,6 +479,12 @@ def comparability_notes(rows: Sequence[dict]) -> list[str]:
         notes.append(
             "the runs are scored on different held-out poems (each on its own split: another --seed or corpus); pass "
             "--corpus FILE to score them all on the same poems"
+        )
+    trained = {r["run"]: r["poems_trained_on"] for r in rows if r.get("poems_trained_on")}
+    if trained:
+        notes.append(
+            f"{'; '.join(f'{run} trained on {share:.0%}' for run, share in trained.items())} of the poems scored: "
+            "perplexity there says how well a run remembers its poems, not how it does on poems it never read"
         )
     return notes
 

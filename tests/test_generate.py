@@ -393,7 +393,7 @@ def test_temperature_sharpens_or_flattens_the_odds(temperature):
     + [SamplingConfig(repetition_penalty=p) for p in (0.5, 1e39, math.inf, math.nan)],  # 1e39 is inf in float32
 )
 def test_bad_sampling_settings(cfg):
-    with pytest.raises(NeuraldaError, match="temperature|top-k|top-p|repetition-penalty"):
+    with pytest.raises(NeuraldaError, match="^(temperature|top_k|top_p|repetition_penalty) must be "):
         cfg.check()
 
 

@@ -257,6 +257,15 @@ def test_evaluate_counts_a_start_s_words_as_given(tiny_run):
     assert {k: row[k] for k in expected} == expected
 
 
+def test_the_share_of_training_poems_scored_is_said_and_never_rounded_to_none_or_all():
+    rows = [{"run": "runs/a", "poems_trained_on": 0.004}, {"run": "runs/b", "poems_trained_on": 0.999},
+            {"run": "runs/c", "poems_trained_on": 0.5}, {"run": "runs/d", "poems_trained_on": 0.0}]
+    [note] = comparability_notes(rows)
+    assert note.startswith("runs/a trained on under 1%; runs/b trained on over 99%; runs/c trained on 50% of the")
+    # A run shared without its training poems: not known, and said.
+    assert comparability_notes([{"run": "runs/e", "poems_trained_on": None}]) == [
+        "whether runs/e trained on the poems scored is unknown (no data/train.jsonl)"]
+
 def test_compare_says_when_vocabularies_or_held_out_poems_differ(tiny_run, tmp_path):
     rows = [
         {"vocab_size": 1819, "min_count": 1, "keep_case": False, "heldout_poems": "a"},

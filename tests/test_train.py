@@ -335,6 +335,34 @@ def test_an_epoch_checkpoint_written_after_last_is_kept_on_resume(tmp_path, corp
     assert all(torch.equal(weights[k], v) for k, v in read_checkpoint(epoch_2)[0].items())
 
 
+def test_a_second_ctrl_c_once_the_new_best_is_written_keeps_the_older_one_aside(tmp_path, corpus_file, monkeypatch):
+    """Ctrl-C writes the best weights held back (epoch 4, 'last' being epoch 2); a second Ctrl-C just after they are
+    in place dropped the older 'best' kept aside, and a resume that stopped at epoch 2 kept epoch 4's as its best."""
+    import neuralda.train as trainer
+
+    out = tmp_path / "run"
+    train(tiny_config(corpus_file, out, epochs=2, patience=0), **QUIET)
+    train_epoch, save = trainer.Trainer._train_epoch, trainer.save_checkpoint
+
+    def ctrl_c_at_epoch_5(self, epoch, progress):
+        if epoch == 5:
+            raise KeyboardInterrupt
+        return train_epoch(self, epoch, progress)
+
+    def ctrl_c_again_once_best_is_written(path, *args):
+        save(path, *args)
+        if path.name == "best.safetensors":
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer.Trainer, "_train_epoch", ctrl_c_at_epoch_5)
+    monkeypatch.setattr(trainer, "save_checkpoint", ctrl_c_again_once_best_is_written)
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_config("", out, epochs=6, save_every=1e9, patience=0), resume=True, **QUIET)
+    monkeypatch.undo()
+    assert Run.open(out).checkpoint_meta("best")["epoch"] == 4
+    train(tiny_config("", out, epochs=2), resume=True, **QUIET)
+    assert Run.open(out).checkpoint_meta("best")["epoch"] <= 2 and "epoch-4" in Run.open(out).checkpoints()
+
 def test_an_output_through_a_symlink_loop_is_one_line(tmp_path, corpus_file):
     (tmp_path / "loop").symlink_to(tmp_path / "loop")
     with pytest.raises(NeuraldaError, match="loop/run: a symbolic link on the way loops back to itself"):
@@ -603,7 +631,8 @@ def test_max_time_stops_cleanly(tmp_path, corpus_file):
 @pytest.mark.parametrize("epochs", [3, 1])
 def test_max_time_ends_an_epoch_longer_than_the_budget(tmp_path, corpus_file, epochs):
     """A corpus whose first epoch outlasts --max-time (ten times ours took 9 minutes an epoch) stops at the budget
-    with a model: the epoch is cut there, validated and saved. Its last epoch cut too: it stopped for "epochs"."""
+    with a model: the epoch is cut there, validated and saved. The last epoch cut too stops for "time" (it said
+    "epochs")."""
     out = tmp_path / "run"
     cfg = tiny_config(corpus_file, out, epochs=epochs, batch_size=1, seq_len=2, hidden=256, max_time=0.5)
     started = time.monotonic()

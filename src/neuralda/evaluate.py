@@ -483,10 +483,18 @@ def comparability_notes(rows: Sequence[dict]) -> list[str]:
     trained = {r["run"]: r["poems_trained_on"] for r in rows if r.get("poems_trained_on")}
     if trained:
         notes.append(
-            f"{'; '.join(f'{run} trained on {share:.0%}' for run, share in trained.items())} of the poems scored: "
-            "perplexity there says how well a run remembers its poems, not how it does on poems it never read"
+            f"{'; '.join(f'{run} trained on {_share(share)}' for run, share in trained.items())} of the poems "
+            "scored: perplexity there says how well a run remembers its poems, not how it does on poems it never read"
         )
+    unknown = dict.fromkeys(r["run"] for r in rows if "poems_trained_on" in r and r["poems_trained_on"] is None)
+    if unknown:
+        notes.append(f"whether {' or '.join(unknown)} trained on the poems scored is unknown (no data/train.jsonl)")
     return notes
+
+
+def _share(share: float) -> str:
+    """A share as a percentage that never rounds to 0% or 100% unless it is."""
+    return f"{share:.0%}" if share in (0, 1) or 0.005 <= share < 0.995 else "under 1%" if share < 0.5 else "over 99%"
 
 
 _COLUMNS = (  # header, key, how the value is written

@@ -918,7 +918,7 @@ class Trainer:
         # Several processes: gradients are averaged across them after each backward (DistributedDataParallel).
         self.trained = LossModule(self.model, self.precision)
         if c["compile"]:
-            self.trained = torch.compile(self.trained)  # optional: on CPU it measured slower (PERFORMANCE.md)
+            self.trained = torch.compile(self.trained)  # optional: on CPU it measured slower (docs/performance.md)
         if self.dist.world > 1:
             self.trained = torch.nn.parallel.DistributedDataParallel(self.trained)
         ids = _stream(self.run, "train")
@@ -990,10 +990,10 @@ class Trainer:
         _keep_best_aside(checkpoints)
         try:
             save_checkpoint(checkpoints / "best.safetensors", *self.best)
-            self.best = None
-        finally:
-            if self.best is not None:  # not written (a full disk): 'best' is as it was
-                (checkpoints / BEST_AT_LAST).unlink(missing_ok=True)
+        except NeuraldaError:  # not written (a full disk): 'best' is as it was, the copy aside not needed
+            (checkpoints / BEST_AT_LAST).unlink(missing_ok=True)
+            raise  # (a second Ctrl-C may come once the new 'best' is in place: the older one stays aside)
+        self.best = None
 
     def _load_last(self) -> None:
         path = self.run.checkpoint_path("last")

@@ -243,17 +243,19 @@ def test_the_words_a_poem_was_given_are_not_the_model_s_copies_or_variety():
     assert distinct_n([poem_words("love love love sea")], 1, given=2) == 1.0  # "love sea": the model's two
     m = sample_measures([("love is a lamp", True)], idx, given=4)  # nothing of the model's
     assert m["longest_copy"] is None and m["copied_4gram_share"] is None and m["words_per_poem"] == 4
+    # Every poem opens with the start: its bigram, repeated in each, is not the model's repetition.
+    assert sample_measures([("the sea glows", True), ("the sea burns", True)], idx, given=2)["distinct_2"] == 1.0
 
 
-def test_evaluate_counts_a_start_s_words_as_given(tiny_run):
+@pytest.mark.parametrize("start, given", [("the salt wind sings of", 5), ("the salt, wind", 3)])  # words, not marks
+def test_evaluate_counts_a_start_s_words_as_given(tiny_run, start, given):
     from neuralda.generate import write_poems
 
-    start = "the salt wind sings of"
     run = Run.open(tiny_run)
     model, _ = run.load_model("best")
     row = evaluate_run(tiny_run, samples=3, words=12, seed=4, start=start)
     poems = write_poems(model, run.vocab, start, 12, 3, None, 4)
-    expected = sample_measures(poems, NgramIndex.from_poems(run.poems("train")), given=5)
+    expected = sample_measures(poems, NgramIndex.from_poems(run.poems("train")), given=given)
     assert {k: row[k] for k in expected} == expected
 
 

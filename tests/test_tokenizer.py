@@ -178,11 +178,13 @@ def test_written_tokens_never_merge_into_a_word_the_model_did_not_write():
             ["i", "'", "ve", "seen", "'", "em", ",", "then", "'", "hush", "'", "she", "said"],
         ),
         ("漢abc", ["漢", "abc"]),
+        ("th' old sea, o' the hills", ["th", "'", "old", "sea", ",", "o", "'", "the", "hills"]),  # elided, old verse's
     ],
 )
 def test_usual_spacing_needs_no_spacing_tokens(text, tokens):
     """Text spaced as people usually space it gives plain marks, never marks carrying a space (a second token)."""
     assert tokenize(text, end=False) == tokens
+    assert detokenize(tokens) == text  # and a model's plain marks read back as people space them
 
 
 def test_a_vocabulary_built_from_whole_poems_has_each_special_once_and_loads(tmp_path):

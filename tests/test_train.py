@@ -503,6 +503,24 @@ def test_gains_too_small_to_keep_the_rate_count_towards_patience(tmp_path, corpu
     assert [r["lr"] for r in metrics(tmp_path / "run")] == [0.01, 0.01, 0.01, 0.005]
 
 
+def test_a_resume_keeps_counting_towards_patience(tmp_path, corpus_file, monkeypatch):
+    """The same scripted losses, the run stopped after epoch 3 (one epoch without a real gain) and resumed: it stops
+    where the run in one go did, not two more epochs after the resume."""
+    import neuralda.train as training
+
+    def scripted(*losses):
+        left = iter(losses)
+        return lambda model, ids, *args, **options: lambda: (next(left) * (ids.numel() - 1), ids.numel() - 1)
+
+    out = tmp_path / "run"
+    monkeypatch.setattr(training, "HeldoutScorer", scripted(5.0, 4.0, 3.99999))
+    train(tiny_config(corpus_file, out, epochs=3, patience=2, lr=0.01), **QUIET)
+    monkeypatch.setattr(training, "HeldoutScorer", scripted(3.99998, 3.99997, 3.99996, 3.99995))
+    result = train(tiny_config("", out, epochs=7), resume=True, **QUIET)
+    assert (result.stopped, result.epochs, result.best_epoch) == ("patience", 4, 4)
+    assert [r["lr"] for r in metrics(out)] == [0.01, 0.01, 0.01, 0.005]
+
+
 def train_until_ctrl_c(cfg, epoch: int, monkeypatch, log=lambda s: None) -> None:
     """Train ``cfg`` until Ctrl-C while ``epoch`` validates (its weights trained, not yet held as the best)."""
     import neuralda.train as training

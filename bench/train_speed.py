@@ -95,7 +95,7 @@ def ours_after_steps(cfg: dict, output: str, precision: str, steps: int):
             epoch += 1
             keep = (steps - done) * c["batch_size"] * c["seq_len"] + 1  # either layout's tokens for that many batches
             trainer.train_ids, trainer.rare = ids[:keep], rare[:keep]
-            batches = trainer._train_epoch(epoch, Progress(False, epoch, steps))[3]
+            batches = trainer._train_epoch(epoch, Progress(False, epoch, steps)).batches
             if not batches:  # a corpus shorter than one window
                 break
             done += batches

@@ -1111,8 +1111,8 @@ def test_an_infinite_loss_stops_the_run_as_nan_does(tmp_path, corpus_file, monke
     real = Trainer._train_epoch
 
     def overflowing(self, epoch, progress):
-        loss, *rest = real(self, epoch, progress)
-        return (math.inf if epoch == 2 else loss, *rest)
+        trained = real(self, epoch, progress)
+        return trained._replace(loss=math.inf) if epoch == 2 else trained
 
     monkeypatch.setattr(Trainer, "_train_epoch", overflowing)
     out = tmp_path / "run"

@@ -20,7 +20,7 @@ import time
 import typing
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import Callable, NamedTuple, TypeVar
 
 import torch
 from torch.nn import functional as F
@@ -846,6 +846,53 @@ class Dist:
         return type(value)(t.item())
 
 
+def _resumed_run(cfg: TrainConfig) -> Run:
+    """The run ``cfg.output`` to resume, its settings changed in memory by those ``cfg`` gives (written once its
+    checkpoint and data are read: a refused resume changes none)."""
+    run = Run.open(cfg.output)
+    _check_resumable(run)
+    run.config.setdefault("carry_state", True)  # runs made before the setting carried their state
+    run.config.setdefault("epsilon_hat", None)  # and trained with torch's Adam epsilon
+    check_unchanged(cfg, run)
+    _check_ahead(cfg, run)
+    for key in RESUMABLE:
+        value = getattr(cfg, key)
+        if value is not None:
+            run.config[key] = list(value) if key == "save_at" else value
+    run.config["compile"] = cfg.compile
+    check_setting_types(run.config, run.path / "config.json")
+    # The flags a resume may change are checked as they are parsed: a value out of range here is the file's.
+    check_settings(run.config, run.path / "config.json")
+    return run
+
+
+def _process_device(name: str, dist: Dist) -> str:
+    """The device ``name`` picks for this process: under torchrun on CUDA, the GPU of its local rank."""
+    device = pick_device(name)
+    if dist.world > 1 and device.startswith("cuda"):
+        per_machine = int(os.environ.get("LOCAL_WORLD_SIZE", dist.local_rank + 1))  # every rank sees it
+        if per_machine > torch.cuda.device_count():
+            raise NeuraldaError(
+                f"{per_machine} processes on a machine with {torch.cuda.device_count()} GPUs; start at most "
+                f"--nproc_per_node {torch.cuda.device_count()}"
+            )
+        device = f"cuda:{dist.local_rank}"
+        torch.cuda.set_device(device)
+    if dist.world > 1 and device == "mps":
+        raise NeuraldaError("several processes on Apple's MPS: gloo cannot add MPS tensors; train in one process")
+    return device
+
+
+class EpochTrained(NamedTuple):
+    """What one epoch's training did (before its validation)."""
+
+    loss: float  # the mean per token
+    tokens: int
+    seconds: float
+    batches: int
+    cut: bool  # by --max-time, part way through
+
+
 class Trainer:
     """One training run: the model, its optimizer and schedule, and the epoch loop with its bookkeeping."""
 
@@ -862,34 +909,10 @@ class Trainer:
         why = " (killed before its config.json was written)" if restart and holds_files(Path(cfg.output)) else ""
         resume = resume and not restart
         if resume:
-            self.run = Run.open(cfg.output)
-            _check_resumable(self.run)
-            self.run.config.setdefault("carry_state", True)  # runs made before the setting carried their state
-            self.run.config.setdefault("epsilon_hat", None)  # and trained with torch's Adam epsilon
-            check_unchanged(cfg, self.run)
-            _check_ahead(cfg, self.run)
-            for key in RESUMABLE:
-                value = getattr(cfg, key)
-                if value is not None:
-                    self.run.config[key] = list(value) if key == "save_at" else value
-            self.run.config["compile"] = cfg.compile
-            check_setting_types(self.run.config, self.run.path / "config.json")
-            # The flags a resume may change are checked as they are parsed: a value out of range here is the file's.
-            check_settings(self.run.config, self.run.path / "config.json")
+            self.run = _resumed_run(cfg)
         # A resume's settings are its config.json's (with the ones given changed); a new run's, these with defaults.
         settings = self.run.config if resume else asdict(cfg.with_defaults())
-        device = pick_device(settings["device"])
-        if self.dist.world > 1 and device.startswith("cuda"):
-            per_machine = int(os.environ.get("LOCAL_WORLD_SIZE", self.dist.local_rank + 1))  # every rank sees it
-            if per_machine > torch.cuda.device_count():
-                raise NeuraldaError(
-                    f"{per_machine} processes on a machine with {torch.cuda.device_count()} GPUs; start at most "
-                    f"--nproc_per_node {torch.cuda.device_count()}"
-                )
-            device = f"cuda:{self.dist.local_rank}"
-            torch.cuda.set_device(device)
-        if self.dist.world > 1 and device == "mps":
-            raise NeuraldaError("several processes on Apple's MPS: gloo cannot add MPS tensors; train in one process")
+        device = _process_device(settings["device"], self.dist)
         # Before anything is written: a refused precision saved in config.json would refuse every resume after.
         self.precision = pick_precision(settings["precision"], device, settings["arch"])
         self.dist.init(device)
@@ -1043,8 +1066,8 @@ class Trainer:
         drop = self.rare & (torch.rand(self.train_ids.shape, generator=g) < rate).to(self.train_ids.device)
         return self.train_ids.masked_fill(drop, self.run.vocab.unk)
 
-    def _train_epoch(self, epoch: int, progress: Progress) -> tuple[float, int, float, int, bool]:
-        """Train one epoch: (mean loss, tokens, seconds, batches, whether the time budget cut it short)."""
+    def _train_epoch(self, epoch: int, progress: Progress) -> EpochTrained:
+        """Train one epoch."""
         c, model = self.c, self.trained
         # Dropout masks from a seed per epoch and rank: a resumed run draws what an uninterrupted one would.
         torch.manual_seed(torch_seed(c["seed"] * 1_000_003 + epoch * 7_919 + self.dist.rank))
@@ -1091,18 +1114,16 @@ class Trainer:
                 last_report = now
         # Summed apart: as float32, a count over 2**24 tokens was rounded.
         tokens = int(self.dist.sum(torch.tensor(tokens, dtype=torch.int64, device=self.device)))
-        return float(self.dist.sum(total)) / max(tokens, 1), tokens, time.monotonic() - t0, done, cut
+        return EpochTrained(float(self.dist.sum(total)) / max(tokens, 1), tokens, time.monotonic() - t0, done, cut)
 
-    def _end_epoch(
-        self, epoch: int, train_loss: float, tokens: int, train_seconds: float, t0: float, batches: int, cut: bool
-    ) -> dict:
+    def _end_epoch(self, epoch: int, trained: EpochTrained, t0: float) -> dict:
         """Validate, schedule, save and log after an epoch; returns its metrics row."""
         c, state = self.c, self.state
-        if not math.isfinite(train_loss):
+        if not math.isfinite(trained.loss):
             if self.dist.main:  # the run directory as a resume would see it: up to the last checkpoint
                 _truncate_logs(self.run.path, self.saved["epoch"])
             raise NeuraldaError(
-                f"the training loss became {train_loss} in epoch {epoch}; the checkpoints of epoch "
+                f"the training loss became {trained.loss} in epoch {epoch}; the checkpoints of epoch "
                 f"{self.saved['epoch']} are kept in {self.run.path / 'checkpoints'} (start a new run with a lower --lr)"
             )
         val_loss, val_start = None, time.monotonic()
@@ -1113,7 +1134,7 @@ class Trainer:
             val_loss = self.dist.agree(nll / count, self.device)
         val_seconds = time.monotonic() - val_start
         state["epoch"], state["last_val"] = epoch, val_loss
-        state["step"] += batches
+        state["step"] += trained.batches
         is_best = val_loss is None or state["best_val"] is None or val_loss < state["best_val"]
         if is_best:
             state["best_val"], state["best_epoch"] = val_loss, epoch
@@ -1130,18 +1151,18 @@ class Trainer:
         row = {
             "epoch": epoch,
             "step": state["step"],
-            "train_loss": round(train_loss, 5),
-            "train_ppl": _json_number(perplexity(train_loss, 1)),
+            "train_loss": round(trained.loss, 5),
+            "train_ppl": _json_number(perplexity(trained.loss, 1)),
             "val_loss": None if val_loss is None else round(val_loss, 5),
             "val_ppl": None if val_loss is None else _json_number(perplexity(val_loss, 1)),
-            "tokens_per_s": round(tokens / train_seconds, 1),
+            "tokens_per_s": round(trained.tokens / trained.seconds, 1),
             "device": self.device,  # what "auto" chose, for this invocation: a resume may train elsewhere
             "precision": self.precision,
             "lr": lr,
             "seconds": 0.0,
             "val_seconds": round(val_seconds, 3),
             "best": is_best,
-            "cut": cut,  # by --max-time, part way through: a resume starts the next epoch
+            "cut": trained.cut,  # by --max-time, part way through: a resume starts the next epoch
         }
         self.dist.on_main(lambda: self._record(row, t0))
         return row
@@ -1193,15 +1214,15 @@ class Trainer:
                 epoch = state["epoch"] + 1
                 t0 = time.monotonic()
                 progress.start_epoch(epoch)
-                loss, tokens, seconds, done, cut = self._train_epoch(epoch, progress)
-                tokens_trained += tokens
-                row = self._end_epoch(epoch, loss, tokens, seconds, t0, done, cut)
+                trained = self._train_epoch(epoch, progress)
+                tokens_trained += trained.tokens
+                row = self._end_epoch(epoch, trained, t0)
                 epoch_seconds.append(time.monotonic() - t0)
                 left = (c["epochs"] - epoch) * (sum(epoch_seconds) / len(epoch_seconds))
                 if c["max_time"]:
                     left = min(left, c["max_time"] - (time.monotonic() - self.started))
                 progress.end_epoch(row, left)
-                if cut:  # the last epoch too: it did not train all its batches
+                if trained.cut:  # the last epoch too: it did not train all its batches
                     stopped = "time"
                     break
         except (KeyboardInterrupt, BrokenPipeError):  # Ctrl-C, or the log's reader went away (`2>&1 | head`)

@@ -139,6 +139,9 @@ def test_errors_are_one_line_and_exit_2(tmp_path, monkeypatch, capfd, args, mess
     (("generate", "runs/x", "--tempurature", "1"),
      "unrecognized arguments: --tempurature 1 (see neuralda generate --help)"),
     (("corpus", "stats", "poems.jsonl", "--jsn"), "unrecognized arguments: --jsn (see neuralda corpus stats --help)"),
+    # An option before the command: argparse said a COMMAND was required.
+    (("--top-p", "2", "generate", "runs/x"), "--top-p: a command comes first, then its options (neuralda COMMAND "
+     "[OPTIONS]) (see neuralda --help)"),
     (("generate", "poems.jsonl"), "poems.jsonl: a file, not a run directory (the folder `neuralda train -o` made)"),
     (("train", "poems.jsonl", "-o", "poems.jsonl"), "{tmp}/poems.jsonl is a file, not a folder"),  # named once
 ])

@@ -386,6 +386,10 @@ class _Parser(argparse.ArgumentParser):
 
     def parse_args(self, args=None, namespace=None) -> argparse.Namespace:  # type: ignore[override]
         """argparse's, but an unknown option points to its command's --help, not to neuralda's list of commands."""
+        first = (sys.argv[1:] if args is None else args)[:1]
+        if first and first[0].startswith("-") and first[0] not in ("-h", "--help", "--version", "--"):
+            # argparse said "the following arguments are required: COMMAND" of `neuralda --top-p 2 generate`
+            self.error(f"{first[0]}: a command comes first, then its options (neuralda COMMAND [OPTIONS])")
         parsed, unknown = self.parse_known_args(args, namespace)
         if unknown:
             prog = getattr(parsed, "command_prog", self.prog)

@@ -9,13 +9,14 @@ checkpoint of a run; ``compare_rows`` and ``format_compare`` set several side by
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import math
 import numbers
 from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -383,6 +384,7 @@ def measure_checkpoints(
     run = Run.open(run_dir)
     sampling = sampling or SamplingConfig()
     text, index, given = None, None, 0
+    training = functools.cache(lambda: run.poems("train"))  # read once, for the share and for the copy index
     for checkpoint in listed(checkpoints, "checkpoints"):
         model, meta = run.load_model(checkpoint, device=device)
         if text is None:
@@ -394,7 +396,7 @@ def measure_checkpoints(
             text = heldout_text(heldout, run.vocab)
             # Which poems were scored: runs split with another --seed or from another corpus hold out others.
             heldout_id = hashlib.sha256("\0".join(p.text for p in heldout).encode("utf-8", "surrogatepass")).hexdigest()
-            trained_on = 0.0 if corpus is None else _trained_share(heldout, run)
+            trained_on = 0.0 if corpus is None else _trained_share(heldout, training)
             if samples:  # the start's words, which every poem opens with (checked as write_poems checks it)
                 given = sum(map(is_word, start_tokens(default_start(run.vocab) if start is None else start, run.vocab)))
         # Names as a terminal can print them: a byte that is not UTF-8 made printing the row a traceback.
@@ -413,16 +415,17 @@ def measure_checkpoints(
         row.update(heldout_measures(model, text, precision))
         poems = write_poems(model, run.vocab, start, words, samples, sampling, seed) if samples else []
         if index is None:  # read only when there are poems to check: a run shared without data/ can be measured
-            index = NgramIndex.from_poems(run.poems("train") if poems else [], run.vocab.keep_case)
+            index = NgramIndex.from_poems(training() if poems else [], run.vocab.keep_case)
         row.update(sample_measures(poems, index, run.vocab.keep_case, given))
         row["temperature"], row["top_p"] = sampling.temperature, sampling.top_p  # copying and diversity depend on them
         yield row, model, meta
 
 
-def _trained_share(poems: Sequence[Poem], run: Run) -> float | None:
-    """The share of ``poems`` that ``run`` trained on (or copies of them); None for a run shared without them."""
+def _trained_share(poems: Sequence[Poem], training: Callable[[], list[Poem]]) -> float | None:
+    """The share of ``poems`` that are the ``training`` poems (or copies of them); None for a run shared without
+    them."""
     try:
-        trained = {copy_key(p.text) for p in run.poems("train")}
+        trained = {copy_key(p.text) for p in training()}
     except NeuraldaError:
         return None
     return round(sum(copy_key(p.text) in trained for p in poems) / len(poems), 4)
